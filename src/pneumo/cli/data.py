@@ -1,0 +1,77 @@
+"""``pneumo data ...``: inspect, cache and synthesise datasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from pneumo.cli.output import fail, print_table
+
+app = typer.Typer(help="Inspect, cache and synthesise datasets.", no_args_is_help=True)
+
+
+@app.command()
+def inspect(
+    path: Path = typer.Argument(..., help="Dataset folder (Kaggle or pediatric layout) or CSV manifest."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+) -> None:
+    """Counts per split/label/subtype, patients, sizes, unreadable files, duplicates and cross-split patients."""
+    from pneumo.data.inspect import inspect_dataset
+    from pneumo.data.records import DatasetError
+
+    try:
+        report = inspect_dataset(path, progress=not as_json)
+    except DatasetError as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    print_table(report["counts"], title=f"{report['n_images']} images in {report['source']}")
+    p = report["patients"]
+    typer.echo(f"patients: {p['n_patients']}; images per patient: {p['images_per_patient']}")
+    typer.echo(f"width: {report['image_size']['width']}; height: {report['image_size']['height']}")
+    d = report["duplicates"]
+    typer.echo(f"exact duplicate groups: {d['n_groups']} ({d['n_cross_split_groups']} across splits)")
+    typer.echo(f"patients in several splits: {report['patients_in_several_splits']['n']}")
+    typer.echo(f"unreadable files: {len(report['unreadable'])}")
+    for bad in report["unreadable"]:
+        typer.echo(f"  {bad['path']}: {bad['reason']}")
+
+
+@app.command()
+def cache(
+    path: Path = typer.Argument(..., help="Dataset folder or CSV manifest."),
+    size: int = typer.Option(224, "--size", help="Square model size S in pixels."),
+    geometry: str = typer.Option("squash", help="squash | center-crop | letterbox"),
+    workers: int = typer.Option(0, help="Decoding processes (0: in this process)."),
+    cache_dir: Path | None = typer.Option(None, help="Cache root (default: $PNEUMO_CACHE_DIR or ~/.cache/pneumo)."),
+) -> None:
+    """Decode and resize every image once into the memory-mapped cache."""
+    from pneumo.data.cache import ImageCache
+    from pneumo.data.preprocess import PreprocessContract
+    from pneumo.data.records import DatasetError, discover
+
+    try:
+        records = discover(path)
+        contract = PreprocessContract(image_size=size, geometry=geometry)  # type: ignore[arg-type]
+    except (DatasetError, ValueError) as exc:
+        fail(str(exc))
+    cached = ImageCache(contract, cache_dir).build([r.path for r in records], workers=workers)
+    typer.echo(f"cached {int(cached.ok.sum())} of {len(records)} images at {size}px in {cached.file.parent}")
+    for bad, reason in cached.failures:
+        typer.echo(f"skipped {bad}: {reason}", err=True)
+
+
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="Folder to write the synthetic dataset into."),
+    n: int = typer.Option(600, "--n", help="Number of images."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Write a small SYNTHETIC radiograph-like dataset in the Kaggle layout (demos and tests only)."""
+    from pneumo.data.synth import generate_dataset
+
+    root = generate_dataset(out, n=n, seed=seed)
+    typer.echo(f"wrote {n} synthetic images to {root}")

@@ -1,0 +1,189 @@
+"""Decode-once image cache: uint8 S x S rows in one memory-mapped file per preprocessing contract.
+
+Layout of ``<cache_root>/<contract fingerprint>/``: ``images.u8`` (raw uint8, rows x S x S, grown in place),
+``index.json`` (``{path: {size, mtime_ns, row}}`` plus failures) and ``lock``. A file is identified by its resolved
+path, byte size and modification time: a changed file is re-decoded into its own row, an added file gets a new row,
+and nothing else is touched. Corrupt or non-image files are recorded with the reason and skipped.
+
+Hand-written because no maintained library offers an incremental, multi-process-safe uint8 image cache keyed by
+file fingerprints and a preprocessing contract (torchvision datasets decode every epoch).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from pneumo.data.decode import ImageDecodeError
+from pneumo.data.preprocess import PreprocessContract, preprocess_image
+
+_FLUSH_EVERY = 512
+
+
+def default_cache_root() -> Path:
+    env = os.environ.get("PNEUMO_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "pneumo" / "images"
+
+
+@dataclass
+class CachedImages:
+    """A read-only view of cached rows for a list of files. Picklable: the memmap is reopened in each worker."""
+
+    file: Path
+    image_size: int
+    rows: np.ndarray  # row in the cache file for each requested path, -1 where it failed
+    failures: list[tuple[Path, str]] = field(default_factory=list)
+    _array: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            n_rows = self.file.stat().st_size // (self.image_size * self.image_size)
+            self._array = np.memmap(
+                self.file, dtype=np.uint8, mode="r", shape=(n_rows, self.image_size, self.image_size)
+            )
+        return self._array
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_array"] = None
+        return state
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        row = int(self.rows[i])
+        if row < 0:
+            raise IndexError(f"image {i} failed to decode and is not cached")
+        return np.asarray(self.array[row])
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Boolean mask of the requested paths that are cached."""
+        return self.rows >= 0
+
+
+def _decode_one(args: tuple[str, PreprocessContract]) -> tuple[np.ndarray | None, str | None]:
+    path, contract = args
+    try:
+        return preprocess_image(path, contract), None
+    except ImageDecodeError as exc:
+        return None, exc.reason
+    except Exception as exc:  # an unexpected decoder failure must not kill a whole build
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+class ImageCache:
+    """Cache for one preprocessing contract. ``build(paths)`` returns :class:`CachedImages` for those paths."""
+
+    def __init__(self, contract: PreprocessContract, root: Path | None = None):
+        self.contract = contract
+        self.dir = (root or default_cache_root()) / contract.fingerprint()
+        self.file = self.dir / "images.u8"
+        self.index_file = self.dir / "index.json"
+        self._row_bytes = contract.image_size * contract.image_size
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # several ranks or processes may build at once
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _load_index(self) -> dict:
+        if self.index_file.exists():
+            index = json.loads(self.index_file.read_text())
+            if index.get("contract") == self.contract.to_dict():
+                return index
+        return {"contract": self.contract.to_dict(), "entries": {}, "failures": {}, "n_rows": 0}
+
+    def _save_index(self, index: dict) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix="index.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(index, f)
+        os.replace(tmp, self.index_file)
+
+    def build(self, paths: Sequence[Path | str], *, workers: int = 0, progress: bool = True) -> CachedImages:
+        """Decode what is missing or changed, then return the view for ``paths`` (in order)."""
+        resolved = [str(Path(p).resolve()) for p in paths]
+        with self._locked():
+            index = self._load_index()
+            entries, failures = index["entries"], index["failures"]
+            todo: list[tuple[str, int, int]] = []
+            for p in dict.fromkeys(resolved):
+                try:
+                    st = os.stat(p)
+                except OSError as exc:
+                    failures[p] = {"size": -1, "mtime_ns": -1, "reason": f"cannot read file ({exc.strerror})"}
+                    entries.pop(p, None)
+                    continue
+                known = entries.get(p) or failures.get(p)
+                if not known or known["size"] != st.st_size or known["mtime_ns"] != st.st_mtime_ns:
+                    todo.append((p, st.st_size, st.st_mtime_ns))
+            if todo:
+                self._decode_into(todo, index, workers=workers, progress=progress)
+            rows = np.array([entries[p]["row"] if p in entries else -1 for p in resolved], dtype=np.int64)
+            failed = [(Path(p), failures[p]["reason"]) for p in dict.fromkeys(resolved) if p not in entries]
+        return CachedImages(self.file, self.contract.image_size, rows, failed)
+
+    def _decode_into(self, todo: list[tuple[str, int, int]], index: dict, *, workers: int, progress: bool) -> None:
+        entries, failures = index["entries"], index["failures"]
+        new_files = sum(p not in entries for p, _, _ in todo)
+        out = self._open_for_writing(index["n_rows"] + new_files)
+        jobs = ((p, self.contract) for p, _, _ in todo)
+        pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+        results = pool.map(_decode_one, jobs, chunksize=16) if pool else map(_decode_one, jobs)
+        bar = tqdm(total=len(todo), desc=f"caching {self.contract.image_size}px", unit="img", disable=not progress)
+        try:
+            for done, ((path, size, mtime_ns), (pixels, reason)) in enumerate(zip(todo, results, strict=True), 1):
+                if pixels is None:
+                    failures[path] = {"size": size, "mtime_ns": mtime_ns, "reason": reason}
+                    entries.pop(path, None)  # its old row, if any, is left unused
+                else:
+                    if path in entries:  # a changed file is re-decoded into its own row
+                        row = entries[path]["row"]
+                    else:
+                        row = index["n_rows"]
+                        index["n_rows"] += 1
+                    out[row] = pixels
+                    entries[path] = {"size": size, "mtime_ns": mtime_ns, "row": row}
+                    failures.pop(path, None)
+                bar.update()
+                if done % _FLUSH_EVERY == 0:
+                    self._commit(out, index)
+            self._commit(out, index)
+        finally:
+            bar.close()
+            if pool:
+                pool.shutdown(cancel_futures=True)
+
+    def _open_for_writing(self, n_rows: int) -> np.memmap:
+        """Grow the file (sparse, in place: old rows and open readers stay valid) and map it for writing."""
+        needed = max(n_rows, 1) * self._row_bytes
+        if not self.file.exists() or self.file.stat().st_size < needed:
+            with open(self.file, "ab") as f:
+                f.truncate(needed)
+        capacity = self.file.stat().st_size // self._row_bytes
+        s = self.contract.image_size
+        return np.memmap(self.file, dtype=np.uint8, mode="r+", shape=(capacity, s, s))
+
+    def _commit(self, out: np.memmap, index: dict) -> None:
+        out.flush()  # pixels reach the file before the index that points at them
+        self._save_index(index)

@@ -1,0 +1,93 @@
+"""From records to tensors: task selection, split, cache lookup and a torch Dataset of uint8 images.
+
+Images leave this module as uint8 (1, S, S) tensors; normalisation and augmentation happen on the batch (on the
+device that trains), so the same cache serves CPU and GPU pipelines.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pneumo.data.cache import CachedImages, ImageCache
+from pneumo.data.preprocess import PreprocessContract
+from pneumo.data.records import Record
+from pneumo.data.tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitData:
+    """The images of one split for one task: records, class indices, patient groups and cached pixels."""
+
+    name: str
+    records: list[Record]
+    targets: np.ndarray
+    images: CachedImages
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def groups(self) -> list[str]:
+        return [r.patient_id for r in self.records]
+
+    def as_tensor(self) -> torch.Tensor:
+        """All images as one uint8 (N, 1, S, S) tensor (for in-memory or on-GPU pipelines)."""
+        return torch.from_numpy(np.ascontiguousarray(self.images.array[self.images.rows])).unsqueeze(1)
+
+    def torch_dataset(self) -> CachedImageDataset:
+        return CachedImageDataset(self.images, self.targets)
+
+
+class CachedImageDataset(Dataset):
+    """(uint8 (1, S, S) tensor, class index) pairs read from the memory-mapped cache."""
+
+    def __init__(self, images: CachedImages, targets: np.ndarray):
+        self.images = images
+        self.targets = np.asarray(targets, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(self.images[i]).unsqueeze(0), int(self.targets[i])
+
+
+def build_split(
+    name: str,
+    records: Sequence[Record],
+    task: Task,
+    contract: PreprocessContract,
+    *,
+    cache_root: Path | None = None,
+    workers: int = 0,
+    progress: bool = True,
+    include_out_of_task: bool = False,
+) -> SplitData:
+    """Select the task's records of one split, cache them and drop (with a warning) those that fail to decode.
+
+    With ``include_out_of_task`` the records outside the task get class index ``task.num_classes`` (the dummy class).
+    """
+    chosen, targets = task.select([r for r in records if r.split == name])
+    if include_out_of_task:
+        extra = task.out_of_task([r for r in records if r.split == name])
+        chosen, targets = chosen + extra, targets + [task.num_classes] * len(extra)
+    images = ImageCache(contract, cache_root).build([r.path for r in chosen], workers=workers, progress=progress)
+    for path, reason in images.failures:
+        log.warning("skipping %s: %s", path, reason)
+    keep = images.ok
+    images = CachedImages(images.file, images.image_size, images.rows[keep], images.failures)
+    return SplitData(
+        name,
+        [r for r, k in zip(chosen, keep, strict=True) if k],
+        np.asarray(targets, dtype=np.int64)[keep],
+        images,
+    )

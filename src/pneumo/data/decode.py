@@ -1,0 +1,141 @@
+"""Decode any supported input to one grayscale uint8 array: the first step of the walk of an image.
+
+Supported: JPEG, PNG (8- and 16-bit, RGB, RGBA, palette), BMP/TIFF, DICOM (via pydicom), PIL images and numpy
+arrays. Images deeper than 8 bits are stretched linearly from their own min..max to 0..255 (documented choice: 16-bit
+PNGs in the wild carry 10-16 significant bits, so a fixed divisor would make many of them nearly black).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# Decompression-bomb guard: the largest real Kermany originals have about 7 megapixels.
+DEFAULT_MAX_PIXELS = 64_000_000
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+
+ImageInput = str | Path | bytes | Image.Image | np.ndarray
+
+
+class ImageDecodeError(ValueError):
+    """An input that cannot be turned into an image; the message names the source and the reason."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+def _stretch_to_uint8(arr: np.ndarray) -> np.ndarray:
+    arr = arr.astype(np.float64, copy=False)
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def _is_dicom(data: bytes, name: str) -> bool:
+    return Path(name).suffix.lower() in DICOM_SUFFIXES or data[128:132] == b"DICM"
+
+
+def _decode_dicom(data: bytes, name: str) -> np.ndarray:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception as exc:  # pydicom raises many types for broken files
+        raise ImageDecodeError(name, f"not a readable DICOM file ({exc})") from exc
+    if "PixelData" not in ds:
+        raise ImageDecodeError(name, "DICOM file has no pixel data")
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ImageDecodeError(name, f"multi-frame DICOM ({frames} frames) is not supported; export one frame")
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:
+        raise ImageDecodeError(name, f"cannot decode DICOM pixel data ({exc})") from exc
+    if arr.ndim != 2:
+        raise ImageDecodeError(name, f"expected a single grayscale frame, got pixel array of shape {arr.shape}")
+    arr = apply_modality_lut(arr, ds)
+    arr = apply_voi_lut(arr, ds)  # VOI LUT or window centre/width, when the file has one
+    out = _stretch_to_uint8(arr)
+    if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+        out = 255 - out  # MONOCHROME1: low values are bright
+    return out
+
+
+def pil_to_gray(img: Image.Image) -> np.ndarray:
+    """A PIL image of any mode as grayscale uint8 (alpha composited onto black)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return _stretch_to_uint8(np.asarray(img))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, rgba)
+    if img.mode != "L":
+        img = img.convert("L")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def array_to_gray(arr: np.ndarray, name: str = "<array>") -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
+        arr = arr[..., 0] if arr.shape[-1] == 1 else arr[..., :3].astype(np.float64).mean(axis=-1)
+    if arr.ndim != 2:
+        raise ImageDecodeError(name, f"expected an HxW or HxWxC array, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if np.issubdtype(arr.dtype, np.floating) and arr.min() >= 0.0 and arr.max() <= 1.0:
+        return np.round(arr * 255.0).astype(np.uint8)
+    return _stretch_to_uint8(arr)
+
+
+def decode_bytes(data: bytes, name: str = "<bytes>", *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode encoded bytes (any supported format) to grayscale uint8."""
+    if not data:
+        raise ImageDecodeError(name, "file is empty")
+    if _is_dicom(data, name):
+        return _check_pixels(_decode_dicom(data, name), name, max_pixels)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(name, f"image of {width}x{height} pixels exceeds the limit of {max_pixels}")
+            img.load()
+            return pil_to_gray(img)
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(name, "not a recognised image format") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(name, f"image exceeds the pixel limit ({exc})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, ImageDecodeError):
+            raise
+        raise ImageDecodeError(name, f"truncated or corrupt image ({exc})") from exc
+
+
+def _check_pixels(arr: np.ndarray, name: str, max_pixels: int) -> np.ndarray:
+    if arr.size > max_pixels:
+        raise ImageDecodeError(name, f"image of {arr.shape[1]}x{arr.shape[0]} pixels exceeds the limit of {max_pixels}")
+    return arr
+
+
+def decode_image(source: ImageInput | Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Any supported input (path, bytes, PIL image, numpy array) as a grayscale uint8 HxW array."""
+    if isinstance(source, np.ndarray):
+        return _check_pixels(array_to_gray(source), "<array>", max_pixels)
+    if isinstance(source, Image.Image):
+        return _check_pixels(pil_to_gray(source), "<PIL image>", max_pixels)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return decode_bytes(bytes(source), max_pixels=max_pixels)
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageDecodeError(str(path), f"cannot read file ({exc.strerror or exc})") from exc
+        return decode_bytes(data, str(path), max_pixels=max_pixels)
+    raise TypeError(f"cannot decode an image from {type(source).__name__}")

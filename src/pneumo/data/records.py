@@ -1,0 +1,170 @@
+"""Datasets as lists of :class:`Record`: discovery of folder layouts and CSV manifests, names -> labels/patients.
+
+Supported sources:
+
+* the Kaggle layout ``chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/<file>``;
+* the pediatric layout ``{train,test}/{NORMAL,PNEUMONIA}/<file>`` (Mendeley v2, no val);
+* a CSV manifest with columns ``path,label[,subtype,patient_id,split]`` (paths relative to the CSV's folder).
+
+Folder names are matched case-insensitively; a doubled nesting (``chest_xray/chest_xray/...``), ``__MACOSX``
+and hidden files are ignored.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+LABELS = ("NORMAL", "PNEUMONIA")
+SUBTYPES = ("normal", "bacteria", "virus")
+SPLITS = ("train", "val", "test")
+IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff"})
+
+_PERSON = re.compile(r"^(person\d+)_(bacteria|virus)_\d+", re.IGNORECASE)
+# IM-0115-0001, NORMAL2-IM-1427-0001, NORMAL2-IM-0173-0001-0001: the patient is the prefix up to the IM number.
+_IM = re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+", re.IGNORECASE)
+_SYNTHETIC = re.compile(r"^(synthetic-[a-z0-9]+)-(normal|bacteria|virus)-\d+", re.IGNORECASE)
+
+
+class DatasetError(ValueError):
+    """A dataset folder or manifest that cannot be read; the message names the path and the problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One image: where it is and what is known about it."""
+
+    path: Path
+    split: str
+    label: str
+    subtype: str | None
+    patient_id: str
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def parse_file_name(name: str, label: str | None = None) -> tuple[str | None, str]:
+    """Return ``(subtype, patient_id)`` from a Kermany file name.
+
+    ``person123_bacteria_456.jpeg`` -> ``("bacteria", "person123")``;
+    ``IM-0115-0001.jpeg`` -> ``("normal", "IM-0115")``;
+    ``NORMAL2-IM-1427-0001.jpeg`` -> ``("normal", "NORMAL2-IM-1427")``.
+    A name that follows neither pattern becomes its own patient (its stem), with subtype ``normal`` for NORMAL images
+    and unknown (None) otherwise.
+    """
+    stem = Path(name).stem
+    if m := _PERSON.match(stem):
+        return m.group(2).lower(), m.group(1).lower()
+    if m := _SYNTHETIC.match(stem):
+        return m.group(2).lower(), stem
+    if m := _IM.match(stem):
+        return "normal", m.group(1).upper()
+    return ("normal" if label == "NORMAL" else None), stem
+
+
+def _is_junk(path: Path) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in path.parts)
+
+
+def _child_dirs(folder: Path) -> dict[str, Path]:
+    return {p.name.lower(): p for p in sorted(folder.iterdir()) if p.is_dir() and not _is_junk(Path(p.name))}
+
+
+def _find_split_root(root: Path) -> Path | None:
+    """The folder holding train/test (maybe val), searched through a few levels of nesting."""
+    frontier = [root]
+    for _ in range(4):
+        next_frontier = []
+        for folder in frontier:
+            children = _child_dirs(folder)
+            if "train" in children or "test" in children:
+                return folder
+            next_frontier.extend(children.values())
+        frontier = next_frontier
+    return None
+
+
+def _records_from_layout(split_root: Path) -> list[Record]:
+    records = []
+    for split_name, split_dir in _child_dirs(split_root).items():
+        if split_name not in SPLITS:
+            continue
+        for label_name, label_dir in _child_dirs(split_dir).items():
+            label = label_name.upper()
+            if label not in LABELS:
+                continue
+            for path in sorted(label_dir.rglob("*")):
+                rel = path.relative_to(label_dir)
+                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not _is_junk(rel):
+                    subtype, patient = parse_file_name(path.name, label)
+                    records.append(Record(path, split_name, label, subtype, patient))
+    return records
+
+
+def read_manifest(csv_path: Path) -> list[Record]:
+    """Records from a CSV manifest (``path,label[,subtype,patient_id,split]``, paths relative to the CSV)."""
+    base = csv_path.parent
+    with csv_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"path", "label"} - set(reader.fieldnames or ())
+        if missing:
+            raise DatasetError(f"{csv_path}: manifest lacks column(s) {sorted(missing)}")
+        records = []
+        for line_no, row in enumerate(reader, start=2):
+            label = (row["label"] or "").strip().upper()
+            if label not in LABELS:
+                raise DatasetError(f"{csv_path}:{line_no}: label {row['label']!r} is not one of {LABELS}")
+            path = Path(row["path"])
+            path = path if path.is_absolute() else base / path
+            parsed_subtype, parsed_patient = parse_file_name(path.name, label)
+            subtype = (row.get("subtype") or "").strip().lower() or parsed_subtype
+            if subtype is not None and subtype not in SUBTYPES:
+                raise DatasetError(f"{csv_path}:{line_no}: subtype {subtype!r} is not one of {SUBTYPES}")
+            patient = (row.get("patient_id") or "").strip()
+            # The shared MANIFEST stores only the N of personN; the file name is the more complete source.
+            if not patient or patient.isdigit():
+                patient = parsed_patient
+            split = (row.get("split") or "").strip().lower() or "test"
+            if split not in SPLITS:
+                raise DatasetError(f"{csv_path}:{line_no}: split {split!r} is not one of {SPLITS}")
+            records.append(Record(path, split, label, subtype, patient))
+    return records
+
+
+def discover(source: str | Path) -> list[Record]:
+    """All records of a dataset folder (Kaggle or pediatric layout) or CSV manifest, sorted by path."""
+    source = Path(source).expanduser()
+    if not source.exists():
+        raise DatasetError(f"{source}: no such file or folder")
+    if source.is_file():
+        if source.suffix.lower() != ".csv":
+            raise DatasetError(f"{source}: expected a dataset folder or a CSV manifest")
+        records = read_manifest(source)
+    else:
+        split_root = _find_split_root(source)
+        if split_root is None:
+            raise DatasetError(
+                f"{source}: no train/ or test/ folder found (expected chest_xray/{{train,val,test}}/"
+                "{NORMAL,PNEUMONIA}/ or {train,test}/{NORMAL,PNEUMONIA}/, or pass a CSV manifest)"
+            )
+        records = _records_from_layout(split_root)
+    if not records:
+        raise DatasetError(f"{source}: no images found")
+    return sorted(records, key=lambda r: str(r.path))
+
+
+def dataset_root(source: str | Path) -> Path:
+    """The folder that paths in split files are written relative to."""
+    source = Path(source).expanduser().resolve()
+    if source.is_file():
+        return source.parent
+    return _find_split_root(source) or source
+
+
+def with_split(records: Iterable[Record], split: str) -> list[Record]:
+    return [replace(r, split=split) for r in records]

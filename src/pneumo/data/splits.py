@@ -1,0 +1,100 @@
+"""Leak-free splits: the official test stays test; validation is carved from train by patient.
+
+The split actually used is written as CSV (``path,split,label,subtype,patient_id`` with paths relative to the
+dataset root) and can be passed back in to reproduce a run exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from pneumo.data.records import DatasetError, Record
+
+SPLIT_COLUMNS = ("path", "split", "label", "subtype", "patient_id")
+
+
+def make_split(
+    records: Sequence[Record],
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    keep_official_val: bool = False,
+) -> list[Record]:
+    """Assign train/val by patient, stratified by subtype, with scikit-learn's StratifiedGroupKFold.
+
+    The official test split is never touched. The official 16-image val joins the train pool unless
+    ``keep_official_val`` (then it is the validation split and nothing is carved).
+    """
+    if not 0.0 < val_fraction < 0.5:
+        raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
+    test = [r for r in records if r.split == "test"]
+    if keep_official_val:
+        official_val = [r for r in records if r.split == "val"]
+        if not official_val:
+            raise DatasetError("keep_official_val was asked for, but the dataset has no val split")
+        return [*(r for r in records if r.split == "train"), *official_val, *test]
+
+    pool = [r for r in records if r.split in ("train", "val")]
+    if not pool:
+        raise DatasetError("the dataset has no train images")
+    strata = [r.subtype or r.label for r in pool]
+    groups = [r.patient_id for r in pool]
+    n_splits = max(2, round(1.0 / val_fraction))
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    _, val_idx = next(splitter.split(np.zeros(len(pool)), strata, groups))
+    val_set = set(val_idx.tolist())
+    carved = [replace(r, split="val" if i in val_set else "train") for i, r in enumerate(pool)]
+    return [*carved, *test]
+
+
+def check_disjoint(records: Sequence[Record]) -> dict[str, list[str]]:
+    """Patients that occur in more than one split, as ``{patient: [splits]}``."""
+    seen: dict[str, set[str]] = {}
+    for r in records:
+        seen.setdefault(r.patient_id, set()).add(r.split)
+    return {p: sorted(s) for p, s in sorted(seen.items()) if len(s) > 1}
+
+
+def write_split_csv(records: Sequence[Record], path: Path, root: Path) -> None:
+    """Write the split atomically, paths relative to ``root`` where possible."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(SPLIT_COLUMNS)
+        for r in records:
+            try:
+                rel = r.path.resolve().relative_to(root.resolve())
+            except ValueError:
+                rel = r.path.resolve()
+            writer.writerow([rel.as_posix(), r.split, r.label, r.subtype or "", r.patient_id])
+    os.replace(tmp, path)
+
+
+def read_split_csv(path: Path, root: Path) -> list[Record]:
+    """Read a split file written by :func:`write_split_csv`; relative paths resolve against ``root``."""
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != SPLIT_COLUMNS:
+            raise DatasetError(f"{path}: expected columns {SPLIT_COLUMNS}, got {reader.fieldnames}")
+        out = []
+        for row in reader:
+            p = Path(row["path"])
+            out.append(
+                Record(
+                    p if p.is_absolute() else root / p,
+                    row["split"],
+                    row["label"],
+                    row["subtype"] or None,
+                    row["patient_id"],
+                )
+            )
+    return out

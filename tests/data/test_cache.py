@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumo.data.cache import ImageCache
+from pneumo.data.decode import ImageDecodeError, decode_image
+from pneumo.data.preprocess import PreprocessContract, preprocess_image, resize_gray
+
+
+def _images(tmp_path: Path, n: int = 6) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (40 + i, 60), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def _bump_mtime(path: Path) -> None:
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def test_cache_equals_direct_preprocessing(tmp_path: Path) -> None:
+    contract = PreprocessContract(image_size=32)
+    paths = _images(tmp_path)
+    cached = ImageCache(contract, tmp_path / "cache").build(paths, progress=False)
+    assert cached.ok.all() and cached.failures == []
+    for i, p in enumerate(paths):
+        np.testing.assert_array_equal(cached[i], preprocess_image(p, contract))
+
+
+def test_changed_and_added_files_only_are_redone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    contract = PreprocessContract(image_size=16)
+    cache = ImageCache(contract, tmp_path / "cache")
+    paths = _images(tmp_path, 4)
+    first = cache.build(paths, progress=False)
+
+    decoded: list[str] = []
+    import pneumo.data.cache as cache_module
+
+    real = cache_module._decode_one
+    monkeypatch.setattr(cache_module, "_decode_one", lambda a: (decoded.append(a[0]), real(a))[1])
+
+    assert cache.build(paths, progress=False).rows.tolist() == first.rows.tolist()
+    assert decoded == []  # nothing changed, nothing decoded
+
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(paths[1])
+    _bump_mtime(paths[1])
+    new = tmp_path / "new.png"
+    Image.fromarray(np.full((12, 12), 200, np.uint8)).save(new)
+    again = cache.build([*paths, new], progress=False)
+    assert sorted(Path(p).name for p in decoded) == ["img1.png", "new.png"]
+    assert again.rows[1] == first.rows[1]  # a changed file keeps its row
+    np.testing.assert_array_equal(again[1], np.zeros((16, 16), np.uint8))
+    np.testing.assert_array_equal(again[4], np.full((16, 16), 200, np.uint8))
+    np.testing.assert_array_equal(again[0], first[0])
+
+
+def test_corrupt_empty_and_text_files_are_reported_not_fatal(tmp_path: Path) -> None:
+    good = _images(tmp_path, 2)
+    empty = tmp_path / "empty.jpeg"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.png"
+    text.write_text("this is not a picture")
+    truncated = tmp_path / "trunc.jpeg"
+    Image.fromarray(np.full((64, 64), 90, np.uint8)).save(truncated, quality=90)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    cached = ImageCache(PreprocessContract(image_size=16), tmp_path / "c").build(
+        [good[0], empty, text, truncated, good[1]], workers=2, progress=False
+    )
+    assert cached.ok.tolist() == [True, False, False, False, True]
+    reasons = {p.name: r for p, r in cached.failures}
+    assert reasons["empty.jpeg"] == "file is empty"
+    assert "not a recognised image" in reasons["notes.png"]
+    assert "truncated or corrupt" in reasons["trunc.jpeg"]
+    with pytest.raises(ImageDecodeError, match=r"notes\.png: not a recognised image"):
+        decode_image(text)
+
+
+def test_cached_view_pickles_without_the_array(tmp_path: Path) -> None:
+    import pickle
+
+    cached = ImageCache(PreprocessContract(image_size=16), tmp_path / "c").build(_images(tmp_path, 2), progress=False)
+    _ = cached.array
+    clone = pickle.loads(pickle.dumps(cached))
+    assert clone._array is None
+    np.testing.assert_array_equal(clone[1], cached[1])
+
+
+@pytest.mark.parametrize("geometry", ["squash", "center-crop", "letterbox"])
+def test_geometries(geometry: str) -> None:
+    gray = np.zeros((20, 40), np.uint8)
+    gray[:, :10] = 255  # a bright band on the left quarter
+    out = resize_gray(gray, PreprocessContract(image_size=20, geometry=geometry))  # type: ignore[arg-type]
+    assert out.shape == (20, 20)
+    if geometry == "squash":
+        assert out[:, :4].min() > 200 and out[:, 6:].max() < 60  # the band keeps its quarter
+    elif geometry == "center-crop":
+        assert out.max() == 0  # the band lies outside the central square
+    else:
+        assert out[:4].max() == 0 and out[-4:].max() == 0  # black bars top and bottom
+
+
+def test_squash_matches_how_the_shared_copy_was_made(tmp_path: Path) -> None:
+    """The shared data README: Image.open -> convert RGB -> resize((224, 224), BILINEAR)."""
+    rng = np.random.default_rng(1)
+    original = Image.fromarray(rng.integers(0, 256, (300, 450), dtype=np.uint8))
+    expected = np.asarray(original.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR))[..., 0]
+    np.testing.assert_array_equal(preprocess_image(original, PreprocessContract(image_size=224)), expected)
+
+
+def test_decode_modes() -> None:
+    rgba = Image.fromarray(np.dstack([np.full((4, 4), 200, np.uint8)] * 3 + [np.zeros((4, 4), np.uint8)]), "RGBA")
+    assert decode_image(rgba).max() == 0  # fully transparent composites onto black
+    deep = Image.fromarray(np.array([[0, 1000], [2000, 4095]], dtype=np.uint16))
+    assert decode_image(deep).tolist() == [[0, 62], [125, 255]]
+    palette = Image.fromarray(np.full((4, 4), 77, np.uint8)).convert("P")
+    assert decode_image(palette).max() == 77
+
+
+def test_pixel_limit() -> None:
+    with pytest.raises(ImageDecodeError, match="exceeds the limit"):
+        decode_image(np.zeros((100, 100), np.uint8), max_pixels=5000)
+
+
+def test_cached_rows_are_read_without_the_source_files(tmp_path: Path) -> None:
+    """Later epochs read the cache only: the files can even be gone."""
+    paths = _images(tmp_path, 3)
+    cached = ImageCache(PreprocessContract(image_size=16), tmp_path / "c").build(paths, progress=False)
+    for p in paths:
+        p.unlink()
+    assert all(cached[i].shape == (16, 16) for i in range(3))

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from pneumo.data.records import Record, discover
+from pneumo.data.splits import check_disjoint, make_split, read_split_csv, write_split_csv
+
+
+def _records() -> list[Record]:
+    out = []
+    for p in range(200):
+        subtype = ("normal", "bacteria", "virus")[p % 3]
+        label = "NORMAL" if subtype == "normal" else "PNEUMONIA"
+        for k in range(1 + p % 3):
+            out.append(Record(Path(f"/d/train/{label}/p{p}_{k}.jpeg"), "train", label, subtype, f"p{p}"))
+    out += [Record(Path(f"/d/test/NORMAL/t{i}.jpeg"), "test", "NORMAL", "normal", f"t{i}") for i in range(10)]
+    out += [Record(Path("/d/val/NORMAL/v.jpeg"), "val", "NORMAL", "normal", "v0")]
+    return out
+
+
+def test_val_is_patient_disjoint_stratified_and_seeded() -> None:
+    records = _records()
+    split = make_split(records, val_fraction=0.1, seed=3)
+    assert check_disjoint(split) == {}
+    counts = Counter(r.split for r in split)
+    assert counts["test"] == 10
+    assert 0.06 * len(records) < counts["val"] < 0.14 * len(records)
+    val_subtypes = Counter(r.subtype for r in split if r.split == "val")
+    assert set(val_subtypes) == {"normal", "bacteria", "virus"}
+    # the official val joined the pool; the official test is untouched
+    assert {r.path for r in split if r.split == "test"} == {r.path for r in records if r.split == "test"}
+    assert make_split(records, seed=3) == split
+    assert make_split(records, seed=4) != split
+
+
+def test_keep_official_val() -> None:
+    split = make_split(_records(), keep_official_val=True)
+    assert [r.patient_id for r in split if r.split == "val"] == ["v0"]
+
+
+def test_split_csv_round_trip(tmp_path: Path) -> None:
+    split = make_split(_records(), seed=0)
+    write_split_csv(split, tmp_path / "split.csv", Path("/d"))
+    text = (tmp_path / "split.csv").read_text()
+    assert "train/NORMAL/p0_0.jpeg" in text and "/d/" not in text
+    assert read_split_csv(tmp_path / "split.csv", Path("/d")) == split
+
+
+def test_synthetic_split_shares_no_patient(synthetic_data: Path) -> None:
+    split = make_split(discover(synthetic_data), seed=0)
+    assert check_disjoint(split) == {}
+    assert {"train", "val", "test"} == {r.split for r in split}
