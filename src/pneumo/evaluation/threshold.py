@@ -1,0 +1,49 @@
+"""Choosing the binary operating point on the validation split.
+
+The function only receives validation labels and scores: the test split must never influence the threshold,
+otherwise test metrics are optimistically biased. The returned ``t`` is used as ``p_pos >= t``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from sklearn.metrics import roc_curve
+
+ThresholdMethod = Literal["youden", "target_sensitivity"]
+
+
+def choose_threshold(
+    y_val: Any,
+    p_val: Any,
+    method: ThresholdMethod = "youden",
+    target_sensitivity: float = 0.95,
+) -> float:
+    """Pick a decision threshold from the validation ROC curve.
+
+    - ``"youden"``: maximises Youden's J = sensitivity + specificity - 1; ties go to the largest threshold.
+    - ``"target_sensitivity"``: the largest threshold whose validation sensitivity is ``>= target_sensitivity``
+      (the most specific operating point meeting the target).
+    """
+    y = np.asarray(y_val)
+    p = np.asarray(p_val, dtype=np.float64)
+    if y.shape != p.shape or y.ndim != 1:
+        raise ValueError(f"y_val {y.shape} and p_val {p.shape} must be 1-D of equal length")
+    if not np.isin(y, (0, 1)).all() or np.unique(y).size != 2:
+        raise ValueError("validation labels must contain both classes 0 and 1 (and nothing else)")
+    # Keep every threshold: with intermediate points dropped, the first one reaching a target sensitivity
+    # could be skipped. sklearn's curve predicts positive for score >= threshold, matching our convention.
+    fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
+    finite = np.isfinite(thresholds)  # thresholds[0] is +inf (nothing predicted positive)
+    fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]
+
+    if method == "youden":
+        best = int(np.argmax(tpr - fpr))  # thresholds decrease, so argmax's first hit is the largest one
+        return float(thresholds[best])
+    if method == "target_sensitivity":
+        if not 0 < target_sensitivity <= 1:
+            raise ValueError("target_sensitivity must lie in (0, 1]")
+        reached = np.flatnonzero(tpr >= target_sensitivity)
+        return float(thresholds[reached[0]])  # always non-empty: the last threshold gives tpr = 1
+    raise ValueError(f"unknown method {method!r}; use 'youden' or 'target_sensitivity'")

@@ -1,0 +1,76 @@
+import inspect
+
+import numpy as np
+import pytest
+
+from pneumo.evaluation.threshold import choose_threshold
+
+
+def rates(y, p, t):
+    pred = p >= t
+    return pred[y == 1].mean(), 1 - pred[y == 0].mean()  # sensitivity, specificity
+
+
+def validation_set(seed=0, n=400):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    p = 1 / (1 + np.exp(-(1.5 * (2 * y - 1) + rng.normal(0, 1.2, n))))
+    return y, p
+
+
+def test_youden_picks_the_known_optimum():
+    # Thresholds and J = sens + spec - 1: 0.8 -> .25, 0.7 -> .50, 0.6 -> .25, 0.5 -> .50, 0.4 -> .75, 0.3 -> .50
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.5, 0.7, 0.8])
+    assert choose_threshold(y, p, "youden") == pytest.approx(0.4)
+
+
+def test_youden_maximises_j_over_every_candidate_threshold():
+    y, p = validation_set()
+    t = choose_threshold(y, p)
+
+    def youden(threshold):
+        sens, spec = rates(y, p, threshold)
+        return sens + spec - 1
+
+    best = max(youden(c) for c in np.unique(p))
+    assert youden(t) == pytest.approx(best)
+
+
+def test_separable_scores_get_a_perfect_threshold():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.3, 0.45, 0.55, 0.7, 0.9])
+    t = choose_threshold(y, p)
+    assert rates(y, p, t) == (1.0, 1.0)
+    assert t == pytest.approx(0.55)  # ties in J go to the largest threshold
+
+
+@pytest.mark.parametrize("target", [0.8, 0.9, 0.95, 1.0])
+def test_target_sensitivity_is_reached_with_the_largest_such_threshold(target):
+    y, p = validation_set(seed=1)
+    t = choose_threshold(y, p, "target_sensitivity", target_sensitivity=target)
+    assert rates(y, p, t)[0] >= target
+    higher = p[p > t]
+    if higher.size:  # the next larger candidate misses the target
+        assert rates(y, p, higher.min())[0] < target
+
+
+def test_threshold_only_sees_validation_data():
+    assert list(inspect.signature(choose_threshold).parameters) == ["y_val", "p_val", "method", "target_sensitivity"]
+    y_val, p_val = validation_set(seed=2)
+    y_test, p_test = validation_set(seed=3)
+    before = choose_threshold(y_val, p_val)
+    assert choose_threshold(y_test, p_test) != before  # the result does depend on the data it is given...
+    y_test[:] = 1 - y_test
+    p_test[:] = 0.5
+    assert choose_threshold(y_val, p_val) == before  # ...but never on test arrays, whatever they hold
+
+
+def test_rejects_single_class_and_unknown_method():
+    with pytest.raises(ValueError):
+        choose_threshold(np.ones(5, dtype=int), np.linspace(0, 1, 5))
+    y, p = validation_set()
+    with pytest.raises(ValueError):
+        choose_threshold(y, p, method="f1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        choose_threshold(y, p, "target_sensitivity", target_sensitivity=0.0)
