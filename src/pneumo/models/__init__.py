@@ -1,0 +1,49 @@
+"""The model zoo: ``get_model("cnn" | "resnet18" | "resnet50" | "densenet121", num_classes=..., ...)``.
+
+Every model is a :class:`PneumoNet` (``forward_features``, ``forward_head``, ``num_features``, ``num_classes``,
+``cam_target_layer``, ``layer_names``), so Grad-CAM, feature extraction and freezing need no per-model code.
+"""
+
+from __future__ import annotations
+
+from .base import PneumoNet
+from .cnn import PneumoCNN
+from .freeze import add_unfrozen_params, apply_freeze, param_groups, stages_for_policy, unfreeze_stages
+from .heads import ClassifierHead, task_logits, task_probs
+from .registry import get_model, list_models, register_model
+from .torchvision_nets import TorchvisionDenseNet, TorchvisionResNet, build_torchvision
+from .weights import (
+    LoadReport,
+    adapt_first_conv,
+    load_weights,
+    read_state_dict,
+    resolve_imagenet_weights,
+    resolve_weights_file,
+    save_weights,
+)
+
+__all__ = [
+    "ClassifierHead",
+    "LoadReport",
+    "PneumoCNN",
+    "PneumoNet",
+    "TorchvisionDenseNet",
+    "TorchvisionResNet",
+    "adapt_first_conv",
+    "add_unfrozen_params",
+    "apply_freeze",
+    "build_torchvision",
+    "get_model",
+    "list_models",
+    "load_weights",
+    "param_groups",
+    "read_state_dict",
+    "register_model",
+    "resolve_imagenet_weights",
+    "resolve_weights_file",
+    "save_weights",
+    "stages_for_policy",
+    "task_logits",
+    "task_probs",
+    "unfreeze_stages",
+]

@@ -1,0 +1,91 @@
+"""Model registry: ``get_model(name, ...)`` builds any network of the zoo by name (timm/torchvision style)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .base import PneumoNet
+from .cnn import PneumoCNN
+from .torchvision_nets import build_torchvision
+from .weights import load_weights
+
+# A builder takes (num_classes, in_chans, drop_rate, pretrained, **kwargs) as keywords and returns a PneumoNet.
+Builder = Callable[..., PneumoNet]
+_REGISTRY: dict[str, Builder] = {}
+
+
+def register_model(name: str) -> Callable[[Builder], Builder]:
+    """Decorator registering a builder under ``name``."""
+
+    def decorate(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = builder
+        return builder
+
+    return decorate
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _parse_weights(weights: str | Path | None) -> str | Path | None:
+    """``None``/``"none"`` -> None, ``"imagenet"`` -> "imagenet", anything else -> an existing Path."""
+    if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
+        return None
+    if isinstance(weights, str) and weights.lower() == "imagenet":
+        return "imagenet"
+    path = Path(weights)
+    if not path.exists():
+        raise FileNotFoundError(f"weights {weights!s}: not 'imagenet', 'none' or an existing file/run folder")
+    return path
+
+
+def get_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_chans: int = 1,
+    weights: str | Path | None = None,
+    drop_rate: float = 0.2,
+    **kwargs: Any,
+) -> PneumoNet:
+    """Build model ``name`` for ``num_classes`` outputs (task classes + dummy classes, if any).
+
+    ``weights``: ``None``/``"none"`` (random init), ``"imagenet"`` (torchvision ResNet/DenseNet only; downloads on
+    first use), or a path to a ``.safetensors``/``.pth``/``.pt`` state dict or a pneumo run folder (its
+    ``best.safetensors``, else ``last.safetensors``): matching weights load, a head of another shape is skipped.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    if num_classes < 1 or in_chans < 1:
+        raise ValueError(f"num_classes and in_chans must be >= 1, got {num_classes} and {in_chans}")
+    spec = _parse_weights(weights)
+    model = _REGISTRY[name](
+        num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, pretrained=spec == "imagenet", **kwargs
+    )
+    model.arch = name
+    if isinstance(spec, Path):
+        load_weights(model, spec)
+    return model
+
+
+@register_model("cnn")
+def _cnn(*, num_classes: int, in_chans: int, drop_rate: float, pretrained: bool, **kwargs: Any) -> PneumoNet:
+    if pretrained:
+        raise ValueError("the from-scratch 'cnn' has no ImageNet weights; use weights=None or a path")
+    return PneumoCNN(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, **kwargs)
+
+
+def _register_torchvision(arch: str) -> None:
+    def build(**kw: Any) -> PneumoNet:
+        return build_torchvision(arch, **kw)
+
+    register_model(arch)(build)
+
+
+for _arch in ("resnet18", "resnet50", "densenet121"):
+    _register_torchvision(_arch)
