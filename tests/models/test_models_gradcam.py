@@ -8,10 +8,10 @@ import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from pneumo.models import get_model, list_models
+from pneumo.models import get_model
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", ["cnn", "resnet18", "resnet50", "densenet121"])
 def test_gradcam_heatmap_has_input_size(name: str) -> None:
     torch.manual_seed(0)
     model = get_model(name, num_classes=2).eval()

@@ -6,18 +6,44 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pneumo.models import PneumoNet, get_model, list_models, task_logits, task_probs
+from pneumo.models import (
+    PneumoCNN,
+    PneumoNet,
+    get_model,
+    list_models,
+    register_model,
+    registry,
+    task_logits,
+    task_probs,
+)
 
 MODELS = ["cnn", "resnet18", "resnet50", "densenet121"]
 
 
 def test_registry_lists_the_zoo() -> None:
-    assert list_models() == sorted(MODELS)
+    # other packages may register more models (e.g. the ACGAN discriminator) when imported
+    assert set(MODELS) <= set(list_models())
+    assert list_models() == sorted(list_models())
 
 
 def test_unknown_model_lists_available() -> None:
-    with pytest.raises(ValueError, match="available: cnn, densenet121, resnet18, resnet50"):
+    with pytest.raises(ValueError, match="unknown model 'vgg16'; available: ") as info:
         get_model("vgg16", num_classes=2)
+    assert all(name in str(info.value) for name in MODELS)
+
+
+def test_register_model_adds_a_builder_and_refuses_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @register_model("tiny_cnn")
+    def _tiny(*, num_classes: int, in_chans: int, drop_rate: float, pretrained: bool) -> PneumoNet:
+        return PneumoCNN(num_classes, in_chans, drop_rate, widths=(4, 8), depths=(1, 1))
+
+    model = get_model("tiny_cnn", num_classes=3)
+    assert (model.arch, model.num_features) == ("tiny_cnn", 8)
+    assert "tiny_cnn" in list_models()
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("tiny_cnn")(_tiny)
 
 
 def test_bad_weights_arguments(tmp_path) -> None:
