@@ -1,0 +1,100 @@
+"""``pneumo evaluate`` and ``pneumo compare``: thin wrappers around :mod:`pneumo.evaluation.run` and
+:mod:`pneumo.evaluation.runs_table`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from pneumo.cli.output import fail
+
+
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="Run folder written by `pneumo train`."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Another dataset folder or CSV manifest (default: the run's own dataset and split.csv)."
+    ),
+    split: str = typer.Option("test", "--split", help="test | val"),
+    target_sensitivity: float | None = typer.Option(
+        None,
+        "--target-sensitivity",
+        help="Binary: the most specific threshold reaching this validation sensitivity (default: Youden's J).",
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print metrics.json instead of the summary table."),
+    n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap replicates (patients resampled)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per inference batch."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw the PNG plots embedded in report.html."),
+) -> None:
+    """Metrics with 95 % patient-bootstrap CIs at t = 0.5 and at the threshold validated on the run's validation
+    split, calibration, plots, report.html and MODEL_CARD.md, written to RUN_DIR/eval-<dataset>-<split>/."""
+    from pneumo.data.records import DatasetError
+    from pneumo.evaluation.run import SPLITS, evaluate_run, summary_table
+
+    if split not in SPLITS:
+        fail(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if device not in ("auto", "cpu", "cuda"):
+        fail(f"--device must be auto, cpu or cuda, got {device!r}")
+    try:
+        result = evaluate_run(
+            run_dir,
+            data=data,
+            split=split,
+            target_sensitivity=target_sensitivity,
+            n_boot=n_boot,
+            seed=seed,
+            device=device,
+            batch_size=batch_size,
+            plots=plots,
+            progress=not json_out,
+        )
+    except (DatasetError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    if json_out:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    cal = result["calibration"]
+    typer.echo(
+        f"{result['run']} on {result['dataset']['name']} {result['split']}: {result['n_images']} images, "
+        f"{result['n_patients']} patients ({', '.join(f'{k} {v}' for k, v in result['class_counts'].items())})"
+    )
+    typer.echo(summary_table(result), nl=False)
+    typer.echo(
+        f"temperature {cal['temperature']:.3f} (validation); ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}"
+    )
+    for item in result["limitations"]:
+        typer.echo(f"note: {item}")
+    typer.echo(f"report: {Path(result['eval_dir']) / 'report.html'}")
+
+
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="Run folders to put side by side."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table."),
+    split: str = typer.Option("test", "--split", help="Which evaluation to read: eval-<dataset>-<split>."),
+    metrics: list[str] | None = typer.Option(
+        None, "--metrics", help="Metric columns, comma-separated or repeated (default depends on the task)."
+    ),
+    dataset: str | None = typer.Option(
+        None, "--dataset", help="Evaluated dataset name (the slug in eval-<dataset>-<split>; default: the run's own)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+) -> None:
+    """One table of runs: task, model, weights, image size, epochs, wall time and test metrics with 95 % CIs."""
+    from pneumo.evaluation.run import json_safe
+    from pneumo.evaluation.runs_table import compare_runs, runs_table
+
+    names = [m.strip() for item in metrics or [] for m in item.split(",") if m.strip()] or None
+    try:
+        rows = compare_runs(run_dirs, split=split, metrics=names, dataset=dataset)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    if json_out:
+        typer.echo(json.dumps(json_safe(rows), indent=2))
+        return
+    typer.echo(runs_table(rows, metrics=names, markdown=markdown), nl=False)
+    missing = [row["run"] for row in rows if row["eval"] is None]
+    if missing:
+        typer.echo(f"not evaluated on {split}: {', '.join(missing)} (run `pneumo evaluate RUN_DIR --split {split}`)")

@@ -1,0 +1,120 @@
+"""`pneumo train` -> `pneumo evaluate` -> `pneumo compare` end to end on synthetic data, through the CLI."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from pneumo.cli import evaluate as evaluate_cli
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _app() -> typer.Typer:
+    """``pneumo.cli.app`` when it has the commands; else a local app with the same command functions."""
+    from pneumo.cli import app
+    from pneumo.cli import train as train_cli
+
+    registered = {c.name or c.callback.__name__ for c in app.registered_commands if c.callback}
+    if {"train", "evaluate", "compare"} <= registered:
+        return app
+    local = typer.Typer()
+    local.command("train")(train_cli.train)
+    local.command("evaluate")(evaluate_cli.evaluate)
+    local.command("compare")(evaluate_cli.compare)
+    return local
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[dict[str, str]] = []
+        self.scripts = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.images.append({k: v or "" for k, v in attrs})
+        self.scripts += tag == "script"
+
+
+@pytest.fixture(scope="module")
+def cli() -> tuple[CliRunner, typer.Typer]:
+    return CliRunner(), _app()
+
+
+def _invoke(cli: tuple[CliRunner, typer.Typer], *args: str) -> str:
+    runner, app = cli
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def _train(cli, data: Path, out: Path, seed: int) -> Path:
+    _invoke(
+        cli, "train", "--data", data, "--model", "cnn", "--epochs", "1", "--image-size", "32", "--batch-size", "16",
+        "--seed", seed, "--out", out, "--set", "progress=false", "--set", "max_steps_per_epoch=4",
+    )  # fmt: skip
+    assert (out / "best.safetensors").is_file()
+    return out
+
+
+def test_train_evaluate_compare(cli, synthetic_data: Path, tmp_path: Path) -> None:
+    run_a = _train(cli, synthetic_data, tmp_path / "run-a", seed=0)
+    output = _invoke(cli, "evaluate", run_a, "--n-boot", "100")
+    assert re.search(r"sensitivity\s+\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]\s+\d\.\d{3} \[", output), output
+    assert "t = 0.50" in output and "validated t = " in output
+
+    eval_dir = run_a / "eval-chest-xray-test"
+    result = json.loads((eval_dir / "metrics.json").read_text())
+    assert result["bootstrap"]["n_boot"] == 100
+    assert f"{result['n_images']} images" in output
+
+    # The report is one self-contained file embedding every plot that was written.
+    parser = _Images()
+    parser.feed((eval_dir / "report.html").read_text())
+    assert parser.scripts == 0
+    embedded = {img["alt"]: img["src"] for img in parser.images}
+    assert set(embedded) == set(result["plots"])
+    pngs = sorted(eval_dir.glob("*.png"))
+    assert sorted(p.name for p in pngs) == sorted(result["plots"].values())
+    assert {"roc.png", "pr.png", "reliability.png", "training_curves.png", "confident_errors.png"} <= {
+        p.name for p in pngs
+    }
+    for caption, name in result["plots"].items():
+        prefix = "data:image/png;base64,"
+        assert embedded[caption].startswith(prefix)
+        data = base64.b64decode(embedded[caption][len(prefix) :])
+        assert data.startswith(PNG_MAGIC) and data == (eval_dir / name).read_bytes()
+    assert (run_a / "MODEL_CARD.md").is_file()
+
+    # --json prints metrics.json; the stored operating point is reused.
+    as_json = json.loads(_invoke(cli, "evaluate", run_a, "--json", "--no-plots", "--n-boot", "50"))
+    assert as_json["threshold"] == result["threshold"] and as_json["calibration_fitted"] is False
+
+    run_b = _train(cli, synthetic_data, tmp_path / "run-b", seed=1)
+    _invoke(cli, "evaluate", run_b, "--no-plots", "--n-boot", "50")
+    table = _invoke(cli, "compare", run_a, run_b, "--markdown").splitlines()
+    assert table[0].startswith("| run | task | model |") and "roc_auc" in table[0]
+    assert table[2].startswith("| run-a |") and table[3].startswith("| run-b |")
+    auc = json.loads((run_b / "eval-chest-xray-test" / "metrics.json").read_text())
+    roc = auc["metrics"]["at_validated_threshold"]["ci"]["roc_auc"]
+    assert f"{roc['point']:.3f} [{roc['low']:.3f}, {roc['high']:.3f}]" in table[3]
+
+    chosen = _invoke(cli, "compare", run_a, run_b, "--metrics", "roc_auc,brier").splitlines()
+    header = chosen[0].split()
+    assert "brier" in header and "sensitivity" not in header
+
+
+def test_evaluate_rejects_bad_arguments(cli, tmp_path: Path) -> None:
+    runner, app = cli
+    bad_split = runner.invoke(app, ["evaluate", str(tmp_path), "--split", "train"])
+    assert bad_split.exit_code == 2 and "--split" in bad_split.output
+    not_a_run = runner.invoke(app, ["evaluate", str(tmp_path)])
+    assert not_a_run.exit_code == 2 and "not a pneumo run folder" in not_a_run.output

@@ -1,0 +1,209 @@
+"""evaluate_run on tiny real training runs (cnn, 32 px, synthetic data): validation-only choices, outputs, reuse."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumo.evaluation import run as run_eval
+from pneumo.evaluation.run import dataset_slug, evaluate_run, stored_calibration
+from pneumo.evaluation.runs_table import compare_runs, runs_table
+from pneumo.training import build_config, read_run_meta, train
+
+FAST = {"n_boot": 60, "plots": False, "progress": False}
+
+
+def _train(data: Path, out: Path, task: str = "normal-pneumonia", epochs: int = 2) -> Path:
+    flags = {"data": str(data), "task": task, "model": "cnn", "epochs": epochs, "image_size": 32, "batch_size": 16}
+    quick = {"progress": False, "early_stopping_patience": None, "max_steps_per_epoch": 6}
+    cfg = build_config(flags={**flags, **quick, "out": str(out)})
+    return train(cfg)
+
+
+@pytest.fixture(scope="module")
+def trained_run(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pristine binary run; tests evaluate copies of it (evaluation writes into the run folder)."""
+    return _train(synthetic_data, tmp_path_factory.mktemp("runs") / "binary")
+
+
+def _copy(run_dir: Path, dst: Path) -> Path:
+    return Path(shutil.copytree(run_dir, dst, ignore=shutil.ignore_patterns("eval-*", "MODEL_CARD.md")))
+
+
+@pytest.fixture
+def run_copy(trained_run: Path, tmp_path: Path) -> Path:
+    return _copy(trained_run, tmp_path / "run")
+
+
+def _flip_labels(run_dir: Path, split: str) -> None:
+    path = run_dir / "split.csv"
+    rows = list(csv.DictReader(path.open(newline="")))
+    for row in rows:
+        if row["split"] == split:
+            row["label"] = "NORMAL" if row["label"] == "PNEUMONIA" else "PNEUMONIA"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_threshold_and_temperature_do_not_depend_on_test_labels(run_copy: Path, tmp_path: Path) -> None:
+    flipped_test = _copy(run_copy, tmp_path / "flipped-test")
+    _flip_labels(flipped_test, "test")
+    flipped_val = _copy(run_copy, tmp_path / "flipped-val")
+    _flip_labels(flipped_val, "val")
+
+    a = evaluate_run(run_copy, **FAST)
+    b = evaluate_run(flipped_test, **FAST)
+    assert a["calibration_fitted"] and b["calibration_fitted"]
+    assert b["threshold"] == a["threshold"]
+    assert b["temperature"] == a["temperature"]
+    assert read_run_meta(flipped_test)["operating_point"] == read_run_meta(run_copy)["operating_point"]
+    # The flip did reach the scoring: same decisions, opposite labels.
+    assert b["class_counts"] == {"NORMAL": a["class_counts"]["PNEUMONIA"], "PNEUMONIA": a["class_counts"]["NORMAL"]}
+    acc_a = a["metrics"]["at_0.5"]["point"]["accuracy"]
+    acc_b = b["metrics"]["at_0.5"]["point"]["accuracy"]
+    assert acc_a + acc_b == pytest.approx(1.0)
+
+    # Validation labels, in contrast, do choose them.
+    c = evaluate_run(flipped_val, **FAST)
+    assert (c["threshold"], c["temperature"]) != (a["threshold"], a["temperature"])
+
+
+def test_outputs_and_metrics_json(run_copy: Path) -> None:
+    result = evaluate_run(run_copy, **FAST)
+    eval_dir = run_copy / f"eval-{dataset_slug(result['dataset']['source'])}-test"
+    assert Path(result["eval_dir"]) == eval_dir
+    stored = json.loads((eval_dir / "metrics.json").read_text())
+    expected = {
+        "pneumo_version", "run", "run_id", "task", "class_names", "dataset", "split", "n_images", "n_patients",
+        "class_counts", "operating_point", "threshold", "temperature", "calibration", "bootstrap", "primary",
+        "metrics", "overlap_with_training", "limitations", "plots",
+    }  # fmt: skip
+    assert expected <= stored.keys()
+    assert stored["dataset"]["own"] is True and stored["split"] == "test"
+    assert stored["primary"] == "at_validated_threshold"
+    assert set(stored["metrics"]) == {"at_0.5", "at_validated_threshold"}
+    assert stored["metrics"]["at_0.5"]["threshold"] == 0.5
+    assert stored["metrics"]["at_validated_threshold"]["threshold"] == stored["threshold"]
+    assert {"ece_before", "ece_after", "temperature"} <= stored["calibration"].keys()
+    assert sum(stored["class_counts"].values()) == stored["n_images"]
+    for section in stored["metrics"].values():
+        ci = section["ci"]["roc_auc"]
+        assert ci["low"] <= ci["point"] <= ci["high"]
+        assert ci["n_valid"] > 0
+    assert stored["operating_point"]["split"] == "val"
+
+    rows = list(csv.DictReader((eval_dir / "predictions.csv").open(newline="")))
+    assert len(rows) == stored["n_images"]
+    assert {"path", "patient_id", "true", "p_NORMAL", "p_PNEUMONIA", "predicted"} <= rows[0].keys()
+    p_pos = np.array([float(r["p_PNEUMONIA"]) for r in rows])
+    predicted = np.array([r["predicted"] == "PNEUMONIA" for r in rows])
+    np.testing.assert_array_equal(predicted, p_pos >= stored["threshold"])
+    true = np.array([r["true"] == "PNEUMONIA" for r in rows])
+    confusion = stored["metrics"]["at_validated_threshold"]["point"]["confusion_matrix"]
+    assert confusion[1][1] == int((predicted & true).sum())
+
+    card = (run_copy / "MODEL_CARD.md").read_text()
+    assert f"{stored['threshold']:.4f}" in card
+    assert "NOT a medical device" in card
+
+
+def test_stored_calibration_is_reused_and_refitted_for_another_method(
+    run_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = evaluate_run(run_copy, **FAST)
+    with monkeypatch.context() as patched:
+        patched.setattr(run_eval, "fit_temperature", _must_not_be_called)
+        again = evaluate_run(run_copy, **FAST)
+    assert not again["calibration_fitted"]
+    assert (again["threshold"], again["temperature"]) == (first["threshold"], first["temperature"])
+
+    sensitive = evaluate_run(run_copy, split="val", target_sensitivity=0.9, **FAST)
+    assert sensitive["calibration_fitted"]
+    assert sensitive["operating_point"]["method"] == "target_sensitivity"
+    assert sensitive["metrics"]["at_validated_threshold"]["point"]["sensitivity"] >= 0.9
+    assert read_run_meta(run_copy)["operating_point"]["target_sensitivity"] == 0.9
+    assert any("validation split" in item for item in sensitive["limitations"])
+
+    meta = read_run_meta(run_copy)
+    wanted = {"method": "target_sensitivity", "target_sensitivity": 0.9}
+    digest = meta["operating_point"]["weights_sha256"]
+    assert stored_calibration(meta, wanted, digest) is not None
+    assert stored_calibration(meta, wanted, "other-weights") is None
+    assert stored_calibration(meta, {"method": "youden"}, digest) is None
+
+
+def _must_not_be_called(*args, **kwargs):
+    raise AssertionError("calibration was refitted")
+
+
+def test_cross_dataset_manifest(run_copy: Path, synthetic_data: Path, tmp_path: Path, monkeypatch) -> None:
+    own = evaluate_run(run_copy, **FAST)
+    test_images = sorted((synthetic_data / "test").rglob("*.jpeg"))
+    train_images = sorted((synthetic_data / "train").rglob("*.jpeg"))[:4]
+    manifest = tmp_path / "External Set.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])  # no split column: every image is evaluated
+        for path in [*test_images, *train_images]:
+            writer.writerow([str(path), path.parent.name])
+
+    monkeypatch.setattr(run_eval, "fit_temperature", _must_not_be_called)
+    cross = evaluate_run(run_copy, data=manifest, **FAST)
+    assert Path(cross["eval_dir"]).name == "eval-external-set-test"
+    assert (run_copy / "eval-external-set-test" / "metrics.json").is_file()
+    assert cross["dataset"]["own"] is False
+    assert cross["n_images"] == own["n_images"] + 4
+    assert not cross["calibration_fitted"]
+    assert cross["threshold"] == own["threshold"]
+    overlap = cross["overlap_with_training"]
+    assert overlap["images_with_a_train_or_val_file_name"] == 4
+    assert overlap["images_of_those_patients"] >= 4
+    assert any("not independent" in item for item in cross["limitations"])
+    # The model card keeps describing the run's own test evaluation.
+    card = (run_copy / "MODEL_CARD.md").read_text()
+    assert "external" not in card.lower()
+    assert f"{own['n_images']} images" in card
+
+
+def test_three_classes_argmax_macro_auc(synthetic_data: Path, tmp_path: Path) -> None:
+    run_dir = _train(synthetic_data, tmp_path / "three", task="normal-bacteria-virus", epochs=1)
+    with pytest.raises(ValueError, match="binary"):
+        evaluate_run(run_dir, target_sensitivity=0.9, **FAST)
+    result = evaluate_run(run_dir, **FAST)
+    assert result["primary"] == "argmax" and list(result["metrics"]) == ["argmax"]
+    assert result["threshold"] is None and result["operating_point"]["method"] == "argmax"
+    ci = result["metrics"]["argmax"]["ci"]
+    assert {"accuracy", "balanced_accuracy", "roc_auc", "recall/virus", "roc_auc_per_class/bacteria"} <= ci.keys()
+    per_class = result["metrics"]["argmax"]["point"]["roc_auc_per_class"]
+    assert result["metrics"]["argmax"]["point"]["roc_auc"] == pytest.approx(np.mean(list(per_class.values())))
+    assert read_run_meta(run_dir)["temperature"] == result["temperature"]
+
+
+def test_compare_runs_reads_the_primary_section(trained_run: Path, tmp_path: Path) -> None:
+    alpha = _copy(trained_run, tmp_path / "alpha")
+    result = evaluate_run(alpha, **FAST)
+    beta = _copy(trained_run, tmp_path / "beta")  # never evaluated
+    rows = compare_runs([alpha, beta])
+    assert [r["run"] for r in rows] == ["alpha", "beta"]
+    first, second = rows
+    primary = result["metrics"]["at_validated_threshold"]["ci"]
+    assert first["sensitivity"]["point"] == pytest.approx(primary["sensitivity"]["point"])
+    assert first["threshold"] == pytest.approx(result["threshold"])
+    assert first["model"] == "cnn" and first["image_size"] == 32 and first["epochs"] == 2
+    assert first["weights"] == "scratch" and first["wall_time"] is not None
+    assert second["eval"] is None and second["roc_auc"] is None
+    lines = runs_table(rows, markdown=True).splitlines()
+    assert lines[0].split("|")[1:-1] == [
+        f" {c} " for c in ("run", "task", "model", "weights", "image_size", "epochs", "wall_time", "accuracy",
+                           "sensitivity", "specificity", "roc_auc", "eval")
+    ]  # fmt: skip
+    roc = primary["roc_auc"]
+    assert lines[2].startswith("| alpha |") and f"{roc['point']:.3f} [{roc['low']:.3f}, {roc['high']:.3f}]" in lines[2]
+    assert lines[3].startswith("| beta |") and lines[3].count("n/a") == 5
