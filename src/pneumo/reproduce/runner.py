@@ -1,0 +1,127 @@
+"""``pneumo reproduce``: run a suite of declared experiments, resumably, and write the results table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import pneumo
+from pneumo.reproduce.suite import Experiment, load_suite, resolve_refs
+from pneumo.utils.atomic import write_json
+
+log = logging.getLogger(__name__)
+STATUS_FILE = "reproduce.json"
+QUICK_DATA_IMAGES = 360
+
+
+def machine_summary() -> dict[str, Any]:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pneumo": pneumo.__version__,
+    }
+
+
+def _run_name(exp: Experiment, seed: int) -> str:
+    return exp.name if len(exp.seeds) == 1 else f"{exp.name}-seed{seed}"
+
+
+def _train_one(exp: Experiment, seed: int, data: Path, run_dir: Path, run_dirs: dict[str, Path], device: str) -> Path:
+    """Train (or resume) one experiment; returns the folder of the classifier run to evaluate."""
+    if exp.kind == "gan":
+        from pneumo.gan import train as gan_train
+
+        overlay = resolve_refs(exp.gan, run_dirs)
+        if (run_dir / "config.yaml").exists():
+            gan_train.resume_gan(run_dir)
+        else:
+            gan_train.train_gan(gan_train.load_config(None, data=str(data), out=str(run_dir), seed=seed, **overlay))
+        return run_dir / "classifier"
+
+    from pneumo.training import build_config, resume, train
+    from pneumo.training.config import deep_merge
+
+    if (run_dir / "config.yaml").exists():
+        resume(run_dir)  # a finished run returns at once
+        return run_dir
+    overlay = resolve_refs(exp.train, run_dirs)
+    flags = {"data": str(data), "out": str(run_dir), "seed": seed, "device": device}
+    cfg = build_config(flags=deep_merge(overlay, flags))
+    train(cfg, command=["pneumo", "reproduce", exp.name])
+    return run_dir
+
+
+def reproduce(
+    data: Path | None,
+    suite: str,
+    out: Path,
+    *,
+    experiments_dir: Path | None = None,
+    device: str = "auto",
+    n_boot: int = 1000,
+    only: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run every experiment of ``suite`` not yet finished in ``out``, evaluate each on the official test split,
+    and write ``out/results.md`` and ``out/results.json``. Safe to interrupt and call again."""
+    from pneumo.evaluation.run import evaluate_run
+    from pneumo.reproduce.results import write_results
+
+    out = out.expanduser().resolve()
+    experiments = load_suite(suite, experiments_dir)
+    if only:
+        unknown = set(only) - {e.name for e in experiments}
+        if unknown:
+            raise ValueError(f"not in suite {suite!r}: {sorted(unknown)}")
+    if data is None:
+        if suite != "quick":
+            raise ValueError(f"suite {suite!r} needs --data (the real dataset)")
+        from pneumo.data.synth import generate_dataset
+
+        data_root = out / "synthetic-data"
+        data = (
+            data_root / "chest_xray"
+            if (data_root / "chest_xray" / "MANIFEST.csv").exists()
+            else generate_dataset(data_root, n=QUICK_DATA_IMAGES, seed=0, progress=False)
+        )
+    data = data.expanduser().resolve()
+    run_dirs: dict[str, Path] = {}
+    entries = []
+    for exp in experiments:
+        for seed in exp.seeds:
+            name = _run_name(exp, seed)
+            run_dir = out / "runs" / name
+            run_dirs.setdefault(exp.name, run_dir)
+            status_path = run_dir / STATUS_FILE
+            if only and exp.name not in only and not status_path.exists():
+                continue
+            if not status_path.exists():
+                log.info("experiment %s: training", name)
+                start = time.perf_counter()
+                eval_dir = _train_one(exp, seed, data, run_dir, run_dirs, device)
+                train_s = time.perf_counter() - start
+                result = evaluate_run(eval_dir, split="test", n_boot=n_boot, device=device, progress=False)
+                status = {
+                    "experiment": exp.name,
+                    "seed": seed,
+                    "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                    "wall_s_this_session": round(train_s, 1),
+                    "evaluated_run": str(eval_dir),
+                    "eval_dir": result["eval_dir"],
+                    "device": "cuda" if torch.cuda.is_available() and device != "cpu" else "cpu",
+                }
+                write_json(status_path, status)
+            entries.append((exp, seed, run_dir))
+    return write_results(out, suite, data, entries, n_boot=n_boot, machine=machine_summary())
