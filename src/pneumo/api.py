@@ -1,0 +1,17 @@
+"""The Python entry point: ``pneumo.load(path)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pneumo.inference.predictor import Predictor
+
+
+def load(path: str | Path, *, device: str = "cpu", **kwargs: Any) -> Predictor:
+    """A :class:`~pneumo.inference.Predictor` for a run folder (PyTorch) or a ``.onnx`` export (onnxruntime).
+
+    ``kwargs``: ``batch_size`` (default 32), ``max_pixels`` (decompression-bomb guard).
+    Research use only, not a medical device.
+    """
+    return Predictor.load(path, device=device, **kwargs)

@@ -1,0 +1,176 @@
+"""``pneumo predict``, ``pneumo export`` and ``pneumo serve``: use a trained model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import typer
+
+from pneumo.cli.output import fail, print_table
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
+FORMATS = ("table", "json", "csv")
+WORKER_STARTUP_S = 180
+
+
+def register(app: typer.Typer) -> None:
+    """Add the commands of this module to the top-level ``pneumo`` app."""
+    app.command()(predict)
+    app.command()(export)
+    app.command()(serve)
+
+
+def iter_image_files(paths: Iterable[Path]) -> Iterator[Path]:
+    """Files named on the command line as given; folders walked (sorted) for files with an image suffix."""
+    for path in paths:
+        if path.is_dir():
+            found = (p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            yield from sorted(found)
+        else:
+            yield path  # a missing or unreadable file is reported by the decoder, with its name
+
+
+def _cam_path(out_dir: Path, source: Path, used: set[Path]) -> Path:
+    candidate = out_dir / f"{source.stem}.cam.png"
+    n = 1
+    while candidate in used:
+        candidate = out_dir / f"{source.stem}-{n}.cam.png"
+        n += 1
+    used.add(candidate)
+    return candidate
+
+
+def predict(
+    model: Path = typer.Argument(..., help="Run folder or .onnx export."),
+    images: list[Path] = typer.Argument(..., help="Image files (JPEG, PNG, DICOM, ...) or folders to walk."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv"),
+    cam: Path | None = typer.Option(None, "--cam", help="Write Grad-CAM overlays (<name>.cam.png) into this folder."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+) -> None:
+    """Predict images; a bad file is reported on stderr and skipped (exit code 1 if any failed)."""
+    from pneumo.data.decode import ImageDecodeError
+    from pneumo.inference import ModelLoadError, Predictor
+    from pneumo.utils.atomic import write_bytes
+
+    if fmt not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    try:
+        predictor = Predictor.load(model, batch_size=batch_size)
+    except (ModelLoadError, OSError) as exc:
+        fail(str(exc))
+    if cam is not None and not predictor.can_explain:
+        fail("--cam needs a run folder: Grad-CAM is not available for ONNX models")
+    results, n_failed, used_cam_paths = [], 0, set()
+    files = list(iter_image_files(images))
+    if not files:
+        fail("no image files found", code=1)
+    for start in range(0, len(files), batch_size):
+        prepared = []
+        for path in files[start : start + batch_size]:
+            try:
+                prepared.append(predictor.prepare(path))
+            except ImageDecodeError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                n_failed += 1
+        results.extend(predictor.predict_prepared(prepared))
+        if cam is not None:
+            for image in prepared:
+                overlay = predictor.explain_prepared(image).overlay_png
+                write_bytes(_cam_path(cam, Path(image.source), used_cam_paths), overlay)
+    _print_results(results, fmt, predictor.class_names)
+    if n_failed:
+        typer.echo(f"{n_failed} of {len(files)} files failed", err=True)
+        raise typer.Exit(1)
+
+
+def _print_results(results: list, fmt: str, class_names: tuple[str, ...]) -> None:
+    if fmt == "json":
+        typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        return
+    rows = []
+    for r in results:
+        row = {"file": r.source, "label": r.label}
+        row.update({f"p_{c}": r.probabilities[c] for c in class_names})
+        row.update({"threshold": r.threshold, "in_distribution": r.in_distribution, "ood_score": r.ood_score})
+        rows.append(row)
+    if fmt == "csv":
+        fields = ["file", "label", *(f"p_{c}" for c in class_names), "threshold", "in_distribution", "ood_score"]
+        writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    if rows and all(r["in_distribution"] is None for r in rows):
+        for row in rows:
+            del row["in_distribution"], row["ood_score"]
+    print_table(rows)
+
+
+def export(
+    model: Path = typer.Argument(..., help="Run folder."),
+    onnx_path: Path = typer.Option(..., "--onnx", help="ONNX file to write."),
+    opset: int = typer.Option(17, "--opset", min=17),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check ONNX vs PyTorch within 1e-4."),
+) -> None:
+    """Export a run to ONNX (dynamic batch; preprocessing, classes, threshold and more in its metadata)."""
+    from pneumo.inference import ModelLoadError
+    from pneumo.inference.onnx import ExportError, export_onnx
+
+    try:
+        out = export_onnx(model, onnx_path, opset=opset, verify=verify)
+    except (ModelLoadError, ExportError, OSError) as exc:
+        fail(str(exc))
+    typer.echo(f"wrote {out}")
+
+
+def serve(
+    model: Path = typer.Argument(..., help="Run folder or .onnx export."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes (each loads the model)."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest accepted upload."),
+    max_pixels: int = typer.Option(64_000_000, "--max-pixels", min=1, help="Largest accepted image (pixels)."),
+    max_concurrency: int = typer.Option(2, "--max-concurrency", min=1, help="Inferences at once per process."),
+    timeout_s: float = typer.Option(30.0, "--timeout", help="Seconds before a request gets 503."),
+) -> None:
+    """Serve the model over HTTP (web page at /, API docs at /docs). Research use only."""
+    import uvicorn
+
+    from pneumo.inference import ModelLoadError
+    from pneumo.serve.app import ENV_PREFIX, create_app
+
+    try:
+        app = create_app(
+            model,
+            max_upload_mb=max_upload_mb,
+            max_pixels=max_pixels,
+            max_concurrency=max_concurrency,
+            timeout_s=timeout_s,
+        )
+    except (ModelLoadError, OSError) as exc:
+        fail(str(exc))
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port)
+        return
+    # Several processes need an importable factory; the settings travel in the environment.
+    settings = {
+        "MODEL": model.resolve(),
+        "MAX_UPLOAD_MB": max_upload_mb,
+        "MAX_PIXELS": max_pixels,
+        "MAX_CONCURRENCY": max_concurrency,
+        "TIMEOUT_S": timeout_s,
+    }
+    os.environ.update({f"{ENV_PREFIX}{k}": str(v) for k, v in settings.items()})
+    # Each worker imports torch and loads the model before answering uvicorn's health check: give it time.
+    uvicorn.run(
+        "pneumo.serve.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        timeout_worker_healthcheck=WORKER_STARTUP_S,
+    )

@@ -1,0 +1,157 @@
+"""What a trained model carries besides its weights, read from a run folder or from ONNX metadata.
+
+One :class:`ModelMeta` serves both sources, so a run and its ONNX export predict with the same contract, labels,
+operating point, temperature and OOD parameters. Run folder layout (written by ``pneumo.training``):
+``best.safetensors`` + ``checkpoint.json`` (format 1), evaluations in ``eval-*/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pneumo.data.preprocess import PreprocessContract
+
+CHECKPOINT_FORMAT = 1
+WEIGHTS_FILE = "best.safetensors"
+META_FILE = "checkpoint.json"
+ONNX_PREFIX = "pneumo."  # ONNX metadata_props keys: "pneumo.<field>", values are JSON strings
+DISCLAIMER = "Research use only, not a medical device. Not for diagnosis or treatment."
+
+
+class ModelLoadError(ValueError):
+    """A run folder or ONNX file that cannot be used for prediction; the message says why."""
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """Everything prediction needs besides the network itself."""
+
+    task: str
+    class_names: tuple[str, ...]
+    contract: PreprocessContract
+    model: dict[str, Any]  # {"name", "num_outputs", "in_chans", "kwargs"}
+    dummy_class: bool = False
+    operating_point: dict[str, Any] | None = None  # {"threshold", "method", "positive_class"}
+    temperature: float | None = None
+    ood: dict[str, Any] | None = None
+    pneumo_version: str = ""
+    model_id: str = ""
+    best: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # eval folder name -> its metrics.json
+
+    def __post_init__(self) -> None:
+        if len(self.class_names) < 2:
+            raise ModelLoadError(f"need at least 2 class names, got {list(self.class_names)}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise ModelLoadError(f"temperature must be > 0, got {self.temperature}")
+
+    @property
+    def n_task(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def positive_index(self) -> int | None:
+        """Index of the positive class of a binary task (``class_names[1]`` unless the operating point names one)."""
+        if self.n_task != 2:
+            return None
+        named = (self.operating_point or {}).get("positive_class")
+        return self.class_names.index(named) if named in self.class_names else 1
+
+    @property
+    def threshold(self) -> float | None:
+        if self.n_task != 2:
+            return None
+        return float(self.operating_point["threshold"]) if self.operating_point else 0.5
+
+    # --- run folders ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, meta: dict[str, Any], run_dir: Path) -> ModelMeta:
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ModelLoadError(f"{run_dir / META_FILE}: unsupported format {meta.get('format')!r}")
+        try:
+            return cls(
+                task=str(meta["task"]),
+                class_names=tuple(meta["class_names"]),
+                contract=PreprocessContract.from_dict(meta["preprocess"]),
+                model=dict(meta["model"]),
+                dummy_class=bool(meta.get("dummy_class", False)),
+                operating_point=meta.get("operating_point"),
+                temperature=meta.get("temperature"),
+                ood=meta.get("ood"),
+                pneumo_version=str(meta.get("pneumo_version", "")),
+                model_id=run_model_id(run_dir),
+                best=dict(meta.get("best") or {}),
+                metrics=read_eval_metrics(run_dir),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ModelLoadError(f"{run_dir / META_FILE}: missing or malformed field {exc}") from exc
+
+    # --- ONNX metadata_props ----------------------------------------------------------------------------------
+    def to_onnx_props(self) -> dict[str, str]:
+        fields = {
+            "task": self.task,
+            "class_names": list(self.class_names),
+            "preprocess": self.contract.to_dict(),
+            "model": self.model,
+            "dummy_class": self.dummy_class,
+            "operating_point": self.operating_point,
+            "temperature": self.temperature,
+            "ood": self.ood,
+            "pneumo_version": self.pneumo_version,
+            "model_id": self.model_id,
+            "best": self.best,
+            "metrics": self.metrics,
+        }
+        return {ONNX_PREFIX + k: json.dumps(v) for k, v in fields.items()}
+
+    @classmethod
+    def from_onnx_props(cls, props: dict[str, str], path: Path) -> ModelMeta:
+        values = {k.removeprefix(ONNX_PREFIX): v for k, v in props.items() if k.startswith(ONNX_PREFIX)}
+        try:
+            d = {k: json.loads(v) for k, v in values.items()}
+            return cls(
+                task=d["task"],
+                class_names=tuple(d["class_names"]),
+                contract=PreprocessContract.from_dict(d["preprocess"]),
+                model=d.get("model") or {},
+                dummy_class=bool(d.get("dummy_class", False)),
+                operating_point=d.get("operating_point"),
+                temperature=d.get("temperature"),
+                ood=d.get("ood"),
+                pneumo_version=d.get("pneumo_version", ""),
+                model_id=d.get("model_id") or f"{path.stem}-{file_sha256(path)[:12]}",
+                best=d.get("best") or {},
+                metrics=d.get("metrics") or {},
+            )
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise ModelLoadError(f"{path}: not a pneumo ONNX export (metadata {exc} missing or malformed)") from exc
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_model_id(run_dir: Path) -> str:
+    """Run name + hash of its weights: two runs, or two trainings in one folder, never share an id."""
+    weights = run_dir / WEIGHTS_FILE
+    digest = file_sha256(weights)[:12] if weights.is_file() else "noweights"
+    return f"{run_dir.resolve().name}-{digest}"
+
+
+def read_eval_metrics(run_dir: Path) -> dict[str, Any]:
+    """``{"eval-test": {...}, ...}`` from the run's ``eval-*/metrics.json`` files (unreadable ones skipped)."""
+    out: dict[str, Any] = {}
+    for path in sorted(run_dir.glob("eval-*/metrics.json")):
+        try:
+            out[path.parent.name] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out

@@ -1,0 +1,109 @@
+"""Export a run to ONNX: the graph plus everything prediction needs, in ``metadata_props``.
+
+The graph takes the normalised float input ``input`` ``(N, 1, S, S)`` (dynamic batch) and returns ``logits`` (task
+logits, dummy class dropped), ``raw_logits`` (every output) and ``features`` (pooled penultimate features, for OOD
+scores). The contract, class names, task, operating point, temperature, OOD parameters, model id and pneumo version
+are JSON strings under ``pneumo.*`` keys, so ``pneumo.load("model.onnx")`` predicts with onnxruntime alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from pneumo.inference.backends import ONNX_INPUT, ONNX_OUTPUTS, FeatureHead, TorchBackend
+from pneumo.inference.predictor import Predictor
+from pneumo.utils.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+
+
+class ExportError(RuntimeError):
+    """The export failed or does not reproduce the PyTorch model."""
+
+
+def _torch_export(graph: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    dynamic_axes = {name: {0: "batch"} for name in (ONNX_INPUT, *ONNX_OUTPUTS)}
+    try:
+        # The TorchScript exporter is robust for these plain CNNs on CPU; it is deprecated, hence the filter.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                graph,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[ONNX_INPUT],
+                output_names=list(ONNX_OUTPUTS),
+                dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+            )
+        return
+    except Exception as exc:  # a torch without (or failing in) the legacy exporter: torch.export + onnxscript
+        log.warning("legacy ONNX exporter unavailable (%s); using the dynamo exporter", exc)
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.onnx.export(
+        graph,
+        (example,),
+        dynamo=True,
+        opset_version=opset,
+        input_names=[ONNX_INPUT],
+        output_names=list(ONNX_OUTPUTS),
+        dynamic_shapes=({0: batch},),
+        external_data=False,
+    )
+    program.save(str(path))
+
+
+def export_onnx(
+    model: str | Path | Predictor, out: str | Path, *, opset: int = DEFAULT_OPSET, verify: bool = True
+) -> Path:
+    """Write ``out`` atomically from a run folder (or a PyTorch :class:`Predictor`) and return its path.
+
+    With ``verify`` the written file is loaded with onnxruntime and must match PyTorch within 1e-4 on a random
+    batch of 3, or :class:`ExportError` is raised and nothing is written.
+    """
+    if opset < 17:
+        raise ValueError(f"opset must be >= 17, got {opset}")
+    predictor = model if isinstance(model, Predictor) else Predictor.from_run(model)
+    if not isinstance(predictor.backend, TorchBackend):
+        raise ExportError("export needs a run folder (PyTorch weights), not an ONNX model")
+    meta = predictor.meta
+    in_chans = 1  # the contract yields one channel; FeatureHead replicates it for 3-channel models
+    size = meta.contract.image_size
+    graph = FeatureHead(copy_to_cpu(predictor.backend.model), meta.n_task).eval()
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        with torch.no_grad():
+            _torch_export(graph, torch.zeros(2, in_chans, size, size), tmp, opset)
+        proto = onnx.load(str(tmp))
+        for key, value in meta.to_onnx_props().items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        proto.producer_name = "pneumo"
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        if verify:
+            _verify(predictor, tmp, size)
+    return out
+
+
+def copy_to_cpu(model: torch.nn.Module) -> torch.nn.Module:
+    return copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()
+
+
+def _verify(predictor: Predictor, path: Path, size: int, atol: float = 1e-4) -> None:
+    exported = Predictor.from_onnx(path)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((3, 1, size, size), dtype=np.float32))
+    diff = float(np.abs(predictor.logits(x) - exported.logits(x)).max())
+    if not diff <= atol:
+        raise ExportError(f"ONNX logits differ from PyTorch by {diff:.2e} (> {atol:.0e}); export discarded")

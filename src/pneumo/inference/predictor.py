@@ -1,0 +1,228 @@
+"""``Predictor``: a trained model (run folder or ONNX export) that turns image files into decisions.
+
+Preprocessing always comes from the model's own contract. Probabilities are a softmax over the task logits (dummy
+class dropped) divided by the run's temperature when it has one. Binary labels use the run's validated operating
+point (``p[positive] >= threshold``), else 0.5; 3-class labels are the argmax.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy.special import softmax
+from torch import nn
+
+import pneumo
+from pneumo.data.decode import DEFAULT_MAX_PIXELS, ImageInput, decode_bytes, decode_image
+from pneumo.data.preprocess import normalize, resize_gray
+from pneumo.inference.backends import OnnxBackend, Outputs, TorchBackend, load_run, match_channels
+from pneumo.inference.meta import DISCLAIMER, META_FILE, ModelLoadError, ModelMeta
+from pneumo.inference.ood import ood_verdicts, resolve_scorer
+from pneumo.inference.result import Explanation, PredictionResult
+
+
+class ExplainUnavailable(RuntimeError):
+    """Grad-CAM needs the PyTorch model: an ONNX-only predictor cannot explain."""
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One decoded input: the grayscale original (for overlays) and its model-size version (for the network)."""
+
+    source: str
+    original: np.ndarray  # uint8 H x W
+    resized: np.ndarray  # uint8 S x S
+
+
+def _source_name(source: Any) -> str:
+    if isinstance(source, (str, Path)):
+        return str(source)
+    if isinstance(source, Image.Image):
+        return "<PIL image>"
+    if isinstance(source, np.ndarray):
+        return "<array>"
+    return "<bytes>"
+
+
+class Predictor:
+    """Predict and explain with one trained model. Build it with :meth:`load` (or ``pneumo.load``)."""
+
+    def __init__(
+        self,
+        backend: TorchBackend | OnnxBackend,
+        meta: ModelMeta,
+        path: Path,
+        *,
+        batch_size: int = 32,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.backend = backend
+        self.meta = meta
+        self.path = path
+        self.batch_size = batch_size
+        self.max_pixels = max_pixels
+        self._ood_scorer = resolve_scorer(meta.ood)
+        self._cam_lock = threading.Lock()
+        self._cam_model: nn.Module | None = None
+
+    # --- construction -----------------------------------------------------------------------------------------
+    @classmethod
+    def from_run(cls, run_dir: str | Path, *, device: str = "cpu", **kwargs: Any) -> Predictor:
+        run_dir = Path(run_dir)
+        model, raw_meta = load_run(run_dir, device=device)
+        meta = ModelMeta.from_checkpoint(raw_meta, run_dir)
+        return cls(TorchBackend(model, meta.n_task, device), meta, run_dir, **kwargs)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, **kwargs: Any) -> Predictor:
+        path = Path(path)
+        backend = OnnxBackend(path)
+        return cls(backend, backend.meta(path), path, **kwargs)
+
+    @classmethod
+    def load(cls, path: str | Path, **kwargs: Any) -> Predictor:
+        """A run folder (or its ``checkpoint.json``) or an ``.onnx`` file."""
+        path = Path(path)
+        if path.is_dir():
+            return cls.from_run(path, **kwargs)
+        if path.name == META_FILE:
+            return cls.from_run(path.parent, **kwargs)
+        if path.suffix.lower() == ".onnx" and path.is_file():
+            kwargs.pop("device", None)
+            return cls.from_onnx(path, **kwargs)
+        raise ModelLoadError(f"{path}: neither a run folder nor an .onnx file")
+
+    # --- properties -------------------------------------------------------------------------------------------
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.meta.class_names
+
+    @property
+    def model_id(self) -> str:
+        return self.meta.model_id
+
+    @property
+    def can_explain(self) -> bool:
+        return isinstance(self.backend, TorchBackend)
+
+    # --- prediction -------------------------------------------------------------------------------------------
+    def prepare(self, source: ImageInput, name: str | None = None) -> PreparedImage:
+        """Decode and resize one input by the model's contract; raises ``ImageDecodeError`` naming the input."""
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            gray = decode_bytes(bytes(source), name or "<bytes>", max_pixels=self.max_pixels)
+        else:
+            gray = decode_image(source, max_pixels=self.max_pixels)
+        return PreparedImage(name or _source_name(source), gray, resize_gray(gray, self.meta.contract))
+
+    def model_input(self, resized: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
+        """uint8 ``(N, S, S)`` -> normalised float ``(N, 1, S, S)``, exactly as the model was trained."""
+        return normalize(torch.from_numpy(np.stack(list(resized))), self.meta.contract)
+
+    def run(self, x: torch.Tensor) -> Outputs:
+        """Raw outputs (dummy included) and pooled features for a normalised batch."""
+        return self.backend(x)
+
+    def logits(self, x: torch.Tensor) -> np.ndarray:
+        """Task logits ``(N, n_task)`` for a normalised batch (before temperature)."""
+        return self.run(x).raw_logits[:, : self.meta.n_task]
+
+    def probabilities(self, task_logits: np.ndarray) -> np.ndarray:
+        scaled = np.asarray(task_logits, dtype=np.float64) / (self.meta.temperature or 1.0)
+        return softmax(scaled, axis=1)
+
+    def decide(self, probs: np.ndarray) -> str:
+        """The label for one row of probabilities (operating point for binary tasks, argmax otherwise)."""
+        pos = self.meta.positive_index
+        if pos is None:
+            return self.class_names[int(np.argmax(probs))]
+        return self.class_names[pos] if probs[pos] >= self.meta.threshold else self.class_names[1 - pos]
+
+    def predict_prepared(self, images: Sequence[PreparedImage]) -> list[PredictionResult]:
+        results: list[PredictionResult] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            out = self.run(self.model_input([im.resized for im in chunk]))
+            probs = self.probabilities(out.raw_logits[:, : self.meta.n_task])
+            verdicts = ood_verdicts(self._ood_scorer, self.meta.ood, out.raw_logits, out.features)
+            for im, p, (score, inside) in zip(chunk, probs, verdicts, strict=True):
+                results.append(
+                    PredictionResult(
+                        probabilities={c: float(v) for c, v in zip(self.class_names, p, strict=True)},
+                        label=self.decide(p),
+                        threshold=self.meta.threshold,
+                        in_distribution=inside,
+                        ood_score=score,
+                        source=im.source,
+                    )
+                )
+        return results
+
+    @overload
+    def predict(self, inputs: list[ImageInput] | tuple[ImageInput, ...]) -> list[PredictionResult]: ...
+    @overload
+    def predict(self, inputs: ImageInput) -> PredictionResult: ...
+
+    def predict(self, inputs: Any) -> PredictionResult | list[PredictionResult]:
+        """One input -> one result; a list or tuple of inputs -> a list of results (batched internally)."""
+        if isinstance(inputs, (list, tuple)):
+            return self.predict_prepared([self.prepare(src) for src in inputs])
+        return self.predict_prepared([self.prepare(inputs)])[0]
+
+    # --- explanation ------------------------------------------------------------------------------------------
+    def explain(self, source: ImageInput, *, target: str | None = None) -> Explanation:
+        """Grad-CAM for the predicted label (or ``target``): model-size heatmap + overlay PNG at the original size."""
+        return self.explain_prepared(self.prepare(source), target=target)
+
+    def explain_prepared(self, image: PreparedImage, *, target: str | None = None) -> Explanation:
+        if not isinstance(self.backend, TorchBackend):
+            raise ExplainUnavailable("Grad-CAM needs the PyTorch run folder; this model was loaded from ONNX")
+        from pneumo.inference.gradcam import grad_cam, heatmap_to_original, overlay_png  # pulls in matplotlib
+
+        if target is None:
+            target = self.predict_prepared([image])[0].label
+        if target not in self.class_names:
+            raise ValueError(f"unknown class {target!r}; classes are {list(self.class_names)}")
+        x = self.model_input([image.resized]).to(self.backend.device)
+        # Grad-CAM hooks the model; a private copy keeps those hooks away from concurrent predictions, and the
+        # lock keeps two explanations from sharing one set of hooks.
+        with self._cam_lock:
+            if self._cam_model is None:
+                self._cam_model = copy.deepcopy(self.backend.model).to(memory_format=torch.contiguous_format)
+                self._cam_model.requires_grad_(True)
+            model = self._cam_model
+            heat = grad_cam(model, match_channels(x, model), self.class_names.index(target))
+        h, w = image.original.shape
+        overlay = overlay_png(image.original, heatmap_to_original(heat, h, w, self.meta.contract))
+        return Explanation(heat, overlay)
+
+    # --- description ------------------------------------------------------------------------------------------
+    def model_card(self) -> dict[str, Any]:
+        """What the model is, how it decides and how it was evaluated (JSON-serialisable)."""
+        m = self.meta
+        ood = {"enabled": bool(m.ood), "method": (m.ood or {}).get("method"), "active": self._ood_scorer is not None}
+        return {
+            "model_id": m.model_id,
+            "format": "pytorch" if self.can_explain else "onnx",
+            "architecture": m.model.get("name"),
+            "task": m.task,
+            "class_names": list(m.class_names),
+            "dummy_class": m.dummy_class,
+            "preprocessing": m.contract.to_dict(),
+            "operating_point": m.operating_point,
+            "threshold": m.threshold,
+            "temperature": m.temperature,
+            "ood": ood,
+            "best": m.best,
+            "metrics": m.metrics,
+            "trained_with_pneumo": m.pneumo_version,
+            "pneumo_version": pneumo.__version__,
+            "disclaimer": DISCLAIMER,
+        }

@@ -1,0 +1,167 @@
+"""What stands between an untrusted upload and the model: size limits, multipart parsing, pixel limits, timeouts.
+
+Every refusal is an :class:`ApiError`, answered as ``{"error": <code>, "detail": <sentence>}`` with a 4xx status
+(503 for a timeout), so no bad input reaches the model or crashes the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from PIL import Image
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pneumo.data.decode import DICOM_SUFFIXES
+
+T = TypeVar("T")
+MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file, allowed on top of the upload limit
+FILE_FIELD = "file"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.error, "detail": self.detail}
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with 413, while they arrive: by ``Content-Length`` before reading
+    anything, and by counting the received chunks otherwise (chunked uploads), so no body is read unbounded."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, limit_text: str) -> None:
+        self.app, self.max_bytes, self.limit_text = app, max_bytes, limit_text
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await self._refuse(send)
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps(ApiError(413, "upload_too_large", f"uploads are limited to {self.limit_text}").body())
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body.encode()})
+
+
+async def read_upload(request: Request) -> tuple[bytes, str]:
+    """The bytes and file name of the multipart field ``file``; :class:`ApiError` for anything else."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"send the image as multipart/form-data in the field '{FILE_FIELD}' (got {content_type or 'no type'})",
+        )
+    if request.headers.get("content-length") == "0":
+        raise ApiError(400, "empty_body", "the request body is empty")
+    try:
+        form = await request.form(max_files=1, max_fields=8)
+    except HTTPException as exc:  # Starlette's multipart parser reports malformed bodies this way
+        raise ApiError(400, "invalid_multipart", str(exc.detail)) from exc
+    try:
+        upload = form.get(FILE_FIELD)
+        if upload is None:
+            raise ApiError(422, "missing_file", f"the multipart field '{FILE_FIELD}' is missing")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, "missing_file", f"the field '{FILE_FIELD}' must be a file, not a text value")
+        data = await upload.read()
+        name = Path(upload.filename or "upload").name  # used only in messages and to spot .dcm files
+    finally:
+        await form.close()
+    if not data:
+        raise ApiError(400, "empty_file", f"the uploaded file {name!r} is empty")
+    return data, name
+
+
+def pixel_count(data: bytes, name: str) -> int | None:
+    """Pixels announced by the file header (no pixel data decoded); ``None`` when the header is unreadable (the
+    decoder then reports why)."""
+    try:
+        if Path(name).suffix.lower() in DICOM_SUFFIXES or data[128:132] == b"DICM":
+            import pydicom
+
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+            rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+            return rows * cols * int(ds.get("NumberOfFrames", 1) or 1)
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only
+            width, height = img.size
+            return width * height
+    except Image.DecompressionBombError:
+        return 1 << 62  # Pillow's own guard fired: far over any limit
+    except Exception:  # unreadable header: leave the verdict to the decoder
+        return None
+
+
+def check_pixels(data: bytes, name: str, max_pixels: int) -> None:
+    count = pixel_count(data, name)
+    if count is not None and count > max_pixels:
+        raise ApiError(413, "image_too_large", f"{name}: the image has too many pixels (limit {max_pixels:,})")
+
+
+class InferenceRunner:
+    """Runs blocking work off the event loop in a fixed pool (at most ``max_concurrency`` at once).
+
+    A request that waits or runs longer than ``timeout_s`` gets 503; its work is cancelled if it has not started
+    (work already running finishes in its thread, still counted against the pool, so the bound holds).
+    """
+
+    def __init__(self, max_concurrency: int, timeout_s: float) -> None:
+        if max_concurrency < 1 or timeout_s <= 0:
+            raise ValueError("max_concurrency must be >= 1 and timeout_s > 0")
+        self.timeout_s = timeout_s
+        self.pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="pneumo-inference")
+
+    async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
+        future = self.pool.submit(fn, *args)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s)
+        except TimeoutError:
+            future.cancel()
+            raise ApiError(
+                503, "timeout", f"the model did not answer within {self.timeout_s:g} s; try again later"
+            ) from None
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,103 @@
+"""``pneumo predict`` / ``pneumo export``: folders walked, bad files reported and skipped, every output format."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from pneumo.cli.use import register
+from pneumo.inference import Predictor
+
+from .conftest import dicom_bytes, make_fake_run, xray_like
+
+
+@pytest.fixture(scope="module")
+def cli() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    (root / "sub").mkdir()
+    Image.fromarray(xray_like(seed=1)).save(root / "a.png")
+    Image.fromarray(xray_like(seed=2)).save(root / "sub" / "b.jpg")
+    (root / "sub" / "c.dcm").write_bytes(dicom_bytes(xray_like(seed=3).astype(np.uint16)))
+    Image.fromarray(xray_like(seed=4)).save(root / "sub" / "a.png")  # same stem as ../a.png
+    (root / "notes.txt").write_text("not an image, and not an image suffix: ignored by the walk")
+    (root / "fake.png").write_text("text renamed .png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_fake_run(tmp_path_factory.mktemp("cli"))
+
+
+def test_predict_folder_reports_bad_files_and_predicts_the_rest(cli: typer.Typer, run: Path, images: Path) -> None:
+    result = CliRunner().invoke(cli, ["predict", str(run), str(images), "--format", "json"])
+    assert result.exit_code == 1
+    assert f"error: {images / 'fake.png'}: not a recognised image format" in result.stderr
+    assert "1 of 5 files failed" in result.stderr
+    rows = json.loads(result.stdout)
+    expected = Predictor.load(run).predict([images / "a.png", images / "sub" / "b.jpg"])
+    by_source = {r["source"]: r for r in rows}
+    assert sorted(by_source) == sorted(str(images / n) for n in ["a.png", "sub/b.jpg", "sub/c.dcm", "sub/a.png"])
+    for e in expected:
+        assert by_source[e.source]["label"] == e.label
+        assert by_source[e.source]["probabilities"] == pytest.approx(e.probabilities)
+
+
+def test_predict_all_good_exits_zero_in_every_format(cli: typer.Typer, run: Path, images: Path) -> None:
+    files = [str(images / "a.png"), str(images / "sub" / "c.dcm")]
+    table = CliRunner().invoke(cli, ["predict", str(run), *files])
+    assert table.exit_code == 0, table.output
+    assert "| file" in table.stdout and "p_PNEUMONIA" in table.stdout and "c.dcm" in table.stdout
+    assert "in_distribution" not in table.stdout  # no OOD detector: no empty columns
+    out = CliRunner().invoke(cli, ["predict", str(run), *files, "-f", "csv"])
+    assert out.exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert [r["file"] for r in rows] == files
+    for r in rows:
+        assert float(r["p_NORMAL"]) + float(r["p_PNEUMONIA"]) == pytest.approx(1.0, abs=1e-6)
+    bad = CliRunner().invoke(cli, ["predict", str(run), *files, "-f", "xml"])
+    assert bad.exit_code == 2 and "--format must be one of" in bad.stderr
+
+
+def test_predict_writes_cam_overlays(cli: typer.Typer, run: Path, images: Path, tmp_path: Path) -> None:
+    args = ["predict", str(run), str(images / "sub"), str(images / "a.png"), "--cam", str(tmp_path)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["a-1.cam.png", "a.cam.png", "b.cam.png", "c.cam.png"]
+    with Image.open(tmp_path / "b.cam.png") as img:
+        assert img.size == (40, 48) and img.mode == "RGB"
+
+
+def test_predict_missing_model_and_no_images(cli: typer.Typer, run: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["predict", str(tmp_path / "nope"), str(tmp_path)])
+    assert result.exit_code == 2 and "neither a run folder nor an .onnx file" in result.stderr
+    empty = CliRunner().invoke(cli, ["predict", str(run), str(tmp_path)])
+    assert empty.exit_code == 1 and "no image files found" in empty.stderr
+
+
+def test_export_then_predict_with_onnx(cli: typer.Typer, run: Path, images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    result = CliRunner().invoke(cli, ["export", str(run), "--onnx", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and f"wrote {out}" in result.stdout
+    pred = CliRunner().invoke(cli, ["predict", str(out), str(images / "a.png"), "-f", "json"])
+    assert pred.exit_code == 0
+    assert json.loads(pred.stdout)[0]["label"] == Predictor.load(run).predict(images / "a.png").label
+    no_cam = CliRunner().invoke(cli, ["predict", str(out), str(images / "a.png"), "--cam", str(tmp_path)])
+    assert no_cam.exit_code == 2 and "Grad-CAM is not available for ONNX" in no_cam.stderr

@@ -1,0 +1,118 @@
+"""ONNX export: parity with PyTorch, dynamic batch, metadata round trip, atomic writes, onnxruntime-only loading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import pneumo.api
+from pneumo.inference import ExplainUnavailable, Predictor
+from pneumo.inference.onnx import ExportError, export_onnx
+
+from .conftest import make_fake_run, xray_like
+
+OP = {"threshold": 0.37, "method": "youden", "positive_class": "PNEUMONIA"}
+OOD = {"method": "energy", "threshold": -3.5, "stats": [1.0, 2.0]}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("onnx")
+    run = make_fake_run(root, dummy_class=True, operating_point=OP, temperature=1.7, geometry="letterbox")
+    eval_dir = run / "eval-test"
+    eval_dir.mkdir()
+    (eval_dir / "metrics.json").write_text(json.dumps({"auroc": 0.91, "n": 624}))
+    return run, export_onnx(run, root / "model.onnx")
+
+
+def test_graph_inputs_outputs_and_opset(exported: tuple[Path, Path]) -> None:
+    proto = onnx.load(str(exported[1]))
+    onnx.checker.check_model(proto)
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    (inp,) = proto.graph.input
+    dims = inp.type.tensor_type.shape.dim
+    assert inp.name == "input" and dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 32, 32]
+    outputs = {o.name: o.type.tensor_type.shape.dim for o in proto.graph.output}
+    assert list(outputs) == ["logits", "raw_logits", "features"]
+    assert outputs["logits"][1].dim_value == 2  # task logits: the dummy class is dropped
+    assert outputs["raw_logits"][1].dim_value == 3
+
+
+def test_metadata_round_trip(exported: tuple[Path, Path]) -> None:
+    run, path = exported
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(path)).metadata_props}
+    assert props["pneumo.class_names"] == ["NORMAL", "PNEUMONIA"]
+    assert props["pneumo.task"] == "binary"
+    assert props["pneumo.operating_point"] == OP
+    assert props["pneumo.temperature"] == 1.7
+    assert props["pneumo.ood"] is None
+    assert props["pneumo.preprocess"]["geometry"] == "letterbox"
+    assert props["pneumo.pneumo_version"] == "0.1.0"
+    assert props["pneumo.metrics"] == {"eval-test": {"auroc": 0.91, "n": 624}}
+    torch_meta, onnx_meta = Predictor.load(run).meta, Predictor.load(path).meta
+    assert onnx_meta == torch_meta  # every field, the model id included
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_logits_and_probabilities_match_pytorch(exported: tuple[Path, Path], batch: int) -> None:
+    run, path = exported
+    torch_p, onnx_p = pneumo.api.load(run), pneumo.api.load(path)
+    x = torch.randn(batch, 1, 32, 32, generator=torch.Generator().manual_seed(batch))
+    np.testing.assert_allclose(onnx_p.logits(x), torch_p.logits(x), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(onnx_p.run(x).features, torch_p.run(x).features, atol=1e-4, rtol=0)
+    images = [xray_like(50, 40 + i, seed=i) for i in range(batch)]
+    for a, b in zip(torch_p.predict(images), onnx_p.predict(images), strict=True):
+        assert a.label == b.label and a.threshold == b.threshold == 0.37
+        np.testing.assert_allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-4)
+
+
+def test_onnx_predictor_needs_no_pytorch_model(exported: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_torch(*_a: object, **_k: object) -> None:
+        raise AssertionError("the ONNX path must not build a PyTorch model")
+
+    monkeypatch.setattr("pneumo.inference.predictor.load_run", no_torch)
+    monkeypatch.setattr("pneumo.models.get_model", no_torch)
+    p = pneumo.api.load(exported[1])
+    assert p.predict(xray_like()).label in p.class_names
+    assert p.model_card()["format"] == "onnx" and p.model_card()["metrics"]["eval-test"]["auroc"] == 0.91
+    with pytest.raises(ExplainUnavailable):
+        p.explain(xray_like())
+    with pytest.raises(ExportError, match="needs a run folder"):
+        export_onnx(p, exported[1].parent / "again.onnx")
+
+
+def test_export_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = make_fake_run(tmp_path)
+    out = tmp_path / "out" / "model.onnx"
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise ExportError("parity failed")
+
+    monkeypatch.setattr("pneumo.inference.onnx._verify", broken)
+    with pytest.raises(ExportError):
+        export_onnx(run, out)
+    assert list(out.parent.iterdir()) == []  # neither the file nor a temporary left behind
+    monkeypatch.undo()
+    assert export_onnx(run, out) == out and out.is_file()
+    assert [p.name for p in out.parent.iterdir()] == ["model.onnx"]
+
+
+def test_export_refuses_old_opsets(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="opset"):
+        export_onnx(make_fake_run(tmp_path), tmp_path / "m.onnx", opset=13)
+
+
+def test_three_channel_model_exports_with_one_channel_input(tmp_path: Path) -> None:
+    run = make_fake_run(tmp_path, kwargs={"widths": [4, 8], "depths": [1, 1], "in_chans": 3})
+    meta = json.loads((run / "checkpoint.json").read_text())
+    meta["model"]["in_chans"] = 3
+    meta["model"]["kwargs"] = {"widths": [4, 8], "depths": [1, 1]}
+    (run / "checkpoint.json").write_text(json.dumps(meta))
+    path = export_onnx(run, tmp_path / "rgb.onnx")
+    x = torch.randn(2, 1, 32, 32)
+    np.testing.assert_allclose(Predictor.load(path).logits(x), Predictor.load(run).logits(x), atol=1e-4)
