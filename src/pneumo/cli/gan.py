@@ -1,0 +1,104 @@
+"""``pneumo gan ...``: train an ACGAN, sample from it, write synthetic training images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pneumo.cli.output import fail
+
+app = typer.Typer(help="ACGAN: train, sample, and write synthetic training images.", no_args_is_help=True)
+
+
+@app.command()
+def train(
+    data: str | None = typer.Option(None, "--data", help="Dataset folder (Kaggle/pediatric layout) or CSV manifest."),
+    image_size: int | None = typer.Option(None, "--image-size", help="GAN image size: 64 (default) or 128."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Total epochs (with --resume: the new total)."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default runs/acgan-<time>)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML config file (keys of pneumo.gan.GanConfig)."),
+    overrides: list[str] = typer.Option([], "--set", help="Config override key=value (repeatable)."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue this run folder from its last epoch."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Train the ACGAN on the train split; the discriminator's class head is exported to RUN/classifier."""
+    from pydantic import ValidationError
+
+    from pneumo.data.records import DatasetError
+    from pneumo.gan.config import load_config
+    from pneumo.gan.train import resume_gan, train_gan
+
+    try:
+        if resume is not None:
+            if data or image_size or config or overrides or out:
+                fail("with --resume only --epochs may be given (the run's config.yaml is used)")
+            run = resume_gan(resume, epochs=epochs, progress=not quiet)
+        else:
+            cfg = load_config(config, overrides, data=data, image_size=image_size, epochs=epochs)
+            run = train_gan(cfg, out, progress=not quiet)
+    except (ValidationError, ValueError, DatasetError, FileNotFoundError, FileExistsError) as exc:
+        fail(str(exc))
+    typer.echo(f"GAN run: {run}")
+    typer.echo(f"samples: {run / 'samples'}; classifier (discriminator class head): {run / 'classifier'}")
+
+
+@app.command()
+def sample(
+    run_dir: Path = typer.Argument(..., help="GAN run folder."),
+    class_name: str | None = typer.Option(None, "--class", help="normal | bacteria | virus (default: all, in rows)."),
+    n: int = typer.Option(64, "--n", help="Number of images (per class without --class)."),
+    out: Path = typer.Option(Path("samples.png"), "--out", help="PNG file to write."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Write a labelled grid of generated images (EMA generator)."""
+    from pneumo.gan.synth import sample_to_file
+
+    try:
+        path = sample_to_file(run_dir, out, class_name=class_name, n=n, seed=seed)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def synth(
+    run_dir: Path = typer.Argument(..., help="GAN run folder."),
+    out: Path = typer.Option(..., "--out", help="Folder to write DIR/train/{NORMAL,PNEUMONIA}/ into."),
+    per_class: int = typer.Option(..., "--per-class", min=0, help="Images per class."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Write SYNTHETIC training images (train/ only, never val or test) named synthetic-<run>-<class>-<i>.png."""
+    from pneumo.gan.synth import write_synthetic_dataset
+
+    try:
+        paths = write_synthetic_dataset(run_dir, out, per_class, seed=seed)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    typer.echo(f"wrote {len(paths)} synthetic training images to {out / 'train'}")
+
+
+@app.command()
+def quality(
+    run_dir: Path = typer.Argument(..., help="GAN run folder."),
+    classifier: Path = typer.Option(..., "--classifier", help="A classifier run trained on real images."),
+    split: str = typer.Option("val", "--split", help="Real images: train | val (never test)."),
+    max_images: int | None = typer.Option(None, "--max-images", min=2, help="Use at most this many real images."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
+) -> None:
+    """Frechet distance / KID on the classifier's features (NOT Inception FID) and class agreement."""
+    from pneumo.gan.quality import sample_quality
+
+    try:
+        result = sample_quality(run_dir, classifier, split=split, max_images=max_images, seed=seed, device=device)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    typer.echo(f"{result['n_images']} real ({split}) vs as many generated images, same classes")
+    typer.echo(f"frechet distance: {result['frechet_distance']:.4f}")
+    typer.echo(f"KID: {result['kid']['mean']:.5f} +- {result['kid']['std']:.5f}")
+    if result["class_agreement"] is not None:
+        agreement = result["class_agreement"]
+        per_class = ", ".join(f"{k} {v:.3f}" for k, v in agreement["per_class"].items())
+        typer.echo(f"class agreement: {agreement['overall']:.3f} ({per_class})")
+    typer.echo(result["note"])

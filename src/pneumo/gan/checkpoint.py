@@ -1,0 +1,116 @@
+"""GAN run files: network weights, optimiser and RNG state for ``--resume``, all safetensors + JSON (no pickle).
+
+Run folder::
+
+    config.yaml  split.csv  env.json  metrics.jsonl
+    generator.safetensors  generator_ema.safetensors  discriminator.safetensors   (network weights, last epoch)
+    last.state.safetensors  last.state.json   (optimisers, RNG states, EMA count, epoch, best: the training
+                                               engine's resumable-state format, pneumo.training.checkpoint)
+    samples/epoch_XXXX.png   classifier/   (the discriminator's class head as a pneumo classifier run)
+
+Each file is written atomically and carries the epoch in its safetensors metadata; the state is written last, and
+resuming refuses a set of files whose epochs disagree (a crash between two writes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+from torch.optim import Optimizer
+
+from pneumo.gan.acgan import Generator
+from pneumo.gan.config import GanConfig, read_config
+from pneumo.utils.atomic import save_safetensors
+
+GENERATOR = "generator.safetensors"
+GENERATOR_EMA = "generator_ema.safetensors"
+DISCRIMINATOR = "discriminator.safetensors"
+NETWORK_FILES = (GENERATOR, GENERATOR_EMA, DISCRIMINATOR)
+
+
+def build_generator(config: GanConfig, num_classes: int = 3) -> Generator:
+    return Generator(
+        num_classes=num_classes,
+        z_dim=config.z_dim,
+        image_size=config.image_size,
+        base_channels=config.g_channels,
+        max_channels=config.max_channels,
+        embed_dim=config.embed_dim,
+    )
+
+
+def save_training_state(
+    run_dir: Path,
+    *,
+    epoch: int,
+    generator: nn.Module,
+    generator_ema: nn.Module,
+    discriminator: nn.Module,
+    optimizers: dict[str, Optimizer],
+    rng: torch.Generator,
+    info: dict[str, Any],
+) -> None:
+    """Write every file needed to resume after ``epoch``; the resumable state (one atomic file) last."""
+    # imported here: pneumo.training may import pneumo.gan.synth (synthetic images), and load_generator must be
+    # importable without pneumo.training
+    from pneumo.training.checkpoint import capture_rng, optimizer_to_parts, save_state
+
+    meta = {"epoch": str(epoch), "format": "1"}
+    for name, net in ((GENERATOR, generator), (GENERATOR_EMA, generator_ema), (DISCRIMINATOR, discriminator)):
+        save_safetensors(run_dir / name, {k: v.cpu() for k, v in net.state_dict().items()}, metadata=meta)
+    tensors, rng_info = capture_rng()
+    tensors["rng.data"] = rng.get_state()
+    opt_info = {}
+    for name, opt in optimizers.items():
+        opt_tensors, opt_info[name] = optimizer_to_parts(opt)
+        tensors |= {f"{name}.{k}": v for k, v in opt_tensors.items()}
+    save_state(run_dir, tensors, {"epoch": epoch, "rng": rng_info, "optimizers": opt_info, **info})
+
+
+def _file_epoch(path: Path) -> int:
+    with safe_open(path, framework="pt") as f:
+        return int((f.metadata() or {}).get("epoch", -1))
+
+
+def load_training_state(
+    run_dir: Path,
+    *,
+    generator: nn.Module,
+    generator_ema: nn.Module,
+    discriminator: nn.Module,
+    optimizers: dict[str, Optimizer],
+    rng: torch.Generator,
+) -> dict[str, Any]:
+    """Restore what :func:`save_training_state` wrote; returns its info (epoch, step, best, ...)."""
+    from pneumo.training.checkpoint import load_state, optimizer_from_parts, restore_rng
+
+    tensors, info = load_state(run_dir)
+    epochs = {name: _file_epoch(run_dir / name) for name in NETWORK_FILES}
+    if any(e != info["epoch"] for e in epochs.values()):
+        raise ValueError(f"{run_dir}: checkpoint files disagree on the epoch ({epochs}, state {info['epoch']})")
+    for name, net in ((GENERATOR, generator), (GENERATOR_EMA, generator_ema), (DISCRIMINATOR, discriminator)):
+        net.load_state_dict(load_file(run_dir / name))
+    for name, opt in optimizers.items():
+        prefix = f"{name}."
+        own = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+        optimizer_from_parts(opt, own, info["optimizers"][name])
+    restore_rng(tensors, info["rng"])
+    rng.set_state(tensors["rng.data"])
+    return info
+
+
+def load_generator(run_dir: str | Path, *, ema: bool = True, device: str | torch.device = "cpu") -> Generator:
+    """The (EMA by default) generator of a GAN run, in eval mode; its config is ``read_config(run/config.yaml)``."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir / "config.yaml")
+    generator = build_generator(config)
+    path = run_dir / (GENERATOR_EMA if ema else GENERATOR)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a pneumo GAN run folder?")
+    generator.load_state_dict(load_file(path))
+    return generator.to(device).eval()

@@ -1,0 +1,83 @@
+"""``pneumo gan quality``: Frechet distance, KID and class agreement of a GAN run, scored by a classifier run.
+
+Real images: the GAN run's own ``train`` or ``val`` split (never test), at the GAN size, so real and generated images
+pass through the same resolution before the classifier resizes both to its own size. Generated images: one per real
+image with the same class, so both sets have the same size and class mix (the Frechet distance depends on both).
+The classifier should be trained on real images and independent of the GAN; see :mod:`pneumo.gan.fid` for why the
+numbers are not Inception FIDs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pneumo.data.dataset import build_split
+from pneumo.data.preprocess import PreprocessContract
+from pneumo.data.records import dataset_root
+from pneumo.data.splits import read_split_csv
+from pneumo.data.tasks import get_task
+from pneumo.gan.checkpoint import load_generator
+from pneumo.gan.config import TASK, read_config
+from pneumo.gan.fid import class_agreement, extract_features, frechet_distance, kid
+from pneumo.gan.synth import generate
+from pneumo.utils.atomic import write_json
+
+NOTE = (
+    "Frechet distance and KID on the penultimate features of the given pneumo classifier, NOT Inception-v3: "
+    "comparable only between GAN runs scored with the same classifier and real images, never with published FIDs."
+)
+
+
+def sample_quality(
+    gan_run_dir: str | Path,
+    classifier_run_dir: str | Path,
+    *,
+    split: str = "val",
+    max_images: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    write: bool = True,
+) -> dict[str, Any]:
+    """Score a GAN run; with ``write`` the result also goes to ``GAN_RUN/quality-<classifier>-<split>.json``."""
+    from pneumo.training import load_run
+
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be train or val (the test split stays untouched), got {split!r}")
+    gan_run_dir, classifier_run_dir = Path(gan_run_dir), Path(classifier_run_dir)
+    config = read_config(gan_run_dir / "config.yaml")
+    records = read_split_csv(gan_run_dir / "split.csv", dataset_root(config.data or ""))
+    task = get_task(TASK)
+    real = build_split(split, records, task, PreprocessContract(image_size=config.image_size), progress=False)
+    if len(real) < 2:
+        raise ValueError(f"the GAN run's {split} split has {len(real)} readable images; need at least 2")
+    order = np.random.default_rng(seed).permutation(len(real))[: max_images or len(real)]
+    real_images, labels = real.as_tensor()[torch.from_numpy(order)], real.targets[order]
+
+    generated = generate(load_generator(gan_run_dir, device=device), labels, seed=seed)
+    classifier, meta = load_run(classifier_run_dir, device=device)
+    contract = classifier.preprocess_contract
+    feats_real = extract_features(classifier, real_images, contract)
+    feats_fake = extract_features(classifier, generated, contract)
+    kid_mean, kid_std = kid(feats_real, feats_fake, subset_size=min(1000, len(labels)), seed=seed)
+    agreement = None
+    if list(meta["class_names"]) == list(task.class_names):
+        result = class_agreement(classifier, generated, labels, contract=contract, num_classes=task.num_classes)
+        agreement = result.as_dict(task.class_names)
+    out: dict[str, Any] = {
+        "gan_run": str(gan_run_dir.resolve()),
+        "classifier_run": str(classifier_run_dir.resolve()),
+        "classifier_task": meta["task"],
+        "split": split,
+        "n_images": len(labels),
+        "frechet_distance": frechet_distance(feats_real, feats_fake),
+        "kid": {"mean": kid_mean, "std": kid_std},
+        "class_agreement": agreement,
+        "note": NOTE,
+    }
+    if write:
+        write_json(gan_run_dir / f"quality-{classifier_run_dir.resolve().name}-{split}.json", out)
+    return out

@@ -1,0 +1,316 @@
+"""ACGAN training: data, the adversarial steps, per-epoch metrics, checkpoints, sample grids, resume.
+
+Real images are the task's ``train`` split (validation carved from train by patient with
+:func:`pneumo.data.splits.make_split`, or read from a split file), resized to the GAN size by the same
+:class:`~pneumo.data.preprocess.PreprocessContract` + :class:`~pneumo.data.cache.ImageCache` as every model, and
+scaled to ``[-1, 1]``. The ``val`` split only scores the discriminator's class head (macro AUC), which picks the
+epoch exported to ``RUN/classifier``; the test split is never loaded.
+
+Reproducibility: network initialisation uses ``torch.manual_seed(seed)``; data order, noise and generated labels come
+from one ``torch.Generator`` whose state is checkpointed, so on CPU a resumed run gives the same weights as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Adam
+from torch.optim.swa_utils import AveragedModel
+from tqdm.auto import tqdm
+
+from pneumo.data.dataset import build_split
+from pneumo.data.preprocess import PreprocessContract
+from pneumo.data.records import Record, dataset_root, discover
+from pneumo.data.splits import make_split, read_split_csv, write_split_csv
+from pneumo.data.tasks import get_task
+from pneumo.gan.acgan import Discriminator, Generator
+from pneumo.gan.checkpoint import build_generator, load_training_state, save_training_state
+from pneumo.gan.classifier import class_logits, set_last_epoch, write_classifier_run
+from pneumo.gan.config import TASK, GanConfig, read_config, save_config
+from pneumo.gan.losses import discriminator_loss, generator_loss
+from pneumo.gan.synth import class_grid, save_png, to_gan_range
+from pneumo.training.predict import val_metrics
+from pneumo.training.runinfo import append_metrics, environment, read_metrics
+from pneumo.utils.atomic import write_json, write_text
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class GanData:
+    """Real images at the GAN size (uint8 ``(N, 1, S, S)``) and class indices, plus the split that produced them."""
+
+    train_x: Tensor
+    train_y: Tensor
+    val_x: Tensor
+    val_y: Tensor
+    records: list[Record]
+    root: Path
+    contract: PreprocessContract
+
+
+def load_data(config: GanConfig, *, progress: bool = True) -> GanData:
+    """Discover and split (or read ``config.split_csv``), cache at ``config.image_size``, load train + val."""
+    if config.data is None:
+        raise ValueError("no dataset given: pass --data PATH (or set data: in the config)")
+    root = dataset_root(config.data)
+    if config.split_csv:
+        records = read_split_csv(Path(config.split_csv), root)
+    else:
+        records = make_split(
+            discover(config.data),
+            val_fraction=config.val_fraction,
+            seed=config.split_seed,
+            keep_official_val=config.keep_official_val,
+        )
+    task, contract = get_task(TASK), PreprocessContract(image_size=config.image_size)
+    cache_root = Path(config.cache_dir) if config.cache_dir else None
+    splits = {
+        name: build_split(
+            name, records, task, contract, cache_root=cache_root, workers=config.workers, progress=progress
+        )
+        for name in ("train", "val")
+    }
+    if len(splits["train"]) < 2:
+        raise ValueError(f"{config.data}: fewer than 2 training images for task {TASK}")
+    return GanData(
+        splits["train"].as_tensor(),
+        torch.from_numpy(splits["train"].targets),
+        splits["val"].as_tensor(),
+        torch.from_numpy(splits["val"].targets),
+        list(records),
+        root,
+        contract,
+    )
+
+
+def _ema_average(decay: float):
+    """EMA update for ``AveragedModel`` with the usual warm-up ``min(decay, (1 + n) / (10 + n))``.
+
+    The warm-up lets short runs sample from a meaningful average instead of the initial weights.
+    """
+
+    @torch.no_grad()
+    def update(ema_params: list[Tensor], params: list[Tensor], n_averaged: Tensor) -> None:
+        n = int(n_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        torch._foreach_lerp_(ema_params, params, 1.0 - d)
+
+    return update
+
+
+class ACGANSteps:
+    """The networks, their optimisers and one discriminator / generator update each."""
+
+    def __init__(self, config: GanConfig, label_probs: Tensor, device: torch.device, rng: torch.Generator):
+        self.config, self.device, self.rng = config, device, rng
+        self.label_probs = label_probs.float().cpu()
+        self.generator: Generator = build_generator(config).to(device)
+        self.discriminator = Discriminator(
+            num_classes=len(label_probs),
+            image_size=config.image_size,
+            base_channels=config.d_channels,
+            max_channels=config.max_channels,
+        ).to(device)
+        self.ema = AveragedModel(self.generator, multi_avg_fn=_ema_average(config.ema_decay), use_buffers=False)
+        betas = (config.beta1, config.beta2)
+        self.opt_g = Adam(self.generator.parameters(), lr=config.g_lr, betas=betas)
+        self.opt_d = Adam(self.discriminator.parameters(), lr=config.d_lr, betas=betas)
+
+    def _noise(self, n: int) -> tuple[Tensor, Tensor]:
+        z = torch.randn(n, self.config.z_dim, generator=self.rng)
+        labels = torch.multinomial(self.label_probs, n, replacement=True, generator=self.rng)
+        return z.to(self.device), labels.to(self.device)
+
+    def d_step(self, real: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """One discriminator update on a real batch (in ``[-1, 1]``) and as many generated images."""
+        c = self.config
+        z, fake_labels = self._noise(len(real))
+        with torch.no_grad():
+            fake = self.generator(z, fake_labels)
+        real_adv, real_cls = self.discriminator(real)
+        fake_adv, fake_cls = self.discriminator(fake)
+        loss = discriminator_loss(
+            real_adv, real_cls, labels, fake_adv, fake_cls, fake_labels,
+            kind=c.loss, aux_weight=c.aux_weight, smoothing=c.label_smoothing,
+        )  # fmt: skip
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.total.backward()
+        self.opt_d.step()
+        return {
+            "d_loss": loss.total.detach(),
+            "d_adv": loss.adversarial.detach(),
+            "d_aux_real": loss.aux_real.detach(),
+            "d_aux_fake": loss.aux_fake.detach(),
+            "aux_acc_real": (real_cls.argmax(1) == labels).float().mean(),
+            "aux_acc_fake": (fake_cls.argmax(1) == fake_labels).float().mean(),
+            "d_real": real_adv.detach().mean(),
+            "d_fake": fake_adv.detach().mean(),
+        }
+
+    def g_step(self, batch_size: int) -> dict[str, Tensor]:
+        """One generator update, then the EMA update (parameters averaged, BatchNorm statistics copied)."""
+        z, labels = self._noise(batch_size)
+        self.discriminator.requires_grad_(False)  # no discriminator gradients needed here
+        adv, cls = self.discriminator(self.generator(z, labels))
+        total, g_adv, g_aux = generator_loss(adv, cls, labels, kind=self.config.loss, aux_weight=self.config.aux_weight)
+        self.opt_g.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt_g.step()
+        self.discriminator.requires_grad_(True)
+        self.ema.update_parameters(self.generator)
+        with torch.no_grad():
+            for ema_buf, buf in zip(self.ema.module.buffers(), self.generator.buffers(), strict=True):
+                ema_buf.copy_(buf)
+        return {"g_loss": total.detach(), "g_adv": g_adv.detach(), "g_aux": g_aux.detach()}
+
+    @property
+    def ema_generator(self) -> Generator:
+        return self.ema.module  # type: ignore[return-value]
+
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"g": self.opt_g, "d": self.opt_d}
+
+
+def label_distribution(targets: Tensor, num_classes: int, mode: str) -> Tensor:
+    if mode == "uniform":
+        return torch.full((num_classes,), 1.0 / num_classes)
+    counts = torch.bincount(targets, minlength=num_classes).float()
+    return counts / counts.sum()
+
+
+def _truncate_metrics(path: Path, last_epoch: int) -> list[dict[str, Any]]:
+    """Keep the lines up to ``last_epoch`` (a crash may have logged an epoch whose checkpoint was not written)."""
+    rows = [r for r in read_metrics(path) if r["epoch"] <= last_epoch]
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def default_run_dir() -> Path:
+    return Path("runs") / f"acgan-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def train_gan(config: GanConfig, out_dir: str | Path | None = None, *, progress: bool = True) -> Path:
+    """Train a new ACGAN run in ``out_dir`` (default ``runs/acgan-<time>``); returns the run folder.
+
+    The saved ``config.yaml`` has the dataset as an absolute path and ``split_csv`` pointing at the run's
+    ``split.csv``, so ``--config RUN/config.yaml`` reproduces the run.
+    """
+    run_dir = (Path(out_dir) if out_dir is not None else default_run_dir()).expanduser().resolve()
+    if (run_dir / "config.yaml").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} or another --out")
+    data = load_data(config, progress=progress)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_split_csv(data.records, run_dir / "split.csv", data.root)
+    config = config.model_copy(
+        update={"data": str(Path(config.data or "").expanduser().resolve()), "split_csv": str(run_dir / "split.csv")}
+    )
+    save_config(config, run_dir / "config.yaml")
+    return _fit(run_dir, config, data, resume=False, progress=progress)
+
+
+def resume_gan(run_dir: str | Path, *, epochs: int | None = None, progress: bool = True) -> Path:
+    """Continue a run from its last checkpoint, optionally to a new total number of ``epochs``."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    config = read_config(run_dir / "config.yaml").model_copy(update={"split_csv": str(run_dir / "split.csv")})
+    if epochs is not None:
+        config = config.model_copy(update={"epochs": epochs})
+        save_config(config, run_dir / "config.yaml")
+    return _fit(run_dir, config, load_data(config, progress=progress), resume=True, progress=progress)
+
+
+def _fit(run_dir: Path, config: GanConfig, data: GanData, *, resume: bool, progress: bool) -> Path:
+    device = resolve_device(config.device)
+    write_json(run_dir / "env.json", environment(device))
+    torch.manual_seed(config.seed)
+    rng = torch.Generator().manual_seed(config.seed)
+    num_classes = get_task(TASK).num_classes
+    steps = ACGANSteps(config, label_distribution(data.train_y, num_classes, config.fake_labels), device, rng)
+    start, step, best = 1, 0, {"epoch": None, "val_auc": None}
+    metrics_path = run_dir / "metrics.jsonl"
+    if resume:
+        info = load_training_state(
+            run_dir,
+            generator=steps.generator,
+            generator_ema=steps.ema_generator,
+            discriminator=steps.discriminator,
+            optimizers=steps.optimizers,
+            rng=rng,
+        )
+        steps.ema.n_averaged.fill_(info["ema_n_averaged"])
+        start, step, best = info["epoch"] + 1, info["step"], info["best"]
+        _truncate_metrics(metrics_path, info["epoch"])
+        log.info("resuming %s after epoch %d", run_dir, info["epoch"])
+
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    val_x, val_y = to_gan_range(data.val_x).to(device), data.val_y.numpy()
+    batch_size = min(config.batch_size, len(train_x))
+    n_batches = len(train_x) // batch_size
+    for epoch in range(start, config.epochs + 1):
+        t0 = time.perf_counter()
+        steps.generator.train()
+        steps.discriminator.train()
+        sums: dict[str, Tensor] = defaultdict(lambda: torch.zeros((), device=device))
+        counts: dict[str, int] = defaultdict(int)
+        order = torch.randperm(len(train_x), generator=rng).to(device)
+        for b in tqdm(range(n_batches), desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            parts = steps.d_step(to_gan_range(train_x[idx]), train_y[idx])
+            if (b + 1) % config.d_steps == 0:
+                parts |= steps.g_step(batch_size)
+            step += 1
+            for k, v in parts.items():
+                sums[k] += v
+                counts[k] += 1
+        row: dict[str, Any] = {"epoch": epoch, "steps": step, **{k: float(sums[k]) / counts[k] for k in sums}}
+        if len(val_y):
+            row |= val_metrics(class_logits(steps.discriminator, val_x), val_y)
+        else:
+            row["val_auc"] = math.nan
+        auc = row["val_auc"]
+        # without a usable val AUC (no val split, a class missing) the first epoch is kept, as training does
+        if best["epoch"] is None or (not math.isnan(auc) and (best["val_auc"] is None or auc > best["val_auc"])):
+            write_classifier_run(
+                run_dir, steps.discriminator, config=config, contract=data.contract, records=data.records,
+                data_root=data.root, epoch=epoch, val_auc=auc,
+            )  # fmt: skip
+            best = {"epoch": epoch, "val_auc": None if math.isnan(auc) else auc}
+        set_last_epoch(run_dir, epoch)
+        if epoch % config.sample_every == 0 or epoch == config.epochs:
+            grid = class_grid(steps.ema_generator, config.samples_per_class, seed=config.seed)
+            save_png(grid, run_dir / "samples" / f"epoch_{epoch:04d}.png")
+        row["seconds"] = time.perf_counter() - t0
+        save_training_state(
+            run_dir,
+            epoch=epoch,
+            generator=steps.generator,
+            generator_ema=steps.ema_generator,
+            discriminator=steps.discriminator,
+            optimizers=steps.optimizers,
+            rng=rng,
+            info={"step": step, "best": best, "ema_n_averaged": int(steps.ema.n_averaged)},
+        )
+        append_metrics(metrics_path, row)
+        log.info(
+            "epoch %d: d_loss %.3f g_loss %.3f aux_acc_real %.3f val_auc %.3f",
+            epoch, row.get("d_loss", math.nan), row.get("g_loss", math.nan), row.get("aux_acc_real", math.nan), auc,
+        )  # fmt: skip
+    return run_dir

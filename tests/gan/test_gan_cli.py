@@ -1,0 +1,59 @@
+"""``pneumo gan train | sample | synth`` through the typer app (registered by the main CLI as ``gan``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from pneumo.cli.gan import app
+
+runner = CliRunner()
+
+
+def test_train_resume_sample_synth_on_the_synthetic_dataset(synthetic_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "cli-run"
+    tiny = ["g_channels=8", "d_channels=8", "z_dim=8", "embed_dim=4", "batch_size=32"]
+    args = ["train", "--data", str(synthetic_data), "--image-size", "16", "--epochs", "1", "--out", str(run), "--quiet"]
+    result = runner.invoke(app, args + [arg for s in tiny for arg in ("--set", s)])
+    assert result.exit_code == 0, result.output
+    assert (run / "classifier" / "checkpoint.json").is_file()
+    config = (run / "config.yaml").read_text()
+    assert "image_size: 16" in config and "g_channels: 8" in config
+
+    result = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").open()] == [1, 2]
+
+    result = runner.invoke(app, ["sample", str(run), "--class", "virus", "--n", "4", "--out", str(tmp_path / "g.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "g.png").is_file()
+
+    result = runner.invoke(app, ["synth", str(run), "--out", str(tmp_path / "syn"), "--per-class", "2"])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "syn" / "train").rglob("synthetic-clirun-*.png"))) == 6
+
+
+def test_cli_errors_are_short_messages(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path), "--data", "x"])
+    assert result.exit_code == 2 and "only --epochs" in result.output
+    result = runner.invoke(app, ["train", "--set", "image_size=48", "--data", str(tmp_path)])
+    assert result.exit_code == 2 and "power of two" in result.output
+    result = runner.invoke(app, ["train"])
+    assert result.exit_code == 2 and "--data" in result.output
+    result = runner.invoke(app, ["sample", str(tmp_path), "--out", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "error:" in result.output
+
+
+def test_quality_command_scores_a_run_without_touching_test(gan_run: Path) -> None:
+    result = runner.invoke(app, ["quality", str(gan_run), "--classifier", str(gan_run / "classifier")])
+    assert result.exit_code == 0, result.output
+    assert "NOT Inception" in result.output
+    written = json.loads((gan_run / "quality-classifier-val.json").read_text())
+    assert written["split"] == "val" and written["n_images"] > 2
+    assert written["frechet_distance"] >= 0 and 0 <= written["class_agreement"]["overall"] <= 1
+    result = runner.invoke(
+        app, ["quality", str(gan_run), "--classifier", str(gan_run / "classifier"), "--split", "test"]
+    )
+    assert result.exit_code == 2 and "test split stays untouched" in result.output

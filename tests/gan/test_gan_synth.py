@@ -1,0 +1,67 @@
+"""Synthetic training images: names, layout, records, and that they never reach validation or test."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumo.data.records import discover, parse_file_name
+from pneumo.gan import sample_to_file, synthetic_records, write_synthetic_dataset
+from pneumo.gan.synth import run_id
+
+from .conftest import TOY_SIZE
+
+NAME = re.compile(r"^synthetic-[a-z0-9]+-(normal|bacteria|virus)-\d+\.png$")
+
+
+def test_synth_folder_is_train_only_and_parsed_correctly(gan_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "synth"
+    paths = write_synthetic_dataset(gan_run, out, 4)
+    assert [p.name for p in out.iterdir()] == ["train"]  # no val/, no test/
+    assert len(paths) == 12 and all(NAME.match(p.name) for p in paths)
+    records = discover(out)
+    assert {r.split for r in records} == {"train"}
+    assert Counter(r.subtype for r in records) == {"normal": 4, "bacteria": 4, "virus": 4}
+    for r in records:
+        assert r.label == ("NORMAL" if r.subtype == "normal" else "PNEUMONIA")
+        assert r.patient_id == r.path.stem  # each image its own patient
+        assert r.path.name.startswith(f"synthetic-{run_id(gan_run)}-{r.subtype}-")
+    with Image.open(paths[0]) as img:
+        assert img.mode == "L" and img.size == (TOY_SIZE, TOY_SIZE)
+
+
+def test_synthetic_records_are_training_records(gan_run: Path, tmp_path: Path) -> None:
+    records = synthetic_records(gan_run, {"virus": 3, "normal": 1}, tmp_path / "s")
+    assert {r.split for r in records} == {"train"}
+    assert Counter(r.subtype for r in records) == {"virus": 3, "normal": 1}
+    assert all(parse_file_name(r.path.name) == (r.subtype, r.patient_id) for r in records)
+    # asking again with fewer images leaves exactly those (no stale files from the previous call)
+    again = synthetic_records(gan_run, 1, tmp_path / "s")
+    assert sorted(p.name for p in (tmp_path / "s" / "train").rglob("*.png")) == sorted(r.path.name for r in again)
+    with pytest.raises(ValueError, match="unknown class"):
+        synthetic_records(gan_run, {"covid": 2}, tmp_path / "s")
+
+
+def test_same_seed_same_pixels(gan_run: Path, tmp_path: Path) -> None:
+    a = write_synthetic_dataset(gan_run, tmp_path / "a", 2, seed=3)
+    b = write_synthetic_dataset(gan_run, tmp_path / "b", 2, seed=3)
+    c = write_synthetic_dataset(gan_run, tmp_path / "c", 2, seed=4)
+    pixels = [[np.asarray(Image.open(p)) for p in paths] for paths in (a, b, c)]
+    assert all(np.array_equal(x, y) for x, y in zip(pixels[0], pixels[1], strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(pixels[0], pixels[2], strict=True))
+
+
+def test_sample_grids(gan_run: Path, tmp_path: Path) -> None:
+    one = sample_to_file(gan_run, tmp_path / "virus.png", class_name="virus", n=9)
+    with Image.open(one) as img:
+        assert img.height == 3 * (TOY_SIZE + 2) + 2  # 3 x 3 grid
+    every = sample_to_file(gan_run, tmp_path / "all.png", n=4)
+    with Image.open(every) as img:
+        assert img.height == 3 * (TOY_SIZE + 2) + 2  # one row per class
+    with pytest.raises(ValueError, match="unknown class"):
+        sample_to_file(gan_run, tmp_path / "x.png", class_name="covid")

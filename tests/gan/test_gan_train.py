@@ -1,0 +1,128 @@
+"""A short ACGAN run end to end: run folder, class control, classifier export, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from pneumo.data.preprocess import PreprocessContract
+from pneumo.data.records import dataset_root
+from pneumo.data.splits import check_disjoint, read_split_csv
+from pneumo.gan import Generator, class_agreement, generate, load_config, load_generator, resume_gan, train_gan
+from pneumo.gan.config import read_config
+
+from .conftest import TINY, TOY_SIZE
+
+CHECKPOINT_KEYS = {
+    "format", "pneumo_version", "task", "class_names", "model", "dummy_class", "preprocess", "best", "last",
+    "operating_point", "temperature", "ood",
+}  # fmt: skip
+
+
+def test_run_folder(gan_run: Path, toy_data: Path) -> None:
+    for name in ("config.yaml", "env.json", "split.csv", "generator.safetensors", "generator_ema.safetensors",
+                 "discriminator.safetensors", "last.state.safetensors", "classifier/best.safetensors"):  # fmt: skip
+        assert (gan_run / name).is_file(), name
+    assert not [p for p in gan_run.rglob("*") if p.suffix in (".pt", ".pth", ".pkl", ".tmp")]
+    config = read_config(gan_run / "config.yaml")
+    assert Path(config.data) == toy_data.resolve() and config.split_csv == str(gan_run / "split.csv")
+    rows = [json.loads(line) for line in (gan_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    for key in ("d_loss", "g_loss", "d_aux_real", "d_aux_fake", "g_aux", "aux_acc_real", "val_auc", "seconds"):
+        assert all(isinstance(r[key], float) for r in rows), key
+    assert rows[-1]["aux_acc_real"] > rows[0]["aux_acc_real"]
+    assert json.loads((gan_run / "env.json").read_text())["torch"] == torch.__version__
+    # fixed-noise grids every 3 epochs: one labelled row per class
+    assert sorted(p.name for p in (gan_run / "samples").iterdir()) == ["epoch_0003.png", "epoch_0006.png"]
+    grid = Image.open(gan_run / "samples" / "epoch_0006.png")
+    assert grid.height == 3 * (TOY_SIZE + 2) + 2 and grid.width > 8 * (TOY_SIZE + 2)
+    split = read_split_csv(gan_run / "split.csv", dataset_root(toy_data))
+    assert check_disjoint(split) == {} and {r.split for r in split} == {"train", "val", "test"}
+
+
+def test_generated_images_have_the_requested_class(gan_run: Path, toy_classifier) -> None:
+    """Chance is 1/3 (balanced requests); an untrained generator sits there, the trained one must be well above.
+
+    The toy classifier is independent of the GAN (trained on real images only). Six epochs reach about 0.95 here;
+    0.6 leaves room for other BLAS/CPU rounding while staying far from chance.
+    """
+    labels = [c for c in range(3) for _ in range(30)]
+    trained = class_agreement(toy_classifier, generate(load_generator(gan_run), labels, seed=7), labels)
+    assert trained.overall >= 0.6, trained.confusion
+    assert min(trained.per_class.values()) > 1 / 3, trained.confusion
+    torch.manual_seed(0)
+    fresh = Generator(z_dim=32, image_size=TOY_SIZE, base_channels=16, embed_dim=16)
+    untrained = class_agreement(toy_classifier, generate(fresh, labels, seed=7), labels)
+    assert untrained.overall < 0.5
+
+
+def test_classifier_export_follows_the_checkpoint_contract(gan_run: Path) -> None:
+    from pneumo.data.dataset import build_split
+    from pneumo.data.tasks import get_task
+    from pneumo.training import load_run, predict_logits, roc_auc
+
+    meta = json.loads((gan_run / "classifier" / "checkpoint.json").read_text())
+    assert set(meta) == CHECKPOINT_KEYS
+    assert meta["task"] == "normal-bacteria-virus" and meta["class_names"] == ["normal", "bacteria", "virus"]
+    assert meta["model"]["name"] == "acgan_discriminator" and meta["model"]["num_outputs"] == 3
+    assert meta["preprocess"] == PreprocessContract(image_size=TOY_SIZE).to_dict()
+    assert meta["dummy_class"] is False and meta["last"] == {"epoch": 6}
+    rows = [json.loads(line) for line in (gan_run / "metrics.jsonl").read_text().splitlines()]
+    best = max(rows, key=lambda r: r["val_auc"])  # the first of equal maxima, as training keeps
+    assert meta["best"] == {"epoch": best["epoch"], "val_auc": best["val_auc"]}
+
+    # the registry rebuilds it; on the run's val split it reproduces the AUC that chose it
+    model, _ = load_run(gan_run / "classifier")
+    records = read_split_csv(
+        gan_run / "classifier" / "split.csv", dataset_root(read_config(gan_run / "config.yaml").data)
+    )
+    val = build_split("val", records, get_task("normal-bacteria-virus"), model.preprocess_contract, progress=False)
+    logits = predict_logits(model, val, amp=False)
+    assert logits.shape == (len(val), 3)
+    probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
+    assert roc_auc(val.targets, probs) == pytest.approx(meta["best"]["val_auc"], abs=1e-6)
+
+
+def test_pneumo_evaluate_works_on_the_export(gan_run: Path) -> None:
+    from pneumo.evaluation.run import evaluate_run
+
+    result = evaluate_run(gan_run / "classifier", n_boot=20, plots=False, progress=False, device="cpu")
+    assert result["n_images"] == 30 and result["class_names"] == ["normal", "bacteria", "virus"]
+    assert (Path(result["eval_dir"]) / "metrics.json").is_file()
+    assert Path(result["eval_dir"]).parent == gan_run / "classifier"
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(toy_data: Path, tmp_path: Path) -> None:
+    tiny = ["image_size=16", "g_channels=8", "d_channels=8", "z_dim=8", "embed_dim=4", "batch_size=16"]
+    config = load_config(None, [*tiny, "loss=nonsaturating", "label_smoothing=0.1", "epochs=2"], data=str(toy_data))
+    straight = train_gan(config, tmp_path / "straight", progress=False)
+    interrupted = train_gan(config.model_copy(update={"epochs": 1}), tmp_path / "resumed", progress=False)
+    with pytest.raises(FileExistsError):
+        train_gan(config, interrupted, progress=False)
+    resume_gan(interrupted, epochs=2, progress=False)
+    for name in ("generator", "generator_ema", "discriminator", "classifier/best"):
+        a, b = load_file(straight / f"{name}.safetensors"), load_file(interrupted / f"{name}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    rows = [
+        [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in (run / "metrics.jsonl").open()]
+        for run in (straight, interrupted)
+    ]
+    assert rows[0] == rows[1]
+
+    # a weights file from another epoch (a crash between two writes) is refused
+    broken = tmp_path / "broken"
+    shutil.copytree(interrupted, broken)
+    stale = load_file(broken / "generator.safetensors")
+    save_file(stale, str(broken / "generator.safetensors"), metadata={"epoch": "1", "format": "1"})
+    with pytest.raises(ValueError, match="disagree"):
+        resume_gan(broken, epochs=3, progress=False)
+
+
+def test_tiny_config_constant_is_valid() -> None:
+    assert load_config(None, TINY).g_channels == 16
