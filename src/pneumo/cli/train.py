@@ -1,0 +1,73 @@
+"""``pneumo train``: parse, resolve the config, call :func:`pneumo.training.train` (or ``resume``), print the run.
+
+Runs unchanged under ``torchrun --nproc_per_node N $(which pneumo) train ...`` (DistributedDataParallel).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from pneumo.cli.output import fail
+
+
+def train(
+    data: Path | None = typer.Option(None, "--data", help="Dataset folder (Kaggle/pediatric layout) or CSV manifest."),
+    task: str | None = typer.Option(
+        None, "--task", help="normal-pneumonia | bacteria-virus | normal-bacteria-virus (default normal-pneumonia)."
+    ),
+    model: str | None = typer.Option(None, "--model", help="cnn | resnet18 | resnet50 | densenet121 (default cnn)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Number of epochs."),
+    image_size: int | None = typer.Option(None, "--image-size", help="Square model input size S in pixels."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Images per step (per process under DDP)."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate of the head."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of split, initialisation, data order, augmentation."),
+    config: Path | None = typer.Option(None, "--config", help="YAML config (e.g. a run's config.yaml)."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default runs/<task>-<model>-<timestamp>)."),
+    overrides: list[str] | None = typer.Option(
+        None, "--set", help="Override any setting: --set augment.rotation=10 (repeatable; YAML values)."
+    ),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this folder from its last state."),
+) -> None:
+    """Train a classifier; settings resolve as defaults < --config < flags < --set, saved to RUN_DIR/config.yaml."""
+    from pneumo.data.records import DatasetError
+    from pneumo.training import ConfigError, build_config
+    from pneumo.training import resume as resume_run
+    from pneumo.training import train as train_run
+    from pneumo.training.checkpoint import read_run_meta
+
+    flags = {
+        "data": data,
+        "task": task,
+        "model": model,
+        "epochs": epochs,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "out": out,
+    }
+    try:
+        if resume is not None:
+            given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
+            if given or config or overrides:
+                fail(f"--resume continues a run with its saved config; drop {', '.join(given) or '--config/--set'}")
+            run_dir = resume_run(resume)
+        else:
+            as_text = {k: str(v) if isinstance(v, Path) else v for k, v in flags.items()}
+            cfg = build_config(config_file=config, flags=as_text, overrides=overrides or ())
+            run_dir = train_run(cfg, command=sys.argv)
+    except (ConfigError, DatasetError, FileExistsError, FileNotFoundError, NotImplementedError, ValueError) as exc:
+        fail(str(exc))
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks
+        return
+    try:
+        best = read_run_meta(run_dir)["best"]
+    except FileNotFoundError:
+        best = {}
+    typer.echo(f"run folder: {run_dir}")
+    if best.get("epoch") is not None:
+        typer.echo(f"best epoch {best['epoch']}: validation ROC AUC {best['val_auc']}")

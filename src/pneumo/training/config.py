@@ -1,0 +1,331 @@
+"""The training configuration: one typed, validated model; precedence defaults < family defaults < YAML < flags < --set.
+
+Every model here forbids unknown keys, so a typo (``augment.rotaton``) fails with a message naming the key and the
+closest valid one. The resolved configuration is written to ``config.yaml`` in the run folder; loading it back gives
+an equal config, so ``pneumo train --config RUN_DIR/config.yaml --out NEW_DIR`` reproduces the run (its
+``split_file`` points at the run's ``split.csv``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pneumo.data.tasks import TASKS
+from pneumo.utils.atomic import write_text
+
+MODELS = ("cnn", "resnet18", "resnet50", "densenet121")
+
+# Per-family defaults (tuned for CPU runs at 128 px; see the training README section). They sit between the
+# global defaults and the user's YAML/flags/--set, so anything the user states wins.
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cnn": {"lr": 2e-3, "batch_size": 32, "epochs": 20, "image_size": 128, "weight_decay": 1e-4},
+    "resnet18": {"lr": 1e-3, "batch_size": 32, "epochs": 12, "image_size": 128, "weight_decay": 1e-4},
+    "resnet50": {"lr": 5e-4, "batch_size": 16, "epochs": 10, "image_size": 128, "weight_decay": 1e-4},
+    "densenet121": {"lr": 5e-4, "batch_size": 16, "epochs": 10, "image_size": 128, "weight_decay": 1e-4},
+}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the offending key(s)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(_Strict):
+    """Training-time augmentation, applied per sample on the training device. The heart is on the image's right
+    (patient's left), so horizontal flips are off by default: they would create anatomically impossible images."""
+
+    enabled: bool = True
+    rotation: float = Field(7.0, ge=0, le=180, description="max rotation in degrees")
+    translate: float = Field(0.05, ge=0, lt=0.5, description="max shift as a fraction of the image size")
+    scale: tuple[float, float] = (0.9, 1.1)
+    brightness: float = Field(0.2, ge=0, lt=1)
+    contrast: float = Field(0.2, ge=0, lt=1)
+    clahe: bool = False
+    clahe_p: float = Field(0.5, ge=0, le=1)
+    hflip: bool = False
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_order(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {v}")
+        return v
+
+
+class AcquisitionAugmentConfig(_Strict):
+    """Simulated acquisition differences (other scanners, exports, crops), for robustness. Off by default.
+
+    Each effect is applied to a sample with its probability ``p_*``; parameters are drawn uniformly from the ranges.
+    """
+
+    enabled: bool = False
+    p_resample: float = Field(0.3, ge=0, le=1)
+    resample_factor: tuple[float, float] = (0.35, 0.9)  # down to factor x size, then back up
+    p_blur: float = Field(0.2, ge=0, le=1)
+    blur_sigma: tuple[float, float] = (0.3, 1.5)  # in pixels at the model size
+    p_sharpen: float = Field(0.2, ge=0, le=1)
+    sharpen_amount: tuple[float, float] = (0.3, 1.5)
+    p_noise: float = Field(0.3, ge=0, le=1)
+    noise_std: tuple[float, float] = (0.005, 0.04)  # on the [0, 1] intensity scale
+    p_jpeg: float = Field(0.3, ge=0, le=1)
+    jpeg_quality: tuple[int, int] = (30, 95)
+    p_aspect: float = Field(0.3, ge=0, le=1)
+    aspect_jitter: float = Field(0.15, ge=0, lt=0.5)  # log-uniform width/height factor in [1/(1+a), 1+a]
+    p_border: float = Field(0.2, ge=0, le=1)
+    border_max: float = Field(0.08, ge=0, lt=0.5)  # max masked band per side, as a fraction of the size
+
+    @field_validator("resample_factor", "blur_sigma", "sharpen_amount", "noise_std", "jpeg_quality")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= v[0] <= v[1]:
+            raise ValueError(f"expected (low, high) with 0 <= low <= high, got {v}")
+        return v
+
+    @field_validator("resample_factor")
+    @classmethod
+    def _factor(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError(f"resample_factor must lie in (0, 1], got {v}")
+        return v
+
+    @field_validator("jpeg_quality")
+    @classmethod
+    def _quality(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= v[0] <= v[1] <= 100:
+            raise ValueError(f"jpeg_quality must lie in [1, 100], got {v}")
+        return v
+
+
+class SyntheticConfig(_Strict):
+    """Images from a trained ACGAN run added to the training set (not implemented yet: see the GAN issue)."""
+
+    from_run: str | None = None
+    per_class: int | Literal["balance"] | None = None
+
+    @model_validator(mode="after")
+    def _both_or_none(self) -> SyntheticConfig:
+        if (self.from_run is None) != (self.per_class is None):
+            raise ValueError("synthetic.from_run and synthetic.per_class must be given together")
+        if isinstance(self.per_class, int) and self.per_class < 1:
+            raise ValueError("synthetic.per_class must be >= 1 or 'balance'")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.from_run is not None
+
+
+class TrainConfig(_Strict):
+    """Everything that defines a training run."""
+
+    data: str
+    task: Literal["normal-pneumonia", "bacteria-virus", "normal-bacteria-virus"] = "normal-pneumonia"
+    model: Literal["cnn", "resnet18", "resnet50", "densenet121"] = "cnn"
+    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra get_model keywords")
+    drop_rate: float = Field(0.2, ge=0, lt=1)
+    weights: str = Field("none", description="none | imagenet | PATH (file or run folder)")
+    freeze: str = Field("none", description="none | backbone | until:<stage>")
+    backbone_lr_scale: float = Field(1.0, gt=0, le=1)
+    unfreeze_epochs: list[int] = Field(default_factory=list)
+    dummy_class: bool = False
+    balance: Literal["weights", "sampler", "none"] = "weights"
+
+    epochs: int = Field(10, ge=1)
+    image_size: int = Field(224, ge=8)
+    geometry: Literal["squash", "center-crop", "letterbox"] = "squash"
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["cosine", "onecycle", "none"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0
+
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    keep_official_val: bool = False
+    split_file: str | None = None
+
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    acquisition_augment: AcquisitionAugmentConfig = Field(default_factory=AcquisitionAugmentConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+    early_stopping_patience: int | None = Field(5, ge=1)
+    num_workers: int | Literal["auto"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool | Literal["auto"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool | Literal["auto"] = "auto"
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    checkpoint_every_steps: int = Field(200, ge=1)
+    cache_dir: str | None = None
+    progress: bool = True
+    out: str | None = None
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: str) -> str:
+        if v.lower() in ("none", "imagenet"):
+            return v.lower()
+        return v
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze(cls, v: str) -> str:
+        if v in ("none", "backbone") or (v.startswith("until:") and len(v) > len("until:")):
+            return v
+        raise ValueError(f"freeze must be 'none', 'backbone' or 'until:<stage>', got {v!r}")
+
+    @field_validator("unfreeze_epochs")
+    @classmethod
+    def _unfreeze(cls, v: list[int]) -> list[int]:
+        if any(e < 1 for e in v):
+            raise ValueError(f"unfreeze_epochs are 1-based epoch numbers, got {v}")
+        return sorted(v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.weights == "imagenet" and self.model == "cnn":
+            raise ValueError("weights=imagenet: the from-scratch 'cnn' has no ImageNet weights")
+        if self.unfreeze_epochs and self.freeze == "none":
+            raise ValueError("unfreeze_epochs needs a freeze policy (freeze=backbone or until:<stage>)")
+        return self
+
+    # --- derived --------------------------------------------------------------------------------------------
+    @property
+    def num_task_classes(self) -> int:
+        return TASKS[self.task].num_classes
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_task_classes + int(self.dummy_class)
+
+    def default_out(self) -> Path:
+        return Path("runs") / f"{self.task}-{self.model}-{datetime.now():%Y%m%d-%H%M%S}"
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def save(self, path: Path) -> None:
+        write_text(path, self.to_yaml())
+
+
+# --- building a config from its sources ------------------------------------------------------------------------
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+def parse_set(items: Iterable[str]) -> dict[str, Any]:
+    """``["augment.rotation=10", "lr=3e-4"]`` -> nested dict; values are parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set expects key=value (e.g. augment.rotation=10), got {item!r}")
+        value = _scalar(raw)
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part} is set both as a value and as a section")
+        node[leaf] = value
+    return out
+
+
+def _scalar(raw: str) -> Any:
+    """A YAML value; also ``1e-3`` as a float (YAML 1.1, which PyYAML follows, wants ``1.0e-3``)."""
+    if not raw.strip():
+        return None
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_config(
+    *,
+    config_file: str | Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    overrides: Iterable[str] = (),
+) -> TrainConfig:
+    """Resolve a config: defaults < per-family defaults < YAML file < flags (None = not given) < ``--set``."""
+    user: dict[str, Any] = load_yaml(config_file) if config_file else {}
+    user = deep_merge(user, {k: v for k, v in (flags or {}).items() if v is not None})
+    user = deep_merge(user, parse_set(overrides))
+    model = user.get("model", TrainConfig.model_fields["model"].default)
+    merged = deep_merge(FAMILY_DEFAULTS.get(model, {}), user)
+    return validate_config(merged)
+
+
+def validate_config(data: Mapping[str, Any]) -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown setting {loc!r}{_suggest(err['loc'])}")
+        elif err["type"] == "missing":
+            lines.append(f"missing setting {loc!r}")
+        else:
+            lines.append(f"{loc or 'config'}: {err['msg']} (got {err.get('input')!r})")
+    return "invalid training config:\n  " + "\n  ".join(dict.fromkeys(lines))
+
+
+def _suggest(loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] = TrainConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        sub = getattr(field, "annotation", None) if field else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return ""
+        model = sub
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(model.model_fields)}"

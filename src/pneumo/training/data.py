@@ -1,0 +1,141 @@
+"""Training data: the split, the cached splits, the per-epoch sample order and batched loading.
+
+The order of an epoch is a pure function of (seed, epoch, rank, world size), so a resumed run can skip the steps it
+already did and see exactly the same batches. Sampling uses torch's own samplers: ``DistributedSampler`` (it also
+serves one process, as a seeded shuffle) and, for ``balance=sampler``, ``WeightedRandomSampler`` with a generator
+seeded from (seed, epoch), whose draws are then sharded over ranks the way ``DistributedSampler`` shards.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler, WeightedRandomSampler
+
+from pneumo.data.dataset import SplitData, build_split
+from pneumo.data.preprocess import PreprocessContract
+from pneumo.data.records import Record, dataset_root, discover
+from pneumo.data.splits import make_split, read_split_csv, write_split_csv
+from pneumo.data.tasks import Task
+from pneumo.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def contract_for(cfg: TrainConfig) -> PreprocessContract:
+    return PreprocessContract(image_size=cfg.image_size, geometry=cfg.geometry)
+
+
+def resolve_split(cfg: TrainConfig) -> list[Record]:
+    """The records with their split: read from ``split_file`` when given, else carved by patient."""
+    if cfg.split_file:
+        return read_split_csv(Path(cfg.split_file), dataset_root(cfg.data))
+    return make_split(
+        discover(cfg.data), val_fraction=cfg.val_fraction, seed=cfg.seed, keep_official_val=cfg.keep_official_val
+    )
+
+
+def save_split(records: list[Record], cfg: TrainConfig, path: Path) -> None:
+    write_split_csv(records, path, dataset_root(cfg.data))
+
+
+@dataclass
+class TrainData:
+    train: SplitData
+    val: SplitData
+    contract: PreprocessContract
+    dummy_from_data: bool  # dummy-class images come from out-of-task records (else: made on the fly)
+
+
+def build_train_data(cfg: TrainConfig, records: list[Record], task: Task, *, progress: bool) -> TrainData:
+    """Cache and load the train and validation splits (never test)."""
+    contract = contract_for(cfg)
+    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else None
+    train = build_split(
+        "train", records, task, contract, cache_root=cache_root, progress=progress, include_out_of_task=cfg.dummy_class
+    )
+    val = build_split("val", records, task, contract, cache_root=cache_root, progress=progress)
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(f"task {task.name}: {len(train)} train and {len(val)} validation images; need both")
+    for split in (train, val):
+        missing = set(range(task.num_classes)) - set(np.unique(split.targets).tolist())
+        if missing:
+            names = [task.class_names[i] for i in sorted(missing)]
+            raise ValueError(f"the {split.name} split has no image of class(es) {names}")
+    dummy_from_data = cfg.dummy_class and bool((train.targets == task.num_classes).any())
+    if cfg.dummy_class and not dummy_from_data:
+        log.info("dummy class: no out-of-task images for %s; using patch-shuffled training images", task.name)
+    return TrainData(train, val, contract, dummy_from_data)
+
+
+def class_weights(targets: np.ndarray, num_classes: int) -> np.ndarray:
+    """Inverse-frequency weights ``n / (C * n_c)`` (scikit-learn's "balanced"); absent classes get weight 0."""
+    counts = np.bincount(targets, minlength=num_classes).astype(np.float64)
+    with np.errstate(divide="ignore"):
+        weights = np.where(counts > 0, len(targets) / (num_classes * counts), 0.0)
+    return weights
+
+
+class EpochOrder:
+    """The sample indices one rank trains on in one epoch."""
+
+    def __init__(
+        self, targets: np.ndarray, *, seed: int, rank: int = 0, world: int = 1, weighted_classes: int | None = None
+    ) -> None:
+        self.n = len(targets)
+        self.seed, self.rank, self.world = seed, rank, world
+        self.sample_weights = None
+        if weighted_classes is not None:
+            self.sample_weights = class_weights(targets, weighted_classes)[targets]
+
+    def indices(self, epoch: int) -> list[int]:
+        if self.sample_weights is None:
+            sampler = DistributedSampler(range(self.n), num_replicas=self.world, rank=self.rank, seed=self.seed)
+            sampler.set_epoch(epoch)
+            return list(sampler)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        drawn = list(WeightedRandomSampler(self.sample_weights.tolist(), self.n, replacement=True, generator=g))
+        per_rank = -(-self.n // self.world)
+        drawn += drawn[: per_rank * self.world - self.n]  # pad like DistributedSampler
+        return drawn[self.rank :: self.world]
+
+
+def shard(n: int, rank: int, world: int) -> list[int]:
+    """Indices ``0..n-1`` of one rank, padded by repetition to equal length on every rank (for evaluation)."""
+    per_rank = -(-n // world)
+    padded = list(range(n)) + list(range(per_rank * world - n))
+    return padded[rank::world]
+
+
+class BatchedSplit(Dataset):
+    """Batched reads from the memory-mapped cache: one fancy-indexing copy per batch instead of one per image.
+
+    ``DataLoader`` calls ``__getitems__`` with a whole batch of indices; the result is already a batch, so pass
+    :func:`collate_batch` as ``collate_fn``.
+    """
+
+    def __init__(self, split: SplitData) -> None:
+        self.images = split.images
+        self.targets = torch.as_tensor(split.targets, dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.__getitems__([i])
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = np.asarray(indices, dtype=np.int64)
+        rows = self.images.rows[idx]
+        order = np.argsort(rows, kind="stable")  # read the memmap in file order, then restore the batch order
+        pixels = np.empty((len(idx), *self.images.array.shape[1:]), dtype=np.uint8)
+        pixels[order] = self.images.array[rows[order]]
+        return torch.from_numpy(pixels).unsqueeze(1), self.targets[idx], torch.from_numpy(idx)
+
+
+def collate_batch(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    return batch

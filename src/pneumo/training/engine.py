@@ -1,0 +1,552 @@
+"""The training loop: ``train(cfg)`` starts a run, ``resume(run_dir)`` continues one; both return the run folder.
+
+Reproducibility: the data order of an epoch is a function of (seed, epoch, rank), the augmentation of a step a
+function of (seed, epoch, step, rank), and the remaining randomness (dropout) comes from torch's global RNG, whose
+state is checkpointed. On CPU deterministic algorithms are on, so a run resumed after a kill ends with bit-identical
+weights to an uninterrupted one. Model selection and early stopping use the validation ROC AUC; test is never read.
+
+Dummy class (``dummy_class=true``): the model gets ``K + 1`` outputs and training sees extra images labelled ``K``:
+
+* bacteria-virus: the out-of-task images of the train split (the NORMAL images);
+* normal-pneumonia (and any task whose train split has no out-of-task image): patch-shuffled copies of training
+  images made on the fly (:func:`pneumo.training.augment.shuffled_patches`), about ``1/(K+1)`` of each batch. They
+  keep an X-ray's grey levels and texture but no anatomy: "not a chest X-ray of either class", the closest sound
+  stand-in for out-of-distribution inputs we can make without another dataset.
+
+Validation and :func:`predict_logits` score the ``K`` task logits only (``task_logits``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+import pneumo
+from pneumo.data.preprocess import normalize
+from pneumo.data.tasks import get_task
+from pneumo.models import PneumoNet, apply_freeze, get_model, unfreeze_stages
+from pneumo.training import checkpoint as ckpt
+from pneumo.training import distributed as ddp
+from pneumo.training.augment import BatchAugmenter, shuffled_patches
+from pneumo.training.config import TrainConfig, load_yaml, validate_config
+from pneumo.training.data import (
+    BatchedSplit,
+    EpochOrder,
+    TrainData,
+    build_train_data,
+    class_weights,
+    collate_batch,
+    resolve_split,
+    save_split,
+    shard,
+)
+from pneumo.training.optim import add_unfrozen_group, build_optimizer, lr_factor, set_lr
+from pneumo.training.predict import autocast_for, predict_rows, val_metrics
+from pneumo.training.runinfo import append_metrics, environment
+from pneumo.utils.atomic import write_json, write_text
+
+log = logging.getLogger(__name__)
+
+RUN_MARKERS = ("checkpoint.json", "metrics.jsonl", ckpt.STATE_TENSORS)
+GAN_ISSUE = (
+    "synthetic.from_run / synthetic.per_class (training on ACGAN images) is not implemented yet: it waits for the "
+    "GAN work (pneumo.gan, see the ACGAN issue). Remove the 'synthetic' settings to train on real images."
+)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda was asked for, but CUDA is not available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", ddp.env_info().local_rank)
+    return torch.device("cpu")
+
+
+def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    # Distinct, reproducible stream per (seed, epoch, step, rank); mixed by a SeedSequence, not added naively.
+    return int(np.random.SeedSequence([seed, epoch, step, rank]).generate_state(1)[0])
+
+
+@dataclass
+class Progress:
+    """Everything the loop needs to continue where it stopped (saved as JSON with the state tensors)."""
+
+    epoch: int = 1  # the epoch in progress (1-based)
+    step_in_epoch: int = 0  # steps of ``epoch`` already done
+    global_step: int = 0
+    n_unfrozen: int = 0  # stages released by gradual unfreezing so far
+    best_epoch: int | None = None
+    best_auc: float | None = None
+    bad_epochs: int = 0
+    epoch_loss_sum: float = 0.0  # running sums of the epoch in progress
+    epoch_samples: int = 0
+    finished: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _EpochBatches(Sampler[list[int]]):
+    """A batch sampler whose content is set per epoch (one object, so DataLoader workers can persist)."""
+
+    def __init__(self, batches: list[list[int]] | None = None) -> None:
+        self.batches = batches or []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run_dir: Path,
+        data: TrainData,
+        dist_info: ddp.DistInfo,
+        device: torch.device,
+        resume_from: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
+    ) -> None:
+        self.cfg, self.run_dir, self.data, self.dist, self.device = cfg, run_dir, data, dist_info, device
+        self.task = get_task(cfg.task)
+        self.k = self.task.num_classes
+        self.main = dist_info.is_main
+        self.amp = device.type == "cuda" and cfg.amp in ("auto", True)
+        if cfg.amp is True and device.type != "cuda":
+            log.warning("amp=true: bf16 autocast is used on CUDA only; training in float32 on %s", device)
+
+        torch.manual_seed(cfg.seed)
+        self.model = self._build_model(load_weights=resume_from is None)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.progress = Progress()
+        if resume_from is not None:
+            self._restore(*resume_from)
+        self.net = self._wrap(self.model)
+
+        self.train_set = BatchedSplit(data.train)
+        self.val_set = BatchedSplit(data.val)
+        weighted = self.k + 1 if data.dummy_from_data else self.k
+        self.order = EpochOrder(
+            data.train.targets,
+            seed=cfg.seed,
+            rank=dist_info.rank,
+            world=dist_info.world,
+            weighted_classes=weighted if cfg.balance == "sampler" else None,
+        )
+        per_rank = len(self.order.indices(1))
+        self.steps_per_epoch = max(1, per_rank // cfg.batch_size)
+        if cfg.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
+        self.synth_dummies = max(1, round(cfg.batch_size / cfg.num_outputs)) if self._dummy_on_the_fly else 0
+        self.criterion = nn.CrossEntropyLoss(weight=self._loss_weights(), label_smoothing=cfg.label_smoothing)
+        self.augment = BatchAugmenter(cfg.augment, cfg.acquisition_augment)
+        self.batches = _EpochBatches()
+        self.loader = self._loader()
+        self.writer = self._tensorboard()
+
+    # --- setup ----------------------------------------------------------------------------------------------------
+    @property
+    def _dummy_on_the_fly(self) -> bool:
+        return self.cfg.dummy_class and not self.data.dummy_from_data
+
+    def _build_model(self, load_weights: bool = True) -> PneumoNet:
+        cfg = self.cfg
+        weights = None if cfg.weights == "none" or not load_weights else cfg.weights  # resume: the state has them
+        model = get_model(
+            cfg.model,
+            num_classes=cfg.num_outputs,
+            in_chans=1,
+            weights=weights,
+            drop_rate=cfg.drop_rate,
+            **cfg.model_kwargs,
+        )
+        apply_freeze(model, cfg.freeze)
+        model.num_task_classes = self.k
+        model.preprocess_contract = self.data.contract
+        model = model.to(self.device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        net: nn.Module = model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = DistributedDataParallel(model, device_ids=ids)
+        if self.cfg.compile:
+            net = torch.compile(net)
+        return net
+
+    def _loss_weights(self) -> torch.Tensor | None:
+        if self.cfg.balance != "weights":
+            return None
+        targets = self.data.train.targets
+        if self._dummy_on_the_fly:
+            # Expected share of made-up dummies per epoch joins the counts, so every class weighs the same.
+            n_dummy = round(len(targets) * self.synth_dummies / self.cfg.batch_size)
+            targets = np.concatenate([targets, np.full(n_dummy, self.k, dtype=targets.dtype)])
+        w = class_weights(targets, self.cfg.num_outputs)
+        return torch.tensor(w, dtype=torch.float32, device=self.device)
+
+    def _loader(self) -> DataLoader:
+        workers = self.cfg.num_workers
+        if workers == "auto":
+            # CPU: the cache is in memory and a batch is one memcpy, so workers only add IPC (measured slower).
+            workers = 0 if self.device.type == "cpu" else min(4, max(1, (len(_cpus()) // self.dist.world) - 1))
+        return DataLoader(
+            self.train_set,
+            batch_sampler=self.batches,
+            collate_fn=collate_batch,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            # Its own generator: each epoch's iterator draws a worker seed, which must not move the global RNG
+            # (dropout uses it), or a resumed epoch would draw that seed at another point than the original.
+            generator=torch.Generator().manual_seed(self.cfg.seed),
+        )
+
+    def _tensorboard(self) -> Any:
+        if not self.main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    # --- state ----------------------------------------------------------------------------------------------------
+    def _unfreeze_one(self) -> None:
+        released = unfreeze_stages(self.model, 1)
+        add_unfrozen_group(self.optimizer, self.model, self.cfg)
+        if self.cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        log.info("unfroze %s", ", ".join(released) or "nothing (all stages already train)")
+
+    def _restore(self, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+        p = Progress(**info["progress"])
+        if info.get("world_size", 1) != self.dist.world:
+            log.warning(
+                "resuming a %s-process run with %s processes: the data order changes, results will not be identical",
+                info.get("world_size", 1), self.dist.world,
+            )  # fmt: skip
+        for _ in range(p.n_unfrozen):  # replay gradual unfreezing so that the optimizer's groups match
+            self._unfreeze_one()
+        model_state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+        self.model.load_state_dict(model_state, strict=True)
+        ckpt.optimizer_from_parts(self.optimizer, tensors, info["optimizer"])
+        ckpt.restore_rng(tensors, info["rng"])
+        self.progress = p
+
+    def _save_last(self) -> None:
+        """last.safetensors + resumable state + checkpoint.json (rank 0 only)."""
+        if not self.main:
+            return
+        ckpt.save_weights(self.run_dir / "last.safetensors", self.model, {"epoch": self.progress.epoch})
+        opt_tensors, opt_info = ckpt.optimizer_to_parts(self.optimizer)
+        rng_tensors, rng_info = ckpt.capture_rng()
+        tensors = {f"model.{k}": v for k, v in ckpt.model_state(self.model).items()}
+        tensors.update(opt_tensors)
+        tensors.update(rng_tensors)
+        info = {
+            "progress": self.progress.__dict__,
+            "optimizer": opt_info,
+            "rng": rng_info,
+            "world_size": self.dist.world,
+            "data_order": "DistributedSampler/WeightedRandomSampler seeded by (seed, epoch); augmentation by "
+            "(seed, epoch, step, rank)",
+        }
+        ckpt.save_state(self.run_dir, tensors, info)
+        self._write_meta()
+
+    def _write_meta(self) -> None:
+        p = self.progress
+        last_epoch = p.epoch - 1 if p.step_in_epoch == 0 else p.epoch
+        ckpt.write_run_meta(self.run_dir, run_meta(self.cfg, self.data, p.best_epoch, p.best_auc, last_epoch))
+
+    # --- loop -----------------------------------------------------------------------------------------------------
+    def fit(self) -> Progress:
+        cfg, p = self.cfg, self.progress
+        if p.finished:
+            log.info("the run in %s has already finished", self.run_dir)
+            return p
+        try:
+            while p.epoch <= cfg.epochs:
+                self._train_epoch()
+                self._end_epoch()
+                if p.finished:
+                    break
+            p.finished = True
+            self._save_last()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        ddp.barrier()
+        return p
+
+    def _train_epoch(self) -> None:
+        cfg, p = self.cfg, self.progress
+        if p.step_in_epoch == 0 and p.epoch in cfg.unfreeze_epochs:
+            self._unfreeze_one()
+            p.n_unfrozen += 1
+            if self.dist.enabled:
+                self.net = self._wrap(self.model)  # DDP must see the newly trainable parameters
+        order = self.order.indices(p.epoch)
+        b = cfg.batch_size
+        batches = [order[i * b : (i + 1) * b] for i in range(self.steps_per_epoch)]
+        self.batches.batches = batches[p.step_in_epoch :]
+        self.net.train()
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=p.step_in_epoch,
+            desc=f"epoch {p.epoch}/{cfg.epochs}",
+            disable=not (self.main and cfg.progress),
+            leave=False,
+            file=sys.stderr,
+        )
+        self._epoch_start = time.perf_counter()
+        self._epoch_images = 0
+        for images, targets, _ in self.loader:
+            loss, n = self._train_step(images, targets)
+            p.epoch_loss_sum += loss * n
+            p.epoch_samples += n
+            p.step_in_epoch += 1
+            p.global_step += 1
+            self._epoch_images += n
+            bar.update()
+            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{self._images_per_s():.0f}", **self._last_val())
+            if p.global_step % cfg.checkpoint_every_steps == 0 and p.step_in_epoch < self.steps_per_epoch:
+                self._save_last()
+        bar.close()
+        self._train_seconds = time.perf_counter() - self._epoch_start
+
+    def _images_per_s(self) -> float:
+        return self._epoch_images / max(1e-9, time.perf_counter() - self._epoch_start)
+
+    def _last_val(self) -> dict[str, str]:
+        history = self.progress.history
+        return {"val_auc": f"{history[-1]['val_auc']:.4f}"} if history else {}
+
+    def _train_step(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
+        cfg, p, dev = self.cfg, self.progress, self.device
+        images = images.to(dev, non_blocking=True)
+        targets = targets.to(dev, non_blocking=True)
+        g = torch.Generator(device=dev).manual_seed(_step_seed(cfg.seed, p.epoch, p.step_in_epoch, self.dist.rank))
+        if self.synth_dummies:
+            pick = torch.randperm(images.shape[0], generator=g, device=dev)[: self.synth_dummies]
+            images = torch.cat([images, shuffled_patches(images[pick], g)])
+            targets = torch.cat([targets, torch.full((len(pick),), self.k, dtype=targets.dtype, device=dev)])
+        if self.augment.active:
+            images = self.augment(images, g)
+        x = normalize(images, self.data.contract)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        set_lr(self.optimizer, lr_factor(p.global_step, self.total_steps, self.warmup_steps, cfg.schedule))
+        with autocast_for(dev, self.amp):
+            logits = self.net(x)
+        loss = self.criterion(logits.float(), targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            trainable = [q for q in self.model.parameters() if q.requires_grad]
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        self.optimizer.step()
+        return float(loss.detach()), int(targets.shape[0])
+
+    def validate(self) -> dict[str, float]:
+        """Validation metrics on the task classes, gathered over all ranks (every rank gets the same numbers)."""
+        ddp.broadcast_buffers(self.model, self.dist)
+        n = len(self.data.val)
+        rows = shard(n, self.dist.rank, self.dist.world)
+        logits = predict_rows(
+            self.model,
+            self.val_set,
+            rows,
+            contract=self.data.contract,
+            n_task=self.k,
+            batch_size=self.cfg.batch_size * 2,
+            device=self.device,
+            amp=self.amp,
+        )
+        gathered = ddp.gather_logits(torch.as_tensor(rows), logits, n, self.dist)
+        return val_metrics(gathered, self.data.val.targets)
+
+    def _end_epoch(self) -> None:
+        cfg, p = self.cfg, self.progress
+        loss_sum, samples = ddp.all_reduce_mean([p.epoch_loss_sum, float(p.epoch_samples)], self.dist, self.device)
+        metrics = self.validate()
+        images_per_s = self._epoch_images * self.dist.world / max(1e-9, self._train_seconds)
+        record = {
+            "epoch": p.epoch,
+            "train_loss": loss_sum / max(1.0, samples),
+            **metrics,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_s": images_per_s,
+            "seconds": time.perf_counter() - self._epoch_start,
+            "steps": p.global_step,
+        }
+        auc = metrics["val_auc"]
+        improved = p.best_epoch is None or (not math.isnan(auc) and (p.best_auc is None or auc > p.best_auc))
+        if improved:
+            p.best_epoch, p.best_auc, p.bad_epochs = p.epoch, None if math.isnan(auc) else auc, 0
+            if self.main:
+                ckpt.save_weights(self.run_dir / "best.safetensors", self.model, {"epoch": p.epoch, "val_auc": auc})
+        else:
+            p.bad_epochs += 1
+        p.history.append(record)
+        if self.main:
+            append_metrics(self.run_dir / "metrics.jsonl", record)
+            if self.writer is not None:
+                for key, value in record.items():
+                    if key != "epoch":
+                        self.writer.add_scalar(key, value, p.epoch)
+            log.info(
+                "epoch %d/%d train_loss %.4f val_loss %.4f val_auc %.4f val_acc %.3f %.0f img/s",
+                p.epoch, cfg.epochs, record["train_loss"], metrics["val_loss"], auc, metrics["val_accuracy"],
+                images_per_s,
+            )  # fmt: skip
+        patience = cfg.early_stopping_patience
+        if patience is not None and p.bad_epochs >= patience:
+            log.info("early stopping: no validation AUC gain for %d epochs (best epoch %s)", patience, p.best_epoch)
+            p.finished = True
+        p.epoch += 1
+        p.step_in_epoch = 0
+        p.epoch_loss_sum, p.epoch_samples = 0.0, 0
+        self._save_last()
+
+
+def _cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
+def run_meta(
+    cfg: TrainConfig, data: TrainData, best_epoch: int | None, best_auc: float | None, last_epoch: int
+) -> dict[str, Any]:
+    task = get_task(cfg.task)
+    return {
+        "format": ckpt.FORMAT,
+        "pneumo_version": pneumo.__version__,
+        "task": cfg.task,
+        "class_names": list(task.class_names),
+        "model": {
+            "name": cfg.model,
+            "num_outputs": cfg.num_outputs,
+            "in_chans": 1,
+            "kwargs": {"drop_rate": cfg.drop_rate, **cfg.model_kwargs},
+        },
+        "dummy_class": cfg.dummy_class,
+        "preprocess": data.contract.to_dict(),
+        "best": {"epoch": best_epoch, "val_auc": best_auc},
+        "last": {"epoch": last_epoch},
+        "operating_point": None,
+        "temperature": None,
+        "ood": None,
+    }
+
+
+# --- entry points -------------------------------------------------------------------------------------------------
+
+
+def _set_determinism(cfg: TrainConfig, device: torch.device) -> None:
+    deterministic = device.type == "cpu" if cfg.deterministic == "auto" else bool(cfg.deterministic)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def _prepare(cfg: TrainConfig) -> tuple[torch.device, ddp.DistInfo]:
+    if cfg.synthetic.enabled:
+        raise NotImplementedError(GAN_ISSUE)
+    device = pick_device(cfg.device)
+    info = ddp.init(device)
+    _set_determinism(cfg, device)
+    return device, info
+
+
+def train(cfg: TrainConfig, *, command: list[str] | None = None) -> Path:
+    """Start a new run from a resolved config; returns the run folder.
+
+    Under ``torchrun`` every rank calls this; rank 0 creates the folder, writes the split and builds the cache.
+    """
+    device, info = _prepare(cfg)
+    try:
+        run_dir = _new_run_dir(cfg) if info.is_main else None
+        run_dir = Path(str(ddp.broadcast_object(str(run_dir) if run_dir else None, info)))
+        split_path = run_dir / "split.csv"
+        user_split = str(Path(cfg.split_file).expanduser().resolve()) if cfg.split_file else None
+        cfg = cfg.model_copy(
+            update={
+                "data": str(Path(cfg.data).expanduser().resolve()),
+                "out": str(run_dir),
+                "split_file": str(split_path),
+                "weights": cfg.weights if cfg.weights in ("none", "imagenet") else str(Path(cfg.weights).resolve()),
+            }
+        )
+        with ddp.main_first(info):
+            if info.is_main:
+                records = resolve_split(cfg.model_copy(update={"split_file": user_split}))
+                save_split(records, cfg, split_path)
+                cfg.save(run_dir / "config.yaml")
+                write_json(run_dir / "env.json", environment(device, command, info.world))
+            records = resolve_split(cfg)  # every rank reads the saved split: one source of truth
+            data = build_train_data(cfg, records, get_task(cfg.task), progress=cfg.progress and info.is_main)
+        Trainer(cfg, run_dir, data, info, device).fit()
+    finally:
+        ddp.shutdown()
+    return run_dir
+
+
+def _new_run_dir(cfg: TrainConfig) -> Path:
+    run_dir = Path(cfg.out) if cfg.out else cfg.default_out()
+    run_dir = run_dir.expanduser().resolve()
+    taken = [m for m in RUN_MARKERS if (run_dir / m).exists()]
+    if taken:
+        raise FileExistsError(
+            f"{run_dir} already holds a run ({', '.join(taken)}); use --resume {run_dir} to continue it, "
+            "or --out NEW_FOLDER to start another"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def resume(run_dir: str | Path) -> Path:
+    """Continue a run from its last checkpoint (``last.state.safetensors``), with the config it was started with."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    cfg = validate_config(load_yaml(run_dir / "config.yaml"))
+    cfg = cfg.model_copy(update={"out": str(run_dir), "split_file": str(run_dir / "split.csv")})
+    device, info = _prepare(cfg)
+    try:
+        tensors, state = ckpt.load_state(run_dir)
+        with ddp.main_first(info):
+            records = resolve_split(cfg)
+            data = build_train_data(cfg, records, get_task(cfg.task), progress=cfg.progress and info.is_main)
+        if info.is_main:  # drop epoch records written after the checkpoint (the epoch is redone)
+            history = state["progress"]["history"]
+            write_text(run_dir / "metrics.jsonl", "".join(_json_line(r) for r in history))
+        Trainer(cfg, run_dir, data, info, device, resume_from=(tensors, state)).fit()
+    finally:
+        ddp.shutdown()
+    return run_dir
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    return json.dumps(record) + "\n"

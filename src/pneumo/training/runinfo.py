@@ -1,0 +1,67 @@
+"""What a run was made with: ``env.json`` (versions, machine, git commit, command line) and ``metrics.jsonl``."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+
+import pneumo
+
+
+def git_commit(path: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment(device: torch.device, command: list[str] | None = None, world_size: int = 1) -> dict[str, Any]:
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = platform.processor() or platform.machine()
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "pneumo": pneumo.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "device_name": device_name,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "world_size": world_size,
+        "git_commit": git_commit(Path(pneumo.__file__).resolve().parent),
+        "command": command if command is not None else sys.argv,
+    }
+
+
+def append_metrics(path: Path, record: dict[str, Any]) -> None:
+    """One JSON line per epoch, flushed and fsynced (an append of one line is atomic enough for a log)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

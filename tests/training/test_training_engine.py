@@ -1,0 +1,209 @@
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pneumo.data import build_split, dataset_root, get_task, read_split_csv
+from pneumo.models import get_model
+from pneumo.training import (
+    build_config,
+    load_run,
+    load_yaml,
+    predict_logits,
+    read_metrics,
+    read_run_meta,
+    roc_auc,
+    train,
+    update_run_meta,
+    validate_config,
+)
+from pneumo.training.data import build_train_data, contract_for, resolve_split, shard
+from pneumo.training.distributed import DistInfo
+from pneumo.training.engine import Trainer
+
+RUN_FILES = {
+    "config.yaml",
+    "split.csv",
+    "env.json",
+    "metrics.jsonl",
+    "best.safetensors",
+    "last.safetensors",
+    "checkpoint.json",
+    "last.state.safetensors",
+    "last.state.json",
+}
+META_KEYS = {
+    "format",
+    "pneumo_version",
+    "task",
+    "class_names",
+    "model",
+    "dummy_class",
+    "preprocess",
+    "best",
+    "last",
+    "operating_point",
+    "temperature",
+    "ood",
+}
+METRIC_KEYS = {"epoch", "train_loss", "val_loss", "val_auc", "val_accuracy", "lr", "images_per_s", "seconds"}
+
+
+def _trainer(cfg, tmp_path: Path) -> Trainer:
+    data = build_train_data(cfg, resolve_split(cfg), get_task(cfg.task), progress=False)
+    run_dir = tmp_path / "trainer"
+    run_dir.mkdir(exist_ok=True)
+    return Trainer(cfg, run_dir, data, DistInfo(), torch.device("cpu"))
+
+
+def _balanced_batch(trainer: Trainer, per_class: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    targets = trainer.data.train.targets
+    idx = [int(i) for c in range(trainer.k) for i in np.flatnonzero(targets == c)[:per_class]]
+    images, labels, _ = trainer.train_set.__getitems__(idx)
+    return images, labels
+
+
+def _val_split(run: Path, cfg) -> object:
+    records = read_split_csv(run / "split.csv", dataset_root(cfg.data))
+    return build_split("val", records, get_task(cfg.task), contract_for(cfg), progress=False)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+
+
+@pytest.mark.parametrize(
+    ("model", "size", "steps"), [("cnn", 64, 4), ("resnet18", 32, 3), ("resnet50", 32, 3), ("densenet121", 32, 3)]
+)
+def test_each_family_fits_a_fixed_batch(make_cfg, tmp_path: Path, model: str, size: int, steps: int) -> None:
+    cfg = make_cfg(
+        "augment.enabled=false", "drop_rate=0", "warmup_epochs=0", "schedule=none", model=model, image_size=size
+    )
+    trainer = _trainer(cfg, tmp_path)
+    images, targets = _balanced_batch(trainer)
+    losses = [trainer._train_step(images, targets)[0] for _ in range(steps)]
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+@pytest.mark.slow
+def test_cnn_clearly_beats_chance(blob_data: Path, tmp_path: Path) -> None:
+    # 40 validation images (20 per class): under chance the AUC has a standard deviation of about
+    # sqrt((n1 + n2 + 1) / (12 n1 n2)) = 0.09, so 0.9 is over 4 standard deviations above 0.5; it is also above what
+    # the brightest pixel alone achieves (about 0.83). Seeds 0-3 reach 0.97-1.0 by epoch 3 of 4.
+    cfg = build_config(
+        flags={"data": str(blob_data), "model": "cnn", "image_size": 48, "epochs": 4, "batch_size": 16, "lr": 3e-3},
+        overrides=["val_fraction=0.25", "progress=false", f"out={tmp_path / 'blobs'}"],
+    )
+    run = train(cfg)
+    assert read_run_meta(run)["best"]["val_auc"] > 0.9, read_metrics(run)
+
+
+def test_frozen_stages_and_their_batchnorm_stay_put(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg("freeze=until:layer3", model="resnet18", lr=0.05)
+    trainer = _trainer(cfg, tmp_path)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    after = trainer.model.state_dict()
+    frozen = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")
+    for key, value in before.items():
+        if key.startswith(frozen):
+            assert torch.equal(value, after[key]), f"{key} moved although frozen"
+    assert not torch.equal(before["layer4.0.bn1.running_mean"], after["layer4.0.bn1.running_mean"])
+    assert not torch.equal(before["layer4.1.conv2.weight"], after["layer4.1.conv2.weight"])
+    assert not torch.equal(before["head.fc.weight"], after["head.fc.weight"])
+
+
+def test_dummy_class_from_out_of_task_images(make_cfg) -> None:
+    cfg = make_cfg("dummy_class=true", task="bacteria-virus")
+    run = train(cfg)
+    meta = read_run_meta(run)
+    assert meta["dummy_class"] is True and meta["class_names"] == ["bacteria", "virus"]
+    assert meta["model"]["num_outputs"] == 3
+    model, _ = load_run(run)
+    assert model.num_classes == 3
+
+    records = read_split_csv(run / "split.csv", dataset_root(cfg.data))
+    data = build_train_data(cfg, records, get_task(cfg.task), progress=False)
+    n_normal_train = sum(r.split == "train" and r.label == "NORMAL" for r in records)
+    assert (data.train.targets == 2).sum() == n_normal_train > 0  # NORMAL images are the dummy class
+    assert set(np.unique(data.val.targets)) == {0, 1}  # validation scores the task classes only
+
+    logits = predict_logits(model, data.val, batch_size=16)
+    assert logits.shape == (len(data.val), 2)
+    recorded = read_metrics(run)[0]["val_auc"]
+    assert recorded == pytest.approx(roc_auc(data.val.targets, _softmax(logits)), abs=1e-9)
+
+
+def test_dummy_class_made_on_the_fly_for_normal_pneumonia(make_cfg, tmp_path: Path) -> None:
+    trainer = _trainer(make_cfg("dummy_class=true"), tmp_path)
+    assert not trainer.data.dummy_from_data and trainer.synth_dummies > 0
+    assert trainer.criterion.weight.shape == (3,)
+    seen: list[tuple[torch.Size, torch.Tensor]] = []
+    criterion = trainer.criterion
+
+    def spy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        seen.append((logits.shape, targets.clone()))
+        return criterion(logits, targets)
+
+    trainer.criterion = spy
+    images, targets = _balanced_batch(trainer)
+    trainer._train_step(images, targets)
+    shape, used = seen[0]
+    assert shape == (len(targets) + trainer.synth_dummies, 3)
+    assert int((used == 2).sum()) == trainer.synth_dummies
+
+
+def test_run_folder_contract_no_pickle_and_reproduction(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    cfg = make_cfg("drop_rate=0.3", epochs=2)
+    run = train(cfg)
+    assert {p.name for p in run.iterdir()} >= RUN_FILES
+    meta = read_run_meta(run)
+    assert set(meta) == META_KEYS
+    assert meta["model"] == {"name": "cnn", "num_outputs": 2, "in_chans": 1, "kwargs": {"drop_rate": 0.3}}
+    assert meta["preprocess"]["image_size"] == 32 and meta["last"] == {"epoch": 2}
+    assert meta["best"]["epoch"] in (1, 2) and meta["operating_point"] is None
+    records = read_metrics(run)
+    assert [r["epoch"] for r in records] == [1, 2] and all(set(r) >= METRIC_KEYS for r in records)
+    assert meta["best"]["val_auc"] == max(r["val_auc"] for r in records)
+    env = json.loads((run / "env.json").read_text())
+    assert {"python", "torch", "torchvision", "numpy", "git_commit", "command", "device_name"} <= set(env)
+
+    saved = validate_config(load_yaml(run / "config.yaml"))
+    assert saved.split_file == str(run / "split.csv") and saved.out == str(run)
+    moved = ("data", "out", "split_file")
+    assert saved.model_dump(exclude=set(moved)) == cfg.model_dump(exclude=set(moved))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("unpickling while loading a run")
+
+    with monkeypatch.context() as m:
+        m.setattr(pickle, "load", refuse)
+        m.setattr(pickle, "loads", refuse)
+        m.setattr(torch, "load", refuse)
+        model, loaded_meta = load_run(run, "best")
+    assert not model.training and loaded_meta == meta
+    reference = get_model("cnn", num_classes=2, drop_rate=0.3)
+    assert set(model.state_dict()) == set(reference.state_dict())
+
+    update_run_meta(run, temperature=1.7, operating_point={"threshold": 0.4})
+    assert read_run_meta(run)["temperature"] == 1.7
+
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(saved)
+    again = train(saved.model_copy(update={"out": str(tmp_path / "again")}))
+    assert (again / "split.csv").read_text() == (run / "split.csv").read_text()
+    for name in ("best.safetensors", "last.safetensors"):
+        a, b = load_file(run / name), load_file(again / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs on a rerun of the saved config"
+
+
+def test_shards_cover_the_set_with_padding() -> None:
+    shards = [shard(7, r, 3) for r in range(3)]
+    assert {len(s) for s in shards} == {3}
+    assert sorted({i for s in shards for i in s}) == list(range(7))
