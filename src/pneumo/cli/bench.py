@@ -1,0 +1,68 @@
+"""``pneumo bench``: run the benchmark suite, print a markdown report, optionally write every figure as JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pneumo.cli.output import fail
+
+
+def _csv(value: str | None, cast=str) -> tuple | None:
+    if value is None:
+        return None
+    items = tuple(cast(v.strip()) for v in value.split(",") if v.strip())
+    if not items:
+        raise ValueError(f"expected a comma-separated list, got {value!r}")
+    return items
+
+
+def bench(
+    device: str = typer.Option("auto", "--device", help="cpu | cuda | auto (cuda when available)."),
+    quick: bool = typer.Option(False, "--quick", help="Smoke test: every section at the smallest size (CI)."),
+    out: Path | None = typer.Option(None, "--out", help="Write every figure, the machine and versions as JSON."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Kaggle-layout dataset folder (its train images are used); default: synthetic images."
+    ),
+    models: str | None = typer.Option(None, "--models", help="Comma list, e.g. resnet18,densenet121."),
+    sizes: str | None = typer.Option(None, "--sizes", help="Training image sizes, e.g. 128,224."),
+    sections: str | None = typer.Option(None, "--sections", help="Comma list of data,training,inference."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Timed training steps per measurement."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Training batch (default per model)."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's choice)."),
+    max_images: int | None = typer.Option(
+        None, "--max-images", min=1, help="Use at most this many of --data's train images (default: all)."
+    ),
+    compile: bool | None = typer.Option(
+        None, "--compile/--no-compile", help="torch.compile variants (default: on for CUDA, off for CPU)."
+    ),
+) -> None:
+    """Benchmark data loading, training and inference; every speed-up against a naive baseline in the same run."""
+    from pneumo.bench import BenchSettings, run_benchmarks, save
+
+    try:
+        overrides = {
+            k: v
+            for k, v in {
+                "device": device,
+                "data": data,
+                "models": _csv(models),
+                "sizes": _csv(sizes, int),
+                "sections": _csv(sections),
+                "steps": steps,
+                "batch_size": batch_size,
+                "threads": threads,
+                "max_images": max_images,
+                "compile": compile,
+            }.items()
+            if v is not None
+        }
+        settings = BenchSettings.quick_settings(**overrides) if quick else BenchSettings(**overrides)
+        results = run_benchmarks(settings)
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(results["markdown"])
+    if out is not None:
+        save(results, out)
+        typer.echo(f"wrote {out}")

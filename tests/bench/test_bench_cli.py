@@ -1,0 +1,66 @@
+"""``pneumo bench --quick`` end to end through the command line (a smoke test: no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from typer.testing import CliRunner
+
+from pneumo.cli.bench import bench
+
+app = typer.Typer()
+app.command()(bench)
+
+
+def test_quick_run_writes_every_section_and_prints_the_tables(tmp_path: Path) -> None:
+    out = tmp_path / "x.json"
+    result = CliRunner().invoke(app, ["--quick", "--device", "cpu", "--threads", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+
+    assert report["quick"] is True and report["device"] == "cpu"
+    assert report["machine"]["cpu_count"] >= 1 and report["machine"]["torch_threads"] == 1
+    assert report["versions"]["torch"] == __import__("torch").__version__
+    assert report["peak"]["gflops"] > 0
+
+    data = report["data"]
+    assert {(r["images"], r["size"]) for r in data["loaders"]} == {("source", 32), ("full-res", 32)}
+    for row in data["loaders"]:
+        assert row["cache_images_per_s"] > 0 and row["decode_images_per_s"] > 0
+    assert all(b["images_per_s"] > 0 and b["n"] > 0 for b in data["cache_build"])
+
+    training = report["training"]
+    got = {(r["model"], r["variant"]) for r in training["results"]}
+    for model in ("cnn", "resnet18"):
+        assert {(model, "naive"), (model, "pneumo"), (model, "resident")} <= got
+    for row in training["results"]:
+        assert row["images_per_s"] > 0 and 0 <= row["data_wait_share"] <= 1
+        assert row["train_gflop_per_image"] > 0 and row["achieved_gflops"] > 0
+    assert [c["variant"] for c in training["speedup_chain"]][:2] == ["naive", "cached-nchw"]
+    resnet = next(r for r in training["results"] if r["model"] == "resnet18")
+    cnn = next(r for r in training["results"] if r["model"] == "cnn")
+    assert resnet["train_gflop_per_image"] > cnn["train_gflop_per_image"]
+
+    (inf,) = report["inference"]["results"]
+    assert [b["backend"] for b in inf["backends"]] == ["pytorch-eager", "onnxruntime"]
+    assert inf["max_abs_diff"]["logits"] <= 1e-4  # the exported graph computes what PyTorch computes
+    for b in inf["backends"]:
+        assert b["latency_ms_p95"] >= b["latency_ms_p50"] > 0 and b["memory"]["peak_rss_mb"] > 0
+
+    assert len(report["targets"]) == 6
+    assert {t["passed"] for t in report["targets"][-2:]} == {None}  # no GPU here
+    for heading in ("## Data", "## Training", "## Inference", "## Targets", "| target | threshold |"):
+        assert heading in result.output
+    assert "SMOKE RUN" in report["markdown"]
+
+
+def test_cuda_without_a_gpu_is_a_clear_error() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    result = CliRunner().invoke(app, ["--quick", "--device", "cuda"])
+    assert result.exit_code == 2
+    assert "CUDA is not available" in result.output

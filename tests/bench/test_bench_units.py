@@ -1,0 +1,167 @@
+"""The parts of pneumo.bench that must be right whatever the timings: FLOP counts, pixels, batches, the GPU loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pneumo.bench.data import RepeatingBatches, build_cached_split, naive_dataset
+from pneumo.bench.machine import count_train_flops, memory_probe
+from pneumo.bench.report import evaluate_targets
+from pneumo.bench.train import Variant, device_resident_epoch, measure_training, resident_tensors
+from pneumo.data.preprocess import PreprocessContract, normalize
+from pneumo.models import get_model
+from pneumo.training.augment import BatchAugmenter
+from pneumo.training.config import AcquisitionAugmentConfig, AugmentConfig
+
+
+def test_flop_counter_matches_a_hand_count() -> None:
+    # conv 1->2, 3x3, padding 1 on 4x4: 2 x 4 x 4 outputs x 9 multiply-adds = 288 MACs = 576 FLOPs forward.
+    # linear 32->3: 96 MACs = 192 FLOPs forward; backward: grad input 192 + grad weight 192.
+    # conv backward: grad weight only (576), since the network input does not require grad.
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(32, 3, bias=False))
+    conv_fwd, lin_fwd = 2 * (2 * 4 * 4 * 9), 2 * (32 * 3)
+    expected = conv_fwd + lin_fwd + 2 * lin_fwd + conv_fwd
+    assert count_train_flops(model, (1, 1, 4, 4)) == expected == 1728
+    assert count_train_flops(model, (3, 1, 4, 4)) == 3 * expected  # linear in the batch
+
+
+def test_naive_and_cached_pipelines_deliver_identical_pixels(image_folder, tmp_path: Path) -> None:
+    for size in (32, 48):
+        contract = PreprocessContract(image_size=size)
+        split, seconds = build_cached_split(image_folder, contract, tmp_path / "cache")
+        naive = naive_dataset(image_folder, contract)
+        assert seconds > 0 and len(split) == len(naive) == len(image_folder) == 13
+        cached = normalize(split.as_tensor(), contract)
+        for i in range(len(naive)):
+            pixels, target = naive[i]
+            assert target == split.targets[i] == image_folder.targets[i]
+            assert pixels.shape == (1, size, size)
+            assert torch.equal(pixels, cached[i]), f"image {i} ({image_folder.paths[i].name}) differs"
+
+
+def test_naive_augmentation_changes_pixels_but_not_the_shape(image_folder) -> None:
+    contract = PreprocessContract(image_size=32)
+    plain, augmented = naive_dataset(image_folder, contract), naive_dataset(image_folder, contract, AugmentConfig())
+    torch.manual_seed(0)
+    a = augmented[0][0]
+    assert a.shape == plain[0][0].shape and not torch.equal(a, plain[0][0])
+
+
+def test_repeating_batches_are_full_and_cover_every_image_each_pass() -> None:
+    batches = list(RepeatingBatches(10, 4, n_batches=5, seed=1))
+    assert len(batches) == 5 and all(len(b) == 4 for b in batches)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat[:10]) == list(range(10))  # first pass is a permutation
+    assert sorted(flat[10:20]) == list(range(10))  # so is the second
+    with pytest.raises(ValueError):
+        RepeatingBatches(0, 4, 1)
+
+
+def _blobs(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dark images are class 0, bright ones class 1: learnable in a few steps."""
+    rng = np.random.default_rng(0)
+    targets = np.arange(n) % 2
+    base = np.where(targets[:, None, None, None] == 1, 200, 50)
+    images = np.clip(base + rng.normal(0, 20, size=(n, 1, size, size)), 0, 255).astype(np.uint8)
+    return torch.from_numpy(images), torch.from_numpy(targets).long()
+
+
+def test_device_resident_epoch_trains_on_cpu() -> None:
+    torch.manual_seed(0)
+    model = get_model("cnn", num_classes=2, widths=(8, 16), depths=(1, 1), drop_rate=0.0)
+    model = model.to(memory_format=torch.channels_last)
+    images, targets = _blobs(40, 16)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    contract = PreprocessContract(image_size=16)
+    augmenter = BatchAugmenter(AugmentConfig(), AcquisitionAugmentConfig())
+    before = [p.detach().clone() for p in model.parameters()]
+    first = device_resident_epoch(
+        model, images, targets, optimizer, contract=contract, batch_size=16, augmenter=augmenter, profile=True
+    )
+    assert (first.steps, first.images) == (2, 32)  # 40 images: two full batches, the tail dropped
+    assert first.seconds > 0 and np.isfinite(first.loss)
+    assert first.gather_seconds is not None and first.prep_seconds is not None
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    last = first
+    for _ in range(12):
+        last = device_resident_epoch(model, images, targets, optimizer, contract=contract, batch_size=16)
+    assert last.gather_seconds is None  # timing of the phases only when profiling
+    assert last.loss < 0.5 * first.loss
+    capped = device_resident_epoch(model, images, targets, optimizer, contract=contract, batch_size=16, max_steps=1)
+    assert capped.steps == 1
+
+
+def test_device_resident_epoch_rejects_bad_input() -> None:
+    model = get_model("cnn", num_classes=2, widths=(4,), depths=(1,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    contract = PreprocessContract(image_size=16)
+    images, targets = _blobs(8, 16)
+    with pytest.raises(ValueError, match="uint8"):
+        device_resident_epoch(model, images.float(), targets, optimizer, contract=contract, batch_size=4)
+    with pytest.raises(ValueError, match="no full batch"):
+        device_resident_epoch(model, images, targets, optimizer, contract=contract, batch_size=16)
+
+
+def test_resident_tensors_hold_the_cached_split(image_folder, tmp_path: Path) -> None:
+    split, _ = build_cached_split(image_folder, PreprocessContract(image_size=32), tmp_path / "cache")
+    images, targets = resident_tensors(split, "cpu")
+    assert images.dtype == torch.uint8 and images.shape == (13, 1, 32, 32)
+    assert torch.equal(images[3, 0], torch.from_numpy(np.array(split.images[3])))
+    assert targets.tolist() == split.targets.tolist()
+
+
+def test_memory_probe_sees_a_large_allocation() -> None:
+    with memory_probe(torch.device("cpu")) as mem:
+        block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, touched
+        block.sum()
+    assert mem.peak_rss_mb is not None and mem.rss_before_mb is not None
+    if mem.peak_scope == "phase":
+        assert mem.peak_rss_mb - mem.rss_before_mb >= 60
+
+
+def test_targets_pass_fail_and_unmeasured() -> None:
+    loaders = [{"images": "full-res", "size": 224, "speedup": 25.0}]
+    training = {
+        "reference": {"model": "resnet18", "size": 128},
+        "results": [
+            {"model": "resnet18", "size": 128, "variant": "pneumo", "data_wait_share": 0.08, "speedup_vs_naive": 2.0}
+        ],
+    }
+    inference = {
+        "results": [{"model": "resnet18", "size": 224, "onnx_speedup_batch1": 2.0, "max_abs_diff": {"logits": 3e-4}}]
+    }
+    targets = {
+        t["target"]: t
+        for t in evaluate_targets(
+            {"data": {"loaders": loaders}, "training": training, "inference": inference, "machine": {"gpu": None}}
+        )
+    }
+    assert targets["cache loader vs decoding full-res JPEGs"]["passed"] is True
+    assert targets["data wait share of step time (resnet18, 128 px)"]["passed"] is False
+    assert targets["resnet18 training vs naive baseline"]["passed"] is True
+    assert targets["ONNX Runtime vs PyTorch eager, batch 1 (outputs within 1e-4)"]["passed"] is False  # diff too big
+    gpu = [t for t in targets.values() if t["target"].startswith("GPU")]
+    assert len(gpu) == 2 and all(t["passed"] is None for t in gpu)
+
+
+def test_measure_training_handles_fewer_images_than_a_batch(image_folder, tmp_path: Path) -> None:
+    split, _ = build_cached_split(image_folder, PreprocessContract(image_size=32), tmp_path / "cache")
+    for variant in (Variant("naive", "naive", channels_last=False), Variant("resident", "resident")):
+        row = measure_training(
+            "cnn",
+            32,
+            variant,
+            split=split,
+            data=image_folder,
+            fullres=None,
+            device=torch.device("cpu"),
+            batch_size=16,
+            warmup=1,
+            steps=1,
+        )
+        assert row["images_per_s"] > 0 and row["batch_size"] == 16 and 0 <= row["data_wait_share"] <= 1
