@@ -9,7 +9,12 @@ import logging
 
 import typer
 
+from pneumo.cli import bench as bench_cli
 from pneumo.cli import data as data_cli
+from pneumo.cli import evaluate as evaluate_cli
+from pneumo.cli import reproduce as reproduce_cli
+from pneumo.cli import train as train_cli
+from pneumo.cli import use as use_cli
 
 app = typer.Typer(
     name="pneumo",
@@ -19,6 +24,13 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_cli.app, name="data")
+app.command("train")(train_cli.train)
+app.command("evaluate")(evaluate_cli.evaluate)
+app.command("compare")(evaluate_cli.compare)
+app.command("reproduce")(reproduce_cli.reproduce)
+app.command("demo")(reproduce_cli.demo)
+use_cli.register(app)
+app.command("bench")(bench_cli.bench)
 
 
 @app.callback()

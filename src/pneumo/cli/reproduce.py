@@ -1,0 +1,48 @@
+"""``pneumo reproduce`` and ``pneumo demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pneumo.cli.output import fail
+
+
+def reproduce(
+    data: Path | None = typer.Option(None, "--data", help="Dataset folder (not needed for --suite quick)."),
+    suite: str = typer.Option("quick", "--suite", help="quick | cpu | full"),
+    out: Path = typer.Option(Path("results"), "--out", help="Folder for runs and results (resumable)."),
+    experiments: Path | None = typer.Option(None, "--experiments", help="Folder of experiment YAML files."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    n_boot: int = typer.Option(1000, help="Bootstrap replicates for the 95 % CIs."),
+    only: list[str] = typer.Option([], "--only", help="Run only these experiments (repeatable)."),
+) -> None:
+    """Run a suite of declared experiments (skipping finished ones) and write results.md / results.json."""
+    from pneumo.reproduce.runner import reproduce as run_suite
+
+    try:
+        result = run_suite(data, suite, out, experiments_dir=experiments, device=device, n_boot=n_boot, only=only)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    typer.echo((out / "results.md").read_text())
+    typer.echo(f"{len(result['rows'])} rows written to {out.resolve() / 'results.md'} and results.json")
+
+
+def demo(
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default: under ~/.cache/pneumo/demo/runs)."),
+    epochs: int = typer.Option(6, help="Training epochs."),
+) -> None:
+    """Synthetic data -> train a CNN -> evaluate: the whole walk in about a minute (SYNTHETIC data, not X-rays)."""
+    from pneumo.demo import run_demo
+
+    result = run_demo(out, epochs=epochs)
+    section = result["metrics"][result["primary"]]
+    typer.echo("SYNTHETIC demo data (not X-rays; research tool, not a medical device)")
+    typer.echo(f"data: {result['data']}")
+    typer.echo(f"run: {result['run_dir']}")
+    for name in ("accuracy", "sensitivity", "specificity", "roc_auc"):
+        ci = section["ci"][name]
+        typer.echo(f"  {name:<12} {ci['point']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]  ({section['label']})")
+    typer.echo(f"report: {result['eval_dir']}/report.html")
+    typer.echo(f"model card: {result['run_dir']}/MODEL_CARD.md")
