@@ -62,7 +62,8 @@ def sample_quality(
     contract = classifier.preprocess_contract
     feats_real = extract_features(classifier, real_images, contract)
     feats_fake = extract_features(classifier, generated, contract)
-    kid_mean, kid_std = kid(feats_real, feats_fake, subset_size=min(1000, len(labels)), seed=seed)
+    # subsets of at most half the images, so that their spread (the reported std) means something for small sets
+    kid_mean, kid_std = kid(feats_real, feats_fake, subset_size=min(1000, max(2, len(labels) // 2)), seed=seed)
     agreement = None
     if list(meta["class_names"]) == list(task.class_names):
         result = class_agreement(classifier, generated, labels, contract=contract, num_classes=task.num_classes)
