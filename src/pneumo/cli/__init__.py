@@ -12,6 +12,7 @@ import typer
 from pneumo.cli import bench as bench_cli
 from pneumo.cli import data as data_cli
 from pneumo.cli import evaluate as evaluate_cli
+from pneumo.cli import gan as gan_cli
 from pneumo.cli import reproduce as reproduce_cli
 from pneumo.cli import train as train_cli
 from pneumo.cli import use as use_cli
@@ -24,6 +25,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_cli.app, name="data")
+app.add_typer(gan_cli.app, name="gan")
 app.command("train")(train_cli.train)
 app.command("evaluate")(evaluate_cli.evaluate)
 app.command("compare")(evaluate_cli.compare)

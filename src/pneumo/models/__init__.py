@@ -6,6 +6,7 @@ Every model is a :class:`PneumoNet` (``forward_features``, ``forward_head``, ``n
 
 from __future__ import annotations
 
+from .acgan_discriminator import ACGANDiscriminatorNet
 from .base import PneumoNet
 from .cnn import PneumoCNN
 from .freeze import add_unfrozen_params, apply_freeze, param_groups, stages_for_policy, unfreeze_stages
@@ -23,6 +24,7 @@ from .weights import (
 )
 
 __all__ = [
+    "ACGANDiscriminatorNet",
     "ClassifierHead",
     "LoadReport",
     "PneumoCNN",
