@@ -8,7 +8,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pneumo.cli.train import train as train_command
-from pneumo.training import ConfigError, TrainConfig, build_config, load_yaml, train, validate_config
+from pneumo.training import ConfigError, TrainConfig, build_config, load_yaml, validate_config
 from pneumo.training.config import FAMILY_DEFAULTS, parse_set
 
 
@@ -65,12 +65,6 @@ def test_config_yaml_round_trips(tmp_path: Path) -> None:
     again = validate_config(load_yaml(tmp_path / "config.yaml"))
     assert again == cfg
     assert again.unfreeze_epochs == [2, 3]
-
-
-def test_synthetic_images_are_validated_but_not_implemented(make_cfg) -> None:
-    cfg = make_cfg("synthetic.from_run=runs/gan", "synthetic.per_class=balance")
-    with pytest.raises(NotImplementedError, match="GAN"):
-        train(cfg)
 
 
 def test_cli_reports_typos_and_missing_data(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from pneumo.data import build_split, dataset_root, get_task, read_split_csv
+from pneumo.data.records import Record
 from pneumo.models import get_model
 from pneumo.training import (
     build_config,
@@ -23,7 +24,7 @@ from pneumo.training import (
     update_run_meta,
     validate_config,
 )
-from pneumo.training.data import build_train_data, contract_for, resolve_split, shard
+from pneumo.training.data import build_train_data, contract_for, resolve_split, shard, synthetic_counts, with_synthetic
 from pneumo.training.distributed import DistInfo
 from pneumo.training.engine import Trainer
 
@@ -207,3 +208,65 @@ def test_shards_cover_the_set_with_padding() -> None:
     shards = [shard(7, r, 3) for r in range(3)]
     assert {len(s) for s in shards} == {3}
     assert sorted({i for s in shards for i in s}) == list(range(7))
+
+
+@pytest.fixture
+def tiny_gan_run(tmp_path: Path) -> Path:
+    """A GAN run folder with an untrained 16 px generator: enough to exercise the synthetic-image plumbing."""
+    from pneumo.gan.checkpoint import GENERATOR_EMA, build_generator
+    from pneumo.gan.config import GanConfig, save_config
+    from pneumo.utils.atomic import save_safetensors
+
+    config = GanConfig(image_size=16, z_dim=8, embed_dim=8, g_channels=8, max_channels=16)
+    run = tmp_path / "gan"
+    run.mkdir()
+    save_config(config, run / "config.yaml")
+    save_safetensors(run / GENERATOR_EMA, build_generator(config).state_dict())
+    return run
+
+
+def _record(split: str, subtype: str) -> Record:
+    label = "NORMAL" if subtype == "normal" else "PNEUMONIA"
+    return Record(Path(f"{subtype}{id(object())}.png"), split, label, subtype, "p")
+
+
+def test_synthetic_counts_balance_each_task() -> None:
+    records = [_record("train", s) for s in ["normal"] * 2 + ["bacteria"] * 6 + ["virus"] * 3]
+    records += [_record("val", "normal")] * 9  # validation never counts
+    assert synthetic_counts("balance", records, get_task("normal-pneumonia"), False) == {
+        "normal": 7,
+        "bacteria": 0,
+        "virus": 0,
+    }
+    assert synthetic_counts("balance", records, get_task("bacteria-virus"), False) == {
+        "normal": 0,
+        "bacteria": 0,
+        "virus": 3,
+    }
+    assert synthetic_counts("balance", records, get_task("normal-bacteria-virus"), False) == {
+        "normal": 4,
+        "bacteria": 0,
+        "virus": 3,
+    }
+    assert synthetic_counts(5, records, get_task("bacteria-virus"), True) == dict.fromkeys(
+        ("normal", "bacteria", "virus"), 5
+    )
+
+
+def test_synthetic_images_join_the_train_split_only(make_cfg, tiny_gan_run: Path) -> None:
+    cfg = make_cfg(f"synthetic.from_run={tiny_gan_run}", "synthetic.per_class=balance")
+    run = train(cfg)
+    real = read_split_csv(run / "split.csv", dataset_root(cfg.data))
+    assert not any("synthetic" in r.path.name for r in real)  # split.csv stays the real split
+    n_normal = sum(r.split == "train" and r.label == "NORMAL" for r in real)
+    n_pneumonia = sum(r.split == "train" and r.label == "PNEUMONIA" for r in real)
+    generated = sorted((run / "synthetic").rglob("synthetic-*.png"))
+    assert len(generated) == abs(n_pneumonia - n_normal) > 0
+
+    task = get_task(cfg.task)
+    saved = validate_config(load_yaml(run / "config.yaml"))
+    records = with_synthetic(saved, real, task, run, generate=False)  # what every rank and a resume see
+    data = build_train_data(saved, records, task, progress=False)
+    assert len(data.train) == n_normal + n_pneumonia + len(generated)
+    assert np.bincount(data.train.targets).tolist() == [max(n_normal, n_pneumonia)] * 2
+    assert len(data.val) == sum(r.split == "val" for r in real)

@@ -30,6 +30,12 @@ def train(
     overrides: list[str] | None = typer.Option(
         None, "--set", help="Override any setting: --set augment.rotation=10 (repeatable; YAML values)."
     ),
+    synthetic_from: Path | None = typer.Option(
+        None, "--synthetic-from", help="ACGAN run folder: add its generated images to the train split."
+    ),
+    synthetic_per_class: str | None = typer.Option(
+        None, "--synthetic-per-class", help="Generated images per class (N) or 'balance' (top up to the largest)."
+    ),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this folder from its last state."),
 ) -> None:
     """Train a classifier; settings resolve as defaults < --config < flags < --set, saved to RUN_DIR/config.yaml."""
@@ -50,6 +56,9 @@ def train(
         "seed": seed,
         "out": out,
     }
+    if synthetic_from is not None or synthetic_per_class is not None:
+        per_class = int(synthetic_per_class) if (synthetic_per_class or "").isdigit() else synthetic_per_class
+        flags["synthetic"] = {"from_run": str(synthetic_from) if synthetic_from else None, "per_class": per_class}
     try:
         if resume is not None:
             given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
@@ -60,7 +69,7 @@ def train(
             as_text = {k: str(v) if isinstance(v, Path) else v for k, v in flags.items()}
             cfg = build_config(config_file=config, flags=as_text, overrides=overrides or ())
             run_dir = train_run(cfg, command=sys.argv)
-    except (ConfigError, DatasetError, FileExistsError, FileNotFoundError, NotImplementedError, ValueError) as exc:
+    except (ConfigError, DatasetError, FileExistsError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks
         return

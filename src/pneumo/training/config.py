@@ -107,7 +107,8 @@ class AcquisitionAugmentConfig(_Strict):
 
 
 class SyntheticConfig(_Strict):
-    """Images from a trained ACGAN run added to the training set (not implemented yet: see the GAN issue)."""
+    """Images from a trained ACGAN run (``pneumo gan train``) added to the **train** split only: ``per_class`` images
+    of each GAN class, or ``balance`` to top the task's classes up to the largest one. Written to RUN_DIR/synthetic."""
 
     from_run: str | None = None
     per_class: int | Literal["balance"] | None = None

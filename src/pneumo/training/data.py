@@ -9,6 +9,7 @@ seeded from (seed, epoch), whose draws are then sharded over ranks the way ``Dis
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from torch.utils.data import Dataset, DistributedSampler, WeightedRandomSampler
 
 from pneumo.data.dataset import SplitData, build_split
 from pneumo.data.preprocess import PreprocessContract
-from pneumo.data.records import Record, dataset_root, discover
+from pneumo.data.records import Record, dataset_root, discover, parse_file_name
 from pneumo.data.splits import make_split, read_split_csv, write_split_csv
 from pneumo.data.tasks import Task
 from pneumo.training.config import TrainConfig
@@ -41,6 +42,63 @@ def resolve_split(cfg: TrainConfig) -> list[Record]:
 
 def save_split(records: list[Record], cfg: TrainConfig, path: Path) -> None:
     write_split_csv(records, path, dataset_root(cfg.data))
+
+
+SYNTHETIC_DIR = "synthetic"
+
+
+def synthetic_counts(per_class: int | str, records: list[Record], task: Task, dummy_class: bool) -> dict[str, int]:
+    """Images to generate per GAN class (normal/bacteria/virus) for ``synthetic.per_class``.
+
+    ``balance`` tops every task class of the train split up to the largest one (for normal-pneumonia a PNEUMONIA
+    deficit is shared by bacteria and virus in their real proportion). NORMAL images are generated for
+    bacteria-virus only as dummy-class material (``dummy_class=true``).
+    """
+    train = [r for r in records if r.split == "train"]
+    sub = Counter(r.subtype for r in train)
+    counts = dict.fromkeys(("normal", "bacteria", "virus"), 0)
+    if isinstance(per_class, int):
+        counts = dict.fromkeys(counts, per_class)
+    elif task.name == "normal-pneumonia":
+        n_normal, n_pneumonia = sub["normal"], sub["bacteria"] + sub["virus"]
+        if n_normal < n_pneumonia:
+            counts["normal"] = n_pneumonia - n_normal
+        else:
+            deficit = n_normal - n_pneumonia
+            counts["bacteria"] = round(deficit * sub["bacteria"] / max(1, n_pneumonia))
+            counts["virus"] = deficit - counts["bacteria"]
+    else:
+        classes = ("normal", "bacteria", "virus") if task.name == "normal-bacteria-virus" else ("bacteria", "virus")
+        target = max(sub[c] for c in classes)
+        counts.update({c: target - sub[c] for c in classes})
+    if task.name == "bacteria-virus" and not dummy_class:
+        counts["normal"] = 0  # out of task: they would be dropped
+    return counts
+
+
+def with_synthetic(
+    cfg: TrainConfig, records: list[Record], task: Task, run_dir: Path, *, generate: bool
+) -> list[Record]:
+    """Add ACGAN images (``synthetic.*``) to the **train** split only, after the split is made.
+
+    ``generate`` writes them into ``RUN_DIR/synthetic`` (rank 0, new run); otherwise the images already there are
+    used (other ranks, resume), so every process and a resumed run see the same files in the same order.
+    """
+    if not cfg.synthetic.enabled:
+        return records
+    folder = run_dir / SYNTHETIC_DIR
+    if generate:
+        from pneumo.gan.synth import synthetic_records  # the GAN package imports this one: import late
+
+        per_class = synthetic_counts(cfg.synthetic.per_class, records, task, cfg.dummy_class)
+        log.info("adding synthetic training images from %s: %s", cfg.synthetic.from_run, per_class)
+        extra = synthetic_records(cfg.synthetic.from_run, per_class, folder, seed=cfg.seed)
+    else:
+        extra = []
+        for path in folder.glob("train/*/synthetic-*.png"):
+            subtype, patient = parse_file_name(path.name)
+            extra.append(Record(path, "train", path.parent.name, subtype, patient))
+    return records + sorted(extra, key=lambda r: str(r.path))
 
 
 @dataclass

@@ -53,6 +53,7 @@ from pneumo.training.data import (
     resolve_split,
     save_split,
     shard,
+    with_synthetic,
 )
 from pneumo.training.optim import add_unfrozen_group, build_optimizer, lr_factor, set_lr
 from pneumo.training.predict import autocast_for, predict_rows, val_metrics
@@ -62,10 +63,6 @@ from pneumo.utils.atomic import write_json, write_text
 log = logging.getLogger(__name__)
 
 RUN_MARKERS = ("checkpoint.json", "metrics.jsonl", ckpt.STATE_TENSORS)
-GAN_ISSUE = (
-    "synthetic.from_run / synthetic.per_class (training on ACGAN images) is not implemented yet: it waits for the "
-    "GAN work (pneumo.gan, see the ACGAN issue). Remove the 'synthetic' settings to train on real images."
-)
 
 
 def pick_device(name: str) -> torch.device:
@@ -474,8 +471,6 @@ def _set_determinism(cfg: TrainConfig, device: torch.device) -> None:
 
 
 def _prepare(cfg: TrainConfig) -> tuple[torch.device, ddp.DistInfo]:
-    if cfg.synthetic.enabled:
-        raise NotImplementedError(GAN_ISSUE)
     device = pick_device(cfg.device)
     info = ddp.init(device)
     _set_determinism(cfg, device)
@@ -508,6 +503,7 @@ def train(cfg: TrainConfig, *, command: list[str] | None = None) -> Path:
                 cfg.save(run_dir / "config.yaml")
                 write_json(run_dir / "env.json", environment(device, command, info.world))
             records = resolve_split(cfg)  # every rank reads the saved split: one source of truth
+            records = with_synthetic(cfg, records, get_task(cfg.task), run_dir, generate=info.is_main)
             data = build_train_data(cfg, records, get_task(cfg.task), progress=cfg.progress and info.is_main)
         Trainer(cfg, run_dir, data, info, device).fit()
     finally:
@@ -537,7 +533,7 @@ def resume(run_dir: str | Path) -> Path:
     try:
         tensors, state = ckpt.load_state(run_dir)
         with ddp.main_first(info):
-            records = resolve_split(cfg)
+            records = with_synthetic(cfg, resolve_split(cfg), get_task(cfg.task), run_dir, generate=False)
             data = build_train_data(cfg, records, get_task(cfg.task), progress=cfg.progress and info.is_main)
         if info.is_main:  # drop epoch records written after the checkpoint (the epoch is redone)
             history = state["progress"]["history"]
