@@ -42,13 +42,14 @@ def _run_name(exp: Experiment, seed: int) -> str:
 def _train_one(exp: Experiment, seed: int, data: Path, run_dir: Path, run_dirs: dict[str, Path], device: str) -> Path:
     """Train (or resume) one experiment; returns the folder of the classifier run to evaluate."""
     if exp.kind == "gan":
-        from pneumo.gan import train as gan_train
+        from pneumo.gan.config import load_config
+        from pneumo.gan.train import resume_gan, train_gan
 
-        overlay = resolve_refs(exp.gan, run_dirs)
         if (run_dir / "config.yaml").exists():
-            gan_train.resume_gan(run_dir)
+            resume_gan(run_dir, progress=False)
         else:
-            gan_train.train_gan(gan_train.load_config(None, data=str(data), out=str(run_dir), seed=seed, **overlay))
+            overlay = resolve_refs(exp.gan, run_dirs)
+            train_gan(load_config(None, data=str(data), seed=seed, device=device, **overlay), run_dir, progress=False)
         return run_dir / "classifier"
 
     from pneumo.training import build_config, resume, train

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pneumo.reproduce.suite import Experiment, _ordered, load_suite, resolve_refs
+
+
+def test_suites_parse_and_order_dependencies_first() -> None:
+    for suite in ("quick", "cpu", "full"):
+        experiments = load_suite(suite)
+        seen: set[str] = set()
+        for exp in experiments:
+            assert exp.references() <= seen, f"{exp.name} runs before what it refers to"
+            if exp.baseline:
+                assert exp.baseline in seen
+            seen.add(exp.name)
+    cpu = {e.name: e for e in load_suite("cpu")}
+    assert cpu["resnet18-bacteria-virus-transfer"].references() == {"resnet18-normal-pneumonia"}
+
+
+def test_cycles_and_missing_references_are_errors() -> None:
+    a = Experiment(name="a", suites=["quick"], train={"weights": "run:b"})
+    b = Experiment(name="b", suites=["quick"], train={"weights": "run:a"})
+    with pytest.raises(ValueError, match="cycle"):
+        _ordered({"a": a, "b": b})
+    with pytest.raises(ValueError, match="refers to 'b'"):
+        _ordered({"a": a})
+    assert resolve_refs({"w": "run:a", "x": ["run:a", 1]}, {"a": Path("/r/a")}) == {"w": "/r/a", "x": ["/r/a", 1]}
+
+
+@pytest.mark.slow
+def test_quick_suite_end_to_end_and_resumable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pneumo.reproduce.runner import reproduce
+
+    result = reproduce(None, "quick", tmp_path, n_boot=50)
+    names = {r["experiment"] for r in result["rows"]}
+    assert names == {e.name for e in load_suite("quick")}
+    for row in result["rows"]:
+        assert row["eval"] and 0.0 <= row["roc_auc"]["point"] <= 1.0
+        assert row["roc_auc"]["low"] <= row["roc_auc"]["point"] <= row["roc_auc"]["high"]
+    dummy = next(r for r in result["rows"] if r["experiment"] == "quick-cnn-bacteria-virus-dummy")
+    delta = dummy["paired_vs_baseline"]["delta_roc_auc"]
+    assert delta["low"] <= delta["point"] <= delta["high"]
+    text = (tmp_path / "results.md").read_text()
+    assert "Kermany et al. 2018" in text and "quick-cnn-normal-pneumonia" in text and "Paired differences" in text
+    assert json.loads((tmp_path / "results.json").read_text())["suite"] == "quick"
+
+    # a second call trains nothing: every experiment is finished
+    import pneumo.reproduce.runner as runner
+
+    monkeypatch.setattr(runner, "_train_one", lambda *a, **k: pytest.fail("a finished experiment was trained again"))
+    again = reproduce(None, "quick", tmp_path, n_boot=50)
+    assert [r["roc_auc"] for r in again["rows"]] == [r["roc_auc"] for r in result["rows"]]
