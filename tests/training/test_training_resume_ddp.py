@@ -77,6 +77,8 @@ def test_resume_after_sigkill_is_bit_identical(make_cfg, tmp_path: Path) -> None
     strip = [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(killed)]
     assert strip == [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(ref)]
     assert json.loads((killed / "last.state.json").read_text())["progress"]["finished"] is True
+    assert CliRunner().invoke(app, ["--resume", str(killed)]).exit_code == 0  # finished: nothing left to do
+    _same_weights(ref / "last.safetensors", killed / "last.safetensors")
 
 
 @pytest.mark.slow

@@ -529,9 +529,12 @@ def resume(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir).expanduser().resolve()
     cfg = validate_config(load_yaml(run_dir / "config.yaml"))
     cfg = cfg.model_copy(update={"out": str(run_dir), "split_file": str(run_dir / "split.csv")})
+    tensors, state = ckpt.load_state(run_dir)
+    if state["progress"]["finished"]:
+        log.info("the run in %s has already finished; nothing to resume", run_dir)
+        return run_dir
     device, info = _prepare(cfg)
     try:
-        tensors, state = ckpt.load_state(run_dir)
         with ddp.main_first(info):
             records = with_synthetic(cfg, resolve_split(cfg), get_task(cfg.task), run_dir, generate=False)
             data = build_train_data(cfg, records, get_task(cfg.task), progress=cfg.progress and info.is_main)
