@@ -166,6 +166,7 @@ class TrainConfig(_Strict):
     early_stopping_patience: int | None = Field(5, ge=1)
     num_workers: int | Literal["auto"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's own, one per core)")
     amp: bool | Literal["auto"] = "auto"
     channels_last: bool = True
     compile: bool = False
