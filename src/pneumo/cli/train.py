@@ -25,6 +25,14 @@ def train(
     batch_size: int | None = typer.Option(None, "--batch-size", help="Images per step (per process under DDP)."),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate of the head."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of split, initialisation, data order, augmentation."),
+    weights: str | None = typer.Option(
+        None, "--weights", help="none | imagenet | PATH (state dict, .safetensors, or a pneumo run folder to transfer)."
+    ),
+    freeze: str | None = typer.Option(None, "--freeze", help="none | backbone | until:<stage> (e.g. until:layer3)."),
+    dummy_class: bool | None = typer.Option(
+        None, "--dummy-class/--no-dummy-class", help="Train with one extra out-of-task class (scored tasks only)."
+    ),
+    balance: str | None = typer.Option(None, "--balance", help="weights | sampler | none (class imbalance)."),
     config: Path | None = typer.Option(None, "--config", help="YAML config (e.g. a run's config.yaml)."),
     out: Path | None = typer.Option(None, "--out", help="Run folder (default runs/<task>-<model>-<timestamp>)."),
     overrides: list[str] | None = typer.Option(
@@ -54,6 +62,10 @@ def train(
         "batch_size": batch_size,
         "lr": lr,
         "seed": seed,
+        "weights": weights,
+        "freeze": freeze,
+        "dummy_class": dummy_class,
+        "balance": balance,
         "out": out,
     }
     if synthetic_from is not None or synthetic_per_class is not None:

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import pneumo.training
+from pneumo.cli import app
+
+
+def test_transfer_flags_reach_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+
+    def fake_train(cfg, command=None):
+        seen["cfg"] = cfg
+        return tmp_path / "run"
+
+    monkeypatch.setattr(pneumo.training, "train", fake_train)
+    args = ["train", "--data", str(tmp_path), "--model", "resnet18", "--weights", "none", "--freeze", "until:layer3"]
+    args += ["--dummy-class", "--balance", "sampler", "--task", "bacteria-virus", "--set", "augment.rotation=3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cfg = seen["cfg"]
+    assert (cfg.model, cfg.weights, cfg.freeze, cfg.dummy_class, cfg.balance) == (
+        "resnet18", "none", "until:layer3", True, "sampler",
+    )  # fmt: skip
+    assert cfg.augment.rotation == 3
+
+
+def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["train", "--data", str(tmp_path), "--set", "augment.rotaton=3"])
+    assert result.exit_code == 2
+    assert "did you mean 'rotation'" in result.output
