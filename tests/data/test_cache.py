@@ -137,3 +137,24 @@ def test_cached_rows_are_read_without_the_source_files(tmp_path: Path) -> None:
     for p in paths:
         p.unlink()
     assert all(cached[i].shape == (16, 16) for i in range(3))
+
+
+def test_dicom_pixel_limit_is_checked_before_decoding(tmp_path: Path) -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = 3000, 3000  # the header claims 9 MP; the pixel data is far too short for that
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = b"\0" * 16
+    path = tmp_path / "big.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageDecodeError, match=r"3000x3000 pixels exceeds the limit of 1000000"):
+        decode_image(path, max_pixels=1_000_000)

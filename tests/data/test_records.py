@@ -121,9 +121,7 @@ def test_tasks_map_records(tmp_path: Path) -> None:
     _make_tree(tmp_path, val=False)
     records = [r for r in discover(tmp_path) if r.split == "train"]
     by_name = {r.name: r for r in records}
-    np_task, bv_task, nbv = (
-        get_task(t) for t in ("normal-pneumonia", "bacteria-virus", "normal-bacteria-virus")
-    )
+    np_task, bv_task, nbv = (get_task(t) for t in ("normal-pneumonia", "bacteria-virus", "normal-bacteria-virus"))
     assert [np_task.target(by_name[n]) for n in sorted(by_name)] == [0, 1, 1]
     assert [bv_task.target(by_name[n]) for n in sorted(by_name)] == [None, 0, 1]
     assert [nbv.target(by_name[n]) for n in sorted(by_name)] == [0, 1, 2]

@@ -42,7 +42,7 @@ def _is_dicom(data: bytes, name: str) -> bool:
     return Path(name).suffix.lower() in DICOM_SUFFIXES or data[128:132] == b"DICM"
 
 
-def _decode_dicom(data: bytes, name: str) -> np.ndarray:
+def _decode_dicom(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
@@ -55,6 +55,9 @@ def _decode_dicom(data: bytes, name: str) -> np.ndarray:
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:
         raise ImageDecodeError(name, f"multi-frame DICOM ({frames} frames) is not supported; export one frame")
+    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    if rows * cols > max_pixels:  # checked from the header, before any pixel is decoded
+        raise ImageDecodeError(name, f"image of {cols}x{rows} pixels exceeds the limit of {max_pixels}")
     try:
         arr = ds.pixel_array
     except Exception as exc:
@@ -99,7 +102,7 @@ def decode_bytes(data: bytes, name: str = "<bytes>", *, max_pixels: int = DEFAUL
     if not data:
         raise ImageDecodeError(name, "file is empty")
     if _is_dicom(data, name):
-        return _check_pixels(_decode_dicom(data, name), name, max_pixels)
+        return _check_pixels(_decode_dicom(data, name, max_pixels), name, max_pixels)
     try:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size

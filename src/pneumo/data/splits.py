@@ -14,7 +14,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 from pneumo.data.records import DatasetError, Record
 
@@ -33,6 +32,8 @@ def make_split(
     The official test split is never touched. The official 16-image val joins the train pool unless
     ``keep_official_val`` (then it is the validation split and nothing is carved).
     """
+    from sklearn.model_selection import StratifiedGroupKFold  # imported here: keeps CLI and service start-up light
+
     if not 0.0 < val_fraction < 0.5:
         raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
     test = [r for r in records if r.split == "test"]
