@@ -1,0 +1,298 @@
+"""Out-of-distribution check: how unlike the run's training images an input is, from the model's own features.
+
+Method (``mahalanobis-pca-tied``), chosen because it needs no extra training, no outlier examples and only a few
+plain numbers that travel with the model (checkpoint JSON, ONNX metadata), and because class-conditional Gaussians
+with a tied covariance on penultimate features are a strong, well-studied baseline (Lee et al., 2018):
+
+1. features ``f = forward_head(forward_features(x), pre_logits=True)`` (the pooled penultimate vector that
+   predict, serve and ONNX already return) of the **train** images;
+2. PCA fitted on them keeps the top ``k = min(64, n_train / 10)`` components (at most 64 so the parameters stay
+   small enough for JSON; about ten images per dimension so that the covariance is estimable), and the
+   norm of the residual outside those components is added as one more coordinate: ``u = [z_1..z_k, |residual|]``.
+   Foreign inputs often move *out of* the principal subspace, which a subspace-only distance cannot see (the same
+   idea as ViM, Wang et al., 2022);
+3. one mean per task class and one covariance shared by all classes (tied), estimated with Ledoit-Wolf shrinkage
+   (scikit-learn), which keeps the precision matrix well conditioned with few images per class;
+4. ``score = min over classes of the Mahalanobis distance`` of ``u`` to the class means (higher = more unusual);
+5. the threshold is the 95th percentile of the **validation** scores (images the fit never saw), so by
+   construction 95 % of in-distribution validation images pass; ``in_distribution = score <= threshold``.
+
+Parameters are stored as nested lists of floats rounded to 7 significant digits, and every scorer (fitted here or
+loaded from a checkpoint/ONNX file) is built from those same numbers, so a round trip changes no score.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.covariance import LedoitWolf
+from sklearn.decomposition import PCA
+
+METHOD = "mahalanobis-pca-tied"
+VERSION = 1
+N_COMPONENTS = 64
+PASS_RATE = 0.95
+FEATURES = "forward_head(forward_features(x), pre_logits=True)"
+_DIGITS = 7
+
+
+def _round(a: np.ndarray) -> list:
+    """Nested lists of Python floats with ``_DIGITS`` significant digits (short JSON, exact round trip)."""
+    return np.vectorize(lambda v: float(f"{v:.{_DIGITS}g}"), otypes=[float])(np.asarray(a, np.float64)).tolist()
+
+
+@dataclass(frozen=True)
+class OODScorer:
+    """Mahalanobis distance on ``[PCA coordinates, residual norm]`` of pooled features; see the module docstring."""
+
+    feature_mean: np.ndarray  # (d,)
+    components: np.ndarray  # (k, d), orthonormal rows
+    class_means: np.ndarray  # (C, k + 1)
+    precision: np.ndarray  # (k + 1, k + 1)
+    threshold: float
+    extra: Mapping[str, Any]  # provenance, copied into the parameters
+
+    @property
+    def n_features(self) -> int:
+        return int(self.feature_mean.shape[0])
+
+    def coordinates(self, features: np.ndarray) -> np.ndarray:
+        f = np.asarray(features, dtype=np.float64)
+        if f.ndim != 2 or f.shape[1] != self.n_features:
+            raise ValueError(f"expected features of shape (N, {self.n_features}), got {f.shape}")
+        centred = f - self.feature_mean
+        z = centred @ self.components.T
+        residual = np.linalg.norm(centred - z @ self.components, axis=1)
+        return np.column_stack([z, residual])
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Distance to the nearest class, ``(N,)``; higher = less like the training images."""
+        u = self.coordinates(features)
+        diff = u[:, None, :] - self.class_means[None, :, :]  # (N, C, k+1)
+        squared = np.einsum("nci,ij,ncj->nc", diff, self.precision, diff)
+        return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
+
+    def in_distribution(self, features: np.ndarray) -> np.ndarray:
+        return self.score(features) <= self.threshold
+
+    def to_params(self) -> dict[str, Any]:
+        """Plain JSON numbers (and a few strings): what ``checkpoint.json["ood"]`` and ONNX metadata hold."""
+        return {
+            **self.extra,
+            "method": METHOD,
+            "version": VERSION,
+            "features": FEATURES,
+            "n_features": self.n_features,
+            "n_components": int(self.components.shape[0]),
+            "threshold": float(self.threshold),
+            "feature_mean": _round(self.feature_mean),
+            "components": _round(self.components),
+            "class_means": _round(self.class_means),
+            "precision": _round(self.precision),
+        }
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> OODScorer:
+        if params.get("method") != METHOD:
+            raise ValueError(f"unsupported OOD method {params.get('method')!r} (expected {METHOD!r})")
+        if int(params.get("version", 0)) != VERSION:
+            raise ValueError(f"unsupported OOD parameter version {params.get('version')!r} (expected {VERSION})")
+        arrays = {k: np.asarray(params[k], dtype=np.float64) for k in ARRAY_KEYS}
+        k = arrays["components"].shape[0]
+        if arrays["precision"].shape != (k + 1, k + 1) or arrays["class_means"].shape[1] != k + 1:
+            raise ValueError("inconsistent OOD parameters (components, class means and precision disagree)")
+        extra = {key: v for key, v in params.items() if key not in (*ARRAY_KEYS, *DERIVED_KEYS)}
+        return cls(
+            arrays["feature_mean"],
+            arrays["components"],
+            arrays["class_means"],
+            arrays["precision"],
+            float(params["threshold"]),
+            extra,
+        )
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> OODScorer | None:
+        """The scorer of a run's ``checkpoint.json`` (or any dict with an ``"ood"`` entry); None when there is none."""
+        params = meta.get("ood")
+        return cls.from_params(params) if params else None
+
+
+ARRAY_KEYS = ("feature_mean", "components", "class_means", "precision")
+DERIVED_KEYS = ("method", "version", "features", "n_features", "n_components", "threshold")
+
+
+def fit_scorer(
+    train_features: np.ndarray,
+    train_targets: np.ndarray,
+    val_features: np.ndarray,
+    *,
+    n_components: int = N_COMPONENTS,
+    pass_rate: float = PASS_RATE,
+    extra: Mapping[str, Any] | None = None,
+) -> OODScorer:
+    """Fit on train features/targets, set the threshold on validation features; see the module docstring."""
+    x = np.asarray(train_features, dtype=np.float64)
+    y = np.asarray(train_targets, dtype=np.int64)
+    if not 0 < pass_rate < 1:
+        raise ValueError(f"pass_rate must lie in (0, 1), got {pass_rate}")
+    if len(x) < 3 or len(val_features) == 0:
+        raise ValueError(f"need at least 3 train and 1 validation images, got {len(x)} and {len(val_features)}")
+    k = max(1, min(n_components, x.shape[1], len(x) // 10))
+    pca = PCA(n_components=k, svd_solver="full").fit(x)
+    rounded = OODScorer(
+        np.asarray(_round(pca.mean_)), np.asarray(_round(pca.components_)), np.zeros((1, k + 1)), np.eye(k + 1), 0.0, {}
+    )
+    u = rounded.coordinates(x)
+    classes = np.unique(y)
+    means = np.stack([u[y == c].mean(axis=0) for c in classes])
+    within = u - means[np.searchsorted(classes, y)]
+    precision = LedoitWolf(assume_centered=True).fit(within).precision_
+    params = OODScorer(rounded.feature_mean, rounded.components, means, precision, 0.0, {}).to_params()
+    params["threshold"] = 0.0
+    scorer = OODScorer.from_params(params)  # the stored numbers, so that fitted and loaded scorers agree exactly
+    val_scores = np.sort(scorer.score(val_features))
+    threshold = float(val_scores[max(0, math.ceil(pass_rate * len(val_scores)) - 1)])
+    threshold = float(f"{threshold:.{_DIGITS}g}")
+    passed = float(np.mean(val_scores <= threshold))
+    info = {
+        **(extra or {}),
+        "pass_rate_target": pass_rate,
+        "val_pass_rate": passed,
+        "n_train": len(x),
+        "n_val": len(val_scores),
+        "n_classes": len(classes),
+        "val_score_quantiles": {q: float(np.quantile(val_scores, float(q))) for q in ("0.5", "0.9", "0.95", "0.99")},
+    }
+    return OODScorer(scorer.feature_mean, scorer.components, scorer.class_means, scorer.precision, threshold, info)
+
+
+# --- run folders -------------------------------------------------------------------------------------------------
+
+
+def fit_ood(
+    run_dir: str | Path,
+    *,
+    device: str = "cpu",
+    batch_size: int = 64,
+    n_components: int = N_COMPONENTS,
+    pass_rate: float = PASS_RATE,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Fit the detector on a run's train images (best weights), threshold it on its validation split and store it
+    as ``checkpoint.json["ood"]`` (via ``update_run_meta``); returns the stored parameters."""
+    from pneumo.training import update_run_meta
+    from pneumo.trust.forward import forward_arrays
+    from pneumo.trust.runs import load_model, open_run, resolve_device, split_images
+
+    ctx = open_run(run_dir)
+    dev = resolve_device(device)
+    model = load_model(ctx, dev)
+    train, val = ctx.split("train", progress=progress), ctx.split("val", progress=progress)
+    _, f_train = forward_arrays(
+        model, split_images(train), ctx.contract, batch_size=batch_size, device=dev, features=True
+    )
+    _, f_val = forward_arrays(model, split_images(val), ctx.contract, batch_size=batch_size, device=dev, features=True)
+    best = ctx.meta.get("best") or {}
+    scorer = fit_scorer(
+        f_train,
+        train.targets,
+        f_val,
+        n_components=n_components,
+        pass_rate=pass_rate,
+        extra={"weights": "best", "best_epoch": best.get("epoch"), "image_size": ctx.contract.image_size},
+    )
+    params = scorer.to_params()
+    update_run_meta(ctx.run_dir, ood=params)
+    return params
+
+
+def ood_rates(
+    run_dir: str | Path,
+    split: Any = "test",
+    *,
+    model: Any = None,
+    device: Any = "cpu",
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """How many images of ``split`` (a split name of the run's own data, or a ``SplitData``) the detector flags.
+
+    Returns ``{"available": False, ...}`` when the run has no fitted detector."""
+    from pneumo.training import read_run_meta
+    from pneumo.trust.forward import forward_arrays
+    from pneumo.trust.runs import load_model, open_run, resolve_device, split_images
+
+    scorer = OODScorer.from_meta(read_run_meta(run_dir))
+    if scorer is None:
+        return {"available": False, "reason": f"no OOD detector fitted: run `pneumo audit ood-fit {run_dir}`"}
+    ctx = open_run(run_dir)
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    data = ctx.split(split) if isinstance(split, str) else split
+    model = model if model is not None else load_model(ctx, dev)
+    _, feats = forward_arrays(model, split_images(data), ctx.contract, batch_size=batch_size, device=dev, features=True)
+    scores = scorer.score(feats)
+    return rates(scores, scorer.threshold, name=getattr(data, "name", str(split)))
+
+
+def rates(scores: np.ndarray, threshold: float, name: str = "") -> dict[str, Any]:
+    flagged = scores > threshold
+    return {
+        "available": True,
+        "split": name,
+        "n": len(scores),
+        "n_flagged": int(flagged.sum()),
+        "flagged_rate": float(flagged.mean()) if len(scores) else math.nan,
+        "pass_rate": float(1 - flagged.mean()) if len(scores) else math.nan,
+        "threshold": float(threshold),
+        "median_score": float(np.median(scores)) if len(scores) else math.nan,
+    }
+
+
+# --- hooks for other packages ------------------------------------------------------------------------------------
+
+_CACHE: dict[int, tuple[Mapping[str, Any], OODScorer]] = {}
+
+
+def _cached_scorer(params: Mapping[str, Any]) -> OODScorer:
+    """Parsing 10^4-10^5 numbers per call would dominate small predictions; keep the scorer of a params object."""
+    hit = _CACHE.get(id(params))
+    if hit is not None and hit[0] is params:
+        return hit[1]
+    scorer = OODScorer.from_params(params)
+    if len(_CACHE) > 8:
+        _CACHE.clear()
+    _CACHE[id(params)] = (params, scorer)
+    return scorer
+
+
+def score(params: Mapping[str, Any], *, logits: np.ndarray | None = None, features: np.ndarray) -> tuple:
+    """``(scores, in_distribution)`` for ``pneumo.inference``: float ``(N,)`` and bool ``(N,)``; ``logits`` unused."""
+    scorer = _cached_scorer(params)
+    s = scorer.score(features)
+    return s, s <= scorer.threshold
+
+
+def report_sections(*, run_dir: Path, model: Any, split: Any, result: Mapping[str, Any]) -> dict[str, str]:
+    """The evaluation report's OOD section (called by ``pneumo.evaluation.run.extra_sections``)."""
+    title = "Out-of-distribution check"
+    from pneumo.training import read_run_meta
+
+    params = read_run_meta(run_dir).get("ood")
+    if not params:
+        return {title: f"No OOD detector fitted for this run; `pneumo audit ood-fit {run_dir}` adds one."}
+    r = ood_rates(run_dir, split, model=model, device=next(model.parameters()).device)
+    return {
+        title: (
+            f"{r['n_flagged']} of {r['n']} evaluated images ({100 * r['flagged_rate']:.1f} %) score above the "
+            f"threshold {r['threshold']:.3g} and would be flagged as unlike the training images "
+            f"({METHOD}; threshold set so that {100 * params.get('pass_rate_target', PASS_RATE):.0f} % of the "
+            f"validation split passes; {100 * params.get('val_pass_rate', math.nan):.1f} % did). On data like the "
+            "training data about 5 % are expected to be flagged; many more means a shift in acquisition or population."
+        )
+    }

@@ -1,0 +1,88 @@
+"""``audit_data``: the shared data's known shortcut AUCs, a planted marker found, constant cues reported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumo.data import discover, get_task
+from pneumo.trust.audit_data import audit_data, constant_value, score_cue
+from pneumo.trust.metadata import file_cues
+
+# (task, cue, split) -> AUC stated in the shared data's README ("Acquisition differences between classes").
+KNOWN = {
+    ("normal-pneumonia", "orig_bytes", "train"): 0.998,
+    ("normal-pneumonia", "orig_bytes", "test"): 0.927,
+    ("normal-pneumonia", "orig_aspect", "train"): 0.87,
+    ("normal-pneumonia", "orig_aspect", "test"): 0.70,
+    ("bacteria-virus", "orig_bytes", "train"): 0.61,
+    ("bacteria-virus", "orig_bytes", "test"): 0.73,
+}
+
+
+@pytest.fixture(scope="module")
+def shared_cues(kaggle_data: Path, originals_data: Path):
+    records = [r for r in discover(kaggle_data) if r.split in ("train", "test")]
+    return file_cues(records, kaggle_data / "MANIFEST.csv", originals_data / "MANIFEST.csv")
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("task_name", ["normal-pneumonia", "bacteria-virus"])
+def test_metadata_baselines_reproduce_the_known_aucs(shared_cues, task_name: str) -> None:
+    task = get_task(task_name)
+    records, targets = task.select(shared_cues.records)
+    pos = {id(r): i for i, r in enumerate(shared_cues.records)}
+    rows = np.array([pos[id(r)] for r in records])
+    y = np.asarray(targets)
+    groups = np.array([r.patient_id for r in records], dtype=object)
+    split_of = np.array([r.split for r in records])
+    for (t, cue, split), known in KNOWN.items():
+        if t != task_name:
+            continue
+        result = score_cue(
+            shared_cues.values[cue][rows], y, groups, split_of, ["train", "test"], task.class_names, n_boot=200, seed=0
+        )
+        auc = result["splits"][split]["auc"]
+        assert auc["low"] <= known <= auc["high"], (cue, split, auc, known)
+
+
+@pytest.mark.shared_data
+def test_stored_geometry_of_the_shared_copy_is_constant(shared_cues) -> None:
+    assert constant_value(shared_cues.values["stored_width"]) == 224
+    assert constant_value(shared_cues.values["stored_bit_depth"]) == 8
+    assert constant_value(shared_cues.values["orig_bytes"]) is None
+
+
+def test_planted_corner_marker_is_found_and_written(marker_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "audit"
+    result = audit_data(marker_data, tasks=["normal-pneumonia"], image_size=40, n_boot=50, out=out, progress=False)
+    cues = result["tasks"]["normal-pneumonia"]["cues"]
+    assert cues["corner_p99"]["splits"]["test"]["auc"]["point"] > 0.95
+    assert cues["corner_p99"]["orientation"] == "higher -> PNEUMONIA"
+    assert cues["centre_mean"]["splits"]["test"]["auc"]["low"] < 0.8  # the centre carries no signal
+    models = result["tasks"]["normal-pneumonia"]["models"]
+    assert models["logistic on all cues"]["splits"]["test"]["auc"]["point"] > 0.9
+    assert models["logistic on all cues"]["splits"]["train"]["out_of_fold"] is True
+    # Every file is a 40 x 40 8-bit greyscale PNG: constant, reported, not scored.
+    assert result["constant_cues"]["stored_width"] == 40 and "stored_width" not in cues
+    assert "orig_bytes" in result["unavailable_cues"]  # no manifest here
+    saved = json.loads((out / "audit-data.json").read_text())
+    assert saved["tasks"]["normal-pneumonia"]["cues"]["corner_p99"] == json.loads(json.dumps(cues["corner_p99"]))
+    html = (out / "audit-data.html").read_text()
+    assert "corner_p99" in html and "data:image/png;base64" in html
+    assert "| normal-pneumonia | corner_p99 |" in result["table"]
+
+
+def test_cue_orientation_is_chosen_on_train_only() -> None:
+    # The cue predicts class 1 with high values on train, with low values on test: the test AUC must fall below 0.5.
+    rng = np.random.default_rng(0)
+    y = np.tile([0, 1], 100)
+    split_of = np.array(["train"] * 100 + ["test"] * 100)
+    values = np.where(split_of == "train", y, 1 - y) + rng.normal(0, 0.3, 200)
+    groups = np.arange(200).astype(object)
+    result = score_cue(values, y, groups, split_of, ["train", "test"], ("NORMAL", "PNEUMONIA"), n_boot=50, seed=0)
+    assert result["splits"]["train"]["auc"]["point"] > 0.9
+    assert result["splits"]["test"]["auc"]["point"] < 0.1
