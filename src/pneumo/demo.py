@@ -17,7 +17,7 @@ def demo_home() -> Path:
     return base / "pneumo" / "demo"
 
 
-def run_demo(out: Path | None = None, *, n_images: int = 600, epochs: int = 6, seed: int = 0) -> dict[str, Any]:
+def run_demo(out: Path | None = None, *, n_images: int = 1200, epochs: int = 8, seed: int = 0) -> dict[str, Any]:
     """Synthesise data (once), train a CNN, evaluate it; returns the evaluation summary with ``run_dir``."""
     import datetime as dt
 

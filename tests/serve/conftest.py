@@ -77,17 +77,21 @@ def _one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="package")
 def ood_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield make_fake_run(tmp_path_factory.mktemp("serve"), name="served", ood={"method": "fake"})
+    """A served run whose OOD verdict comes from :class:`FakeOod` for as long as the serve tests run.
+
+    The real ``pneumo.trust.ood`` is tested in tests/trust; here the point is that a verdict reaches the client.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        fake = types.ModuleType("pneumo.trust.ood")
+        fake.score = FakeOod.score  # type: ignore[attr-defined]
+        mp.setitem(sys.modules, "pneumo.trust.ood", fake)
+        yield make_fake_run(tmp_path_factory.mktemp("serve"), name="served", ood={"method": "fake"})
 
 
 @pytest.fixture(scope="package")
 def live(ood_run: Path) -> Iterator[LiveServer]:
     """The service with a tiny CNN whose OOD verdict comes from :class:`FakeOod`, 1 MB / 1 Mpx limits."""
-    with pytest.MonkeyPatch.context() as mp:
-        fake = types.ModuleType("pneumo.trust.ood")
-        fake.score = FakeOod.score  # type: ignore[attr-defined]
-        mp.setitem(sys.modules, "pneumo.trust.ood", fake)
-        app = create_app(ood_run, max_upload_mb=MAX_UPLOAD_MB, max_pixels=MAX_PIXELS, max_concurrency=2, timeout_s=20)
+    app = create_app(ood_run, max_upload_mb=MAX_UPLOAD_MB, max_pixels=MAX_PIXELS, max_concurrency=2, timeout_s=20)
     server = start_server(app)
     yield server
     server.stop()

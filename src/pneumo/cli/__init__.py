@@ -9,6 +9,7 @@ import logging
 
 import typer
 
+from pneumo.cli import audit as audit_cli
 from pneumo.cli import bench as bench_cli
 from pneumo.cli import data as data_cli
 from pneumo.cli import evaluate as evaluate_cli
@@ -26,6 +27,7 @@ app = typer.Typer(
 )
 app.add_typer(data_cli.app, name="data")
 app.add_typer(gan_cli.app, name="gan")
+app.add_typer(audit_cli.app, name="audit")
 app.command("train")(train_cli.train)
 app.command("evaluate")(evaluate_cli.evaluate)
 app.command("compare")(evaluate_cli.compare)

@@ -31,7 +31,7 @@ def reproduce(
 
 def demo(
     out: Path | None = typer.Option(None, "--out", help="Run folder (default: under ~/.cache/pneumo/demo/runs)."),
-    epochs: int = typer.Option(6, help="Training epochs."),
+    epochs: int = typer.Option(8, help="Training epochs."),
 ) -> None:
     """Synthetic data -> train a CNN -> evaluate: the whole walk in about a minute (SYNTHETIC data, not X-rays)."""
     from pneumo.demo import run_demo

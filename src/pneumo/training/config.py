@@ -164,6 +164,7 @@ class TrainConfig(_Strict):
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
     early_stopping_patience: int | None = Field(5, ge=1)
+    fit_ood: bool = Field(True, description="fit the out-of-distribution detector (pneumo.trust.ood) after training")
     num_workers: int | Literal["auto"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's own, one per core)")

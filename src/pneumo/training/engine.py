@@ -511,7 +511,20 @@ def train(cfg: TrainConfig, *, command: list[str] | None = None) -> Path:
         Trainer(cfg, run_dir, data, info, device).fit()
     finally:
         ddp.shutdown()
+    if info.is_main:
+        _fit_ood(cfg, run_dir, device)
     return run_dir
+
+
+def _fit_ood(cfg: TrainConfig, run_dir: Path, device: torch.device) -> None:
+    """Every finished run gets its out-of-distribution detector (fitted on train, thresholded on validation)."""
+    meta = ckpt.read_run_meta(run_dir)
+    fitted = meta.get("ood") or {}
+    if not cfg.fit_ood or (fitted and fitted.get("best_epoch") == (meta.get("best") or {}).get("epoch")):
+        return  # off, or already fitted on these best weights (a resumed run that improved is refitted)
+    from pneumo.trust.ood import fit_ood  # the trust package builds on training: import late
+
+    fit_ood(run_dir, device=str(device), batch_size=max(cfg.batch_size, 64), progress=cfg.progress)
 
 
 def _new_run_dir(cfg: TrainConfig) -> Path:
@@ -547,6 +560,8 @@ def resume(run_dir: str | Path) -> Path:
         Trainer(cfg, run_dir, data, info, device, resume_from=(tensors, state)).fit()
     finally:
         ddp.shutdown()
+    if info.is_main:
+        _fit_ood(cfg, run_dir, device)
     return run_dir
 
 

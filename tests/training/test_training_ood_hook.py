@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pneumo.training import build_config, read_run_meta, train
+from pneumo.trust.ood import OODScorer
+
+
+@pytest.mark.slow
+def test_every_finished_run_gets_an_ood_detector(synthetic_data: Path, tmp_path: Path) -> None:
+    flags = {"data": str(synthetic_data), "model": "cnn", "image_size": 32, "epochs": 1, "out": str(tmp_path / "r")}
+    tiny = ["model_kwargs.widths=[4,8]", "model_kwargs.depths=[1,1]"]
+    run = train(build_config(flags={**flags, "progress": False}, overrides=tiny))
+    meta = read_run_meta(run)
+    scorer = OODScorer.from_meta(meta)
+    assert scorer is not None and scorer.threshold > 0
+    assert meta["ood"]["best_epoch"] == meta["best"]["epoch"]
+
+    off_flags = {**flags, "out": str(tmp_path / "off"), "fit_ood": False, "progress": False}
+    off = train(build_config(flags=off_flags, overrides=tiny))
+    assert read_run_meta(off)["ood"] is None
