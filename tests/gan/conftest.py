@@ -10,8 +10,6 @@ cache) is exercised.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -46,22 +44,6 @@ def make_toy_dataset(root: Path, n_train: int = 60, n_test: int = 10, seed: int 
     return root
 
 
-@contextmanager
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one intra-op thread is faster on a shared 2-core machine
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with one_thread():
-        yield
-
-
 @pytest.fixture(scope="session")
 def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_toy_dataset(tmp_path_factory.mktemp("toy"))
@@ -79,13 +61,12 @@ def toy_classifier(toy_data: Path):
     torch.manual_seed(1)
     model = PneumoCNN(3, widths=(8, 16, 32), depths=(1, 1, 1), drop_rate=0.0)
     opt = torch.optim.Adam(model.parameters(), 3e-3)
-    with one_thread():  # session fixtures start before the function-scoped autouse fixture
-        for _ in range(6):
-            for idx in torch.randperm(len(x)).split(32):
-                loss = F.cross_entropy(model(x[idx]), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+    for _ in range(6):
+        for idx in torch.randperm(len(x)).split(32):
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     return model.eval()
 
 
@@ -95,5 +76,4 @@ def gan_run(toy_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pneumo.gan import load_config, train_gan
 
     config = load_config(None, [*TINY, f"image_size={TOY_SIZE}", "epochs=6", "sample_every=3"], data=str(toy_data))
-    with one_thread():
-        return train_gan(config, tmp_path_factory.mktemp("gan") / "toyrun", progress=False)
+    return train_gan(config, tmp_path_factory.mktemp("gan") / "toyrun", progress=False)

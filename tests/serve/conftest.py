@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import uvicorn
 from fastapi import FastAPI
 
@@ -65,14 +64,6 @@ def start_server(app: FastAPI) -> LiveServer:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
     return LiveServer(f"http://127.0.0.1:{port}", app, server, thread)
-
-
-@pytest.fixture(scope="package", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="package")

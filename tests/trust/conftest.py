@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageDraw
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +15,6 @@ def trust_run(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """A pristine trained run; tests that write into a run use :func:`run_copy`."""
     from pneumo.training import build_config, train
 
-    torch.set_num_threads(1)
     flags = {
         "data": str(synthetic_data),
         "model": "cnn",
