@@ -54,3 +54,8 @@ def test_quick_suite_end_to_end_and_resumable(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(runner, "_train_one", lambda *a, **k: pytest.fail("a finished experiment was trained again"))
     again = reproduce(None, "quick", tmp_path, n_boot=50)
     assert [r["roc_auc"] for r in again["rows"]] == [r["roc_auc"] for r in result["rows"]]
+    # --report-only tabulates what is finished and trains nothing, even where nothing is finished
+    assert [r["experiment"] for r in reproduce(None, "quick", tmp_path, n_boot=50, report_only=True)["rows"]] == [
+        r["experiment"] for r in result["rows"]
+    ]
+    assert reproduce(None, "quick", tmp_path / "empty", n_boot=50, report_only=True)["rows"] == []

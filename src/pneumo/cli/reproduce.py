@@ -17,12 +17,22 @@ def reproduce(
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     n_boot: int = typer.Option(1000, help="Bootstrap replicates for the 95 % CIs."),
     only: list[str] = typer.Option([], "--only", help="Run only these experiments (repeatable)."),
+    report_only: bool = typer.Option(False, "--report-only", help="Train nothing: tabulate the finished experiments."),
 ) -> None:
     """Run a suite of declared experiments (skipping finished ones) and write results.md / results.json."""
     from pneumo.reproduce.runner import reproduce as run_suite
 
     try:
-        result = run_suite(data, suite, out, experiments_dir=experiments, device=device, n_boot=n_boot, only=only)
+        result = run_suite(
+            data,
+            suite,
+            out,
+            experiments_dir=experiments,
+            device=device,
+            n_boot=n_boot,
+            only=only,
+            report_only=report_only,
+        )
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     typer.echo((out / "results.md").read_text())

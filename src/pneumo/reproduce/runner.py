@@ -74,9 +74,12 @@ def reproduce(
     device: str = "auto",
     n_boot: int = 1000,
     only: list[str] | None = None,
+    report_only: bool = False,
 ) -> dict[str, Any]:
     """Run every experiment of ``suite`` not yet finished in ``out``, evaluate each on the official test split,
-    and write ``out/results.md`` and ``out/results.json``. Safe to interrupt and call again."""
+    and write ``out/results.md`` and ``out/results.json``. Safe to interrupt and call again.
+
+    ``report_only``: train nothing; write the table of the experiments already finished in ``out``."""
     from pneumo.evaluation.run import evaluate_run
     from pneumo.reproduce.results import write_results
 
@@ -86,7 +89,7 @@ def reproduce(
         unknown = set(only) - {e.name for e in experiments}
         if unknown:
             raise ValueError(f"not in suite {suite!r}: {sorted(unknown)}")
-    if data is None:
+    if data is None and not report_only:
         if suite != "quick":
             raise ValueError(f"suite {suite!r} needs --data (the real dataset)")
         from pneumo.data.synth import generate_dataset
@@ -97,7 +100,7 @@ def reproduce(
             if (data_root / "chest_xray" / "MANIFEST.csv").exists()
             else generate_dataset(data_root, n=QUICK_DATA_IMAGES, seed=0, progress=False)
         )
-    data = data.expanduser().resolve()
+    data = data.expanduser().resolve() if data else out / "synthetic-data" / "chest_xray"
     run_dirs: dict[str, Path] = {}
     entries = []
     for exp in experiments:
@@ -106,7 +109,7 @@ def reproduce(
             run_dir = out / "runs" / name
             run_dirs.setdefault(exp.name, run_dir)
             status_path = run_dir / STATUS_FILE
-            if only and exp.name not in only and not status_path.exists():
+            if (report_only or (only and exp.name not in only)) and not status_path.exists():
                 continue
             if not status_path.exists():
                 log.info("experiment %s: training", name)
