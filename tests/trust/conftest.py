@@ -25,6 +25,7 @@ def trust_run(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) ->
         "early_stopping_patience": None,
         "num_workers": 0,
         "progress": False,
+        "fit_ood": False,  # the tests fit the detector themselves, and test a run without one
         "out": str(tmp_path_factory.mktemp("trust-runs") / "run"),
     }
     return train(build_config(flags=flags))
