@@ -59,3 +59,17 @@ def test_quick_suite_end_to_end_and_resumable(tmp_path: Path, monkeypatch: pytes
         r["experiment"] for r in result["rows"]
     ]
     assert reproduce(None, "quick", tmp_path / "empty", n_boot=50, report_only=True)["rows"] == []
+
+
+def test_only_brings_its_dependencies() -> None:
+    from pneumo.reproduce.runner import with_dependencies
+
+    cpu = load_suite("cpu")
+    assert with_dependencies({"resnet18-bacteria-virus-transfer"}, cpu) == {
+        "resnet18-bacteria-virus-transfer",
+        "resnet18-normal-pneumonia",
+    }
+    assert with_dependencies({"cnn-normal-bacteria-virus-gan-balanced"}, cpu) == {
+        "cnn-normal-bacteria-virus-gan-balanced",
+        "acgan",
+    }

@@ -94,6 +94,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"({result['n_boot']} replicates); thresholds, temperatures and epochs chosen on the patient-grouped "
         "validation split carved from train, never on test.",
         "- binary tasks: metrics at the validated operating point (Youden's J on validation); three classes: argmax.",
+        f"- one row again: `pneumo reproduce --data DATA --suite {result['suite']} --only EXPERIMENT --out DIR` "
+        "(it trains what the row depends on too); each run's exact settings are in `runs/EXPERIMENT/config.yaml`.",
         "",
     ]
     for task in ("normal-pneumonia", "bacteria-virus", "normal-bacteria-virus"):

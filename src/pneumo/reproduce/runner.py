@@ -35,6 +35,17 @@ def machine_summary() -> dict[str, Any]:
     }
 
 
+def with_dependencies(names: set[str], experiments: list[Experiment]) -> set[str]:
+    """``names`` plus every experiment they refer to (``run:``), transitively; baselines are not added."""
+    by_name = {e.name: e for e in experiments}
+    todo, found = list(names), set(names)
+    while todo:
+        for ref in by_name[todo.pop()].references() - found:
+            found.add(ref)
+            todo.append(ref)
+    return found
+
+
 def _run_name(exp: Experiment, seed: int) -> str:
     return exp.name if len(exp.seeds) == 1 else f"{exp.name}-seed{seed}"
 
@@ -89,6 +100,7 @@ def reproduce(
         unknown = set(only) - {e.name for e in experiments}
         if unknown:
             raise ValueError(f"not in suite {suite!r}: {sorted(unknown)}")
+        only = sorted(with_dependencies(set(only), experiments))
     if data is None and not report_only:
         if suite != "quick":
             raise ValueError(f"suite {suite!r} needs --data (the real dataset)")
