@@ -115,13 +115,22 @@ def test_resident_tensors_hold_the_cached_split(image_folder, tmp_path: Path) ->
     assert targets.tolist() == split.targets.tolist()
 
 
+def _rss_now_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    pytest.skip("no /proc/self/status on this system")
+
+
 def test_memory_probe_sees_a_large_allocation() -> None:
     with memory_probe(torch.device("cpu")) as mem:
         block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, touched
         block.sum()
+        inside = _rss_now_mb()
     assert mem.peak_rss_mb is not None and mem.rss_before_mb is not None
-    if mem.peak_scope == "phase":
-        assert mem.peak_rss_mb - mem.rss_before_mb >= 60
+    # The peak can never be below what the process held inside the phase. (How much RSS grows for the block
+    # depends on the allocator reusing freed pages, which made a fixed ">= 60 MB" assertion flaky in CI.)
+    assert mem.peak_rss_mb >= inside - 1.0
 
 
 def test_targets_pass_fail_and_unmeasured() -> None:
