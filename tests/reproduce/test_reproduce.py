@@ -73,3 +73,11 @@ def test_only_brings_its_dependencies() -> None:
         "cnn-normal-bacteria-virus-gan-balanced",
         "acgan",
     }
+
+
+def test_max_seeds_takes_the_first_declared_seeds() -> None:
+    from pneumo.reproduce.runner import seeds_to_run
+
+    row = next(e for e in load_suite("full") if e.name == "cnn-normal-pneumonia-224")
+    assert row.seeds == [0, 1, 2]
+    assert seeds_to_run(row, None) == [0, 1, 2] and seeds_to_run(row, 1) == [0] and seeds_to_run(row, 5) == [0, 1, 2]

@@ -204,6 +204,31 @@ def test_run_folder_contract_no_pickle_and_reproduction(make_cfg, tmp_path: Path
         assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs on a rerun of the saved config"
 
 
+def test_resident_data_path_trains_exactly_like_the_loader(make_cfg, tmp_path: Path) -> None:
+    """Copying the cache to the device once must change where pixels live, not which batches the model sees."""
+    runs = {}
+    for path in ("loader", "resident"):
+        cfg = make_cfg("augment.enabled=true", epochs=2, data_path=path, out=str(tmp_path / path), fit_ood=False)
+        runs[path] = train(cfg)
+    a, b = load_file(runs["loader"] / "last.safetensors"), load_file(runs["resident"] / "last.safetensors")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    la, lb = read_metrics(runs["loader"]), read_metrics(runs["resident"])
+    for ra, rb in zip(la, lb, strict=True):
+        assert (ra["train_loss"], ra["val_auc"], ra["val_loss"]) == (rb["train_loss"], rb["val_auc"], rb["val_loss"])
+
+
+def test_resident_split_batches_equal_the_cached_batches(make_cfg) -> None:
+    from pneumo.training.data import BatchedSplit, ResidentSplit, resident_bytes
+
+    cfg = make_cfg()
+    data = build_train_data(cfg, resolve_split(cfg), get_task(cfg.task), progress=False)
+    cached, resident = BatchedSplit(data.train), ResidentSplit(data.train, torch.device("cpu"))
+    batch = [5, 0, 17, 5, 3]
+    for x, y in zip(cached.__getitems__(batch), resident.__getitems__(torch.tensor(batch)), strict=True):
+        assert torch.equal(x, y)
+    assert resident_bytes(data.train) == len(data.train) * 32 * 32 == resident.images.numel()
+
+
 def test_shards_cover_the_set_with_padding() -> None:
     shards = [shard(7, r, 3) for r in range(3)]
     assert {len(s) for s in shards} == {3}

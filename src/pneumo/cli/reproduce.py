@@ -18,6 +18,9 @@ def reproduce(
     n_boot: int = typer.Option(1000, help="Bootstrap replicates for the 95 % CIs."),
     only: list[str] = typer.Option([], "--only", help="Run only these experiments (repeatable)."),
     report_only: bool = typer.Option(False, "--report-only", help="Train nothing: tabulate the finished experiments."),
+    max_seeds: int | None = typer.Option(
+        None, "--max-seeds", min=1, help="Train only the first N seeds of each experiment (finished ones still count)."
+    ),
 ) -> None:
     """Run a suite of declared experiments (skipping finished ones) and write results.md / results.json."""
     from pneumo.reproduce.runner import reproduce as run_suite
@@ -32,6 +35,7 @@ def reproduce(
             n_boot=n_boot,
             only=only,
             report_only=report_only,
+            max_seeds=max_seeds,
         )
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))

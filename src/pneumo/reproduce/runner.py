@@ -50,6 +50,11 @@ def _run_name(exp: Experiment, seed: int) -> str:
     return exp.name if len(exp.seeds) == 1 else f"{exp.name}-seed{seed}"
 
 
+def seeds_to_run(exp: Experiment, max_seeds: int | None) -> list[int]:
+    """The experiment's declared seeds, the first ``max_seeds`` of them when given (run names stay the same)."""
+    return exp.seeds if max_seeds is None else exp.seeds[:max_seeds]
+
+
 def _train_one(exp: Experiment, seed: int, data: Path, run_dir: Path, run_dirs: dict[str, Path], device: str) -> Path:
     """Train (or resume) one experiment; returns the folder of the classifier run to evaluate."""
     if exp.kind == "gan":
@@ -86,11 +91,14 @@ def reproduce(
     n_boot: int = 1000,
     only: list[str] | None = None,
     report_only: bool = False,
+    max_seeds: int | None = None,
 ) -> dict[str, Any]:
     """Run every experiment of ``suite`` not yet finished in ``out``, evaluate each on the official test split,
     and write ``out/results.md`` and ``out/results.json``. Safe to interrupt and call again.
 
-    ``report_only``: train nothing; write the table of the experiments already finished in ``out``."""
+    ``report_only``: train nothing; write the table of the experiments already finished in ``out``.
+    ``max_seeds``: train only the first N seeds of each experiment (a short GPU lease: one seed of every row first);
+    seeds already finished in ``out`` are still tabulated."""
     from pneumo.evaluation.run import evaluate_run
     from pneumo.reproduce.results import write_results
 
@@ -121,7 +129,8 @@ def reproduce(
             run_dir = out / "runs" / name
             run_dirs.setdefault(exp.name, run_dir)
             status_path = run_dir / STATUS_FILE
-            if (report_only or (only and exp.name not in only)) and not status_path.exists():
+            skipped = report_only or (only and exp.name not in only) or seed not in seeds_to_run(exp, max_seeds)
+            if skipped and not status_path.exists():
                 continue
             if not status_path.exists():
                 log.info("experiment %s: training", name)

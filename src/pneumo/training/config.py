@@ -166,6 +166,12 @@ class TrainConfig(_Strict):
     early_stopping_patience: int | None = Field(5, ge=1)
     fit_ood: bool = Field(True, description="fit the out-of-distribution detector (pneumo.trust.ood) after training")
     num_workers: int | Literal["auto"] = "auto"
+    data_path: Literal["auto", "loader", "resident"] = Field(
+        "auto",
+        description="loader: batches from the memory-mapped cache through a DataLoader; resident: the train and "
+        "validation uint8 images copied to the training device once and batches indexed there (no loader, no "
+        "host-to-device copy per step); auto: resident on CUDA when they take under a quarter of free GPU memory",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's own, one per core)")
     amp: bool | Literal["auto"] = "auto"

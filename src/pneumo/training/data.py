@@ -195,5 +195,27 @@ class BatchedSplit(Dataset):
         return torch.from_numpy(pixels).unsqueeze(1), self.targets[idx], torch.from_numpy(idx)
 
 
+class ResidentSplit(BatchedSplit):
+    """The split's uint8 images and targets copied to ``device`` once; a batch is one ``index_select`` there.
+
+    Same interface and same batches as :class:`BatchedSplit` (row ``i`` is image ``i`` of the split), so the engine's
+    epoch order, resume and validation are unchanged; only where the pixels live differs.
+    """
+
+    def __init__(self, split: SplitData, device: torch.device) -> None:
+        self.images = split.as_tensor().to(device)
+        self.targets = torch.as_tensor(split.targets, dtype=torch.int64).to(device)
+        self.device = device
+
+    def __getitems__(self, indices: list[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.int64).to(self.device, non_blocking=True)
+        return self.images.index_select(0, idx), self.targets.index_select(0, idx), idx
+
+
+def resident_bytes(*splits: SplitData) -> int:
+    """Bytes the uint8 images of ``splits`` take once copied to a device."""
+    return sum(len(s) * int(np.prod(s.images.array.shape[1:])) for s in splits)
+
+
 def collate_batch(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
     return batch

@@ -46,10 +46,12 @@ from pneumo.training.config import TrainConfig, load_yaml, validate_config
 from pneumo.training.data import (
     BatchedSplit,
     EpochOrder,
+    ResidentSplit,
     TrainData,
     build_train_data,
     class_weights,
     collate_batch,
+    resident_bytes,
     resolve_split,
     save_split,
     shard,
@@ -136,8 +138,12 @@ class Trainer:
             self._restore(*resume_from)
         self.net = self._wrap(self.model)
 
-        self.train_set = BatchedSplit(data.train)
-        self.val_set = BatchedSplit(data.val)
+        self.resident = self._use_resident()
+        if self.resident:
+            self.train_set: BatchedSplit = ResidentSplit(data.train, device)
+            self.val_set: BatchedSplit = ResidentSplit(data.val, device)
+        else:
+            self.train_set, self.val_set = BatchedSplit(data.train), BatchedSplit(data.val)
         weighted = self.k + 1 if data.dummy_from_data else self.k
         self.order = EpochOrder(
             data.train.targets,
@@ -156,7 +162,10 @@ class Trainer:
         self.criterion = nn.CrossEntropyLoss(weight=self._loss_weights(), label_smoothing=cfg.label_smoothing)
         self.augment = BatchAugmenter(cfg.augment, cfg.acquisition_augment)
         self.batches = _EpochBatches()
-        self.loader = self._loader()
+        self.loader = None if self.resident else self._loader()
+        # Reading the loss back stalls a GPU's queue; on CUDA it is read every few steps, on CPU every step.
+        self.sync_every = 1 if device.type == "cpu" else 25
+        self._pending: list[tuple[torch.Tensor, int]] = []
         self.writer = self._tensorboard()
 
     # --- setup ----------------------------------------------------------------------------------------------------
@@ -202,6 +211,25 @@ class Trainer:
             targets = np.concatenate([targets, np.full(n_dummy, self.k, dtype=targets.dtype)])
         w = class_weights(targets, self.cfg.num_outputs)
         return torch.tensor(w, dtype=torch.float32, device=self.device)
+
+    def _use_resident(self) -> bool:
+        choice, device = self.cfg.data_path, self.device
+        if choice != "auto":
+            return choice == "resident"
+        if device.type != "cuda":
+            return False  # on CPU the memory-mapped cache already is in RAM: nothing to gain
+        need = resident_bytes(self.data.train, self.data.val)
+        free, _ = torch.cuda.mem_get_info(device)
+        log.info("data path: %s of images, %s free on %s", _mib(need), _mib(free), device)
+        return need < free / 4
+
+    def _resident_batches(self):
+        """The epoch's remaining batches indexed on the device: one host-to-device copy of the order per epoch."""
+        if not self.batches.batches:
+            return
+        order = torch.tensor(self.batches.batches, dtype=torch.int64).to(self.device)
+        for idx in order:
+            yield self.train_set.__getitems__(idx)
 
     def _loader(self) -> DataLoader:
         workers = self.cfg.num_workers
@@ -254,6 +282,7 @@ class Trainer:
 
     def _save_last(self) -> None:
         """last.safetensors + resumable state + checkpoint.json (rank 0 only)."""
+        self._flush_losses()
         if not self.main:
             return
         ckpt.save_weights(self.run_dir / "last.safetensors", self.model, {"epoch": self.progress.epoch})
@@ -320,19 +349,32 @@ class Trainer:
         )
         self._epoch_start = time.perf_counter()
         self._epoch_images = 0
-        for images, targets, _ in self.loader:
+        batches = self._resident_batches() if self.loader is None else self.loader
+        for images, targets, _ in batches:
             loss, n = self._train_step(images, targets)
-            p.epoch_loss_sum += loss * n
-            p.epoch_samples += n
+            self._pending.append((loss, n))
             p.step_in_epoch += 1
             p.global_step += 1
             self._epoch_images += n
             bar.update()
-            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{self._images_per_s():.0f}", **self._last_val())
+            if len(self._pending) >= self.sync_every:
+                last = self._flush_losses()
+                bar.set_postfix(loss=f"{last:.4f}", img_s=f"{self._images_per_s():.0f}", **self._last_val())
             if p.global_step % cfg.checkpoint_every_steps == 0 and p.step_in_epoch < self.steps_per_epoch:
                 self._save_last()
+        self._flush_losses()
         bar.close()
         self._train_seconds = time.perf_counter() - self._epoch_start
+
+    def _flush_losses(self) -> float:
+        """Add the pending step losses to the epoch's sums (one device sync); returns the last step's loss."""
+        p, last = self.progress, math.nan
+        for loss, n in self._pending:
+            last = float(loss)
+            p.epoch_loss_sum += last * n
+            p.epoch_samples += n
+        self._pending.clear()
+        return last
 
     def _images_per_s(self) -> float:
         return self._epoch_images / max(1e-9, time.perf_counter() - self._epoch_start)
@@ -341,7 +383,7 @@ class Trainer:
         history = self.progress.history
         return {"val_auc": f"{history[-1]['val_auc']:.4f}"} if history else {}
 
-    def _train_step(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
+    def _train_step(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
         cfg, p, dev = self.cfg, self.progress, self.device
         images = images.to(dev, non_blocking=True)
         targets = targets.to(dev, non_blocking=True)
@@ -365,7 +407,7 @@ class Trainer:
             trainable = [q for q in self.model.parameters() if q.requires_grad]
             torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         self.optimizer.step()
-        return float(loss.detach()), int(targets.shape[0])
+        return loss.detach(), int(targets.shape[0])
 
     def validate(self) -> dict[str, float]:
         """Validation metrics on the task classes, gathered over all ranks (every rank gets the same numbers)."""
@@ -427,6 +469,10 @@ class Trainer:
         p.step_in_epoch = 0
         p.epoch_loss_sum, p.epoch_samples = 0.0, 0
         self._save_last()
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"
 
 
 def _cpus() -> list[int]:
