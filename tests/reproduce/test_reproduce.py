@@ -81,3 +81,12 @@ def test_max_seeds_takes_the_first_declared_seeds() -> None:
     row = next(e for e in load_suite("full") if e.name == "cnn-normal-pneumonia-224")
     assert row.seeds == [0, 1, 2]
     assert seeds_to_run(row, None) == [0, 1, 2] and seeds_to_run(row, 1) == [0] and seeds_to_run(row, 5) == [0, 1, 2]
+
+
+def test_report_only_names_the_data_the_runs_used(tmp_path: Path) -> None:
+    from pneumo.reproduce.runner import recorded_data
+
+    assert recorded_data(tmp_path) is None
+    (tmp_path / "runs" / "a").mkdir(parents=True)
+    (tmp_path / "runs" / "a" / "config.yaml").write_text("data: /data/chest_xray\nmodel: cnn\n")
+    assert recorded_data(tmp_path) == Path("/data/chest_xray")

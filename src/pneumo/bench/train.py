@@ -175,6 +175,8 @@ def device_resident_epoch(
     sync(device)
     start = time.perf_counter()
     for step in range(steps):
+        if profile:
+            sync(device)  # else the previous step's queued GPU work would be timed as indexing
         t0 = time.perf_counter()
         idx = order[step * batch_size : (step + 1) * batch_size]
         x, y = images.index_select(0, idx), targets.index_select(0, idx)

@@ -50,6 +50,17 @@ def _run_name(exp: Experiment, seed: int) -> str:
     return exp.name if len(exp.seeds) == 1 else f"{exp.name}-seed{seed}"
 
 
+def recorded_data(out: Path) -> Path | None:
+    """The dataset the finished runs in ``out`` were trained on (from their saved configs), for ``--report-only``."""
+    import yaml
+
+    for config in sorted((out / "runs").glob("*/config.yaml")):
+        data = (yaml.safe_load(config.read_text()) or {}).get("data")
+        if data:
+            return Path(data)
+    return None
+
+
 def seeds_to_run(exp: Experiment, max_seeds: int | None) -> list[int]:
     """The experiment's declared seeds, the first ``max_seeds`` of them when given (run names stay the same)."""
     return exp.seeds if max_seeds is None else exp.seeds[:max_seeds]
@@ -120,6 +131,8 @@ def reproduce(
             if (data_root / "chest_xray" / "MANIFEST.csv").exists()
             else generate_dataset(data_root, n=QUICK_DATA_IMAGES, seed=0, progress=False)
         )
+    if data is None and report_only:
+        data = recorded_data(out)
     data = data.expanduser().resolve() if data else out / "synthetic-data" / "chest_xray"
     run_dirs: dict[str, Path] = {}
     entries = []
