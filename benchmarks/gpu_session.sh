@@ -12,7 +12,7 @@
 # device-resident data path and with the DataLoader, per model; then the suite phases.
 #
 # Environment: PYTHON (default python3), SUITE (default full), BENCH_ARGS (the bench options), ENGINE_MODELS
-# ("model:batch ..."), ENGINE_ARGS (extra `pneumo train` options), SUITE_PHASES (";"-separated phases, each
+# ("model:batch ...", empty for none), ENGINE_ARGS (extra `pneumo train` options), SUITE_PHASES (";"-separated phases, each
 # "MAX_SEEDS:experiment experiment ..."), WORK (run folders and logs, default OUT/work; OUT itself receives only the
 # tables, the JSON files and the pack).
 set -u
@@ -24,9 +24,9 @@ suite=${SUITE:-full}
 work=${WORK:-$out/work}
 runs=$work/suite
 bench_args=${BENCH_ARGS:---device cuda --sections training --models resnet18,densenet121 --sizes 224 --no-compile}
-engine_models=${ENGINE_MODELS:-"resnet18:256 densenet121:128"}
+engine_models=${ENGINE_MODELS-"resnet18:256 densenet121:128"}
 engine_args=${ENGINE_ARGS:---image-size 224 --epochs 2}
-phases=${SUITE_PHASES:-"1:acgan-64 cnn-normal-bacteria-virus-224 cnn-normal-bacteria-virus-gan-balanced-224;\
+phases=${SUITE_PHASES-"1:acgan-64 cnn-normal-bacteria-virus-224 cnn-normal-bacteria-virus-gan-balanced-224;\
 1:cnn-normal-pneumonia-224 cnn-bacteria-virus-224;\
 3:cnn-normal-pneumonia-224 cnn-bacteria-virus-224 cnn-normal-bacteria-virus-224 cnn-normal-bacteria-virus-gan-balanced-224"}
 mkdir -p "$work/logs" "$work/engine" "$runs"
@@ -39,6 +39,8 @@ pack() {
     --exclude='*.u8' --exclude='*.onnx' logs engine suite 2>/dev/null
   mv -f "$out/gpu-session.tar.gz.tmp" "$out/gpu-session.tar.gz"
   cp -f "$work/logs/session.log" "$out/"
+  # The GAN's EMA generator (a few MB) comes back too, so that GAN-balanced rows can be trained elsewhere.
+  for g in "$runs"/runs/acgan*/generator_ema.safetensors; do [ -f "$g" ] && cp -f "$g" "$out/"; done
   [ -f "$runs/results.md" ] && cp -f "$runs/results.md" "$runs/results.json" "$out/" 2>/dev/null
   true
 }

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from pneumo.data.decode import ImageDecodeError
 from pneumo.data.preprocess import PreprocessContract, preprocess_image
+from pneumo.utils.progress import progress_bar
 
 _FLUSH_EVERY = 512
 
@@ -150,7 +150,9 @@ class ImageCache:
         jobs = ((p, self.contract) for p, _, _ in todo)
         pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
         results = pool.map(_decode_one, jobs, chunksize=16) if pool else map(_decode_one, jobs)
-        bar = tqdm(total=len(todo), desc=f"caching {self.contract.image_size}px", unit="img", disable=not progress)
+        bar = progress_bar(
+            total=len(todo), desc=f"caching {self.contract.image_size}px", unit="img", disable=not progress
+        )
         try:
             for done, ((path, size, mtime_ns), (pixels, reason)) in enumerate(zip(todo, results, strict=True), 1):
                 if pixels is None:

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from pneumo.data.decode import ImageDecodeError, decode_bytes
 from pneumo.data.records import discover
 from pneumo.data.splits import check_disjoint
+from pneumo.utils.progress import progress_bar
 
 
 def _stats(values: list[int]) -> dict[str, float]:
@@ -35,7 +35,7 @@ def inspect_dataset(source: str | Path, *, progress: bool = True) -> dict[str, A
     widths, heights = [], []
     unreadable: list[dict[str, str]] = []
     by_hash: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for r in tqdm(records, desc="inspecting", unit="img", disable=not progress):
+    for r in progress_bar(records, desc="inspecting", unit="img", disable=not progress):
         try:
             data = r.path.read_bytes()
             by_hash[hashlib.sha256(data).hexdigest()].append((str(r.path), r.split))

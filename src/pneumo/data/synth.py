@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
-from tqdm import tqdm
+
+from pneumo.utils.progress import progress_bar
 
 __all__ = ["SUBTYPES", "generate_dataset", "render_image"]
 
@@ -383,7 +384,7 @@ def generate_dataset(out: Path, n: int = 600, seed: int = 0, *, progress: bool =
             (root / sp / label).mkdir(parents=True, exist_ok=True)
 
     rows: list[_ImagePlan] = []
-    with tqdm(total=n, desc="synthetic images", unit="img", disable=not progress) as bar:
+    with progress_bar(total=n, desc="synthetic images", unit="img", disable=not progress) as bar:
         for (images, subtype), patient_seq in zip(plan, render_seq.spawn(len(plan)), strict=True):
             patient = _draw_patient(subtype, np.random.default_rng(patient_seq))
             for image, image_seq in zip(images, patient_seq.spawn(len(images)), strict=True):

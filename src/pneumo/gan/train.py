@@ -27,7 +27,6 @@ import torch
 from torch import Tensor
 from torch.optim import Adam
 from torch.optim.swa_utils import AveragedModel
-from tqdm.auto import tqdm
 
 from pneumo.data.dataset import build_split
 from pneumo.data.preprocess import PreprocessContract
@@ -43,6 +42,7 @@ from pneumo.gan.synth import class_grid, save_png, to_gan_range
 from pneumo.training.predict import val_metrics
 from pneumo.training.runinfo import append_metrics, environment, read_metrics
 from pneumo.utils.atomic import write_json, write_text
+from pneumo.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,9 @@ def _fit(run_dir: Path, config: GanConfig, data: GanData, *, resume: bool, progr
         sums: dict[str, Tensor] = defaultdict(lambda: torch.zeros((), device=device))
         counts: dict[str, int] = defaultdict(int)
         order = torch.randperm(len(train_x), generator=rng).to(device)
-        for b in tqdm(range(n_batches), desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False):
+        for b in progress_bar(
+            range(n_batches), desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False
+        ):
             idx = order[b * batch_size : (b + 1) * batch_size]
             parts = steps.d_step(to_gan_range(train_x[idx]), train_y[idx])
             if (b + 1) % config.d_steps == 0:

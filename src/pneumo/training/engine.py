@@ -33,7 +33,6 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
-from tqdm.auto import tqdm
 
 import pneumo
 from pneumo.data.preprocess import normalize
@@ -61,6 +60,7 @@ from pneumo.training.optim import add_unfrozen_group, build_optimizer, lr_factor
 from pneumo.training.predict import autocast_for, predict_rows, val_metrics
 from pneumo.training.runinfo import append_metrics, environment
 from pneumo.utils.atomic import write_json, write_text
+from pneumo.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +339,7 @@ class Trainer:
         batches = [order[i * b : (i + 1) * b] for i in range(self.steps_per_epoch)]
         self.batches.batches = batches[p.step_in_epoch :]
         self.net.train()
-        bar = tqdm(
+        bar = progress_bar(
             total=self.steps_per_epoch,
             initial=p.step_in_epoch,
             desc=f"epoch {p.epoch}/{cfg.epochs}",
