@@ -174,3 +174,22 @@ def test_imagenet_path_without_download(arch: str, monkeypatch: pytest.MonkeyPat
         if key in own and key != f"{first}.weight":
             assert torch.equal(own[key], value), key
     assert model.head.fc.out_features == 2  # the 1000-class ImageNet head was skipped
+
+
+def test_offline_imagenet_error_names_the_file_to_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without internet and without a cached file, the error says where the file goes (and nothing is half-built)."""
+    from urllib.error import URLError
+
+    from pneumo.models import WeightsUnavailableError
+
+    def offline(*args: object, **kwargs: object) -> dict:
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(type(resolve_imagenet_weights("resnet18")), "get_state_dict", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url = resolve_imagenet_weights("resnet18").url
+    with pytest.raises(WeightsUnavailableError) as caught:
+        get_model("resnet18", num_classes=2, weights="imagenet")
+    message = str(caught.value)
+    assert url in message and str(tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[1]) in message
+    assert "name resolution" in message and isinstance(caught.value, FileNotFoundError)

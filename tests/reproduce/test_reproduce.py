@@ -90,3 +90,25 @@ def test_report_only_names_the_data_the_runs_used(tmp_path: Path) -> None:
     (tmp_path / "runs" / "a").mkdir(parents=True)
     (tmp_path / "runs" / "a" / "config.yaml").write_text("data: /data/chest_xray\nmodel: cnn\n")
     assert recorded_data(tmp_path) == Path("/data/chest_xray")
+
+
+def test_a_failing_experiment_is_reported_and_the_others_still_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pneumo.reproduce.runner as runner
+
+    tried: list[str] = []
+
+    def broken(exp, seed, *args, **kwargs):
+        tried.append(exp.name)
+        raise FileNotFoundError(f"weights for {exp.name} are offline")
+
+    monkeypatch.setattr(runner, "_train_one", broken)
+    monkeypatch.setattr(runner, "QUICK_DATA_IMAGES", 60)
+    result = runner.reproduce(None, "quick", tmp_path, n_boot=10)
+    assert tried == [e.name for e in load_suite("quick")]  # every row was attempted
+    assert result["rows"] == [] and [f["experiment"] for f in result["failed"]] == tried
+    assert "FileNotFoundError: weights for" in result["failed"][0]["error"]
+    text = (tmp_path / "results.md").read_text()
+    assert "## Failed in this call" in text and tried[-1] in text
+    assert not any((tmp_path / "runs").glob(f"*/{runner.STATUS_FILE}"))  # nothing marked finished

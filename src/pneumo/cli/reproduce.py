@@ -41,6 +41,8 @@ def reproduce(
         fail(str(exc))
     typer.echo((out / "results.md").read_text())
     typer.echo(f"{len(result['rows'])} rows written to {out.resolve() / 'results.md'} and results.json")
+    if result["failed"]:
+        fail(f"{len(result['failed'])} experiment(s) failed: {', '.join(f['experiment'] for f in result['failed'])}")
 
 
 def demo(

@@ -15,7 +15,9 @@ from .registry import get_model, list_models, register_model
 from .torchvision_nets import TorchvisionDenseNet, TorchvisionResNet, build_torchvision
 from .weights import (
     LoadReport,
+    WeightsUnavailableError,
     adapt_first_conv,
+    imagenet_state_dict,
     load_weights,
     read_state_dict,
     resolve_imagenet_weights,
@@ -31,11 +33,13 @@ __all__ = [
     "PneumoNet",
     "TorchvisionDenseNet",
     "TorchvisionResNet",
+    "WeightsUnavailableError",
     "adapt_first_conv",
     "add_unfrozen_params",
     "apply_freeze",
     "build_torchvision",
     "get_model",
+    "imagenet_state_dict",
     "list_models",
     "load_weights",
     "param_groups",

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchvision import models as tvm
 
 from .base import PneumoNet
-from .weights import load_weights, resolve_imagenet_weights
+from .weights import imagenet_state_dict, load_weights
 
 
 def _input_conv(conv: nn.Conv2d, in_chans: int, fan_mode: str) -> nn.Conv2d:
@@ -100,7 +100,6 @@ def build_torchvision(
     else:
         raise ValueError(f"{arch} is neither a ResNet nor a DenseNet")
     if pretrained:
-        # Downloads into the torch hub cache on first use (needs internet). The 1000-class head is skipped.
-        state = resolve_imagenet_weights(arch).get_state_dict(progress=True, check_hash=True)
-        load_weights(model, state)
+        # From the torch hub cache, downloaded there on first use (needs internet). The 1000-class head is skipped.
+        load_weights(model, imagenet_state_dict(arch))
     return model

@@ -17,6 +17,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from safetensors.torch import load_file
@@ -62,6 +63,26 @@ def adapt_first_conv(weight: Tensor, in_chans: int) -> Tensor:
 def resolve_imagenet_weights(arch: str) -> WeightsEnum:
     """torchvision's default ImageNet weights for ``arch`` (resolution only: nothing is downloaded)."""
     return get_model_weights(arch).DEFAULT
+
+
+class WeightsUnavailableError(FileNotFoundError):
+    """Pretrained weights that are neither cached locally nor downloadable (an offline machine)."""
+
+
+def imagenet_state_dict(arch: str) -> dict[str, Tensor]:
+    """torchvision's ImageNet weights for ``arch``: from the torch hub cache, else downloaded into it (internet).
+
+    Offline, the error names the file to copy into the cache, so a machine without internet can still use them.
+    """
+    weights = resolve_imagenet_weights(arch)
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except OSError as exc:  # urllib's URLError is an OSError
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+        raise WeightsUnavailableError(
+            f"ImageNet weights for {arch} are not in the torch hub cache and could not be downloaded ({exc}); "
+            f"copy {weights.url} to {cached} (or set TORCH_HOME), or pass --weights PATH"
+        ) from exc
 
 
 def resolve_weights_file(source: str | Path) -> Path:

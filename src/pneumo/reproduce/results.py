@@ -44,6 +44,7 @@ def write_results(
     *,
     n_boot: int,
     machine: dict[str, Any],
+    failures: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     rows = []
     for exp, seed, run_dir in entries:
@@ -70,7 +71,7 @@ def write_results(
         "n_boot": n_boot,
         "command": f"pneumo reproduce --data {data} --suite {suite} --out {out}",
     }
-    result = {**info, "rows": rows, "anchors": ANCHORS}
+    result = {**info, "rows": rows, "failed": list(failures), "anchors": ANCHORS}
     write_json(out / "results.json", result)
     write_text(out / "results.md", render_markdown(result))
     return result
@@ -132,6 +133,10 @@ def render_markdown(result: dict[str, Any]) -> str:
                     f"accuracy {format_ci(d['delta_accuracy'])} ({d['n_images']} images)"
                 )
             lines.append("")
+    if result.get("failed"):
+        lines += ["## Failed in this call", "", "Not in the tables above; fix the cause and run the command again:", ""]
+        lines += [f"- `{f['experiment']}` (seed {f['seed']}): {f['error']}" for f in result["failed"]]
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 

@@ -109,7 +109,10 @@ def reproduce(
 
     ``report_only``: train nothing; write the table of the experiments already finished in ``out``.
     ``max_seeds``: train only the first N seeds of each experiment (a short GPU lease: one seed of every row first);
-    seeds already finished in ``out`` are still tabulated."""
+    seeds already finished in ``out`` are still tabulated.
+
+    An experiment that raises is logged, listed under ``failed`` in the results, and the others still run; a row that
+    depends on it then fails too (its reference run is missing)."""
     from pneumo.evaluation.run import evaluate_run
     from pneumo.reproduce.results import write_results
 
@@ -136,6 +139,7 @@ def reproduce(
     data = data.expanduser().resolve() if data else out / "synthetic-data" / "chest_xray"
     run_dirs: dict[str, Path] = {}
     entries = []
+    failures: list[dict[str, Any]] = []
     for exp in experiments:
         for seed in exp.seeds:
             name = _run_name(exp, seed)
@@ -148,9 +152,14 @@ def reproduce(
             if not status_path.exists():
                 log.info("experiment %s: training", name)
                 start = time.perf_counter()
-                eval_dir = _train_one(exp, seed, data, run_dir, run_dirs, device)
-                train_s = time.perf_counter() - start
-                result = evaluate_run(eval_dir, split="test", n_boot=n_boot, device=device, progress=False)
+                try:
+                    eval_dir = _train_one(exp, seed, data, run_dir, run_dirs, device)
+                    train_s = time.perf_counter() - start
+                    result = evaluate_run(eval_dir, split="test", n_boot=n_boot, device=device, progress=False)
+                except Exception as exc:  # one broken row (e.g. weights offline) must not stop the others
+                    log.exception("experiment %s failed", name)
+                    failures.append({"experiment": exp.name, "seed": seed, "error": f"{type(exc).__name__}: {exc}"})
+                    continue
                 status = {
                     "experiment": exp.name,
                     "seed": seed,
@@ -162,4 +171,4 @@ def reproduce(
                 }
                 write_json(status_path, status)
             entries.append((exp, seed, run_dir))
-    return write_results(out, suite, data, entries, n_boot=n_boot, machine=machine_summary())
+    return write_results(out, suite, data, entries, n_boot=n_boot, machine=machine_summary(), failures=failures)
