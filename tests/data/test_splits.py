@@ -39,6 +39,18 @@ def test_keep_official_val() -> None:
     assert [r.patient_id for r in split if r.split == "val"] == ["v0"]
 
 
+def test_exclude_test_patients_drops_only_train_images_of_test_patients() -> None:
+    records = _records()
+    records += [Record(Path("/d/test/PNEUMONIA/p7_t.jpeg"), "test", "PNEUMONIA", "bacteria", "p7")]
+    shared = [r for r in records if r.patient_id == "p7" and r.split != "test"]
+    assert shared  # patient p7 has train images and now a test image
+    kept = make_split(records, seed=0, exclude_test_patients=True)
+    assert all(r.patient_id != "p7" for r in kept if r.split != "test")
+    assert len(kept) == len(records) - len(shared)
+    assert [r for r in kept if r.split == "test"] == [r for r in records if r.split == "test"]
+    assert len(make_split(records, seed=0)) == len(records)  # off by default
+
+
 def test_split_csv_round_trip(tmp_path: Path) -> None:
     split = make_split(_records(), seed=0)
     write_split_csv(split, tmp_path / "split.csv", Path("/d"))

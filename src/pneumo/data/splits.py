@@ -26,17 +26,24 @@ def make_split(
     val_fraction: float = 0.1,
     seed: int = 0,
     keep_official_val: bool = False,
+    exclude_test_patients: bool = False,
 ) -> list[Record]:
     """Assign train/val by patient, stratified by subtype, with scikit-learn's StratifiedGroupKFold.
 
     The official test split is never touched. The official 16-image val joins the train pool unless
-    ``keep_official_val`` (then it is the validation split and nothing is carved).
+    ``keep_official_val`` (then it is the validation split and nothing is carved). ``exclude_test_patients`` drops
+    train/val images whose patient id also occurs in test (in the Kaggle release 170 ``personN`` numbers are shared
+    by train and test; whether they are the same children is not documented); dropped images are left out of the
+    returned list, so the saved split file has none of them.
     """
     from sklearn.model_selection import StratifiedGroupKFold  # imported here: keeps CLI and service start-up light
 
     if not 0.0 < val_fraction < 0.5:
         raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
     test = [r for r in records if r.split == "test"]
+    if exclude_test_patients:
+        test_patients = {r.patient_id for r in test}
+        records = [r for r in records if r.split == "test" or r.patient_id not in test_patients]
     if keep_official_val:
         official_val = [r for r in records if r.split == "val"]
         if not official_val:

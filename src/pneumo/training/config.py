@@ -157,6 +157,9 @@ class TrainConfig(_Strict):
 
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     keep_official_val: bool = False
+    exclude_test_patients: bool = Field(
+        False, description="drop train/val images whose patient id also occurs in the test split"
+    )
     split_file: str | None = None
 
     augment: AugmentConfig = Field(default_factory=AugmentConfig)

@@ -36,7 +36,11 @@ def resolve_split(cfg: TrainConfig) -> list[Record]:
     if cfg.split_file:
         return read_split_csv(Path(cfg.split_file), dataset_root(cfg.data))
     return make_split(
-        discover(cfg.data), val_fraction=cfg.val_fraction, seed=cfg.seed, keep_official_val=cfg.keep_official_val
+        discover(cfg.data),
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        keep_official_val=cfg.keep_official_val,
+        exclude_test_patients=cfg.exclude_test_patients,
     )
 
 
