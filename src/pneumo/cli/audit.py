@@ -44,7 +44,7 @@ def data(
     """How well acquisition metadata alone (file size, original geometry, intensity, border) predicts the label:
     one-feature AUCs and small models per task and split, with patient-bootstrap CIs."""
     from pneumo.data.records import DatasetError
-    from pneumo.evaluation.run import dataset_slug
+    from pneumo.evaluation.source import dataset_slug
     from pneumo.trust.audit_data import audit_data
 
     out = out or Path(f"audit-data-{dataset_slug(path)}")

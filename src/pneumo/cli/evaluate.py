@@ -32,7 +32,8 @@ def evaluate(
     """Metrics with 95 % patient-bootstrap CIs at t = 0.5 and at the threshold validated on the run's validation
     split, calibration, plots, report.html and MODEL_CARD.md, written to RUN_DIR/eval-<dataset>-<split>/."""
     from pneumo.data.records import DatasetError
-    from pneumo.evaluation.run import SPLITS, evaluate_run, summary_table
+    from pneumo.evaluation.run import SPLITS, evaluate_run
+    from pneumo.evaluation.writers import summary_table
 
     if split not in SPLITS:
         fail(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -83,8 +84,8 @@ def compare(
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
 ) -> None:
     """One table of runs: task, model, weights, image size, epochs, wall time and test metrics with 95 % CIs."""
-    from pneumo.evaluation.run import json_safe
     from pneumo.evaluation.runs_table import compare_runs, runs_table
+    from pneumo.evaluation.writers import json_safe
 
     names = [m.strip() for item in metrics or [] for m in item.split(",") if m.strip()] or None
     try:

@@ -17,7 +17,8 @@ import yaml
 
 from pneumo.data.tasks import TASKS, get_task
 from pneumo.evaluation.compare import compare_table
-from pneumo.evaluation.run import EVAL_PREFIX, METRICS_FILE, eval_dir_name
+from pneumo.evaluation.source import EVAL_PREFIX, eval_dir_name
+from pneumo.evaluation.writers import METRICS_FILE
 
 BINARY_COLUMNS = ("accuracy", "sensitivity", "specificity", "roc_auc")
 MULTICLASS_COLUMNS = ("accuracy", "roc_auc", "balanced_accuracy")
