@@ -279,7 +279,7 @@ def score(params: Mapping[str, Any], *, logits: np.ndarray | None = None, featur
 
 
 def report_sections(*, run_dir: Path, model: Any, split: Any, result: Mapping[str, Any]) -> dict[str, str]:
-    """The evaluation report's OOD section (called by ``pneumo.evaluation.run.extra_sections``)."""
+    """The evaluation report's OOD section (called by ``pneumo.evaluation.writers.extra_sections``)."""
     title = "Out-of-distribution check"
     from pneumo.training import read_run_meta
 
