@@ -229,6 +229,14 @@ def test_resident_split_batches_equal_the_cached_batches(make_cfg) -> None:
     assert resident_bytes(data.train) == len(data.train) * 32 * 32 == resident.images.numel()
 
 
+def test_progress_in_a_log_file_is_not_redrawn_every_step(make_cfg, capsys) -> None:
+    """Without a TTY the bar refreshes at most every 30 s; the per-step postfix must not force a redraw."""
+    train(make_cfg(progress=True, max_steps_per_epoch=12, fit_ood=False))
+    err = capsys.readouterr().err
+    draws = err.count("epoch 1/1:")
+    assert 1 <= draws <= 2, f"the epoch bar was drawn {draws} times for 12 steps"
+
+
 def test_shards_cover_the_set_with_padding() -> None:
     shards = [shard(7, r, 3) for r in range(3)]
     assert {len(s) for s in shards} == {3}

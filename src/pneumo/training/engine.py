@@ -359,7 +359,8 @@ class Trainer:
             bar.update()
             if len(self._pending) >= self.sync_every:
                 last = self._flush_losses()
-                bar.set_postfix(loss=f"{last:.4f}", img_s=f"{self._images_per_s():.0f}", **self._last_val())
+                postfix = {"loss": f"{last:.4f}", "img_s": f"{self._images_per_s():.0f}", **self._last_val()}
+                bar.set_postfix(postfix, refresh=False)  # shown at the bar's own refresh (throttled in log files)
             if p.global_step % cfg.checkpoint_every_steps == 0 and p.step_in_epoch < self.steps_per_epoch:
                 self._save_last()
         self._flush_losses()
