@@ -97,6 +97,11 @@ def test_pneumo_evaluate_works_on_the_export(gan_run: Path) -> None:
     assert (Path(result["eval_dir"]) / "metrics.json").is_file()
     assert Path(result["eval_dir"]).parent == gan_run / "classifier"
 
+    from pneumo.evaluation.runs_table import compare_runs
+
+    row = compare_runs([gan_run / "classifier"])[0]  # epochs and wall time come from the GAN run
+    assert row["model"] == "acgan_discriminator" and row["epochs"] == 6 and row["wall_time_s"] > 0
+
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(toy_data: Path, tmp_path: Path) -> None:
     tiny = ["image_size=16", "g_channels=8", "d_channels=8", "z_dim=8", "embed_dim=4", "batch_size=16"]

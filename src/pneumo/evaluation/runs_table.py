@@ -22,6 +22,7 @@ from pneumo.evaluation.writers import METRICS_FILE
 
 BINARY_COLUMNS = ("accuracy", "sensitivity", "specificity", "roc_auc")
 MULTICLASS_COLUMNS = ("accuracy", "roc_auc", "balanced_accuracy")
+GAN_CLASSIFIER = "acgan_discriminator"  # model name of pneumo.gan's exported discriminator
 SETUP_COLUMNS = ("run", "task", "model", "weights", "image_size", "epochs", "wall_time")
 
 
@@ -100,6 +101,9 @@ def compare_runs(
         run_dir = Path(run)
         config = _read_config(run_dir)
         history = _read_json_lines(run_dir / "metrics.jsonl")
+        if not history and config.get("model") == GAN_CLASSIFIER:
+            # An ACGAN's classifier export: its epochs and time are those of the GAN run, the parent folder.
+            history = _read_json_lines(run_dir.parent / "metrics.jsonl")
         seconds = [float(r["seconds"]) for r in history if isinstance(r.get("seconds"), (int, float))]
         eval_dir = find_eval(run_dir, split, dataset)
         result = json.loads((eval_dir / METRICS_FILE).read_text()) if eval_dir else None
