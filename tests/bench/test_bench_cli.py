@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -64,3 +65,51 @@ def test_cuda_without_a_gpu_is_a_clear_error() -> None:
     result = CliRunner().invoke(app, ["--quick", "--device", "cuda"])
     assert result.exit_code == 2
     assert "CUDA is not available" in result.output
+
+
+def test_an_interrupted_run_keeps_what_it_measured(tmp_path: Path, monkeypatch) -> None:
+    """A time-capped GPU lease once lost a whole section: every finished measurement must be on disk."""
+    import pneumo.bench.train as bench_train
+    from pneumo.bench import BenchSettings, run_benchmarks
+
+    real = bench_train.measure_training
+    calls: list[str] = []
+
+    def cut_off_after_two(model_name, size, variant, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what `timeout --signal=INT` does
+        calls.append(variant.name)
+        return real(model_name, size, variant, **kwargs)
+
+    monkeypatch.setattr(bench_train, "measure_training", cut_off_after_two)
+    partial = tmp_path / "b.partial.json"
+    settings = BenchSettings.quick_settings(device="cpu", threads=1, sections=("training",), models=("cnn",))
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmarks(settings, partial=partial, log=lambda _: None)
+    saved = json.loads(partial.read_text())
+    assert saved["partial"] is True and saved["machine"]["cpu_count"] >= 1
+    assert [r["variant"] for r in saved["training"]["results"]] == calls == ["naive", "pneumo"]
+    assert all(r["images_per_s"] > 0 for r in saved["training"]["results"])
+
+
+def test_a_finished_run_removes_its_partial_file(tmp_path: Path) -> None:
+    out = tmp_path / "x.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            "--quick",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--sections",
+            "training",
+            "--models",
+            "cnn",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and not (tmp_path / "x.partial.json").exists()
+    assert "partial" not in json.loads(out.read_text())

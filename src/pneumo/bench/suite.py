@@ -150,8 +150,13 @@ def _prepare_data(settings: BenchSettings, workdir: Path) -> BenchData:
     return image_folder_data(root, source=f"{settings.synthetic_images} SYNTHETIC {width}x{height} JPEGs")
 
 
-def run_benchmarks(settings: BenchSettings, *, log: Callable[[str], None] | None = None) -> dict:
-    """Run the chosen sections and return every figure (also rendered as markdown under ``"markdown"``)."""
+def run_benchmarks(
+    settings: BenchSettings, *, log: Callable[[str], None] | None = None, partial: Path | None = None
+) -> dict:
+    """Run the chosen sections and return every figure (also rendered as markdown under ``"markdown"``).
+
+    ``partial``: a JSON file rewritten after every section and every training measurement (``"partial": true``), so
+    a run that is interrupted or time-capped keeps what it measured."""
     clock = time.perf_counter()
     log = log or (lambda msg: print(f"[{time.perf_counter() - clock:6.1f} s] {msg}", file=sys.stderr, flush=True))
     unknown = set(settings.sections) - set(SECTIONS)
@@ -184,7 +189,7 @@ def run_benchmarks(settings: BenchSettings, *, log: Callable[[str], None] | None
     try:
         with tempfile.TemporaryDirectory(prefix="pneumo-bench-") as tmp:
             workdir = Path(tmp)
-            results.update(_run_sections(settings, device, compile, workdir, log))
+            results.update(_run_sections(settings, device, compile, workdir, log, _saver(partial, results)))
     finally:
         torch.set_num_threads(threads_before)
         if cuda_before is not None:
@@ -196,10 +201,31 @@ def run_benchmarks(settings: BenchSettings, *, log: Callable[[str], None] | None
     return results
 
 
+def _saver(path: Path | None, header: dict) -> Callable[[dict], None]:
+    """A function that writes ``header`` plus the sections measured so far to ``path`` (nothing without a path)."""
+
+    def save_partial(sections: dict) -> None:
+        if path is not None:
+            write_results(path, {**header, **sections, "partial": True})
+
+    return save_partial
+
+
 def _run_sections(
-    settings: BenchSettings, device: torch.device, compile: bool, workdir: Path, log: Callable[[str], None]
+    settings: BenchSettings,
+    device: torch.device,
+    compile: bool,
+    workdir: Path,
+    log: Callable[[str], None],
+    save_partial: Callable[[dict], None],
 ) -> dict:
     out: dict = {name: {"skipped": True} for name in SECTIONS}
+    rows_so_far: list[dict] = []
+
+    def on_row(row: dict) -> None:
+        rows_so_far.append(row)
+        save_partial({**out, "training": {"results": rows_so_far}})
+
     log("preparing images")
     data = _prepare_data(settings, workdir)
     fullres = make_fullres_copies(data, workdir / "fullres", n=settings.fullres_images, size=settings.fullres_size)
@@ -229,6 +255,7 @@ def _run_sections(
             cache_workers=settings.cache_workers,
             splits=splits,
         )
+        save_partial(out)
     if "training" in settings.sections:
         for size in settings.sizes:
             split_at(size)
@@ -247,7 +274,9 @@ def _run_sections(
             peak_gflops=out["peak"]["gflops"],
             reference=_reference(settings.models, settings.sizes),
             log=log,
+            on_row=on_row,
         )
+        save_partial(out)
     if "inference" in settings.sections:
         out["inference"] = run_inference_section(
             settings.inference_models,

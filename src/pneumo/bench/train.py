@@ -432,8 +432,11 @@ def run_training_section(
     peak_gflops: float,
     reference: tuple[str, int],
     log: Callable[[str], None] = lambda _: None,
+    on_row: Callable[[dict], None] = lambda _: None,
 ) -> dict:
-    """Every model x size with the main variants, then the one-change-at-a-time chain at ``reference``."""
+    """Every model x size with the main variants, then the one-change-at-a-time chain at ``reference``.
+
+    ``on_row`` is called with each finished measurement (the suite uses it to save partial results)."""
     threads = torch.get_num_threads()
     results: list[dict] = []
     measured: dict[tuple[str, int, str], dict] = {}
@@ -466,6 +469,7 @@ def run_training_section(
             row["epoch_seconds"] = epoch_images / row["images_per_s"]
             measured[key] = row
             results.append(row)
+            on_row(row)
         return measured[key]
 
     for model_name in models:

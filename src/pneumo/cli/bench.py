@@ -21,7 +21,9 @@ def _csv(value: str | None, cast=str) -> tuple | None:
 def bench(
     device: str = typer.Option("auto", "--device", help="cpu | cuda | auto (cuda when available)."),
     quick: bool = typer.Option(False, "--quick", help="Smoke test: every section at the smallest size (CI)."),
-    out: Path | None = typer.Option(None, "--out", help="Write every figure, the machine and versions as JSON."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write every figure, the machine and versions as JSON (OUT.partial.json while running)."
+    ),
     data: Path | None = typer.Option(
         None, "--data", help="Kaggle-layout dataset folder (its train images are used); default: synthetic images."
     ),
@@ -59,10 +61,13 @@ def bench(
             if v is not None
         }
         settings = BenchSettings.quick_settings(**overrides) if quick else BenchSettings(**overrides)
-        results = run_benchmarks(settings)
+        # What is measured so far goes to OUT.partial.json, so an interrupted or time-capped run keeps it.
+        partial = out.with_name(f"{out.stem}.partial.json") if out is not None else None
+        results = run_benchmarks(settings, partial=partial)
     except ValueError as exc:
         fail(str(exc))
     typer.echo(results["markdown"])
     if out is not None:
         save(results, out)
+        partial.unlink(missing_ok=True)
         typer.echo(f"wrote {out}")
