@@ -15,6 +15,8 @@
 # ("model:batch ...", empty for none), ENGINE_ARGS (extra `pneumo train` options), SUITE_PHASES (";"-separated phases, each
 # "MAX_SEEDS:experiment experiment ..."), WORK (run folders and logs, default OUT/work; OUT itself receives only the
 # tables, the JSON files and the pack).
+# Where the source travels without its .git (a copied working tree), export PNEUMO_GIT_COMMIT first, so that the
+# run folders and results record the right commit.
 set -u
 data=${1:?usage: gpu_session.sh DATA OUT [BUDGET_SECONDS]}
 out=${2:?usage: gpu_session.sh DATA OUT [BUDGET_SECONDS]}

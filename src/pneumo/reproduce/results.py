@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,20 +14,10 @@ from pneumo.reproduce.anchors import ANCHORS
 from pneumo.reproduce.paired import paired_difference
 from pneumo.reproduce.suite import Experiment
 from pneumo.utils.atomic import write_json, write_text
+from pneumo.utils.provenance import git_commit
 
 BINARY = ("accuracy", "sensitivity", "specificity", "roc_auc")
 MULTICLASS = ("accuracy", "balanced_accuracy", "roc_auc")
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).resolve().parent,
-        )  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def _status(run_dir: Path) -> dict[str, Any]:
@@ -66,7 +55,7 @@ def write_results(
         "suite": suite,
         "data": str(data),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "commit": git_commit(),
+        "commit": git_commit(short=True),
         "machine": machine,
         "n_boot": n_boot,
         "command": f"pneumo reproduce --data {data} --suite {suite} --out {out}",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,16 +14,7 @@ import torch
 import torchvision
 
 import pneumo
-
-
-def git_commit(path: Path) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
+from pneumo.utils.provenance import git_commit
 
 
 def environment(device: torch.device, command: list[str] | None = None, world_size: int = 1) -> dict[str, Any]:
@@ -45,7 +35,7 @@ def environment(device: torch.device, command: list[str] | None = None, world_si
         "device_name": device_name,
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "world_size": world_size,
-        "git_commit": git_commit(Path(pneumo.__file__).resolve().parent),
+        "git_commit": git_commit(),
         "command": command if command is not None else sys.argv,
     }
 
