@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -37,6 +36,7 @@ from pneumo.data.preprocess import PreprocessContract, normalize
 from pneumo.models import get_model
 from pneumo.training.augment import BatchAugmenter
 from pneumo.training.config import AcquisitionAugmentConfig, AugmentConfig, build_config
+from pneumo.training.data import ResidentSplit
 from pneumo.training.optim import build_optimizer
 from pneumo.training.predict import autocast_for
 
@@ -125,10 +125,9 @@ class EpochStats:
 
 
 def resident_tensors(split: SplitData, device: torch.device | str) -> tuple[Tensor, Tensor]:
-    """The split's uint8 ``(N, 1, S, S)`` images and int64 targets, moved to ``device`` once."""
-    images = split.as_tensor().to(device)
-    targets = torch.as_tensor(np.asarray(split.targets), dtype=torch.int64).to(device)
-    return images, targets
+    """The split's uint8 ``(N, 1, S, S)`` images and int64 targets, moved to ``device`` once (as the engine does)."""
+    resident = ResidentSplit(split, torch.device(device))
+    return resident.images, resident.targets
 
 
 def device_resident_epoch(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from pneumo.cli.output import fail
+from pneumo.cli.output import check_device, fail
 
 app = typer.Typer(help="Shortcut audits (data, model) and the out-of-distribution check.", no_args_is_help=True)
 
@@ -21,11 +21,6 @@ def _originals(value: str | None) -> str | Path | None:
     if value is None:
         return "auto"
     return None if value.lower() == "none" else Path(value)
-
-
-def _check_device(device: str) -> None:
-    if device not in ("auto", "cpu", "cuda"):
-        fail(f"--device must be auto, cpu or cuda, got {device!r}")
 
 
 @app.command()
@@ -94,7 +89,7 @@ def model(
     from pneumo.data.records import DatasetError
     from pneumo.trust.audit_model import audit_model
 
-    _check_device(device)
+    check_device(device)
     try:
         result = audit_model(
             run_dir,
@@ -137,7 +132,7 @@ def ood_fit(
     from pneumo.data.records import DatasetError
     from pneumo.trust.ood import fit_ood
 
-    _check_device(device)
+    check_device(device)
     try:
         params = fit_ood(run_dir, device=device, batch_size=batch_size, n_components=n_components, pass_rate=pass_rate)
     except (DatasetError, FileNotFoundError, ValueError) as exc:
@@ -160,7 +155,7 @@ def ood_rates_cmd(
     from pneumo.data.records import DatasetError
     from pneumo.trust.ood import ood_rates
 
-    _check_device(device)
+    check_device(device)
     try:
         r = ood_rates(run_dir, split, device=device)
     except (DatasetError, FileNotFoundError, ValueError) as exc:

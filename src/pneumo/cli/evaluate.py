@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from pneumo.cli.output import fail
+from pneumo.cli.output import check_device, fail
 
 
 def evaluate(
@@ -37,8 +37,7 @@ def evaluate(
 
     if split not in SPLITS:
         fail(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if device not in ("auto", "cpu", "cuda"):
-        fail(f"--device must be auto, cpu or cuda, got {device!r}")
+    check_device(device)
     try:
         result = evaluate_run(
             run_dir,

@@ -13,6 +13,11 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def check_device(device: str) -> None:
+    if device not in ("auto", "cpu", "cuda"):
+        fail(f"--device must be auto, cpu or cuda, got {device!r}")
+
+
 def print_table(rows: Sequence[dict[str, Any]], title: str | None = None) -> None:
     """A plain aligned text table (markdown-compatible), fine in logs and terminals alike."""
     if title:
