@@ -4,7 +4,13 @@ from collections import Counter
 from pathlib import Path
 
 from pneumo.data.records import Record, discover
-from pneumo.data.splits import check_disjoint, make_split, read_split_csv, write_split_csv
+from pneumo.data.splits import (
+    check_disjoint,
+    make_split,
+    patients_seen_but_held_out,
+    read_split_csv,
+    write_split_csv,
+)
 
 
 def _records() -> list[Record]:
@@ -63,3 +69,22 @@ def test_synthetic_split_shares_no_patient(synthetic_data: Path) -> None:
     split = make_split(discover(synthetic_data), seed=0)
     assert check_disjoint(split) == {}
     assert {"train", "val", "test"} == {r.split for r in split}
+
+
+def test_a_source_trained_on_other_validation_patients_is_caught() -> None:
+    records = _records()
+    ours, other = make_split(records, seed=0), make_split(records, seed=1)
+    assert patients_seen_but_held_out(ours, ours) == set()  # the same split leaks nothing
+    ours_val = {r.patient_id for r in ours if r.split == "val"}
+    other_train = {r.patient_id for r in other if r.split == "train"}
+    assert patients_seen_but_held_out(other, ours) == ours_val & other_train != set()
+
+    # a patient in both train splits who also has a test image (the Kaggle overlap): this run trains on them itself,
+    # so inheriting them adds no leak ...
+    both = sorted(other_train & {r.patient_id for r in ours if r.split == "train"})[0]
+    test_image = Record(Path(f"/d/test/PNEUMONIA/{both}_t.jpeg"), "test", "PNEUMONIA", "bacteria", both)
+    ours, other = make_split([*records, test_image], seed=0), make_split([*records, test_image], seed=1)
+    assert both not in patients_seen_but_held_out(other, ours)
+    # ... but a run that excludes test patients must not inherit them from a source that kept them
+    excluded = make_split([*records, test_image], seed=0, exclude_test_patients=True)
+    assert both in patients_seen_but_held_out(ours, excluded)

@@ -28,7 +28,38 @@ def test_cycles_and_missing_references_are_errors() -> None:
         _ordered({"a": a, "b": b})
     with pytest.raises(ValueError, match="refers to 'b'"):
         _ordered({"a": a})
-    assert resolve_refs({"w": "run:a", "x": ["run:a", 1]}, {"a": Path("/r/a")}) == {"w": "/r/a", "x": ["/r/a", 1]}
+    runs = {"a": {0: Path("/r/a-seed0"), 1: Path("/r/a-seed1")}, "gan": {0: Path("/r/gan")}}
+    assert resolve_refs({"w": "run:a", "x": ["run:gan", 1]}, runs, 1) == {"w": "/r/a-seed1", "x": ["/r/gan", 1]}
+    assert resolve_refs("run:a", runs, 2) == "/r/a-seed0"  # a seed the source lacks: its first seed
+
+
+def _split_seed(exp: Experiment, seed: int) -> tuple:
+    """What a run of ``exp`` with ``seed`` carves its validation split with (the keys make_split depends on)."""
+    overlay = exp.gan if exp.kind == "gan" else exp.train
+    default_seed = 0 if exp.kind == "gan" else seed
+    split_seed = overlay.get("split_seed", default_seed) if exp.kind == "gan" else overlay.get("split_seed")
+    return (
+        default_seed if split_seed is None else split_seed,
+        overlay.get("val_fraction", 0.1),
+        overlay.get("keep_official_val", False),
+        overlay.get("exclude_test_patients", False),
+    )
+
+
+def test_every_run_reference_shares_the_split_of_the_run_it_starts_from() -> None:
+    """Statically, for every seed: a row that starts from another run (weights, GAN images) carves the same split.
+
+    Otherwise the training's leak check (``check_source_runs``) would refuse the row on a GPU lease, after its
+    dependencies have spent the time.
+    """
+    for suite in ("quick", "cpu", "full"):
+        experiments = {e.name: e for e in load_suite(suite)}
+        for exp in experiments.values():
+            for ref in exp.references():
+                source = experiments[ref]
+                for seed in exp.seeds:
+                    source_seed = seed if seed in source.seeds else source.seeds[0]
+                    assert _split_seed(exp, seed) == _split_seed(source, source_seed), (suite, exp.name, seed, ref)
 
 
 @pytest.mark.slow
@@ -112,3 +143,49 @@ def test_a_failing_experiment_is_reported_and_the_others_still_run(
     text = (tmp_path / "results.md").read_text()
     assert "## Failed in this call" in text and tried[-1] in text
     assert not any((tmp_path / "runs").glob(f"*/{runner.STATUS_FILE}"))  # nothing marked finished
+
+
+def _row(name: str, seed: int, auc: float, delta: float | None = None) -> dict:
+    ci = {"point": auc, "low": auc - 0.02, "high": auc + 0.02}
+    row = {"experiment": name, "seed": seed, "seeds_declared": 3, "task": "bacteria-virus", "model": "cnn",
+           "weights": "none", "image_size": 224, "epochs": 30, "wall_time": "1m", "device": "cuda", "roc_auc": ci,
+           "accuracy": {"point": 0.9, "low": 0.88, "high": 0.92}}  # fmt: skip
+    row["baseline"] = "base" if delta is not None else None
+    if delta is not None:
+        d = {"point": delta, "low": delta - 0.01, "high": delta + 0.01}
+        row["paired_vs_baseline"] = {"delta_roc_auc": d, "delta_accuracy": d, "n_images": 390}
+    return row
+
+
+def test_several_seeds_give_mean_and_spread_and_pair_seed_by_seed(tmp_path: Path) -> None:
+    from pneumo.reproduce.anchors import ANCHORS
+    from pneumo.reproduce.results import _baseline_run, render_markdown, seed_summary
+
+    gan_auc, base_auc = (0.91, 0.92, 0.96), (0.90, 0.92, 0.94)
+    rows = [_row("base", s, base_auc[s]) for s in range(3)]
+    rows += [_row("gan", s, gan_auc[s], delta=gan_auc[s] - base_auc[s]) for s in range(3)]
+    rows.append({**_row("single", 0, 0.8), "seeds_declared": 1})
+    summary = {e["experiment"]: e for e in seed_summary(rows)}
+    assert set(summary) == {"base", "gan"}  # one seed gives no spread
+    auc = summary["base"]["metrics"]["roc_auc"]
+    assert auc["mean"] == pytest.approx(0.92) and auc["sd"] == pytest.approx(0.02)
+    assert (auc["min"], auc["max"]) == (0.90, 0.94) and summary["base"]["seeds"] == [0, 1, 2]
+    assert summary["gan"]["delta_roc_auc_vs_baseline"]["mean"] == pytest.approx(0.01)
+    assert "accuracy" in summary["base"]["metrics"] and "sensitivity" not in summary["base"]["metrics"]
+
+    machine = {"platform": "linux", "cpu_count": 2, "gpu": None, "torch": "2"}
+    result = {"suite": "full", "command": "c", "commit": "abc", "created": "now", "machine": machine, "data": "d",
+              "n_boot": 10, "rows": rows, "seed_summary": seed_summary(rows), "anchors": ANCHORS}  # fmt: skip
+    text = render_markdown(result)
+    assert "| base (seed 1) |" in text and "| single |" in text
+    assert "| gan | 0, 1, 2 | 0.900 ± 0.000 |" in text and "+0.010 ± 0.010 |" in text
+    assert "`gan` - `base` (seed 2): ROC AUC 0.020 [0.010, 0.030]" in text
+
+    # the baseline of seed s is the baseline's run of seed s (its first seed when it has no such seed)
+    from pneumo.reproduce.suite import Experiment
+
+    base = Experiment(name="base", suites=["full"], seeds=[0, 1])
+    entries = [(base, 0, tmp_path / "base-seed0"), (base, 1, tmp_path / "base-seed1")]
+    assert _baseline_run(entries, "base", 1) == tmp_path / "base-seed1"
+    assert _baseline_run(entries, "base", 2) == tmp_path / "base-seed0"
+    assert _baseline_run(entries, "other", 0) is None

@@ -303,3 +303,25 @@ def test_synthetic_images_join_the_train_split_only(make_cfg, tiny_gan_run: Path
     assert len(data.train) == n_normal + n_pneumonia + len(generated)
     assert np.bincount(data.train.targets).tolist() == [max(n_normal, n_pneumonia)] * 2
     assert len(data.val) == sum(r.split == "val" for r in real)
+
+
+def test_a_source_run_trained_on_this_runs_validation_patients_is_refused(make_cfg, tiny_gan_run: Path) -> None:
+    from pneumo.data.records import DatasetError
+    from pneumo.data.splits import write_split_csv
+    from pneumo.training.data import check_source_runs
+
+    cfg = make_cfg(f"synthetic.from_run={tiny_gan_run}", "synthetic.per_class=balance")
+    root = dataset_root(cfg.data)
+    write_split_csv(resolve_split(cfg.model_copy(update={"seed": 1})), tiny_gan_run / "split.csv", root)
+    with pytest.raises(DatasetError, match="holds out for validation or test"):
+        train(cfg)  # refused before anything is trained
+    check_source_runs(cfg.model_copy(update={"split_seed": 1}), resolve_split(cfg.model_copy(update={"split_seed": 1})))
+    # the same holds for transfer from a run folder (weights: RUN), and for its weights file
+    source = tiny_gan_run.parent / "source-run"
+    source.mkdir()
+    (tiny_gan_run / "split.csv").rename(source / "split.csv")
+    for weights in (source, source / "best.safetensors"):
+        transfer = make_cfg(weights=str(weights))
+        with pytest.raises(DatasetError, match="source-run trained on"):
+            check_source_runs(transfer, resolve_split(transfer))
+    check_source_runs(make_cfg(weights=str(source), seed=1), resolve_split(make_cfg(weights=str(source), seed=1)))

@@ -24,7 +24,9 @@ def train(
     image_size: int | None = typer.Option(None, "--image-size", help="Square model input size S in pixels."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Images per step (per process under DDP)."),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate of the head."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of split, initialisation, data order, augmentation."),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed of initialisation, data order, augmentation and (unless split_seed) the split."
+    ),
     weights: str | None = typer.Option(
         None, "--weights", help="none | imagenet | PATH (state dict, .safetensors, or a pneumo run folder to transfer)."
     ),

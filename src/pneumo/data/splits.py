@@ -71,6 +71,19 @@ def check_disjoint(records: Sequence[Record]) -> dict[str, list[str]]:
     return {p: sorted(s) for p, s in sorted(seen.items()) if len(s) > 1}
 
 
+def patients_seen_but_held_out(source: Sequence[Record], records: Sequence[Record]) -> set[str]:
+    """Patients a source model trained on (``source``'s train split) that ``records`` holds out.
+
+    A run that starts from another run's weights, or adds images from a GAN run, inherits what that run trained on.
+    Held out are this split's validation and test patients, except those this split trains on itself (the Kaggle
+    release shares patient numbers between train and test: a run that keeps them leaks nothing new by inheriting
+    them). Empty means the source saw nothing this run is scored on.
+    """
+    ours = {r.patient_id for r in records if r.split == "train"}
+    held_out = {r.patient_id for r in records if r.split in ("val", "test")} - ours
+    return {r.patient_id for r in source if r.split == "train"} & held_out
+
+
 def write_split_csv(records: Sequence[Record], path: Path, root: Path) -> None:
     """Write the split atomically, paths relative to ``root`` where possible."""
     path.parent.mkdir(parents=True, exist_ok=True)

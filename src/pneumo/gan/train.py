@@ -79,6 +79,7 @@ def load_data(config: GanConfig, *, progress: bool = True) -> GanData:
             val_fraction=config.val_fraction,
             seed=config.split_seed,
             keep_official_val=config.keep_official_val,
+            exclude_test_patients=config.exclude_test_patients,
         )
     task, contract = get_task(TASK), PreprocessContract(image_size=config.image_size)
     cache_root = Path(config.cache_dir) if config.cache_dir else None

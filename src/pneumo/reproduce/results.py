@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,12 +42,10 @@ def write_results(
         status = _status(run_dir)
         evaluated = Path(status.get("evaluated_run", run_dir))
         row = compare_runs([evaluated], metrics=sorted(set(BINARY) | set(MULTICLASS)))[0]
-        row.update(experiment=exp.name, seed=seed, kind=exp.kind, description=exp.description,
-                   device=status.get("device"), baseline=exp.baseline)  # fmt: skip
+        row.update(experiment=exp.name, seed=seed, seeds_declared=len(exp.seeds), kind=exp.kind,
+                   description=exp.description, device=status.get("device"), baseline=exp.baseline)  # fmt: skip
         if exp.baseline:
-            base = next(
-                (Path(_status(d).get("evaluated_run", d)) for e, _, d in entries if e.name == exp.baseline), None
-            )
+            base = _baseline_run(entries, exp.baseline, seed)
             if base is not None and row.get("eval"):
                 row["paired_vs_baseline"] = paired_difference(
                     evaluated / row["eval"] / "predictions.csv", base / row["eval"] / "predictions.csv", n_boot=n_boot
@@ -60,10 +60,49 @@ def write_results(
         "n_boot": n_boot,
         "command": f"pneumo reproduce --data {data} --suite {suite} --out {out}",
     }
-    result = {**info, "rows": rows, "failed": list(failures), "anchors": ANCHORS}
+    result = {**info, "rows": rows, "seed_summary": seed_summary(rows), "failed": list(failures), "anchors": ANCHORS}
     write_json(out / "results.json", result)
     write_text(out / "results.md", render_markdown(result))
     return result
+
+
+def _baseline_run(entries: Sequence[tuple[Experiment, int, Path]], name: str, seed: int) -> Path | None:
+    """The baseline's evaluated run of the same seed (same split and initialisation seed), else its first seed."""
+    runs = {s: Path(_status(d).get("evaluated_run", d)) for e, s, d in entries if e.name == name}
+    return runs.get(seed, next(iter(runs.values()), None))
+
+
+def seed_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean, sample standard deviation, min and max of each metric's point estimate over an experiment's seeds.
+
+    Only experiments with two or more finished seeds; the spread is between training runs (initialisation, data
+    order, augmentation and, unless ``split_seed`` is fixed, the validation split), not a confidence interval.
+    """
+    by_experiment: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_experiment.setdefault(row["experiment"], []).append(row)
+    summary = []
+    for name, group in by_experiment.items():
+        if len(group) < 2:
+            continue
+        metrics: dict[str, dict[str, float]] = {}
+        for key in (*BINARY, *MULTICLASS):
+            points = [r[key]["point"] for r in group if isinstance(r.get(key), dict)]
+            points = [p for p in points if p is not None and not math.isnan(p)]
+            if len(points) == len(group):
+                metrics[key] = {"mean": statistics.fmean(points), "sd": statistics.stdev(points),
+                                "min": min(points), "max": max(points)}  # fmt: skip
+        deltas = [r["paired_vs_baseline"]["delta_roc_auc"]["point"] for r in group if r.get("paired_vs_baseline")]
+        entry = {"experiment": name, "task": group[0]["task"], "seeds": [r["seed"] for r in group], "metrics": metrics}
+        if len(deltas) == len(group):
+            entry["delta_roc_auc_vs_baseline"] = {"mean": statistics.fmean(deltas), "sd": statistics.stdev(deltas),
+                                                  "min": min(deltas), "max": max(deltas)}  # fmt: skip
+        summary.append(entry)
+    return summary
+
+
+def _spread(stats: dict[str, float]) -> str:
+    return f"{stats['mean']:.3f} ± {stats['sd']:.3f}"
 
 
 def _cell(value: Any) -> str:
@@ -99,7 +138,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in rows:
             cells = [
-                r["experiment"],
+                r["experiment"] + (f" (seed {r['seed']})" if r.get("seeds_declared", 1) > 1 else ""),
                 r["model"],
                 r["weights"],
                 r["image_size"],
@@ -112,13 +151,27 @@ def render_markdown(result: dict[str, Any]) -> str:
             cells = [f"*{a['source']}*", "", "", "", "", "", ""]
             lines.append("| " + " | ".join([*cells, *(_anchor(a.get(k)) for k in metrics)]) + " |")
         lines.append("")
+        spread = [e for e in result.get("seed_summary", []) if e["task"] == task]
+        if spread:
+            lines += ["Across seeds: mean ± standard deviation of the per-seed point estimates (the spread between "
+                      "training runs, not a confidence interval):", ""]  # fmt: skip
+            header = ["experiment", "seeds", *metrics, "ROC AUC - baseline"]
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            for e in spread:
+                cells = [e["experiment"], ", ".join(map(str, e["seeds"]))]
+                cells += [_spread(e["metrics"][k]) if k in e["metrics"] else "" for k in metrics]
+                delta = e.get("delta_roc_auc_vs_baseline")
+                cells.append(f"{delta['mean']:+.3f} ± {delta['sd']:.3f}" if delta else "")
+                lines.append("| " + " | ".join(cells) + " |")
+            lines.append("")
         paired = [r for r in rows if r.get("paired_vs_baseline")]
         if paired:
             lines += ["Paired differences on the same test images (candidate - baseline, 95 % CI):", ""]
             for r in paired:
                 d = r["paired_vs_baseline"]
                 lines.append(
-                    f"- `{r['experiment']}` - `{r['baseline']}`: ROC AUC {format_ci(d['delta_roc_auc'])}, "
+                    f"- `{r['experiment']}` - `{r['baseline']}`{_seed_note(r)}: "
+                    f"ROC AUC {format_ci(d['delta_roc_auc'])}, "
                     f"accuracy {format_ci(d['delta_accuracy'])} ({d['n_images']} images)"
                 )
             lines.append("")
@@ -127,6 +180,10 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += [f"- `{f['experiment']}` (seed {f['seed']}): {f['error']}" for f in result["failed"]]
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _seed_note(row: dict[str, Any]) -> str:
+    return f" (seed {row['seed']})" if row.get("seeds_declared", 1) > 1 else ""
 
 
 def _anchor(value: Any) -> str:

@@ -66,7 +66,9 @@ def seeds_to_run(exp: Experiment, max_seeds: int | None) -> list[int]:
     return exp.seeds if max_seeds is None else exp.seeds[:max_seeds]
 
 
-def _train_one(exp: Experiment, seed: int, data: Path, run_dir: Path, run_dirs: dict[str, Path], device: str) -> Path:
+def _train_one(
+    exp: Experiment, seed: int, data: Path, run_dir: Path, run_dirs: dict[str, dict[int, Path]], device: str
+) -> Path:
     """Train (or resume) one experiment; returns the folder of the classifier run to evaluate."""
     if exp.kind == "gan":
         from pneumo.gan.config import load_config
@@ -75,7 +77,7 @@ def _train_one(exp: Experiment, seed: int, data: Path, run_dir: Path, run_dirs: 
         if (run_dir / "config.yaml").exists():
             resume_gan(run_dir, progress=False)
         else:
-            overlay = resolve_refs(exp.gan, run_dirs)
+            overlay = resolve_refs(exp.gan, run_dirs, seed)
             train_gan(load_config(None, data=str(data), seed=seed, device=device, **overlay), run_dir, progress=False)
         return run_dir / "classifier"
 
@@ -85,7 +87,7 @@ def _train_one(exp: Experiment, seed: int, data: Path, run_dir: Path, run_dirs: 
     if (run_dir / "config.yaml").exists():
         resume(run_dir)  # a finished run returns at once
         return run_dir
-    overlay = resolve_refs(exp.train, run_dirs)
+    overlay = resolve_refs(exp.train, run_dirs, seed)
     flags = {"data": str(data), "out": str(run_dir), "seed": seed, "device": device}
     cfg = build_config(flags=deep_merge(overlay, flags))
     train(cfg, command=["pneumo", "reproduce", exp.name])
@@ -137,14 +139,14 @@ def reproduce(
     if data is None and report_only:
         data = recorded_data(out)
     data = data.expanduser().resolve() if data else out / "synthetic-data" / "chest_xray"
-    run_dirs: dict[str, Path] = {}
+    run_dirs: dict[str, dict[int, Path]] = {}
     entries = []
     failures: list[dict[str, Any]] = []
     for exp in experiments:
         for seed in exp.seeds:
             name = _run_name(exp, seed)
             run_dir = out / "runs" / name
-            run_dirs.setdefault(exp.name, run_dir)
+            run_dirs.setdefault(exp.name, {})[seed] = run_dir
             status_path = run_dir / STATUS_FILE
             skipped = report_only or (only and exp.name not in only) or seed not in seeds_to_run(exp, max_seeds)
             if skipped and not status_path.exists():

@@ -14,8 +14,8 @@ A file looks like::
       epochs: 8
     baseline: resnet18-bacteria-virus          # optional: report the paired difference against this row
 
-``run:<name>`` anywhere in the overlay stands for that experiment's run folder, so experiments are ordered by these
-dependencies.
+``run:<name>`` anywhere in the overlay stands for that experiment's run folder (of the same seed where it has one),
+so experiments are ordered by these dependencies.
 """
 
 from __future__ import annotations
@@ -110,12 +110,17 @@ def _ordered(experiments: dict[str, Experiment]) -> list[Experiment]:
     return ordered
 
 
-def resolve_refs(value: Any, run_dirs: dict[str, Path]) -> Any:
-    """Replace ``run:<name>`` strings by the run folders of finished experiments."""
+def resolve_refs(value: Any, run_dirs: dict[str, dict[int, Path]], seed: int) -> Any:
+    """Replace ``run:<name>`` strings by that experiment's run folder for ``seed`` (else its first seed's).
+
+    Seed ``s`` of a transfer row thus starts from seed ``s`` of its source, trained on the same split; a source with
+    one seed (e.g. the GAN) serves every seed, and the training's leak check refuses a split that does not match.
+    """
     if isinstance(value, str) and value.startswith(RUN_REF):
-        return str(run_dirs[value.removeprefix(RUN_REF)])
+        runs = run_dirs[value.removeprefix(RUN_REF)]
+        return str(runs.get(seed, next(iter(runs.values()))))
     if isinstance(value, dict):
-        return {k: resolve_refs(v, run_dirs) for k, v in value.items()}
+        return {k: resolve_refs(v, run_dirs, seed) for k, v in value.items()}
     if isinstance(value, list):
-        return [resolve_refs(v, run_dirs) for v in value]
+        return [resolve_refs(v, run_dirs, seed) for v in value]
     return value

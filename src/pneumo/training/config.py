@@ -156,6 +156,9 @@ class TrainConfig(_Strict):
     seed: int = 0
 
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    split_seed: int | None = Field(
+        None, description="seed of the patient-grouped validation carve (default: seed); fix it to vary only training"
+    )
     keep_official_val: bool = False
     exclude_test_patients: bool = Field(
         False, description="drop train/val images whose patient id also occurs in the test split"

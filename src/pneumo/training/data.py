@@ -19,8 +19,8 @@ from torch.utils.data import Dataset, DistributedSampler, WeightedRandomSampler
 
 from pneumo.data.dataset import SplitData, build_split
 from pneumo.data.preprocess import PreprocessContract
-from pneumo.data.records import Record, dataset_root, discover, parse_file_name
-from pneumo.data.splits import make_split, read_split_csv, write_split_csv
+from pneumo.data.records import DatasetError, Record, dataset_root, discover, parse_file_name
+from pneumo.data.splits import make_split, patients_seen_but_held_out, read_split_csv, write_split_csv
 from pneumo.data.tasks import Task
 from pneumo.training.config import TrainConfig
 
@@ -38,10 +38,44 @@ def resolve_split(cfg: TrainConfig) -> list[Record]:
     return make_split(
         discover(cfg.data),
         val_fraction=cfg.val_fraction,
-        seed=cfg.seed,
+        seed=cfg.seed if cfg.split_seed is None else cfg.split_seed,
         keep_official_val=cfg.keep_official_val,
         exclude_test_patients=cfg.exclude_test_patients,
     )
+
+
+def source_runs(cfg: TrainConfig) -> list[Path]:
+    """The pneumo run folders this run inherits from: ``weights`` (a run folder or a file in one) and the GAN run."""
+    found = []
+    if cfg.weights not in ("none", "imagenet"):
+        weights = Path(cfg.weights)
+        found.append(weights if weights.is_dir() else weights.parent)
+    if cfg.synthetic.enabled:
+        found.append(Path(str(cfg.synthetic.from_run)))
+    return [run for run in found if (run / "split.csv").is_file()]
+
+
+def check_source_runs(cfg: TrainConfig, records: list[Record]) -> None:
+    """Refuse a source run that trained on patients this run validates or tests on.
+
+    Transfer (``weights: RUN``) and GAN balancing (``synthetic.from_run``) carry what the source run learnt into this
+    one; if that run's train split holds patients of this run's validation split, epoch and threshold selection are
+    biased, silently. It happens easily: a different ``seed`` carves a different validation split.
+    """
+    ours = {r.path.resolve() for r in records}
+    for run in source_runs(cfg):
+        source = read_split_csv(run / "split.csv", dataset_root(cfg.data))
+        if not any(r.path.resolve() in ours for r in source):
+            log.info("%s was trained on other images: no patient overlap to check", run)
+            continue
+        leaked = patients_seen_but_held_out(source, records)
+        if leaked:
+            raise DatasetError(
+                f"{run} trained on {len(leaked)} patients that this run holds out for validation or test "
+                f"(e.g. {', '.join(sorted(leaked)[:3])}); starting from it would leak them. Use that run's split "
+                f"(--set split_file={run / 'split.csv'}) or carve the same one (same split seed, val_fraction, "
+                "keep_official_val and exclude_test_patients)"
+            )
 
 
 def save_split(records: list[Record], cfg: TrainConfig, path: Path) -> None:

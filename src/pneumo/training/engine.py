@@ -48,6 +48,7 @@ from pneumo.training.data import (
     ResidentSplit,
     TrainData,
     build_train_data,
+    check_source_runs,
     class_weights,
     collate_batch,
     resident_bytes,
@@ -549,6 +550,7 @@ def train(cfg: TrainConfig, *, command: list[str] | None = None) -> Path:
         with ddp.main_first(info):
             if info.is_main:
                 records = resolve_split(cfg.model_copy(update={"split_file": user_split}))
+                check_source_runs(cfg, records)
                 save_split(records, cfg, split_path)
                 cfg.save(run_dir / "config.yaml")
                 write_json(run_dir / "env.json", environment(device, command, info.world))
