@@ -244,7 +244,7 @@ def evaluate_run(
     ``target_sensitivity``: choose the binary threshold as the most specific one reaching this validation
     sensitivity instead of by Youden's J. ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     from pneumo.training import load_run, load_yaml, predict_logits, read_run_meta, update_run_meta
-    from pneumo.training.engine import pick_device
+    from pneumo.training.run import pick_device
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")

@@ -7,8 +7,8 @@ Entry points: :func:`train` (new run from a :class:`TrainConfig`), :func:`resume
 
 from pneumo.training.checkpoint import load_run, read_run_meta, save_weights, update_run_meta
 from pneumo.training.config import ConfigError, TrainConfig, build_config, load_yaml, validate_config
-from pneumo.training.engine import resume, train
 from pneumo.training.predict import predict_logits, roc_auc, val_metrics
+from pneumo.training.run import resume, train
 from pneumo.training.runinfo import read_metrics
 
 __all__ = [

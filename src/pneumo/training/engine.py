@@ -1,4 +1,4 @@
-"""The training loop: ``train(cfg)`` starts a run, ``resume(run_dir)`` continues one; both return the run folder.
+"""The training loop (:class:`Trainer`); :mod:`pneumo.training.run` starts and resumes the runs it trains.
 
 Reproducibility: the data order of an epoch is a function of (seed, epoch, rank), the augmentation of a step a
 function of (seed, epoch, step, rank), and the remaining randomness (dropout) comes from torch's global RNG, whose
@@ -18,7 +18,6 @@ Validation and :func:`predict_logits` score the ``K`` task logits only (``task_l
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -41,41 +40,23 @@ from pneumo.models import PneumoNet, apply_freeze, get_model, unfreeze_stages
 from pneumo.training import checkpoint as ckpt
 from pneumo.training import distributed as ddp
 from pneumo.training.augment import BatchAugmenter, shuffled_patches
-from pneumo.training.config import TrainConfig, load_yaml, validate_config
+from pneumo.training.config import TrainConfig
 from pneumo.training.data import (
     BatchedSplit,
     EpochOrder,
     ResidentSplit,
     TrainData,
-    build_train_data,
-    check_source_runs,
     class_weights,
     collate_batch,
     resident_bytes,
-    resolve_split,
-    save_split,
     shard,
-    with_synthetic,
 )
 from pneumo.training.optim import add_unfrozen_group, build_optimizer, lr_factor, set_lr
 from pneumo.training.predict import autocast_for, predict_rows, val_metrics
-from pneumo.training.runinfo import append_metrics, environment
-from pneumo.utils.atomic import write_json, write_text
+from pneumo.training.runinfo import append_metrics
 from pneumo.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
-
-RUN_MARKERS = ("checkpoint.json", "metrics.jsonl", ckpt.STATE_TENSORS)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for, but CUDA is not available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", ddp.env_info().local_rank)
-    return torch.device("cpu")
 
 
 def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
@@ -504,115 +485,3 @@ def run_meta(
         "temperature": None,
         "ood": None,
     }
-
-
-# --- entry points -------------------------------------------------------------------------------------------------
-
-
-def _set_determinism(cfg: TrainConfig, device: torch.device) -> None:
-    deterministic = device.type == "cpu" if cfg.deterministic == "auto" else bool(cfg.deterministic)
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not deterministic
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
-def _prepare(cfg: TrainConfig) -> tuple[torch.device, ddp.DistInfo]:
-    if cfg.threads:
-        # On a shared CPU fewer threads than cores can be several times faster (OpenMP threads spin and thrash).
-        torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
-    info = ddp.init(device)
-    _set_determinism(cfg, device)
-    return device, info
-
-
-def train(cfg: TrainConfig, *, command: list[str] | None = None) -> Path:
-    """Start a new run from a resolved config; returns the run folder.
-
-    Under ``torchrun`` every rank calls this; rank 0 creates the folder, writes the split and builds the cache.
-    """
-    device, info = _prepare(cfg)
-    try:
-        run_dir = _new_run_dir(cfg) if info.is_main else None
-        run_dir = Path(str(ddp.broadcast_object(str(run_dir) if run_dir else None, info)))
-        split_path = run_dir / "split.csv"
-        user_split = str(Path(cfg.split_file).expanduser().resolve()) if cfg.split_file else None
-        cfg = cfg.model_copy(
-            update={
-                "data": str(Path(cfg.data).expanduser().resolve()),
-                "out": str(run_dir),
-                "split_file": str(split_path),
-                "weights": cfg.weights if cfg.weights in ("none", "imagenet") else str(Path(cfg.weights).resolve()),
-            }
-        )
-        with ddp.main_first(info):
-            if info.is_main:
-                records = resolve_split(cfg.model_copy(update={"split_file": user_split}))
-                check_source_runs(cfg, records)
-                save_split(records, cfg, split_path)
-                cfg.save(run_dir / "config.yaml")
-                write_json(run_dir / "env.json", environment(device, command, info.world))
-            records = resolve_split(cfg)  # every rank reads the saved split: one source of truth
-            records = with_synthetic(cfg, records, get_task(cfg.task), run_dir, generate=info.is_main)
-            data = build_train_data(cfg, records, get_task(cfg.task), progress=cfg.progress and info.is_main)
-        Trainer(cfg, run_dir, data, info, device).fit()
-    finally:
-        ddp.shutdown()
-    if info.is_main:
-        _fit_ood(cfg, run_dir, device)
-    return run_dir
-
-
-def _fit_ood(cfg: TrainConfig, run_dir: Path, device: torch.device) -> None:
-    """Every finished run gets its out-of-distribution detector (fitted on train, thresholded on validation)."""
-    meta = ckpt.read_run_meta(run_dir)
-    fitted = meta.get("ood") or {}
-    if not cfg.fit_ood or (fitted and fitted.get("best_epoch") == (meta.get("best") or {}).get("epoch")):
-        return  # off, or already fitted on these best weights (a resumed run that improved is refitted)
-    from pneumo.trust.ood import fit_ood  # the trust package builds on training: import late
-
-    fit_ood(run_dir, device=str(device), batch_size=max(cfg.batch_size, 64), progress=cfg.progress)
-
-
-def _new_run_dir(cfg: TrainConfig) -> Path:
-    run_dir = Path(cfg.out) if cfg.out else cfg.default_out()
-    run_dir = run_dir.expanduser().resolve()
-    taken = [m for m in RUN_MARKERS if (run_dir / m).exists()]
-    if taken:
-        raise FileExistsError(
-            f"{run_dir} already holds a run ({', '.join(taken)}); use --resume {run_dir} to continue it, "
-            "or --out NEW_FOLDER to start another"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-def resume(run_dir: str | Path) -> Path:
-    """Continue a run from its last checkpoint (``last.state.safetensors``), with the config it was started with."""
-    run_dir = Path(run_dir).expanduser().resolve()
-    cfg = validate_config(load_yaml(run_dir / "config.yaml"))
-    cfg = cfg.model_copy(update={"out": str(run_dir), "split_file": str(run_dir / "split.csv")})
-    tensors, state = ckpt.load_state(run_dir)
-    if state["progress"]["finished"]:
-        log.info("the run in %s has already finished; nothing to resume", run_dir)
-        return run_dir
-    device, info = _prepare(cfg)
-    try:
-        with ddp.main_first(info):
-            records = with_synthetic(cfg, resolve_split(cfg), get_task(cfg.task), run_dir, generate=False)
-            data = build_train_data(cfg, records, get_task(cfg.task), progress=cfg.progress and info.is_main)
-        if info.is_main:  # drop epoch records written after the checkpoint (the epoch is redone)
-            history = state["progress"]["history"]
-            write_text(run_dir / "metrics.jsonl", "".join(_json_line(r) for r in history))
-        Trainer(cfg, run_dir, data, info, device, resume_from=(tensors, state)).fit()
-    finally:
-        ddp.shutdown()
-    if info.is_main:
-        _fit_ood(cfg, run_dir, device)
-    return run_dir
-
-
-def _json_line(record: dict[str, Any]) -> str:
-    return json.dumps(record) + "\n"

@@ -71,7 +71,7 @@ def load_model(ctx: RunContext, device: str | torch.device = "cpu", which: str =
 
 
 def resolve_device(name: str) -> torch.device:
-    from pneumo.training.engine import pick_device
+    from pneumo.training.run import pick_device
 
     return pick_device(name)
 
