@@ -15,6 +15,10 @@
 # ("model:batch ...", empty for none), ENGINE_ARGS (extra `pneumo train` options), SUITE_PHASES (";"-separated phases, each
 # "MAX_SEEDS:experiment experiment ..."), WORK (run folders and logs, default OUT/work; OUT itself receives only the
 # tables, the JSON files and the pack).
+# The whole `cpu` results table on the GPU, timed by the phase log (issue: "the whole set of runs in under 15 minutes"),
+# after the compiled bench and without the engine phases:
+#   SUITE=cpu SUITE_PHASES="1:" ENGINE_MODELS="" BENCH_ARGS="--device cuda --sections training \
+#     --models resnet18,densenet121 --sizes 224 --compile --steps 10" benchmarks/gpu_session.sh DATA OUT 540
 # Where the source travels without its .git (a copied working tree), export PNEUMO_GIT_COMMIT first, so that the
 # run folders and results record the right commit.
 set -u
