@@ -107,11 +107,13 @@ def test_only_brings_its_dependencies() -> None:
 
 
 def test_max_seeds_takes_the_first_declared_seeds() -> None:
-    from pneumo.reproduce.runner import seeds_to_run
+    from pneumo.reproduce.runner import run_name, seeds_to_run
 
     row = next(e for e in load_suite("full") if e.name == "cnn-normal-pneumonia-224")
     assert row.seeds == [0, 1, 2]
     assert seeds_to_run(row, None) == [0, 1, 2] and seeds_to_run(row, 1) == [0] and seeds_to_run(row, 5) == [0, 1, 2]
+    # the first seed's run keeps the experiment's name, so adding seeds to a finished row keeps its run
+    assert [run_name(row, s) for s in row.seeds] == [row.name, f"{row.name}-seed1", f"{row.name}-seed2"]
 
 
 def test_report_only_names_the_data_the_runs_used(tmp_path: Path) -> None:

@@ -46,8 +46,12 @@ def with_dependencies(names: set[str], experiments: list[Experiment]) -> set[str
     return found
 
 
-def _run_name(exp: Experiment, seed: int) -> str:
-    return exp.name if len(exp.seeds) == 1 else f"{exp.name}-seed{seed}"
+def run_name(exp: Experiment, seed: int) -> str:
+    """``runs/<experiment>`` for the first declared seed, ``runs/<experiment>-seed<N>`` for the others.
+
+    So declaring more seeds for a finished experiment keeps its run and trains only the new seeds.
+    """
+    return exp.name if seed == exp.seeds[0] else f"{exp.name}-seed{seed}"
 
 
 def recorded_data(out: Path) -> Path | None:
@@ -144,7 +148,7 @@ def reproduce(
     failures: list[dict[str, Any]] = []
     for exp in experiments:
         for seed in exp.seeds:
-            name = _run_name(exp, seed)
+            name = run_name(exp, seed)
             run_dir = out / "runs" / name
             run_dirs.setdefault(exp.name, {})[seed] = run_dir
             status_path = run_dir / STATUS_FILE
