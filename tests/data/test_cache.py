@@ -140,21 +140,9 @@ def test_cached_rows_are_read_without_the_source_files(tmp_path: Path) -> None:
 
 
 def test_dicom_pixel_limit_is_checked_before_decoding(tmp_path: Path) -> None:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from inference.conftest import dicom_announcing
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = 3000, 3000  # the header claims 9 MP; the pixel data is far too short for that
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = b"\0" * 16
     path = tmp_path / "big.dcm"
-    ds.save_as(path, enforce_file_format=True)
+    path.write_bytes(dicom_announcing(3000, 3000))  # the header claims 9 MP; the pixel data is far too short for that
     with pytest.raises(ImageDecodeError, match=r"3000x3000 pixels exceeds the limit of 1000000"):
         decode_image(path, max_pixels=1_000_000)

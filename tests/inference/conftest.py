@@ -126,3 +126,14 @@ def dicom_bytes(
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def dicom_announcing(rows: int, cols: int) -> bytes:
+    """A DICOM whose header claims ``rows x cols`` pixels but carries only a few bytes of pixel data."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.zeros((4, 4), np.uint16))))
+    ds.Rows, ds.Columns = rows, cols
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import pneumo
-from inference.conftest import dicom_bytes, encode, make_fake_run, xray_like
+from inference.conftest import dicom_announcing, dicom_bytes, encode, make_fake_run, xray_like
 from pneumo.inference import Predictor
 from pneumo.serve import create_app
 
@@ -171,23 +171,12 @@ def _bad_requests() -> dict[str, tuple[dict, int, str, str]]:
             "multi-frame",
         ),
         "dicom announcing too many pixels": (
-            {"files": {"file": ("huge.dcm", _dicom_announcing(2000, 2000))}},
+            {"files": {"file": ("huge.dcm", dicom_announcing(2000, 2000))}},
             413,
             "image_too_large",
             "",
         ),
     }
-
-
-def _dicom_announcing(rows: int, cols: int) -> bytes:
-    """A DICOM whose header claims ``rows x cols`` pixels but carries only a few bytes of pixel data."""
-    import pydicom
-
-    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.zeros((4, 4), np.uint16))))
-    ds.Rows, ds.Columns = rows, cols
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
 
 
 @pytest.mark.parametrize("case", list(_bad_requests()))
