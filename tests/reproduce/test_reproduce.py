@@ -77,6 +77,16 @@ def test_quick_suite_end_to_end_and_resumable(tmp_path: Path, monkeypatch: pytes
     assert delta["low"] <= delta["point"] <= delta["high"]
     text = (tmp_path / "results.md").read_text()
     assert "Kermany et al. 2018" in text and "quick-cnn-normal-pneumonia" in text and "Paired differences" in text
+    # two seeds: one run each (the first keeps the experiment's name), a spread across seeds, pairing seed by seed
+    assert (tmp_path / "runs" / "quick-cnn-bacteria-virus").is_dir()
+    assert (tmp_path / "runs" / "quick-cnn-bacteria-virus-seed1").is_dir()
+    spread = {e["experiment"]: e for e in result["seed_summary"]}
+    assert set(spread) == {"quick-cnn-bacteria-virus", "quick-cnn-bacteria-virus-dummy"}
+    assert (
+        spread["quick-cnn-bacteria-virus"]["seeds"] == [0, 1]
+        and "delta_roc_auc_vs_baseline" in spread[dummy["experiment"]]
+    )
+    assert "Across seeds" in text and "`quick-cnn-bacteria-virus-dummy` - `quick-cnn-bacteria-virus` (seed 1)" in text
     assert json.loads((tmp_path / "results.json").read_text())["suite"] == "quick"
 
     # a second call trains nothing: every experiment is finished
@@ -139,7 +149,7 @@ def test_a_failing_experiment_is_reported_and_the_others_still_run(
     monkeypatch.setattr(runner, "_train_one", broken)
     monkeypatch.setattr(runner, "QUICK_DATA_IMAGES", 60)
     result = runner.reproduce(None, "quick", tmp_path, n_boot=10)
-    assert tried == [e.name for e in load_suite("quick")]  # every row was attempted
+    assert tried == [e.name for e in load_suite("quick") for _ in e.seeds]  # every row and seed was attempted
     assert result["rows"] == [] and [f["experiment"] for f in result["failed"]] == tried
     assert "FileNotFoundError: weights for" in result["failed"][0]["error"]
     text = (tmp_path / "results.md").read_text()
