@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from pneumo.evaluation import run as run_eval
-from pneumo.evaluation.run import dataset_slug, evaluate_run, stored_calibration
+from pneumo.evaluation.run import evaluate_run, stored_calibration
 from pneumo.evaluation.runs_table import compare_runs, runs_table
+from pneumo.evaluation.source import dataset_slug
 from pneumo.training import build_config, read_run_meta, train
 
 FAST = {"n_boot": 60, "plots": False, "progress": False}

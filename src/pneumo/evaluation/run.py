@@ -34,75 +34,27 @@ from pneumo.evaluation.metrics import MetricSuite
 from pneumo.evaluation.report import write_html_report
 from pneumo.evaluation.source import (
     EVAL_PREFIX,
-    EvalSource,
-    dataset_slug,
-    eval_dir_name,
     resolve_source,
     run_records,
     training_overlap,
 )
 from pneumo.evaluation.threshold import choose_threshold
 from pneumo.evaluation.writers import (
-    BINARY_METRICS,
     ECE_BINS,
-    MAX_ERROR_IMAGES,
     METRICS_FILE,
-    MULTICLASS_METRICS,
-    THRESHOLD_METRICS,
     Scored,
-    _calibration_text,
-    _data_summary,
-    _metric_names,
-    _report_rows,
-    card_rows,
+    calibration_text,
+    data_summary,
     extra_sections,
     json_safe,
-    read_eval,
+    metric_names,
+    report_rows,
     run_limitations,
-    summary_table,
     write_plots,
     write_predictions,
     write_run_model_card,
 )
 from pneumo.utils.atomic import write_json
-
-# The protocol is defined here; the names of the datasets section and of the outputs moved to
-# pneumo.evaluation.source and pneumo.evaluation.writers and are re-exported so that existing imports work.
-__all__ = [
-    "ALPHA",
-    "BINARY_METRICS",
-    "ECE_BINS",
-    "EVAL_PREFIX",
-    "MAX_ERROR_IMAGES",
-    "METRICS_FILE",
-    "MULTICLASS_METRICS",
-    "SPLITS",
-    "THRESHOLD_METRICS",
-    "EvalSource",
-    "Scored",
-    "card_rows",
-    "dataset_slug",
-    "eval_dir_name",
-    "evaluate_run",
-    "extra_sections",
-    "fit_calibration",
-    "json_safe",
-    "read_eval",
-    "resolve_source",
-    "run_limitations",
-    "run_records",
-    "score",
-    "score_operating_points",
-    "stored_calibration",
-    "summary_table",
-    "threshold_label",
-    "training_overlap",
-    "wanted_method",
-    "weights_digest",
-    "write_plots",
-    "write_predictions",
-    "write_run_model_card",
-]
 
 SPLITS = ("test", "val")
 ALPHA = 0.05
@@ -349,14 +301,14 @@ def evaluate_run(
             temperature=temperature,
         )
     result["plots"] = {caption: path.name for caption, path in plot_paths.items()}
-    report_sections = {"Operating point and calibration": _calibration_text(result)}
+    report_sections = {"Operating point and calibration": calibration_text(result)}
     report_sections.update(extra_sections(run_dir, model, evaluated, result))
     write_html_report(
         eval_dir / "report.html",
         title=f"pneumo evaluation: {run_dir.name} on {source.slug} ({split})",
         config=config,
-        data_summary=_data_summary(result),
-        metrics_table=_report_rows(sections, _metric_names(task, class_names)),
+        data_summary=data_summary(result),
+        metrics_table=report_rows(sections, metric_names(task, class_names)),
         plots=plot_paths,
         limitations=result["limitations"],
         extra_sections=report_sections,

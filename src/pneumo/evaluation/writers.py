@@ -211,21 +211,21 @@ def run_limitations(result: Mapping[str, Any]) -> list[str]:
     return items
 
 
-def _report_rows(sections: Sequence[Scored], metric_names: Sequence[str]) -> list[dict[str, Any]]:
+def report_rows(sections: Sequence[Scored], names: Sequence[str]) -> list[dict[str, Any]]:
     rows = []
     for s in sections:
-        rows += ci_rows(s.cis, metric_names, operating_point=s.label, probabilities=s.probabilities)
+        rows += ci_rows(s.cis, names, operating_point=s.label, probabilities=s.probabilities)
     return rows
 
 
-def _metric_names(task: Task, class_names: Sequence[str]) -> list[str]:
+def metric_names(task: Task, class_names: Sequence[str]) -> list[str]:
     if task.is_binary:
         return list(BINARY_METRICS)
     per_class = [f"{kind}/{c}" for kind in ("recall", "roc_auc_per_class") for c in class_names]
     return [*MULTICLASS_METRICS, *per_class]
 
 
-def _calibration_text(result: Mapping[str, Any]) -> str:
+def calibration_text(result: Mapping[str, Any]) -> str:
     op, cal = result["operating_point"], result["calibration"]
     source = "fitted now" if result["calibration_fitted"] else "reused from checkpoint.json"
     lines = [
@@ -244,7 +244,7 @@ def _calibration_text(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _data_summary(result: Mapping[str, Any]) -> dict[str, Any]:
+def data_summary(result: Mapping[str, Any]) -> dict[str, Any]:
     ds = result["dataset"]
     return {
         "dataset": ds["source"],
