@@ -90,15 +90,17 @@ def seed_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             points = [r[key]["point"] for r in group if isinstance(r.get(key), dict)]
             points = [p for p in points if p is not None and not math.isnan(p)]
             if len(points) == len(group):
-                metrics[key] = {"mean": statistics.fmean(points), "sd": statistics.stdev(points),
-                                "min": min(points), "max": max(points)}  # fmt: skip
+                metrics[key] = _stats(points)
         deltas = [r["paired_vs_baseline"]["delta_roc_auc"]["point"] for r in group if r.get("paired_vs_baseline")]
         entry = {"experiment": name, "task": group[0]["task"], "seeds": [r["seed"] for r in group], "metrics": metrics}
         if len(deltas) == len(group):
-            entry["delta_roc_auc_vs_baseline"] = {"mean": statistics.fmean(deltas), "sd": statistics.stdev(deltas),
-                                                  "min": min(deltas), "max": max(deltas)}  # fmt: skip
+            entry["delta_roc_auc_vs_baseline"] = _stats(deltas)
         summary.append(entry)
     return summary
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values), "min": min(values), "max": max(values)}
 
 
 def _spread(stats: dict[str, float]) -> str:
@@ -138,7 +140,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in rows:
             cells = [
-                r["experiment"] + (f" (seed {r['seed']})" if r.get("seeds_declared", 1) > 1 else ""),
+                r["experiment"] + _seed_note(r),
                 r["model"],
                 r["weights"],
                 r["image_size"],

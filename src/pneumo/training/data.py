@@ -62,8 +62,11 @@ def check_source_runs(cfg: TrainConfig, records: list[Record]) -> None:
     one; if that run's train split holds patients of this run's validation split, epoch and threshold selection are
     biased, silently. It happens easily: a different ``seed`` carves a different validation split.
     """
+    sources = source_runs(cfg)
+    if not sources:
+        return  # the common case: nothing inherited, nothing to resolve
     ours = {r.path.resolve() for r in records}
-    for run in source_runs(cfg):
+    for run in sources:
         source = read_split_csv(run / "split.csv", dataset_root(cfg.data))
         if not any(r.path.resolve() in ours for r in source):
             log.info("%s was trained on other images: no patient overlap to check", run)
