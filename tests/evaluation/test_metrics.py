@@ -56,6 +56,26 @@ def test_threshold_moves_the_operating_point():
     assert strict["roc_auc"] == binary_metrics(Y, P)["roc_auc"]  # threshold-free
 
 
+def test_roc_points_read_the_curve_and_ignore_the_threshold():
+    # Ten negatives, one of them (0.95) above every positive; ten positives, one of them (0.30) low.
+    negatives = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.95]
+    positives = [0.3, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9]
+    y = np.array([0] * 10 + [1] * 10)
+    p = np.array(negatives + positives)
+    for t in (0.2, 0.5, 0.8):
+        m = binary_metrics(y, p, threshold=t)
+        # Specificity 9/10 (exactly the 0.90 level) allows the one FP at 0.95: nine positives lie above 0.45.
+        assert m["sensitivity_at_specificity_90"] == pytest.approx(0.9)
+        # Sensitivity 9/10 is first reached at t = 0.5, where only 0.95 is a FP; reaching 10/10 costs 5 FPs.
+        assert m["specificity_at_sensitivity_90"] == pytest.approx(0.9)
+    separated = binary_metrics(y, np.r_[np.full(10, 0.1), np.full(10, 0.9)])
+    assert separated["sensitivity_at_specificity_90"] == separated["specificity_at_sensitivity_90"] == 1.0
+    reversed_ = binary_metrics(y, np.r_[np.full(10, 0.9), np.full(10, 0.1)])
+    assert reversed_["sensitivity_at_specificity_90"] == reversed_["specificity_at_sensitivity_90"] == 0.0
+    single_class = binary_metrics([1, 1, 1], [0.2, 0.5, 0.9])
+    assert math.isnan(single_class["sensitivity_at_specificity_90"])
+
+
 def test_undefined_binary_metrics_are_nan_not_zero():
     no_positive_calls = binary_metrics([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.1])
     assert math.isnan(no_positive_calls["ppv"])

@@ -139,6 +139,13 @@ def test_stored_calibration_is_reused_and_refitted_for_another_method(
     assert stored_calibration(meta, wanted, "other-weights") is None
     assert stored_calibration(meta, {"method": "youden"}, digest) is None
 
+    specific = evaluate_run(run_copy, split="val", target_specificity=0.9, **FAST)
+    assert specific["calibration_fitted"] and specific["operating_point"]["method"] == "target_specificity"
+    assert specific["metrics"]["at_validated_threshold"]["point"]["specificity"] >= 0.9
+    assert "specificity >= 0.9 on val" in specific["metrics"]["at_validated_threshold"]["label"]
+    with pytest.raises(ValueError, match="not both"):
+        evaluate_run(run_copy, target_sensitivity=0.9, target_specificity=0.9, **FAST)
+
 
 def _must_not_be_called(*args, **kwargs):
     raise AssertionError("calibration was refitted")

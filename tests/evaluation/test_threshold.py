@@ -55,8 +55,28 @@ def test_target_sensitivity_is_reached_with_the_largest_such_threshold(target):
         assert rates(y, p, higher.min())[0] < target
 
 
+@pytest.mark.parametrize("target", [0.8, 0.9, 0.95, 1.0])
+def test_target_specificity_is_reached_with_the_smallest_such_threshold(target):
+    y, p = validation_set(seed=1)
+    t = choose_threshold(y, p, "target_specificity", target_specificity=target)
+    assert rates(y, p, t)[1] >= target
+    lower = p[p < t]
+    if lower.size:  # the next smaller candidate misses the target
+        assert rates(y, p, lower.max())[1] < target
+
+
+def test_target_specificity_above_the_top_negative_predicts_nothing_positive():
+    y = np.array([1, 0, 1, 0])
+    p = np.array([0.6, 0.9, 0.3, 0.2])  # the largest score is a negative
+    t = choose_threshold(y, p, "target_specificity", target_specificity=1.0)
+    assert t > 0.9 and rates(y, p, t) == (0.0, 1.0)
+    # Specificity 0.5 holds down to 0.3 (only 0.9 is a false positive there), which catches both positives.
+    assert choose_threshold(y, p, "target_specificity", target_specificity=0.5) == pytest.approx(0.3)
+
+
 def test_threshold_only_sees_validation_data():
-    assert list(inspect.signature(choose_threshold).parameters) == ["y_val", "p_val", "method", "target_sensitivity"]
+    parameters = list(inspect.signature(choose_threshold).parameters)
+    assert parameters == ["y_val", "p_val", "method", "target_sensitivity", "target_specificity"]
     y_val, p_val = validation_set(seed=2)
     y_test, p_test = validation_set(seed=3)
     before = choose_threshold(y_val, p_val)
@@ -74,3 +94,5 @@ def test_rejects_single_class_and_unknown_method():
         choose_threshold(y, p, method="f1")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         choose_threshold(y, p, "target_sensitivity", target_sensitivity=0.0)
+    with pytest.raises(ValueError):
+        choose_threshold(y, p, "target_specificity", target_specificity=1.5)

@@ -22,8 +22,9 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
 
-def ranking_scores(y_bin: np.ndarray, score: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(ROC AUC, average precision) per weight row, for binary labels ``y_bin`` and scores ``score``."""
+def _roc_counts(y_bin: np.ndarray, score: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative weighted (true, false) positives per weight row at each distinct threshold, highest first,
+    with the (0, 0) start of the ROC curve prepended."""
     order = np.argsort(-score, kind="stable")
     sorted_score = score[order]
     w = weights[:, order].astype(np.float64)
@@ -32,9 +33,15 @@ def ranking_scores(y_bin: np.ndarray, score: np.ndarray, weights: np.ndarray) ->
     ends = np.r_[np.flatnonzero(np.diff(sorted_score)), sorted_score.size - 1]
     tps = np.cumsum(w * positive, axis=1)[:, ends]
     fps = np.cumsum(w * (1.0 - positive), axis=1)[:, ends]
-    total_pos, total_neg = tps[:, -1], fps[:, -1]
     zero = np.zeros((w.shape[0], 1))
-    tps0, fps0 = np.hstack([zero, tps]), np.hstack([zero, fps])
+    return np.hstack([zero, tps]), np.hstack([zero, fps])
+
+
+def ranking_scores(y_bin: np.ndarray, score: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ROC AUC, average precision) per weight row, for binary labels ``y_bin`` and scores ``score``."""
+    tps0, fps0 = _roc_counts(y_bin, score, weights)
+    tps, fps = tps0[:, 1:], fps0[:, 1:]
+    total_pos, total_neg = tps[:, -1], fps[:, -1]
     area = np.sum(np.diff(fps0, axis=1) * (tps0[:, 1:] + tps0[:, :-1]) / 2.0, axis=1)
     auc = _ratio(area, total_pos * total_neg)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -44,11 +51,27 @@ def ranking_scores(y_bin: np.ndarray, score: np.ndarray, weights: np.ndarray) ->
     return auc, ap
 
 
+def roc_points(
+    y_bin: np.ndarray, score: np.ndarray, weights: np.ndarray, level: float, tolerance: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pneumo.evaluation.metrics.roc_points` per weight row (same arithmetic: rates as count / total)."""
+    tps0, fps0 = _roc_counts(y_bin, score, weights)
+    total_pos, total_neg = tps0[:, -1:], fps0[:, -1:]
+    defined = (total_pos[:, 0] > 0) & (total_neg[:, 0] > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr, specificity = tps0 / total_pos, 1.0 - fps0 / total_neg
+    sensitivity_at = np.where(specificity >= level - tolerance, tpr, -np.inf).max(axis=1)
+    specificity_at = np.where(tpr >= level - tolerance, specificity, -np.inf).max(axis=1)
+    return np.where(defined, sensitivity_at, np.nan), np.where(defined, specificity_at, np.nan)
+
+
 def _counts(weights: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return weights @ mask.astype(np.float64)
 
 
-def binary(y: np.ndarray, p_pos: np.ndarray, threshold: float, weights: np.ndarray) -> dict[str, np.ndarray]:
+def binary(
+    y: np.ndarray, p_pos: np.ndarray, threshold: float, weights: np.ndarray, *, roc_level: float, roc_tolerance: float
+) -> dict[str, np.ndarray]:
     """Scalar metrics of :func:`~pneumo.evaluation.metrics.binary_metrics` for each weight row."""
     pos, pred = y == 1, p_pos >= threshold
     tp, fn = _counts(weights, pos & pred), _counts(weights, pos & ~pred)
@@ -56,6 +79,7 @@ def binary(y: np.ndarray, p_pos: np.ndarray, threshold: float, weights: np.ndarr
     total = tp + fn + fp + tn
     sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
     auc, ap = ranking_scores(pos, p_pos, weights)
+    sensitivity_at, specificity_at = roc_points(pos, p_pos, weights, roc_level, roc_tolerance)
     clipped = np.clip(p_pos, _EPS, 1 - _EPS)
     nll = -np.where(pos, np.log(clipped), np.log1p(-clipped))
     return {
@@ -68,6 +92,8 @@ def binary(y: np.ndarray, p_pos: np.ndarray, threshold: float, weights: np.ndarr
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
         "roc_auc": auc,
         "pr_auc": ap,
+        "sensitivity_at_specificity_90": sensitivity_at,
+        "specificity_at_sensitivity_90": specificity_at,
         "brier": _ratio(weights @ (p_pos - pos) ** 2, total),
         "log_loss": _ratio(weights @ nll, total),
         "threshold": np.full(weights.shape[0], float(threshold)),

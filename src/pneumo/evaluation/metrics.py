@@ -25,12 +25,15 @@ from sklearn.metrics import (
     log_loss,
     precision_recall_fscore_support,
     roc_auc_score,
+    roc_curve,
 )
 
 from pneumo.evaluation import _weighted
 
 NAN = float("nan")
 _ROW_SUM_TOLERANCE = 1e-3
+ROC_POINT_LEVEL = 0.90
+ROC_POINT_TOLERANCE = 1e-9  # so that a rate of exactly 0.9 (e.g. 9/10) counts as reaching 0.90
 
 
 def _as_labels(y_true: Any) -> np.ndarray:
@@ -62,6 +65,23 @@ def _safe_auc(y_binary: np.ndarray, score: np.ndarray) -> float:
     return float(roc_auc_score(y_binary, score))
 
 
+def roc_points(y_binary: np.ndarray, score: np.ndarray, level: float = ROC_POINT_LEVEL) -> tuple[float, float]:
+    """``(sensitivity at specificity >= level, specificity at sensitivity >= level)`` read off the ROC curve.
+
+    Threshold-free summaries of the curve, like its AUC: the implicit threshold is set by the labels of the set
+    being scored, so they compare models at a clinically relevant point but are not a deployable operating
+    point (that one is chosen on validation). NaN unless both classes are present.
+    """
+    if y_binary.min(initial=1) == y_binary.max(initial=0):
+        return NAN, NAN
+    fpr, tpr, _ = roc_curve(y_binary, score, drop_intermediate=False)
+    specificity = 1.0 - fpr
+    # Both sets are non-empty: the curve starts at (0, 0) and ends at (1, 1).
+    sensitivity_at = tpr[specificity >= level - ROC_POINT_TOLERANCE].max()
+    specificity_at = specificity[tpr >= level - ROC_POINT_TOLERANCE].max()
+    return float(sensitivity_at), float(specificity_at)
+
+
 def _quiet(fn, *args, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
@@ -72,9 +92,11 @@ def binary_metrics(y_true: Any, p_pos: Any, threshold: float = 0.5) -> dict[str,
     """Metrics of a binary classifier whose positive class (label 1) is predicted when ``p_pos >= threshold``.
 
     Returns floats for accuracy, balanced_accuracy, sensitivity, specificity, ppv, npv, f1, roc_auc,
-    pr_auc (average precision), brier and log_loss, plus ``confusion_matrix`` (``[[TN, FP], [FN, TP]]``,
-    rows = true class) and ``threshold``. Undefined values are NaN (see module docstring); balanced accuracy
-    is NaN unless both classes are present, since it is the mean of sensitivity and specificity.
+    pr_auc (average precision), the ROC points ``sensitivity_at_specificity_90`` and
+    ``specificity_at_sensitivity_90`` (:func:`roc_points`; they ignore ``threshold``), brier and log_loss, plus
+    ``confusion_matrix`` (``[[TN, FP], [FN, TP]]``, rows = true class) and ``threshold``. Undefined values are NaN
+    (see module docstring); balanced accuracy is NaN unless both classes are present, since it is the mean of
+    sensitivity and specificity.
     """
     y = _as_labels(y_true)
     p = np.asarray(p_pos, dtype=np.float64)
@@ -96,6 +118,7 @@ def binary_metrics(y_true: Any, p_pos: Any, threshold: float = 0.5) -> dict[str,
     specificity, sensitivity = float(recall[0]), float(recall[1])
     both_present = bool(cm[0].sum() and cm[1].sum())
     has_positive = bool(cm[1].sum())
+    sensitivity_at_90, specificity_at_90 = roc_points(y, p)
     return {
         "accuracy": float(accuracy_score(y, y_pred)),
         "balanced_accuracy": (sensitivity + specificity) / 2 if both_present else NAN,
@@ -106,6 +129,8 @@ def binary_metrics(y_true: Any, p_pos: Any, threshold: float = 0.5) -> dict[str,
         "f1": float(f1[1]),
         "roc_auc": _safe_auc(y, p),
         "pr_auc": float(average_precision_score(y, p)) if has_positive else NAN,
+        "sensitivity_at_specificity_90": sensitivity_at_90,
+        "specificity_at_sensitivity_90": specificity_at_90,
         "brier": float(brier_score_loss(y, p, pos_label=1)),
         "log_loss": float(log_loss(y, p, labels=[0, 1])),
         "confusion_matrix": cm.astype(int).tolist(),
@@ -216,5 +241,8 @@ class MetricSuite:
         p = _as_probs(probs, y.size)
         w = np.asarray(weights, dtype=np.float64)
         if p.shape[1] == 2:
-            return _weighted.binary(y, p[:, 1], 0.5 if self.threshold is None else self.threshold, w)
+            threshold = 0.5 if self.threshold is None else self.threshold
+            return _weighted.binary(
+                y, p[:, 1], threshold, w, roc_level=ROC_POINT_LEVEL, roc_tolerance=ROC_POINT_TOLERANCE
+            )
         return _weighted.multiclass(y, p, self.class_names, w)

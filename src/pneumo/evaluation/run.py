@@ -72,16 +72,26 @@ def weights_digest(run_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def wanted_method(task: Task, target_sensitivity: float | None) -> dict[str, Any]:
+TARGETS = ("target_sensitivity", "target_specificity")
+
+
+def wanted_method(
+    task: Task, target_sensitivity: float | None = None, target_specificity: float | None = None
+) -> dict[str, Any]:
+    """The operating point asked for: ``argmax`` (three classes), Youden's J, or one validation target."""
+    targets = {k: v for k, v in zip(TARGETS, (target_sensitivity, target_specificity), strict=True) if v is not None}
     if not task.is_binary:
-        if target_sensitivity is not None:
-            raise ValueError("--target-sensitivity applies to binary tasks only (three classes use argmax)")
+        if targets:
+            raise ValueError("a target sensitivity or specificity applies to binary tasks only (3 classes: argmax)")
         return {"method": "argmax"}
-    if target_sensitivity is None:
+    if not targets:
         return {"method": "youden"}
-    if not 0 < target_sensitivity <= 1:
-        raise ValueError(f"target sensitivity must lie in (0, 1], got {target_sensitivity}")
-    return {"method": "target_sensitivity", "target_sensitivity": float(target_sensitivity)}
+    if len(targets) > 1:
+        raise ValueError("choose either a target sensitivity or a target specificity, not both")
+    ((method, target),) = targets.items()
+    if not 0 < target <= 1:
+        raise ValueError(f"{method.replace('_', ' ')} must lie in (0, 1], got {target}")
+    return {"method": method, method: float(target)}
 
 
 def stored_calibration(meta: Mapping[str, Any], wanted: Mapping[str, Any], digest: str) -> tuple[dict, float] | None:
@@ -89,7 +99,7 @@ def stored_calibration(meta: Mapping[str, Any], wanted: Mapping[str, Any], diges
     op, temperature = meta.get("operating_point"), meta.get("temperature")
     if not op or temperature is None:
         return None
-    same_method = all(op.get(k) == wanted.get(k) for k in ("method", "target_sensitivity"))
+    same_method = all(op.get(k) == wanted.get(k) for k in ("method", *TARGETS))
     if same_method and op.get("split") == "val" and op.get("weights_sha256") == digest:
         return dict(op), float(temperature)
     return None
@@ -113,8 +123,8 @@ def fit_calibration(
     }
     if task.is_binary:
         p_val = apply_temperature(val_logits, temperature)[:, 1]
-        target = wanted.get("target_sensitivity", 0.95)
-        op["threshold"] = choose_threshold(val_targets, p_val, wanted["method"], target)
+        targets = {k: wanted[k] for k in TARGETS if k in wanted}
+        op["threshold"] = choose_threshold(val_targets, p_val, wanted["method"], **targets)
         op["positive_class"] = task.class_names[1]
     return op, temperature
 
@@ -169,7 +179,7 @@ def score_operating_points(
 
 
 def threshold_label(op: Mapping[str, Any]) -> str:
-    extra = f", sensitivity >= {op['target_sensitivity']:g} on val" if op.get("target_sensitivity") else ""
+    extra = "".join(f", {k.removeprefix('target_')} >= {op[k]:g} on val" for k in TARGETS if op.get(k) is not None)
     return f"validated t = {op['threshold']:.3f} ({op['method']}{extra})"
 
 
@@ -182,6 +192,7 @@ def evaluate_run(
     data: str | Path | None = None,
     split: str = "test",
     target_sensitivity: float | None = None,
+    target_specificity: float | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     device: str = "auto",
@@ -194,7 +205,8 @@ def evaluate_run(
     predictions.csv, PNG plots unless ``plots=False``, report.html) and refreshing ``RUN_DIR/MODEL_CARD.md``.
 
     ``target_sensitivity``: choose the binary threshold as the most specific one reaching this validation
-    sensitivity instead of by Youden's J. ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+    sensitivity instead of by Youden's J; ``target_specificity``: the most sensitive one reaching this validation
+    specificity. ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     from pneumo.training import load_run, load_yaml, predict_logits, read_run_meta, update_run_meta
     from pneumo.training.run import pick_device
 
@@ -207,7 +219,7 @@ def evaluate_run(
     class_names = list(meta["class_names"])
     contract = PreprocessContract.from_dict(meta["preprocess"])
     cache_root = Path(config["cache_dir"]) if config.get("cache_dir") else None
-    wanted = wanted_method(task, target_sensitivity)
+    wanted = wanted_method(task, target_sensitivity, target_specificity)
     digest = weights_digest(run_dir)
     dev = pick_device(device)
     model, _ = load_run(run_dir, "best", device=dev)

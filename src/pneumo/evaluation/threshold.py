@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 from sklearn.metrics import roc_curve
 
-ThresholdMethod = Literal["youden", "target_sensitivity"]
+ThresholdMethod = Literal["youden", "target_sensitivity", "target_specificity"]
 
 
 def choose_threshold(
@@ -19,12 +19,16 @@ def choose_threshold(
     p_val: Any,
     method: ThresholdMethod = "youden",
     target_sensitivity: float = 0.95,
+    target_specificity: float = 0.95,
 ) -> float:
     """Pick a decision threshold from the validation ROC curve.
 
     - ``"youden"``: maximises Youden's J = sensitivity + specificity - 1; ties go to the largest threshold.
     - ``"target_sensitivity"``: the largest threshold whose validation sensitivity is ``>= target_sensitivity``
-      (the most specific operating point meeting the target).
+      (the most specific operating point meeting the target: screening, where a missed case costs most).
+    - ``"target_specificity"``: the smallest threshold whose validation specificity is ``>= target_specificity``
+      (the most sensitive operating point meeting the target: confirmation, where false alarms cost most). When
+      even the largest validation score is a negative that breaks the target, the threshold lies just above it.
     """
     y = np.asarray(y_val)
     p = np.asarray(p_val, dtype=np.float64)
@@ -46,4 +50,11 @@ def choose_threshold(
             raise ValueError("target_sensitivity must lie in (0, 1]")
         reached = np.flatnonzero(tpr >= target_sensitivity)
         return float(thresholds[reached[0]])  # always non-empty: the last threshold gives tpr = 1
-    raise ValueError(f"unknown method {method!r}; use 'youden' or 'target_sensitivity'")
+    if method == "target_specificity":
+        if not 0 < target_specificity <= 1:
+            raise ValueError("target_specificity must lie in (0, 1]")
+        reached = np.flatnonzero(1.0 - fpr >= target_specificity)
+        if reached.size == 0:
+            return float(np.nextafter(thresholds[0], np.inf))  # nothing predicted positive: specificity 1
+        return float(thresholds[reached[-1]])
+    raise ValueError(f"unknown method {method!r}; use 'youden', 'target_sensitivity' or 'target_specificity'")

@@ -40,6 +40,8 @@ BINARY_METRICS = (
     "f1",
     "roc_auc",
     "pr_auc",
+    "sensitivity_at_specificity_90",
+    "specificity_at_sensitivity_90",
     "brier",
     "log_loss",
 )

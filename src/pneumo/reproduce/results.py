@@ -18,7 +18,7 @@ from pneumo.reproduce.suite import Experiment
 from pneumo.utils.atomic import write_json, write_text
 from pneumo.utils.provenance import git_commit
 
-BINARY = ("accuracy", "sensitivity", "specificity", "roc_auc")
+BINARY = ("accuracy", "sensitivity", "specificity", "roc_auc", "sensitivity_at_specificity_90")
 MULTICLASS = ("accuracy", "balanced_accuracy", "roc_auc")
 
 
@@ -124,7 +124,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"- every metric: the official test split of `{result['data']}`, 95 % CI from a patient-level bootstrap "
         f"({result['n_boot']} replicates); thresholds, temperatures and epochs chosen on the patient-grouped "
         "validation split carved from train, never on test.",
-        "- binary tasks: metrics at the validated operating point (Youden's J on validation); three classes: argmax.",
+        "- binary tasks: metrics at the validated operating point (Youden's J on validation); three classes: argmax. "
+        "`sensitivity_at_specificity_90` is read off the test ROC curve, like the AUC: threshold-free, it compares "
+        "models at one point of the curve but is not an operating point anyone could have chosen before seeing test.",
         f"- one row again: `pneumo reproduce --data DATA --suite {result['suite']} --only EXPERIMENT --out DIR` "
         "(it trains what the row depends on too); each run's exact settings are in `runs/EXPERIMENT/config.yaml`.",
         "",
