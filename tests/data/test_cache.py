@@ -78,9 +78,9 @@ def test_corrupt_empty_and_text_files_are_reported_not_fatal(tmp_path: Path) -> 
     assert cached.ok.tolist() == [True, False, False, False, True]
     reasons = {p.name: r for p, r in cached.failures}
     assert reasons["empty.jpeg"] == "file is empty"
-    assert "not a recognised image" in reasons["notes.png"]
+    assert "not a supported image" in reasons["notes.png"]
     assert "truncated or corrupt" in reasons["trunc.jpeg"]
-    with pytest.raises(ImageDecodeError, match=r"notes\.png: not a recognised image"):
+    with pytest.raises(ImageDecodeError, match=r"notes\.png: not a supported image"):
         decode_image(text)
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,38 @@ def test_manifest_bad_label_names_line(tmp_path: Path) -> None:
         discover(csv_path)
 
 
+def _manifest(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label", "subtype", "patient_id", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_manifest_numeric_patient_ids_are_kept_unless_a_kermany_name_carries_the_id(tmp_path: Path) -> None:
+    # NIH-style names: the manifest's "7" is the patient of both images; the shared Kermany MANIFEST stores only
+    # the N of personN, so there the name's "person3" wins.
+    rows = [
+        {"path": "00000007_000.png", "label": "NORMAL", "patient_id": "7", "split": "train"},
+        {"path": "00000007_001.png", "label": "NORMAL", "patient_id": "7", "split": "train"},
+        {"path": "person3_virus_3.jpeg", "label": "PNEUMONIA", "patient_id": "3", "split": "train"},
+    ]
+    records = discover(_manifest(tmp_path / "m.csv", rows))
+    assert [r.patient_id for r in records] == ["7", "7", "person3"]
+
+
+def test_contradicting_label_and_subtype(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rows = [{"path": "x.png", "label": "PNEUMONIA", "subtype": "normal", "split": "train"}]
+    with pytest.raises(DatasetError, match=r"m.csv:2: label PNEUMONIA contradicts subtype normal"):
+        discover(_manifest(tmp_path / "m.csv", rows))
+    # In a folder layout the misfiled image is reported and skipped; the rest is read.
+    _make_tree(tmp_path / "tree", val=False)
+    _write(tmp_path / "tree" / "train" / "NORMAL" / "person8_virus_9.jpeg")
+    with caplog.at_level("WARNING", logger="pneumo.data.records"):
+        assert _summary(discover(tmp_path / "tree")) == EXPECTED
+    assert "person8_virus_9.jpeg: skipped, its folder's label NORMAL contradicts subtype virus" in caplog.text
+
+
 def test_missing_and_empty_sources(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="no such file"):
         discover(tmp_path / "nope")
@@ -126,5 +159,9 @@ def test_tasks_map_records(tmp_path: Path) -> None:
     assert [bv_task.target(by_name[n]) for n in sorted(by_name)] == [None, 0, 1]
     assert [nbv.target(by_name[n]) for n in sorted(by_name)] == [0, 1, 2]
     assert [r.name for r in bv_task.out_of_task(records)] == ["IM-0001-0001.jpeg"]
+    # A pneumonia image of unknown subtype is unlabelled for bacteria-virus, not dummy-class material.
+    unknown = replace(by_name["person1_bacteria_1.jpeg"], subtype=None)
+    assert bv_task.target(unknown) is None and bv_task.out_of_task([unknown]) == []
+    assert nbv.out_of_task([unknown]) == []
     with pytest.raises(ValueError, match="unknown task"):
         get_task("covid")

@@ -3,7 +3,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from pneumo.data.records import Record, discover
+import pytest
+
+from pneumo.data.records import DatasetError, Record, discover
 from pneumo.data.splits import (
     check_disjoint,
     make_split,
@@ -88,3 +90,13 @@ def test_a_source_trained_on_other_validation_patients_is_caught() -> None:
     # ... but a run that excludes test patients must not inherit them from a source that kept them
     excluded = make_split([*records, test_image], seed=0, exclude_test_patients=True)
     assert both in patients_seen_but_held_out(ours, excluded)
+
+
+def test_val_fraction_is_one_fold_and_too_few_patients_are_named() -> None:
+    records = _records()
+    for fraction, fold in ((0.1, 10), (0.3, 3)):
+        val = {r.patient_id for r in make_split(records, val_fraction=fraction) if r.split == "val"}
+        assert abs(len(val) - 201 / fold) <= 3  # 200 train patients + the official val's one, one fold of them
+    few = [r for r in records if r.patient_id in {"p0", "p1", "p2", "p3", "t0"}]
+    with pytest.raises(DatasetError, match=r"val_fraction 0\.1 needs at least 10 train patients.*has 4"):
+        make_split(few, val_fraction=0.1)

@@ -180,6 +180,20 @@ def test_cross_dataset_manifest(run_copy: Path, synthetic_data: Path, tmp_path: 
     assert f"{own['n_images']} images" in card
 
 
+def test_another_dataset_with_the_same_folder_name_gets_its_own_eval_folder(
+    run_copy: Path, synthetic_data: Path, tmp_path: Path
+) -> None:
+    own = evaluate_run(run_copy, **FAST)
+    twin = tmp_path / "elsewhere" / synthetic_data.name
+    shutil.copytree(synthetic_data, twin)
+    other = evaluate_run(run_copy, data=twin, **FAST)
+    assert Path(other["eval_dir"]).name.startswith(f"eval-{dataset_slug(synthetic_data)}-")
+    assert other["eval_dir"] != own["eval_dir"] and other["dataset"]["own"] is False
+    kept = json.loads((Path(own["eval_dir"]) / "metrics.json").read_text())
+    assert kept["dataset"]["own"] is True  # the run's own evaluation was not overwritten
+    assert compare_runs([run_copy])[0]["eval"] == Path(own["eval_dir"]).name
+
+
 def test_three_classes_argmax_macro_auc(synthetic_data: Path, tmp_path: Path) -> None:
     run_dir = _train(synthetic_data, tmp_path / "three", task="normal-bacteria-virus", epochs=1)
     with pytest.raises(ValueError, match="binary"):

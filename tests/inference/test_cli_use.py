@@ -47,7 +47,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_predict_folder_reports_bad_files_and_predicts_the_rest(cli: typer.Typer, run: Path, images: Path) -> None:
     result = CliRunner().invoke(cli, ["predict", str(run), str(images), "--format", "json"])
     assert result.exit_code == 1
-    assert f"error: {images / 'fake.png'}: not a recognised image format" in result.stderr
+    assert f"error: {images / 'fake.png'}: not a supported image format" in result.stderr
     assert "1 of 5 files failed" in result.stderr
     rows = json.loads(result.stdout)
     expected = Predictor.load(run).predict([images / "a.png", images / "sub" / "b.jpg"])

@@ -15,7 +15,7 @@ from PIL import Image
 
 from pneumo.data.preprocess import PreprocessContract, resize_gray
 from pneumo.inference import Predictor
-from pneumo.inference.gradcam import heatmap_to_original
+from pneumo.inference.gradcam import OVERLAY_MAX_SIDE, heatmap_to_original, shrink_for_overlay
 
 from .conftest import make_fake_run, xray_like
 
@@ -88,3 +88,12 @@ def test_heatmap_maps_back_onto_the_original(geometry: str) -> None:
         assert back[: top - 1].max() == 0 and back[top + width + 1 :].max() == 0  # never seen by the model
     else:
         assert np.abs(back[4:-4, 4:-4] - truth[4:-4, 4:-4]).max() < 0.05  # edges blend with padding
+
+
+def test_overlay_of_a_large_image_is_bounded(tmp_path: Path) -> None:
+    predictor = Predictor.load(make_fake_run(tmp_path, image_size=32))
+    wide = np.tile(np.linspace(0, 255, 5000).astype(np.uint8), (1200, 1))  # 6 megapixels, 5000 x 1200
+    overlay = predictor.explain(wide).overlay_png
+    with Image.open(io.BytesIO(overlay)) as img:
+        assert img.size == (OVERLAY_MAX_SIDE, round(1200 * OVERLAY_MAX_SIDE / 5000))
+    assert shrink_for_overlay(np.zeros((40, 30), np.uint8)).shape == (40, 30)  # small images stay as they are

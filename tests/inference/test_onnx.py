@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import pneumo.api
-from pneumo.inference import ExplainUnavailable, Predictor
+from pneumo.inference import ExplainUnavailable, ModelLoadError, Predictor
 from pneumo.inference.onnx import ExportError, export_onnx
 
 from .conftest import make_fake_run, xray_like
@@ -84,6 +84,8 @@ def test_onnx_predictor_needs_no_pytorch_model(exported: tuple[Path, Path], monk
         p.explain(xray_like())
     with pytest.raises(ExportError, match="needs a run folder"):
         export_onnx(p, exported[1].parent / "again.onnx")
+    with pytest.raises(ModelLoadError, match="ONNX models run on the CPU"):
+        pneumo.api.load(exported[1], device="cuda")
 
 
 def test_export_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

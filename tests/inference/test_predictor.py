@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import sys
 import types
@@ -17,6 +18,7 @@ from scipy.special import softmax
 import pneumo.api
 from pneumo.data.decode import ImageDecodeError
 from pneumo.inference import ModelLoadError, PredictionResult, Predictor
+from pneumo.inference.meta import file_sha256
 
 from .conftest import dicom_bytes, encode, make_fake_run, xray_like
 
@@ -134,7 +136,7 @@ def test_unsupported_dicoms_are_refused_clearly(predictor: Predictor, kwargs: di
 def test_bad_files_name_the_file(predictor: Predictor, tmp_path: Path) -> None:
     fake = tmp_path / "notes.png"
     fake.write_text("this is not an image")
-    with pytest.raises(ImageDecodeError, match=re.escape("notes.png: not a recognised image format")):
+    with pytest.raises(ImageDecodeError, match=re.escape("notes.png: not a supported image format")):
         predictor.predict(fake)
     with pytest.raises(ImageDecodeError, match=re.escape("missing.png: cannot read file")):
         predictor.predict(tmp_path / "missing.png")
@@ -229,6 +231,36 @@ def test_load_errors_are_clear(tmp_path: Path, run: Path) -> None:
     with pytest.raises(ModelLoadError, match=re.escape("neither a run folder nor an .onnx file")):
         pneumo.api.load(tmp_path / "nothing.onnx")
     assert pneumo.api.load(run / "checkpoint.json").model_id == pneumo.api.load(run).model_id
+
+
+def test_calibration_of_other_weights_is_refused(tmp_path: Path) -> None:
+    run = make_fake_run(tmp_path, operating_point={"threshold": 0.3, "weights_sha256": "0" * 16}, temperature=2.0)
+    with pytest.raises(ModelLoadError, match=r"fitted on other weights.*pneumo evaluate"):
+        Predictor.load(run)
+    digest = file_sha256(run / "best.safetensors")[:16]
+    meta = json.loads((run / "checkpoint.json").read_text())
+    meta["operating_point"]["weights_sha256"] = digest
+    (run / "checkpoint.json").write_text(json.dumps(meta))
+    assert Predictor.load(run).meta.threshold == 0.3
+
+
+def test_model_card_shows_evaluations_of_these_weights_without_paths(tmp_path: Path) -> None:
+    run = make_fake_run(tmp_path)
+    digest = file_sha256(run / "best.safetensors")[:16]
+    for folder, fitted_on in (("eval-own-test", digest), ("eval-old-test", "f" * 16)):
+        (run / folder).mkdir()
+        result = {
+            "run_dir": str(run),
+            "dataset": {"source": "/secret/data", "name": "own", "own": True, "split_file": "/secret/split.csv"},
+            "operating_point": {"threshold": 0.4, "weights_sha256": fitted_on},
+            "metrics": {"at_0.5": {"point": {"roc_auc": 0.9}}},
+            "plots": {"ROC curve": "roc.png"},
+        }
+        (run / folder / "metrics.json").write_text(json.dumps(result))
+    card = Predictor.load(run).model_card()
+    assert list(card["metrics"]) == ["eval-own-test"]  # eval-old-test scored other weights
+    assert card["metrics"]["eval-own-test"]["metrics"]["at_0.5"]["point"]["roc_auc"] == 0.9
+    assert "/secret" not in json.dumps(card) and str(tmp_path) not in json.dumps(card)
 
 
 def test_model_id_is_run_name_plus_weights_hash(tmp_path: Path) -> None:

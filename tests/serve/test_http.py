@@ -137,7 +137,7 @@ def _bad_requests() -> dict[str, tuple[dict, int, str, str]]:
             {"files": {"file": ("notes.png", b"just some text\n" * 10)}},
             422,
             "invalid_image",
-            "not a recognised image format",
+            "not a supported image format",
         ),
         "too many pixels": (
             {"files": {"file": ("wide.png", encode(Image.new("L", (1100, 1000)), "PNG"))}},

@@ -113,5 +113,5 @@ def test_bad_file_shows_the_error(browser, live: LiveServer, tmp_path: Path) -> 
     browser.get(live.url + "/")
     browser.find_element(By.ID, "file").send_keys(str(fake))
     error = WebDriverWait(browser, 30).until(ec.visibility_of_element_located((By.ID, "error")))
-    assert "fake.png" in error.text and "not a recognised image format" in error.text
+    assert "fake.png" in error.text and "not a supported image format" in error.text
     assert not browser.find_element(By.ID, "result").is_displayed()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -284,6 +285,16 @@ def test_synthetic_counts_balance_each_task() -> None:
     assert synthetic_counts(5, records, get_task("bacteria-virus"), True) == dict.fromkeys(
         ("normal", "bacteria", "virus"), 5
     )
+    # PNEUMONIA images without a subtype count as pneumonia; the deficit goes to the known subtypes' proportion.
+    unknown = [replace(_record("train", "bacteria"), subtype=None) for _ in range(4)]
+    many_normal = [_record("train", s) for s in ["normal"] * 12 + ["bacteria"] * 3 + ["virus"] * 1] + unknown
+    assert synthetic_counts("balance", many_normal, get_task("normal-pneumonia"), False) == {
+        "normal": 0,
+        "bacteria": 3,
+        "virus": 1,
+    }
+    few_normal = [_record("train", "normal")] * 2 + unknown
+    assert synthetic_counts("balance", few_normal, get_task("normal-pneumonia"), False)["normal"] == 2
 
 
 def test_synthetic_images_join_the_train_split_only(make_cfg, tiny_gan_run: Path) -> None:

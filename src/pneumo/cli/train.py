@@ -54,6 +54,7 @@ def train(
     from pneumo.training import resume as resume_run
     from pneumo.training import train as train_run
     from pneumo.training.checkpoint import read_run_meta
+    from pneumo.training.engine import TrainingDivergedError
 
     flags = {
         "data": data,
@@ -83,7 +84,7 @@ def train(
             as_text = {k: str(v) if isinstance(v, Path) else v for k, v in flags.items()}
             cfg = build_config(config_file=config, flags=as_text, overrides=overrides or ())
             run_dir = train_run(cfg, command=sys.argv)
-    except (ConfigError, DatasetError, FileExistsError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, DatasetError, FileExistsError, FileNotFoundError, ValueError, TrainingDivergedError) as exc:
         fail(str(exc))
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks
         return

@@ -2,7 +2,10 @@
 
 Supported: JPEG, PNG (8- and 16-bit, RGB, RGBA, palette), BMP/TIFF, DICOM (via pydicom), PIL images and numpy
 arrays. Images deeper than 8 bits are stretched linearly from their own min..max to 0..255 (documented choice: 16-bit
-PNGs in the wild carry 10-16 significant bits, so a fixed divisor would make many of them nearly black).
+PNGs in the wild carry 10-16 significant bits, so a fixed divisor would make many of them nearly black). Colour is
+reduced to luma with Pillow's ITU-R 601-2 weights, for files and arrays alike. Files are turned upright by their EXIF
+orientation (a phone photo of a film); the Kermany files carry none. Other formats Pillow knows (EPS, which would run
+Ghostscript, and the like) are refused.
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Decompression-bomb guard: the largest real Kermany originals have about 7 megapixels.
 DEFAULT_MAX_PIXELS = 64_000_000
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+# The raster formats Pillow may open (its JPEG opener also reads MPO camera files); DICOM goes through pydicom.
+PIL_FORMATS = ("JPEG", "PNG", "BMP", "TIFF")
+_LUMA = np.array([0.299, 0.587, 0.114])  # Pillow's convert("L") weights
 
 ImageInput = str | Path | bytes | Image.Image | np.ndarray
 
@@ -30,8 +36,10 @@ class ImageDecodeError(ValueError):
         self.reason = reason
 
 
-def _stretch_to_uint8(arr: np.ndarray) -> np.ndarray:
+def _stretch_to_uint8(arr: np.ndarray, name: str) -> np.ndarray:
     arr = arr.astype(np.float64, copy=False)
+    if not np.isfinite(arr).all():
+        raise ImageDecodeError(name, "image contains NaN or infinite values")
     lo, hi = float(arr.min()), float(arr.max())
     if hi <= lo:
         return np.zeros(arr.shape, dtype=np.uint8)
@@ -66,16 +74,16 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) 
         raise ImageDecodeError(name, f"expected a single grayscale frame, got pixel array of shape {arr.shape}")
     arr = apply_modality_lut(arr, ds)
     arr = apply_voi_lut(arr, ds)  # VOI LUT or window centre/width, when the file has one
-    out = _stretch_to_uint8(arr)
+    out = _stretch_to_uint8(arr, name)
     if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         out = 255 - out  # MONOCHROME1: low values are bright
     return out
 
 
-def pil_to_gray(img: Image.Image) -> np.ndarray:
+def pil_to_gray(img: Image.Image, name: str = "<PIL image>") -> np.ndarray:
     """A PIL image of any mode as grayscale uint8 (alpha composited onto black)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return _stretch_to_uint8(np.asarray(img))
+        return _stretch_to_uint8(np.asarray(img), name)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
@@ -86,15 +94,21 @@ def pil_to_gray(img: Image.Image) -> np.ndarray:
 
 
 def array_to_gray(arr: np.ndarray, name: str = "<array>") -> np.ndarray:
-    if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
-        arr = arr[..., 0] if arr.shape[-1] == 1 else arr[..., :3].astype(np.float64).mean(axis=-1)
+    """HxW or HxWxC (C = 1, 3 RGB, 4 RGBA) as grayscale uint8: uint8 colour goes through Pillow as a file would;
+    floats in [0, 1] are scaled by 255; anything else is stretched from its min..max."""
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    elif arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        if arr.dtype == np.uint8:
+            return pil_to_gray(Image.fromarray(np.ascontiguousarray(arr)), name)
+        arr = arr[..., :3].astype(np.float64) @ _LUMA
     if arr.ndim != 2:
         raise ImageDecodeError(name, f"expected an HxW or HxWxC array, got shape {arr.shape}")
     if arr.dtype == np.uint8:
         return np.ascontiguousarray(arr)
     if np.issubdtype(arr.dtype, np.floating) and arr.min() >= 0.0 and arr.max() <= 1.0:
         return np.round(arr * 255.0).astype(np.uint8)
-    return _stretch_to_uint8(arr)
+    return _stretch_to_uint8(arr, name)
 
 
 def decode_bytes(data: bytes, name: str = "<bytes>", *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -104,14 +118,14 @@ def decode_bytes(data: bytes, name: str = "<bytes>", *, max_pixels: int = DEFAUL
     if _is_dicom(data, name):
         return _check_pixels(_decode_dicom(data, name, max_pixels), name, max_pixels)
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as img:
             width, height = img.size
             if width * height > max_pixels:
                 raise ImageDecodeError(name, f"image of {width}x{height} pixels exceeds the limit of {max_pixels}")
             img.load()
-            return pil_to_gray(img)
+            return pil_to_gray(ImageOps.exif_transpose(img), name)
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError(name, "not a recognised image format") from exc
+        raise ImageDecodeError(name, "not a supported image format (JPEG, PNG, BMP, TIFF or DICOM)") from exc
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(name, f"image exceeds the pixel limit ({exc})") from exc
     except (OSError, SyntaxError, ValueError) as exc:

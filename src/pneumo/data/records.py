@@ -13,6 +13,7 @@ and hidden files are ignored.
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -22,6 +23,8 @@ LABELS = ("NORMAL", "PNEUMONIA")
 SUBTYPES = ("normal", "bacteria", "virus")
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff"})
+
+log = logging.getLogger(__name__)
 
 _PERSON = re.compile(r"^(person\d+)_(bacteria|virus)_\d+", re.IGNORECASE)
 # IM-0115-0001, NORMAL2-IM-1427-0001, NORMAL2-IM-0173-0001-0001: the patient is the prefix up to the IM number.
@@ -67,6 +70,19 @@ def parse_file_name(name: str, label: str | None = None) -> tuple[str | None, st
     return ("normal" if label == "NORMAL" else None), stem
 
 
+def follows_kermany_naming(name: str) -> bool:
+    """True for ``personN_bacteria|virus_M`` and ``[NORMAL2-]IM-N-M`` names, whose patient id the name carries."""
+    stem = Path(name).stem
+    return bool(_PERSON.match(stem) or _IM.match(stem))
+
+
+def contradiction(label: str, subtype: str | None) -> str | None:
+    """Why ``label`` and ``subtype`` cannot both be true (NORMAL with a pneumonia subtype, or the reverse)."""
+    if subtype is not None and (label == "NORMAL") != (subtype == "normal"):
+        return f"label {label} contradicts subtype {subtype}"
+    return None
+
+
 def _is_junk(path: Path) -> bool:
     return any(part.startswith(".") or part == "__MACOSX" for part in path.parts)
 
@@ -102,6 +118,9 @@ def _records_from_layout(split_root: Path) -> list[Record]:
                 rel = path.relative_to(label_dir)
                 if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not _is_junk(rel):
                     subtype, patient = parse_file_name(path.name, label)
+                    if reason := contradiction(label, subtype):  # e.g. a person1_virus_1.jpeg filed under NORMAL/
+                        log.warning("%s: skipped, its folder's %s (from its name)", path, reason)
+                        continue
                     records.append(Record(path, split_name, label, subtype, patient))
     return records
 
@@ -125,9 +144,13 @@ def read_manifest(csv_path: Path) -> list[Record]:
             subtype = (row.get("subtype") or "").strip().lower() or parsed_subtype
             if subtype is not None and subtype not in SUBTYPES:
                 raise DatasetError(f"{csv_path}:{line_no}: subtype {subtype!r} is not one of {SUBTYPES}")
+            if reason := contradiction(label, subtype):
+                raise DatasetError(f"{csv_path}:{line_no}: {reason}")
             patient = (row.get("patient_id") or "").strip()
-            # The shared MANIFEST stores only the N of personN; the file name is the more complete source.
-            if not patient or patient.isdigit():
+            # The shared MANIFEST stores only the N of personN, and a Kermany name carries the whole id. Any other
+            # numeric id (NIH's "1" for 00000001_000.png) is the patient: replacing it would split a patient's
+            # images between train and validation.
+            if not patient or (patient.isdigit() and follows_kermany_naming(path.name)):
                 patient = parsed_patient
             split = (row.get("split") or "").strip().lower() or "test"
             if split not in SPLITS:

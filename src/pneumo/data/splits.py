@@ -30,6 +30,9 @@ def make_split(
 ) -> list[Record]:
     """Assign train/val by patient, stratified by subtype, with scikit-learn's StratifiedGroupKFold.
 
+    The validation split is one fold of ``round(1 / val_fraction)``: 0.1 gives a tenth, 0.3 a third, 0.4 a half
+    (folds keep every patient whole and every subtype in proportion, which a free fraction could not guarantee).
+
     The official test split is never touched. The official 16-image val joins the train pool unless
     ``keep_official_val`` (then it is the validation split and nothing is carved). ``exclude_test_patients`` drops
     train/val images whose patient id also occurs in test (in the Kaggle release 170 ``personN`` numbers are shared
@@ -56,6 +59,11 @@ def make_split(
     strata = [r.subtype or r.label for r in pool]
     groups = [r.patient_id for r in pool]
     n_splits = max(2, round(1.0 / val_fraction))
+    if len(set(groups)) < n_splits:
+        raise DatasetError(
+            f"val_fraction {val_fraction} needs at least {n_splits} train patients to carve a validation split by "
+            f"patient; the dataset has {len(set(groups))}"
+        )
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     _, val_idx = next(splitter.split(np.zeros(len(pool)), strata, groups))
     val_set = set(val_idx.tolist())

@@ -35,8 +35,11 @@ class Task:
         return [r for r, _ in chosen], [t for _, t in chosen]
 
     def out_of_task(self, records: Sequence[Record]) -> list[Record]:
-        """Records outside the task (e.g. NORMAL images for bacteria-virus): material for the dummy class."""
-        return [r for r in records if self.target(r) is None]
+        """Records outside the task (e.g. NORMAL images for bacteria-virus): material for the dummy class.
+
+        A PNEUMONIA image without a subtype is not outside bacteria-virus, only unlabelled for it: it is left out
+        of the task and of the dummy class alike."""
+        return [r for r in records if self.target(r) is None and r.subtype is not None]
 
 
 TASKS: dict[str, Task] = {

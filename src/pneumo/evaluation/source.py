@@ -6,6 +6,7 @@ and :mod:`pneumo.evaluation.writers` build on it.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,9 +39,7 @@ class EvalSource:
     own: bool  # the run's own dataset and split file
     records: list[Record]
 
-    @property
-    def slug(self) -> str:
-        return dataset_slug(self.source)
+    slug: str  # names the eval folder; unique for another dataset that shares the own one's folder name
 
 
 def run_records(run_dir: Path, config: Mapping[str, Any]) -> list[Record]:
@@ -54,12 +53,15 @@ def resolve_source(run_dir: Path, config: Mapping[str, Any], data: str | Path | 
     own = Path(config["data"]).expanduser().resolve()
     source = own if data is None else Path(data).expanduser().resolve()
     if source == own:
-        return EvalSource(own, dataset_root(own), True, run_records(run_dir, config))
+        return EvalSource(own, dataset_root(own), True, run_records(run_dir, config), dataset_slug(own))
     records = discover(source)
     if not any(r.split == split for r in records):
         found = sorted({r.split for r in records})
         raise DatasetError(f"{source} has no {split} split (it has: {', '.join(found)})")
-    return EvalSource(source, dataset_root(source), False, records)
+    slug = dataset_slug(source)
+    if slug == dataset_slug(own):  # /data/b/chest_xray must not overwrite (or pose as) /data/a/chest_xray's eval
+        slug = f"{slug}-{hashlib.sha1(str(source).encode()).hexdigest()[:6]}"
+    return EvalSource(source, dataset_root(source), False, records, slug)
 
 
 def training_overlap(evaluated: Sequence[Record], run_split: Sequence[Record]) -> dict[str, int]:

@@ -38,6 +38,19 @@ def _resize_float(arr: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(img, dtype=np.float32)
 
 
+OVERLAY_MAX_SIDE = 2048  # an overlay is for looking at: a 64-megapixel upload must not cost gigabytes of float RGB
+
+
+def shrink_for_overlay(gray: np.ndarray, max_side: int = OVERLAY_MAX_SIDE) -> np.ndarray:
+    """The grayscale original, scaled down (aspect kept) so that its longer side is at most ``max_side``."""
+    height, width = gray.shape
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return gray
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.BOX))
+
+
 def heatmap_to_original(heatmap: np.ndarray, height: int, width: int, contract: PreprocessContract) -> np.ndarray:
     """Undo the contract's geometry: a model-size heatmap as ``height x width`` (zero where the model saw nothing)."""
     if contract.geometry == "center-crop":

@@ -72,6 +72,15 @@ class ModelMeta:
     def from_checkpoint(cls, meta: dict[str, Any], run_dir: Path) -> ModelMeta:
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise ModelLoadError(f"{run_dir / META_FILE}: unsupported format {meta.get('format')!r}")
+        weights = run_dir / WEIGHTS_FILE
+        digest = file_sha256(weights) if weights.is_file() else ""
+        fitted_on = (meta.get("operating_point") or {}).get("weights_sha256")
+        if fitted_on and digest and not digest.startswith(fitted_on):
+            raise ModelLoadError(
+                f"{run_dir / META_FILE}: the threshold and temperature were fitted on other weights than "
+                f"{WEIGHTS_FILE} (sha256 {fitted_on}... vs {digest[:16]}...); fit them again with `pneumo evaluate "
+                f"{run_dir}`"
+            )
         try:
             return cls(
                 task=str(meta["task"]),
@@ -83,9 +92,9 @@ class ModelMeta:
                 temperature=meta.get("temperature"),
                 ood=meta.get("ood"),
                 pneumo_version=str(meta.get("pneumo_version", "")),
-                model_id=run_model_id(run_dir),
+                model_id=f"{run_dir.resolve().name}-{digest[:12] or 'noweights'}",
                 best=dict(meta.get("best") or {}),
-                metrics=read_eval_metrics(run_dir),
+                metrics=read_eval_metrics(run_dir, digest),
             )
         except (KeyError, TypeError) as exc:
             raise ModelLoadError(f"{run_dir / META_FILE}: missing or malformed field {exc}") from exc
@@ -139,19 +148,26 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def run_model_id(run_dir: Path) -> str:
-    """Run name + hash of its weights: two runs, or two trainings in one folder, never share an id."""
-    weights = run_dir / WEIGHTS_FILE
-    digest = file_sha256(weights)[:12] if weights.is_file() else "noweights"
-    return f"{run_dir.resolve().name}-{digest}"
+# Evaluation fields a model shows to its users (HTTP /v1/model, ONNX metadata): no file system paths.
+_PRIVATE_EVAL_FIELDS = ("run_dir", "plots")
 
 
-def read_eval_metrics(run_dir: Path) -> dict[str, Any]:
-    """``{"eval-test": {...}, ...}`` from the run's ``eval-*/metrics.json`` files (unreadable ones skipped)."""
+def read_eval_metrics(run_dir: Path, weights_sha256: str = "") -> dict[str, Any]:
+    """``{"eval-chest-xray-test": {...}, ...}`` from the run's ``eval-*/metrics.json`` files, without paths.
+
+    Evaluations of other weights than ``weights_sha256`` (a run resumed after it was evaluated) are left out, and
+    so are unreadable files."""
     out: dict[str, Any] = {}
     for path in sorted(run_dir.glob("eval-*/metrics.json")):
         try:
-            out[path.parent.name] = json.loads(path.read_text(encoding="utf-8"))
+            result = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
+        fitted_on = (result.get("operating_point") or {}).get("weights_sha256")
+        if fitted_on and weights_sha256 and not weights_sha256.startswith(fitted_on):
+            continue
+        public = {k: v for k, v in result.items() if k not in _PRIVATE_EVAL_FIELDS}
+        if isinstance(result.get("dataset"), dict):
+            public["dataset"] = {k: result["dataset"].get(k) for k in ("name", "own")}
+        out[path.parent.name] = public
     return out

@@ -96,7 +96,9 @@ class Predictor:
         if path.name == META_FILE:
             return cls.from_run(path.parent, **kwargs)
         if path.suffix.lower() == ".onnx" and path.is_file():
-            kwargs.pop("device", None)
+            device = str(kwargs.pop("device", "cpu"))
+            if device not in ("cpu", "auto"):  # pneumo's ONNX backend runs ONNX Runtime's CPU provider only
+                raise ModelLoadError(f"{path}: ONNX models run on the CPU; load the run folder for device={device!r}")
             return cls.from_onnx(path, **kwargs)
         raise ModelLoadError(f"{path}: neither a run folder nor an .onnx file")
 
@@ -184,7 +186,12 @@ class Predictor:
     def explain_prepared(self, image: PreparedImage, *, target: str | None = None) -> Explanation:
         if not isinstance(self.backend, TorchBackend):
             raise ExplainUnavailable("Grad-CAM needs the PyTorch run folder; this model was loaded from ONNX")
-        from pneumo.inference.gradcam import grad_cam, heatmap_to_original, overlay_png  # pulls in matplotlib
+        from pneumo.inference.gradcam import (  # pulls in matplotlib
+            grad_cam,
+            heatmap_to_original,
+            overlay_png,
+            shrink_for_overlay,
+        )
 
         if target is None:
             target = self.predict_prepared([image])[0].label
@@ -199,8 +206,9 @@ class Predictor:
                 self._cam_model.requires_grad_(True)
             model = self._cam_model
             heat = grad_cam(model, match_channels(x, model), self.class_names.index(target))
-        h, w = image.original.shape
-        overlay = overlay_png(image.original, heatmap_to_original(heat, h, w, self.meta.contract))
+        original = shrink_for_overlay(image.original)
+        h, w = original.shape
+        overlay = overlay_png(original, heatmap_to_original(heat, h, w, self.meta.contract))
         return Explanation(heat, overlay)
 
     # --- description ------------------------------------------------------------------------------------------

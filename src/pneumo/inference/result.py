@@ -30,7 +30,7 @@ class PredictionResult:
 
 class Explanation(NamedTuple):
     """Grad-CAM of one image: ``heatmap`` (float32 HxW in [0, 1] at the model size) and ``overlay_png`` (PNG bytes
-    of the heatmap over the image, at the original image size)."""
+    of the heatmap over the image, at the original image size, scaled down to at most 2048 px on its longer side)."""
 
     heatmap: np.ndarray
     overlay_png: bytes

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pneumo.data.decode import DICOM_SUFFIXES
+from pneumo.data.decode import DICOM_SUFFIXES, PIL_FORMATS
 
 T = TypeVar("T")
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file, allowed on top of the upload limit
@@ -125,7 +125,7 @@ def pixel_count(data: bytes, name: str) -> int | None:
             ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
             rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
             return rows * cols * int(ds.get("NumberOfFrames", 1) or 1)
-        with Image.open(io.BytesIO(data)) as img:  # reads the header only
+        with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as img:  # reads the header only
             width, height = img.size
             return width * height
     except Image.DecompressionBombError:

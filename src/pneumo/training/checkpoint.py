@@ -99,12 +99,16 @@ def update_run_meta(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
 
 
 def write_run_meta(run_dir: str | Path, meta: dict[str, Any]) -> None:
-    """Create or refresh ``checkpoint.json``; fields set by others (operating point, temperature, ood) are kept."""
+    """Create or refresh ``checkpoint.json``; fields set by others are kept: the OOD parameters (refitted by
+    training when the best epoch changed), and the operating point and temperature while the best weights they
+    were fitted on stay the best ones (a resumed run that finds a better epoch drops them: evaluate it again)."""
     run_dir = Path(run_dir)
     with _meta_lock(run_dir):
         path = run_dir / META_FILE
         current = json.loads(path.read_text()) if path.is_file() else {}
-        merged = {**meta, **{k: current[k] for k in ("operating_point", "temperature", "ood") if current.get(k)}}
+        same_best = current.get("best") == meta.get("best")
+        kept = ("operating_point", "temperature", "ood") if same_best else ("ood",)
+        merged = {**meta, **{k: current[k] for k in kept if current.get(k)}}
         write_json(path, merged)
 
 

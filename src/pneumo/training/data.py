@@ -101,12 +101,15 @@ def synthetic_counts(per_class: int | str, records: list[Record], task: Task, du
     if isinstance(per_class, int):
         counts = dict.fromkeys(counts, per_class)
     elif task.name == "normal-pneumonia":
-        n_normal, n_pneumonia = sub["normal"], sub["bacteria"] + sub["virus"]
+        # Counted by label: a PNEUMONIA image without a subtype still counts; the deficit is shared by the known
+        # subtypes in their proportion (evenly when none is known).
+        labels = Counter(r.label for r in train)
+        n_normal, n_pneumonia = labels["NORMAL"], labels["PNEUMONIA"]
         if n_normal < n_pneumonia:
             counts["normal"] = n_pneumonia - n_normal
         else:
-            deficit = n_normal - n_pneumonia
-            counts["bacteria"] = round(deficit * sub["bacteria"] / max(1, n_pneumonia))
+            deficit, known = n_normal - n_pneumonia, sub["bacteria"] + sub["virus"]
+            counts["bacteria"] = round(deficit * (sub["bacteria"] / known if known else 0.5))
             counts["virus"] = deficit - counts["bacteria"]
     else:
         classes = ("normal", "bacteria", "virus") if task.name == "normal-bacteria-virus" else ("bacteria", "virus")

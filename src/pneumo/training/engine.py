@@ -64,6 +64,10 @@ def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, step, rank]).generate_state(1)[0])
 
 
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite: the run stops with a message instead of training on garbage."""
+
+
 @dataclass
 class Progress:
     """Everything the loop needs to continue where it stopped (saved as JSON with the state tensors)."""
@@ -267,7 +271,7 @@ class Trainer:
         self._flush_losses()
         if not self.main:
             return
-        ckpt.save_weights(self.run_dir / "last.safetensors", self.model, {"epoch": self.progress.epoch})
+        ckpt.save_weights(self.run_dir / "last.safetensors", self.model, {"epoch": self._last_epoch()})
         opt_tensors, opt_info = ckpt.optimizer_to_parts(self.optimizer)
         rng_tensors, rng_info = ckpt.capture_rng()
         tensors = {f"model.{k}": v for k, v in ckpt.model_state(self.model).items()}
@@ -284,10 +288,14 @@ class Trainer:
         ckpt.save_state(self.run_dir, tensors, info)
         self._write_meta()
 
+    def _last_epoch(self) -> int:
+        """The epoch the current weights come from (a step checkpoint inside an epoch counts as that epoch)."""
+        p = self.progress
+        return p.epoch - 1 if p.step_in_epoch == 0 else p.epoch
+
     def _write_meta(self) -> None:
         p = self.progress
-        last_epoch = p.epoch - 1 if p.step_in_epoch == 0 else p.epoch
-        ckpt.write_run_meta(self.run_dir, run_meta(self.cfg, self.data, p.best_epoch, p.best_auc, last_epoch))
+        ckpt.write_run_meta(self.run_dir, run_meta(self.cfg, self.data, p.best_epoch, p.best_auc, self._last_epoch()))
 
     # --- loop -----------------------------------------------------------------------------------------------------
     def fit(self) -> Progress:
@@ -414,10 +422,17 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         loss_sum, samples = ddp.all_reduce_mean([p.epoch_loss_sum, float(p.epoch_samples)], self.dist, self.device)
         metrics = self.validate()
+        train_loss = loss_sum / max(1.0, samples)
+        if not math.isfinite(train_loss) or math.isnan(metrics["val_loss"]):
+            raise TrainingDivergedError(
+                f"training diverged in epoch {p.epoch} (train loss {train_loss}, validation loss "
+                f"{metrics['val_loss']}): lower the learning rate or set grad_clip; best.safetensors still holds "
+                f"epoch {p.best_epoch}"
+            )
         images_per_s = self._epoch_images * self.dist.world / max(1e-9, self._train_seconds)
         record = {
             "epoch": p.epoch,
-            "train_loss": loss_sum / max(1.0, samples),
+            "train_loss": train_loss,
             **metrics,
             "lr": self.optimizer.param_groups[0]["lr"],
             "images_per_s": images_per_s,

@@ -114,6 +114,8 @@ def val_metrics(logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
     t_logits = torch.from_numpy(np.asarray(logits, dtype=np.float32))
     t_targets = torch.from_numpy(np.asarray(targets, dtype=np.int64))
     loss = float(F.cross_entropy(t_logits, t_targets))
+    if not torch.isfinite(t_logits).all():  # a diverged model: every metric is undefined (the engine stops)
+        return {"val_loss": math.nan, "val_auc": math.nan, "val_accuracy": math.nan}
     probs = torch.softmax(t_logits, dim=1).numpy().astype(np.float64)
     accuracy = float((probs.argmax(1) == targets).mean())
     return {"val_loss": loss, "val_auc": roc_auc(targets, probs), "val_accuracy": accuracy}

@@ -1,0 +1,58 @@
+"""The decoder's edge cases: colour arrays, EXIF orientation, refused formats, non-finite pixels."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumo.data.decode import ImageDecodeError, decode_bytes, decode_image
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_colour_arrays_decode_like_the_same_image_from_a_file() -> None:
+    rng = np.random.default_rng(0)
+    gray = rng.integers(30, 200, (24, 20), dtype=np.uint8)  # a narrow range: a min..max stretch would show
+    rgb = np.stack([gray, np.clip(gray.astype(int) + 10, 0, 255).astype(np.uint8), gray], axis=-1)
+    rgba = np.concatenate([rgb, np.full((24, 20, 1), 255, np.uint8)], axis=-1)
+    for arr in (rgb, rgba):
+        from_file = decode_image(_png(Image.fromarray(arr)))
+        np.testing.assert_array_equal(decode_image(arr), from_file)
+    assert decode_image(rgb).min() >= 30 and decode_image(rgb).max() <= 215
+    # float RGB in [0, 1] uses the same luma weights (up to rounding)
+    as_float = decode_image(rgb.astype(np.float64) / 255.0).astype(int)
+    assert np.abs(as_float - decode_image(rgb).astype(int)).max() <= 1
+
+
+def test_exif_orientation_turns_the_image_upright() -> None:
+    img = Image.fromarray(np.tile(np.arange(80, dtype=np.uint8), (40, 1)))  # 80 wide, 40 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif.tobytes(), quality=95)
+    assert decode_image(buf.getvalue()).shape == (80, 40)
+
+
+def test_formats_other_than_the_supported_rasters_are_refused() -> None:
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    with pytest.raises(ImageDecodeError, match=r"x\.png: not a supported image format"):
+        decode_bytes(eps, "x.png")
+    gif = io.BytesIO()
+    Image.new("L", (8, 8)).save(gif, "GIF")
+    with pytest.raises(ImageDecodeError, match="not a supported image format"):
+        decode_image(gif.getvalue())
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_pixels_are_an_error_not_a_black_image(bad: float) -> None:
+    arr = np.linspace(0, 2, 64, dtype=np.float32).reshape(8, 8)
+    arr[3, 3] = bad
+    with pytest.raises(ImageDecodeError, match="<array>: image contains NaN or infinite values"):
+        decode_image(arr)

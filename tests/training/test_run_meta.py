@@ -1,0 +1,50 @@
+"""checkpoint.json across resumes, the epoch stored with last.safetensors, and a diverging run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from pneumo.training import read_run_meta, train
+from pneumo.training.checkpoint import update_run_meta, write_run_meta
+from pneumo.training.engine import TrainingDivergedError
+from pneumo.training.predict import val_metrics
+
+
+def test_calibration_is_kept_while_the_best_weights_stay_and_dropped_when_they_change(tmp_path: Path) -> None:
+    base = {"format": 1, "task": "normal-pneumonia", "best": {"epoch": 3, "val_auc": 0.9}, "last": {"epoch": 3}}
+    write_run_meta(tmp_path, base)
+    op = {"threshold": 0.42, "weights_sha256": "abc"}
+    update_run_meta(tmp_path, operating_point=op, temperature=1.5, ood={"method": "mahalanobis"})
+
+    write_run_meta(tmp_path, {**base, "last": {"epoch": 5}})  # resumed, no better epoch
+    meta = read_run_meta(tmp_path)
+    assert (meta["operating_point"], meta["temperature"], meta["last"]) == (op, 1.5, {"epoch": 5})
+
+    write_run_meta(tmp_path, {**base, "best": {"epoch": 7, "val_auc": 0.95}, "last": {"epoch": 7}})
+    meta = read_run_meta(tmp_path)
+    assert "operating_point" not in meta and "temperature" not in meta  # fitted on epoch 3's weights
+    assert meta["ood"] == {"method": "mahalanobis"}  # training refits OOD itself when the best epoch changes
+
+
+def test_last_weights_record_the_epoch_they_come_from(make_cfg) -> None:
+    run = train(make_cfg(epochs=2))
+    with safe_open(run / "last.safetensors", "pt") as f:
+        stored = json.loads(f.metadata()["meta"])
+    assert stored["epoch"] == read_run_meta(run)["last"]["epoch"] == 2
+
+
+def test_non_finite_validation_logits_give_undefined_metrics() -> None:
+    logits = np.array([[0.0, 1.0], [np.nan, 0.0], [2.0, 0.0]])
+    metrics = val_metrics(logits, np.array([1, 0, 0]))
+    assert all(math.isnan(v) for v in metrics.values())
+
+
+def test_a_diverging_run_stops_with_a_clear_message(make_cfg) -> None:
+    with pytest.raises(TrainingDivergedError, match=r"training diverged in epoch 1.*learning rate"):
+        train(make_cfg("lr=1e30", "grad_clip=null"))
