@@ -71,7 +71,7 @@ def test_transfer_loads_backbone_and_skips_other_head(
         torch.save({"state_dict": source.state_dict(), "epoch": 3}, path)  # a common checkpoint layout
     with caplog.at_level(logging.INFO, logger="pneumo.models.weights"):
         target = get_model(name, num_classes=3, weights=path)
-    assert "head shape differs" in caplog.text
+    assert "kept a fresh head" in caplog.text
     src_state, dst_state = source.state_dict(), target.state_dict()
     for key, value in src_state.items():
         if key.startswith("head."):
@@ -88,6 +88,20 @@ def test_same_head_loads_everything(tmp_path: Path) -> None:
     target = get_model("cnn", num_classes=3, weights=save_weights(source, tmp_path / "w.safetensors"))
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value)
+
+
+def test_load_head_false_keeps_a_fresh_head_of_the_same_shape(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = get_model("cnn", num_classes=2)
+    _randomise(source)
+    path = save_weights(source, tmp_path / "w.safetensors")
+    torch.manual_seed(1)
+    fresh = get_model("cnn", num_classes=2)
+    torch.manual_seed(1)
+    target = get_model("cnn", num_classes=2, weights=path, load_head=False)
+    for key, value in target.state_dict().items():
+        expected = fresh.state_dict()[key] if key.startswith("head.") else source.state_dict()[key]
+        assert torch.equal(value, expected), key
 
 
 def test_run_folder_prefers_best_then_last(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from safetensors import safe_open
 
 from pneumo.training import read_run_meta, train
 from pneumo.training.checkpoint import update_run_meta, write_run_meta
+from pneumo.training.data import source_has_same_outputs
 from pneumo.training.engine import TrainingDivergedError
 from pneumo.training.predict import val_metrics
 
@@ -48,3 +49,17 @@ def test_non_finite_validation_logits_give_undefined_metrics() -> None:
 def test_a_diverging_run_stops_with_a_clear_message(make_cfg) -> None:
     with pytest.raises(TrainingDivergedError, match=r"training diverged in epoch 1.*learning rate"):
         train(make_cfg("lr=1e30", "grad_clip=null"))
+
+
+def test_a_source_run_for_other_classes_gives_no_head(tmp_path: Path) -> None:
+    run = tmp_path / "normal-pneumonia-run"
+    run.mkdir()
+    (run / "best.safetensors").write_bytes(b"")
+    (run / "checkpoint.json").write_text(json.dumps({"class_names": ["NORMAL", "PNEUMONIA"], "dummy_class": False}))
+    for weights in (run, run / "best.safetensors"):
+        assert source_has_same_outputs(weights, ("NORMAL", "PNEUMONIA"), False)
+        assert not source_has_same_outputs(weights, ("bacteria", "virus"), False)
+        assert not source_has_same_outputs(weights, ("NORMAL", "PNEUMONIA"), True)
+    bare = tmp_path / "w.safetensors"
+    bare.write_bytes(b"")
+    assert source_has_same_outputs(bare, ("bacteria", "virus"), False)  # no metadata: the shapes decide

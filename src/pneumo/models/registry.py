@@ -51,13 +51,15 @@ def get_model(
     in_chans: int = 1,
     weights: str | Path | None = None,
     drop_rate: float = 0.2,
+    load_head: bool = True,
     **kwargs: Any,
 ) -> PneumoNet:
     """Build model ``name`` for ``num_classes`` outputs (task classes + dummy classes, if any).
 
     ``weights``: ``None``/``"none"`` (random init), ``"imagenet"`` (torchvision ResNet/DenseNet only; downloads on
     first use), or a path to a ``.safetensors``/``.pth``/``.pt`` state dict or a pneumo run folder (its
-    ``best.safetensors``, else ``last.safetensors``): matching weights load, a head of another shape is skipped.
+    ``best.safetensors``, else ``last.safetensors``): matching weights load, a head of another shape is skipped,
+    and so is any head with ``load_head=False``.
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
@@ -69,7 +71,7 @@ def get_model(
     )
     model.arch = name
     if isinstance(spec, Path):
-        load_weights(model, spec)
+        load_weights(model, spec, load_head=load_head)
     return model
 
 

@@ -8,7 +8,9 @@ the gray image with one mean/std for all channels, e.g. ImageNet's channel avera
 equivalence to hold.) The reverse (1-channel weights into a 3-channel model) divides the kernel by 3 and repeats it.
 
 Transfer between tasks (e.g. normal-pneumonia -> bacteria-virus) loads a previous run's backbone: a head whose shape
-differs is skipped (and logged), the rest must match.
+differs is skipped (and logged), the rest must match. ``load_head=False`` keeps a fresh head even when the shapes
+agree: training passes it when the source run was trained for other classes (its NORMAL/PNEUMONIA outputs are no
+starting point for bacteria/virus).
 """
 
 from __future__ import annotations
@@ -133,8 +135,9 @@ def _normalise_keys(state: dict[str, Tensor], classifier: str) -> dict[str, Tens
     return state
 
 
-def load_weights(model: nn.Module, source: str | Path | dict[str, Tensor]) -> LoadReport:
-    """Load matching weights into ``model``; adapt the first conv's channels; skip a head of another shape.
+def load_weights(model: nn.Module, source: str | Path | dict[str, Tensor], *, load_head: bool = True) -> LoadReport:
+    """Load matching weights into ``model``; adapt the first conv's channels; skip a head of another shape (or any
+    head, with ``load_head=False``).
 
     Raises ``ValueError`` when nothing matched or when a backbone tensor has an incompatible shape (weights of
     another architecture). Missing and unexpected keys are logged as warnings and listed in the report.
@@ -154,7 +157,9 @@ def load_weights(model: nn.Module, source: str | Path | dict[str, Tensor]) -> Lo
             report.unexpected.append(key)
             continue
         target = own[key]
-        if value.shape == target.shape:
+        if key.startswith("head.") and not load_head:
+            report.skipped_head.append(key)
+        elif value.shape == target.shape:
             to_load[key] = value
             report.loaded.append(key)
         elif key == f"{first_conv}.weight" and value.shape[:1] + value.shape[2:] == target.shape[:1] + target.shape[2:]:
@@ -179,7 +184,7 @@ def _log_report(report: LoadReport) -> None:
     if report.adapted:
         log.info("adapted the first convolution's input channels: %s", ", ".join(report.adapted))
     if report.skipped_head:
-        log.info("head shape differs, kept a fresh head: skipped %s", ", ".join(report.skipped_head))
+        log.info("kept a fresh head (other shape or other classes): skipped %s", ", ".join(report.skipped_head))
     if report.missing:
         log.warning("%d keys missing from %s: %s", len(report.missing), report.source, _short(report.missing))
     if report.unexpected:

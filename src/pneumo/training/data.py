@@ -8,8 +8,10 @@ seeded from (seed, epoch), whose draws are then sharded over ranks the way ``Dis
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +145,18 @@ def with_synthetic(
             subtype, patient = parse_file_name(path.name)
             extra.append(Record(path, "train", path.parent.name, subtype, patient))
     return records + sorted(extra, key=lambda r: str(r.path))
+
+
+def source_has_same_outputs(weights: str | Path, class_names: Sequence[str], dummy_class: bool) -> bool:
+    """Whether a source run was trained for these outputs (same classes, same dummy class), so that its head is a
+    starting point; a bare weights file without ``checkpoint.json`` beside it counts as the same (its head loads
+    when its shape fits)."""
+    path = Path(weights)
+    meta_path = (path if path.is_dir() else path.parent) / "checkpoint.json"
+    if not meta_path.is_file():
+        return True
+    meta = json.loads(meta_path.read_text())
+    return list(meta.get("class_names") or []) == list(class_names) and bool(meta.get("dummy_class")) == dummy_class
 
 
 @dataclass

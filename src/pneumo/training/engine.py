@@ -50,6 +50,7 @@ from pneumo.training.data import (
     collate_batch,
     resident_bytes,
     shard,
+    source_has_same_outputs,
 )
 from pneumo.training.optim import add_unfrozen_group, build_optimizer, lr_factor, set_lr
 from pneumo.training.predict import autocast_for, predict_rows, val_metrics
@@ -168,6 +169,7 @@ class Trainer:
             in_chans=1,
             weights=weights,
             drop_rate=cfg.drop_rate,
+            load_head=weights is None or source_has_same_outputs(weights, self.task.class_names, cfg.dummy_class),
             **cfg.model_kwargs,
         )
         apply_freeze(model, cfg.freeze)
