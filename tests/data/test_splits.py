@@ -45,6 +45,9 @@ def test_val_is_patient_disjoint_stratified_and_seeded() -> None:
 def test_keep_official_val() -> None:
     split = make_split(_records(), keep_official_val=True)
     assert [r.patient_id for r in split if r.split == "val"] == ["v0"]
+    leaky = [*_records(), Record(Path("/d/val/NORMAL/p0_9.jpeg"), "val", "NORMAL", "normal", "p0")]
+    with pytest.raises(DatasetError, match=r"val split shares 1 patient\(s\) with train \(p0\)"):
+        make_split(leaky, keep_official_val=True)
 
 
 def test_exclude_test_patients_drops_only_train_images_of_test_patients() -> None:

@@ -51,7 +51,15 @@ def make_split(
         official_val = [r for r in records if r.split == "val"]
         if not official_val:
             raise DatasetError("keep_official_val was asked for, but the dataset has no val split")
-        return [*(r for r in records if r.split == "train"), *official_val, *test]
+        train = [r for r in records if r.split == "train"]
+        shared = sorted({r.patient_id for r in train} & {r.patient_id for r in official_val})
+        if shared:
+            raise DatasetError(
+                f"the dataset's own val split shares {len(shared)} patient(s) with train ({', '.join(shared[:5])}"
+                f"{' ...' if len(shared) > 5 else ''}): it would not validate on unseen patients; drop "
+                "keep_official_val to carve one by patient"
+            )
+        return [*train, *official_val, *test]
 
     pool = [r for r in records if r.split in ("train", "val")]
     if not pool:
