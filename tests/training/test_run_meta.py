@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors import safe_open
 
 from pneumo.training import read_run_meta, train
-from pneumo.training.checkpoint import update_run_meta, write_run_meta
+from pneumo.training.checkpoint import capture_rng, restore_rng, update_run_meta, write_run_meta
 from pneumo.training.data import source_has_same_outputs
 from pneumo.training.engine import TrainingDivergedError
 from pneumo.training.predict import val_metrics
@@ -63,3 +64,23 @@ def test_a_source_run_for_other_classes_gives_no_head(tmp_path: Path) -> None:
     bare = tmp_path / "w.safetensors"
     bare.write_bytes(b"")
     assert source_has_same_outputs(bare, ("bacteria", "virus"), False)  # no metadata: the shapes decide
+
+
+def test_cuda_rng_state_is_saved_and_restored_for_the_device_this_rank_trains_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two GPUs: rank 0 saves the state of device 0; rank 1, on device 1, must restore it onto device 1 (the states
+    # of other devices in rank 0's process were never drawn from).
+    states = {0: torch.tensor([7], dtype=torch.uint8), 1: torch.tensor([1], dtype=torch.uint8)}
+    restored: dict[int, torch.Tensor] = {}
+    device = {"current": 0}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: device["current"])
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda d: states[d])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, d: restored.__setitem__(d, state))
+    tensors, info = capture_rng()
+    assert torch.equal(tensors["rng.cuda"], states[0]) and not any(k.startswith("rng.cuda.") for k in tensors)
+    device["current"] = 1
+    restore_rng(tensors, info)
+    assert list(restored) == [1] and torch.equal(restored[1], states[0])

@@ -142,8 +142,10 @@ def _b64(array: np.ndarray) -> str:
 def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
+        # Only the device this process trains on (rank 0 saves). Every rank seeds alike and draws alike, so each
+        # rank restores this state onto its own device; the states of devices other ranks use were never drawn
+        # from in rank 0's process and would reset their dropout streams.
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, py_state, py_gauss = random.getstate()
     info = {
@@ -155,9 +157,10 @@ def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 def restore_rng(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
     torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+    # "rng.cuda.0": checkpoints written before the per-device state (single-GPU runs restore the same way).
+    cuda = tensors.get("rng.cuda", tensors.get("rng.cuda.0"))
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda, torch.cuda.current_device())
     n = info["numpy"]
     keys = np.frombuffer(base64.b64decode(n["keys"]), dtype=np.uint32)
     np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["gauss"]))
