@@ -9,11 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 
+from pneumo.data.preprocess import PreprocessContract
+from pneumo.data.records import Record
 from pneumo.training import read_run_meta, train
 from pneumo.training.checkpoint import capture_rng, restore_rng, update_run_meta, write_run_meta
-from pneumo.training.data import source_has_same_outputs
+from pneumo.training.data import source_has_same_outputs, warn_if_geometry_is_moot
 from pneumo.training.engine import TrainingDivergedError
 from pneumo.training.predict import val_metrics
 
@@ -84,3 +87,21 @@ def test_cuda_rng_state_is_saved_and_restored_for_the_device_this_rank_trains_on
     device["current"] = 1
     restore_rng(tensors, info)
     assert list(restored) == [1] and torch.equal(restored[1], states[0])
+
+
+def test_letterbox_on_square_training_images_is_flagged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    def records(size: tuple[int, int]) -> list[Record]:
+        out = []
+        for i in range(3):
+            path = tmp_path / f"{size[0]}x{size[1]}-{i}.png"
+            Image.new("L", size).save(path)
+            out.append(Record(path, "train", "NORMAL", "normal", f"p{i}"))
+        return out
+
+    square, wide = records((32, 32)), records((48, 32))
+    letterbox = PreprocessContract(image_size=32, geometry="letterbox")
+    with caplog.at_level("WARNING", logger="pneumo.training.data"):
+        assert warn_if_geometry_is_moot(square, letterbox)
+    assert "square already" in caplog.text and "letterboxed" in caplog.text
+    assert not warn_if_geometry_is_moot(wide, letterbox)
+    assert not warn_if_geometry_is_moot(square, PreprocessContract(image_size=32))  # squash: nothing to say

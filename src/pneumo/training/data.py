@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler, WeightedRandomSampler
 
 from pneumo.data.dataset import SplitData, build_split
@@ -167,9 +168,38 @@ class TrainData:
     dummy_from_data: bool  # dummy-class images come from out-of-task records (else: made on the fly)
 
 
+def warn_if_geometry_is_moot(records: Sequence[Record], contract: PreprocessContract, sample: int = 64) -> bool:
+    """Warn (and return True) when a crop or letterbox geometry meets training images that are all square already.
+
+    The common 224 px copies of Kermany were squashed: cropping or padding them changes nothing in training, while
+    prediction on the non-square originals crops or pads for real, so training and serving would see different
+    geometry. Reads image headers only, of an evenly spaced sample of the training images."""
+    if contract.geometry == "squash":
+        return False
+    train = [r for r in records if r.split == "train"]
+    sizes = set()
+    for r in train[:: max(1, len(train) // sample)][:sample]:
+        try:
+            with Image.open(r.path) as img:
+                sizes.add(img.size[0] == img.size[1])
+        except (OSError, ValueError):  # unreadable or DICOM: the cache build reports it; no verdict from it here
+            continue
+    if sizes == {True}:
+        log.warning(
+            "geometry=%s, but the training images are square already (e.g. the squashed 224 px copies): training "
+            "sees squashed images while predictions on non-square originals are %s; train on the originals, or "
+            "use geometry=squash",
+            contract.geometry,
+            "letterboxed" if contract.geometry == "letterbox" else "center-cropped",
+        )
+        return True
+    return False
+
+
 def build_train_data(cfg: TrainConfig, records: list[Record], task: Task, *, progress: bool) -> TrainData:
     """Cache and load the train and validation splits (never test)."""
     contract = contract_for(cfg)
+    warn_if_geometry_is_moot(records, contract)
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else None
     train = build_split(
         "train", records, task, contract, cache_root=cache_root, progress=progress, include_out_of_task=cfg.dummy_class
