@@ -39,7 +39,10 @@ def _roc_counts(y_bin: np.ndarray, score: np.ndarray, weights: np.ndarray) -> tu
 
 def ranking_scores(y_bin: np.ndarray, score: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ROC AUC, average precision) per weight row, for binary labels ``y_bin`` and scores ``score``."""
-    tps0, fps0 = _roc_counts(y_bin, score, weights)
+    return _ranking_from_counts(*_roc_counts(y_bin, score, weights))
+
+
+def _ranking_from_counts(tps0: np.ndarray, fps0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     tps, fps = tps0[:, 1:], fps0[:, 1:]
     total_pos, total_neg = tps[:, -1], fps[:, -1]
     area = np.sum(np.diff(fps0, axis=1) * (tps0[:, 1:] + tps0[:, :-1]) / 2.0, axis=1)
@@ -51,11 +54,10 @@ def ranking_scores(y_bin: np.ndarray, score: np.ndarray, weights: np.ndarray) ->
     return auc, ap
 
 
-def roc_points(
-    y_bin: np.ndarray, score: np.ndarray, weights: np.ndarray, level: float, tolerance: float
+def _roc_points_from_counts(
+    tps0: np.ndarray, fps0: np.ndarray, level: float, tolerance: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`pneumo.evaluation.metrics.roc_points` per weight row (same arithmetic: rates as count / total)."""
-    tps0, fps0 = _roc_counts(y_bin, score, weights)
     total_pos, total_neg = tps0[:, -1:], fps0[:, -1:]
     defined = (total_pos[:, 0] > 0) & (total_neg[:, 0] > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -78,8 +80,9 @@ def binary(
     fp, tn = _counts(weights, ~pos & pred), _counts(weights, ~pos & ~pred)
     total = tp + fn + fp + tn
     sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
-    auc, ap = ranking_scores(pos, p_pos, weights)
-    sensitivity_at, specificity_at = roc_points(pos, p_pos, weights, roc_level, roc_tolerance)
+    counts = _roc_counts(pos, p_pos, weights)  # one sort and cumulative sum for the AUC, AP and ROC points
+    auc, ap = _ranking_from_counts(*counts)
+    sensitivity_at, specificity_at = _roc_points_from_counts(*counts, roc_level, roc_tolerance)
     clipped = np.clip(p_pos, _EPS, 1 - _EPS)
     nll = -np.where(pos, np.log(clipped), np.log1p(-clipped))
     return {

@@ -47,12 +47,17 @@ def resolve_split(cfg: TrainConfig) -> list[Record]:
     )
 
 
+def _run_folder(weights: str | Path) -> Path:
+    """The folder of ``weights``: a run folder itself, or the folder holding a weights file."""
+    path = Path(weights)
+    return path if path.is_dir() else path.parent
+
+
 def source_runs(cfg: TrainConfig) -> list[Path]:
     """The pneumo run folders this run inherits from: ``weights`` (a run folder or a file in one) and the GAN run."""
     found = []
     if cfg.weights not in ("none", "imagenet"):
-        weights = Path(cfg.weights)
-        found.append(weights if weights.is_dir() else weights.parent)
+        found.append(_run_folder(cfg.weights))
     if cfg.synthetic.enabled:
         found.append(Path(str(cfg.synthetic.from_run)))
     return [run for run in found if (run / "split.csv").is_file()]
@@ -152,8 +157,7 @@ def source_has_same_outputs(weights: str | Path, class_names: Sequence[str], dum
     """Whether a source run was trained for these outputs (same classes, same dummy class), so that its head is a
     starting point; a bare weights file without ``checkpoint.json`` beside it counts as the same (its head loads
     when its shape fits)."""
-    path = Path(weights)
-    meta_path = (path if path.is_dir() else path.parent) / "checkpoint.json"
+    meta_path = _run_folder(weights) / "checkpoint.json"
     if not meta_path.is_file():
         return True
     meta = json.loads(meta_path.read_text())
