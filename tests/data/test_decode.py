@@ -1,4 +1,4 @@
-"""The decoder's edge cases: colour arrays, EXIF orientation, refused formats, non-finite pixels."""
+"""The decoder's edge cases: colour arrays, EXIF orientation, refused formats, non-finite pixels, odd pixel modes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo.data.decode import ImageDecodeError, decode_bytes, decode_image
+from pneumo.data.decode import ImageDecodeError, decode_bytes, decode_image, pil_to_gray
 
 
 def _png(img: Image.Image) -> bytes:
@@ -56,3 +56,17 @@ def test_non_finite_pixels_are_an_error_not_a_black_image(bad: float) -> None:
     arr[3, 3] = bad
     with pytest.raises(ImageDecodeError, match="<array>: image contains NaN or infinite values"):
         decode_image(arr)
+
+
+def test_a_lab_tiff_decodes_to_its_lightness_band() -> None:
+    lightness = np.tile(np.arange(0, 240, 10, dtype=np.uint8), (6, 1))
+    zeros = np.zeros_like(lightness)
+    lab = Image.merge("LAB", [Image.fromarray(band) for band in (lightness, zeros, zeros)])
+    buf = io.BytesIO()
+    lab.save(buf, "TIFF")
+    np.testing.assert_array_equal(decode_bytes(buf.getvalue(), "lab.tif"), lightness)
+
+
+def test_a_mode_without_a_grayscale_conversion_is_named_not_called_corrupt() -> None:
+    with pytest.raises(ImageDecodeError, match=r"x: pixel mode La cannot be converted to grayscale"):
+        pil_to_gray(Image.new("La", (4, 4)), "x")

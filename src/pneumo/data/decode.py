@@ -88,8 +88,13 @@ def pil_to_gray(img: Image.Image, name: str = "<PIL image>") -> np.ndarray:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, rgba)
+    if img.mode == "LAB":  # its L band is the lightness; Pillow cannot convert LAB to L directly
+        img = img.getchannel("L")
     if img.mode != "L":
-        img = img.convert("L")
+        try:
+            img = img.convert("L")
+        except ValueError as exc:
+            raise ImageDecodeError(name, f"pixel mode {img.mode} cannot be converted to grayscale ({exc})") from exc
     return np.asarray(img, dtype=np.uint8)
 
 
