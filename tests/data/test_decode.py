@@ -70,3 +70,33 @@ def test_a_lab_tiff_decodes_to_its_lightness_band() -> None:
 def test_a_mode_without_a_grayscale_conversion_is_named_not_called_corrupt() -> None:
     with pytest.raises(ImageDecodeError, match=r"x: pixel mode La cannot be converted to grayscale"):
         pil_to_gray(Image.new("La", (4, 4)), "x")
+
+
+def _reference_stretch(arr: np.ndarray) -> np.ndarray:
+    values = arr.astype(np.float64)
+    lo, hi = values.min(), values.max()
+    return np.round((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+@pytest.mark.parametrize("dtype", ["<u2", ">u2", "<i2", ">i2", "i1", "<i4", "<f4", "<f8"])
+def test_deep_images_stretch_exactly_like_a_float64_computation(dtype: str) -> None:
+    rng = np.random.default_rng(1)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    low, high = (info.min, info.max) if info is not None and info.bits <= 16 else (-70_000, 90_000)
+    arr = rng.integers(low, high, (1100, 1000), endpoint=True).astype(dtype)  # over two blocks of pixels
+    np.testing.assert_array_equal(decode_image(arr), _reference_stretch(arr))
+
+
+def test_a_16_bit_png_decodes_without_a_float_copy_of_the_image() -> None:
+    import tracemalloc
+
+    rng = np.random.default_rng(2)
+    arr = rng.integers(0, 4096, (2000, 2000), dtype=np.uint16)
+    tracemalloc.start()
+    try:
+        out = decode_image(arr)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(out, _reference_stretch(arr))
+    assert peak < 2.5 * arr.size  # the uint8 result and a 65,536-entry table; a float64 copy alone is 8 bytes a pixel

@@ -101,3 +101,30 @@ def test_export_then_predict_with_onnx(cli: typer.Typer, run: Path, images: Path
     assert json.loads(pred.stdout)[0]["label"] == Predictor.load(run).predict(images / "a.png").label
     no_cam = CliRunner().invoke(cli, ["predict", str(out), str(images / "a.png"), "--cam", str(tmp_path)])
     assert no_cam.exit_code == 2 and "Grad-CAM is not available for ONNX" in no_cam.stderr
+
+
+def test_predict_skips_a_dicom_with_a_broken_window(cli: typer.Typer, run: Path, tmp_path: Path) -> None:
+    import pydicom
+
+    Image.fromarray(xray_like(seed=5)).save(tmp_path / "good.png")
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(xray_like(seed=6).astype(np.uint16))))
+    ds.WindowCenter, ds.WindowWidth = 100, 0  # a zero window width: pydicom's VOI LUT raises ValueError
+    ds.save_as(tmp_path / "broken.dcm", enforce_file_format=True)
+    result = CliRunner().invoke(cli, ["predict", str(run), str(tmp_path), "--format", "csv"])
+    assert result.exit_code == 1
+    assert f"error: {tmp_path / 'broken.dcm'}: cannot apply the DICOM rescale or window" in result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [r["file"] for r in rows] == [str(tmp_path / "good.png")]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--timeout", "0"], "--timeout"),
+        (["--max-upload-mb", "-1"], "--max-upload-mb"),
+        (["--max-pixels", str(10**12)], "above Pillow's own limit"),
+    ],
+)
+def test_serve_refuses_settings_that_cannot_work(cli: typer.Typer, run: Path, options: list, message: str) -> None:
+    result = CliRunner().invoke(cli, ["serve", str(run), *options])
+    assert result.exit_code == 2 and message in result.output

@@ -275,3 +275,10 @@ def test_predictor_uses_channels_last_and_eval_mode(predictor: Predictor) -> Non
     assert not model.training
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_run_folder_loads_with_device_auto(fake_run: Path) -> None:
+    predictor = Predictor.load(fake_run, device="auto")
+    assert predictor.backend.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ModelLoadError, match="device must be auto, cpu, cuda or cuda:N"):
+        Predictor.load(fake_run, device="gpu")

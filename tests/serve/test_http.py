@@ -125,6 +125,12 @@ def _bad_requests() -> dict[str, tuple[dict, int, str, str]]:
             "unsupported_media_type",
             "",
         ),
+        "look-alike content type": (
+            {"content": b"x", "headers": {"content-type": "multipart/form-dataX; boundary=b"}},
+            415,
+            "unsupported_media_type",
+            "multipart/form-dataX",
+        ),
         "missing file field": ({"files": {"image": ("a.png", png_bytes())}}, 422, "missing_file", "'file'"),
         "file as text field": ({"data": {"file": "hello"}, "files": {"x": ("x", b"1")}}, 422, "missing_file", "text"),
         "truncated jpeg": (
@@ -308,3 +314,65 @@ def test_app_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         assert resp.status_code == 413 and resp.json()["error"] == "image_too_large"
     finally:
         server.stop()
+
+
+def test_uploads_beyond_the_waiting_room_get_503_at_once(tmp_path: Path) -> None:
+    app = create_app(make_fake_run(tmp_path), max_concurrency=1, max_waiting=1, timeout_s=30)
+    predictor = app.state.predictor
+    real, entered, release = predictor.predict_prepared, threading.Event(), threading.Event()
+
+    def held(images):  # the model answers only when the test says so
+        entered.set()
+        release.wait(20)
+        return real(images)
+
+    def post() -> int:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            return upload(c, png_bytes()).status_code
+
+    predictor.predict_prepared = held
+    server = start_server(app)
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            running = pool.submit(post)
+            assert entered.wait(10)  # the one inference slot is taken
+            waiting = pool.submit(post)
+            deadline = time.monotonic() + 10
+            while _in_flight(app) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert _in_flight(app) == 2  # one running, one in the waiting room
+            with httpx.Client(base_url=server.url, timeout=5) as c:
+                started = time.monotonic()
+                resp = upload(c, png_bytes())
+                assert resp.status_code == 503 and resp.json()["error"] == "busy"
+                assert resp.headers["retry-after"] == "1" and time.monotonic() - started < 2
+                assert c.get("/healthz").status_code == 200  # only uploads are counted
+            release.set()
+            assert running.result() == 200 and waiting.result() == 200
+        assert _in_flight(app) == 0 and post() == 200
+    finally:
+        release.set()
+        server.stop()
+
+
+def _in_flight(app) -> int:
+    from pneumo.serve.guards import InFlightLimitMiddleware
+
+    layer = app.middleware_stack
+    while layer is not None and not isinstance(layer, InFlightLimitMiddleware):
+        layer = getattr(layer, "app", None)
+    return layer.in_flight if layer is not None else -1
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ({"max_pixels": 10**12}, "above Pillow's own limit"),
+        ({"max_pixels": 0}, "pixel limit must be positive"),
+        ({"max_upload_mb": 0}, "upload limit must be positive"),
+        ({"max_waiting": -1}, "max_waiting >= 0"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused(tmp_path: Path, limits: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        create_app(make_fake_run(tmp_path), **limits)

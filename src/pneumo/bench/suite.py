@@ -31,6 +31,7 @@ from pneumo.data.dataset import SplitData
 from pneumo.data.preprocess import PreprocessContract
 from pneumo.models import list_models
 from pneumo.training.config import FAMILY_DEFAULTS
+from pneumo.utils.device import resolve_device
 
 SECTIONS = ("data", "training", "inference")
 SCHEMA = "pneumo-bench/1"
@@ -94,16 +95,6 @@ class BenchSettings:
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but CUDA is not available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def configure_cuda() -> dict:

@@ -132,10 +132,15 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes (each loads the model)."),
-    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest accepted upload."),
-    max_pixels: int = typer.Option(64_000_000, "--max-pixels", min=1, help="Largest accepted image (pixels)."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="Largest accepted upload (MB)."),
+    max_pixels: int | None = typer.Option(
+        None, "--max-pixels", min=1, help="Largest accepted image in pixels [default: 25,000,000, chest radiographs]."
+    ),
     max_concurrency: int = typer.Option(2, "--max-concurrency", min=1, help="Inferences at once per process."),
-    timeout_s: float = typer.Option(30.0, "--timeout", help="Seconds before a request gets 503."),
+    max_waiting: int = typer.Option(
+        32, "--max-waiting", min=0, help="Uploads held waiting for the model per process; more get 503 at once."
+    ),
+    timeout_s: float = typer.Option(30.0, "--timeout", min=0.001, help="Seconds before a request gets 503."),
 ) -> None:
     """Serve the model over HTTP (web page at /, API docs at /docs). Research use only."""
     import uvicorn
@@ -143,27 +148,23 @@ def serve(
     from pneumo.inference import ModelLoadError
     from pneumo.serve.app import ENV_PREFIX, create_app
 
+    limits = {
+        "max_upload_mb": max_upload_mb,
+        "max_pixels": max_pixels,
+        "max_concurrency": max_concurrency,
+        "max_waiting": max_waiting,
+        "timeout_s": timeout_s,
+    }
+    limits = {k: v for k, v in limits.items() if v is not None}  # unset: the service's own default
     try:
-        app = create_app(
-            model,
-            max_upload_mb=max_upload_mb,
-            max_pixels=max_pixels,
-            max_concurrency=max_concurrency,
-            timeout_s=timeout_s,
-        )
-    except (ModelLoadError, OSError) as exc:
+        app = create_app(model, **limits)
+    except (ModelLoadError, OSError, ValueError) as exc:
         fail(str(exc))
     if workers == 1:
         uvicorn.run(app, host=host, port=port)
         return
     # Several processes need an importable factory; the settings travel in the environment.
-    settings = {
-        "MODEL": model.resolve(),
-        "MAX_UPLOAD_MB": max_upload_mb,
-        "MAX_PIXELS": max_pixels,
-        "MAX_CONCURRENCY": max_concurrency,
-        "TIMEOUT_S": timeout_s,
-    }
+    settings = {"MODEL": model.resolve(), **{k.upper(): v for k, v in limits.items()}}
     os.environ.update({f"{ENV_PREFIX}{k}": str(v) for k, v in settings.items()})
     # Each worker imports torch and loads the model before answering uvicorn's health check: give it time.
     uvicorn.run(

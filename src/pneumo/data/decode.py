@@ -11,6 +11,7 @@ Ghostscript, and the like) are refused.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ PIL_FORMATS = ("JPEG", "PNG", "BMP", "TIFF")
 _LUMA = np.array([0.299, 0.587, 0.114])  # Pillow's convert("L") weights
 
 ImageInput = str | Path | bytes | Image.Image | np.ndarray
+PixelTransform = Callable[[np.ndarray], np.ndarray]
 
 
 class ImageDecodeError(ValueError):
@@ -36,14 +38,60 @@ class ImageDecodeError(ValueError):
         self.reason = reason
 
 
-def _stretch_to_uint8(arr: np.ndarray, name: str) -> np.ndarray:
-    arr = arr.astype(np.float64, copy=False)
-    if not np.isfinite(arr).all():
-        raise ImageDecodeError(name, "image contains NaN or infinite values")
-    lo, hi = float(arr.min()), float(arr.max())
-    if hi <= lo:
+_CHUNK = 1 << 20  # pixels per step where a whole-image temporary would cost 8 bytes a pixel
+
+
+def _stretch_to_uint8(arr: np.ndarray, name: str, transform: PixelTransform | None = None) -> np.ndarray:
+    """``transform(arr)`` (identity when ``None``), stretched from its min..max to 0..255.
+
+    ``transform`` must map each pixel value on its own (a rescale, a window, a lookup table). Memory stays near the
+    size of the input: a 64-megapixel 16-bit upload of 100 KB would otherwise cost over 1 GiB of float64 copies. For
+    8- and 16-bit integers the transform is applied once per possible value and the image is mapped through the
+    resulting 256- or 65,536-entry table; other types are transformed a block of pixels at a time.
+    """
+    if arr.size == 0:
         return np.zeros(arr.shape, dtype=np.uint8)
-    return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    if arr.dtype.kind in "ui" and arr.dtype.itemsize <= 2:
+        return _stretch_by_table(flat, name, transform).reshape(arr.shape)
+    values = np.empty(flat.size, dtype=np.float32)
+    lo, hi = np.inf, -np.inf
+    for start in range(0, flat.size, _CHUNK):
+        block = flat[start : start + _CHUNK].astype(np.float64)
+        block = transform(block) if transform is not None else block
+        if not np.isfinite(block).all():
+            raise ImageDecodeError(name, "image contains NaN or infinite values")
+        lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+        values[start : start + _CHUNK] = block
+    result = np.zeros(flat.size, dtype=np.uint8)
+    if hi > lo:
+        for start in range(0, flat.size, _CHUNK):
+            block = values[start : start + _CHUNK].astype(np.float64)
+            result[start : start + _CHUNK] = np.round((block - lo) * (255.0 / (hi - lo)))
+    return result.reshape(arr.shape)
+
+
+def _stretch_by_table(flat: np.ndarray, name: str, transform: PixelTransform | None) -> np.ndarray:
+    unsigned = np.dtype(f"u{flat.dtype.itemsize}")
+    index = flat.view(unsigned)  # signed or byte-swapped values become table positions, without a copy
+    domain = np.arange(1 << (8 * flat.dtype.itemsize), dtype=unsigned).view(flat.dtype)  # every possible value
+    present = np.zeros(domain.size, dtype=bool)
+    for start in range(0, index.size, _CHUNK):  # numpy indexes with intp: 8 bytes a pixel if done at once
+        present[index[start : start + _CHUNK]] = True
+    values = np.asarray(transform(domain) if transform is not None else domain, dtype=np.float64)
+    if values.shape != domain.shape:
+        raise ImageDecodeError(name, f"pixel transform changed the shape of its input ({values.shape})")
+    used = values[present]
+    if not np.isfinite(used).all():
+        raise ImageDecodeError(name, "image contains NaN or infinite values")
+    lo, hi = float(used.min()), float(used.max())
+    result = np.zeros(flat.size, dtype=np.uint8)
+    if hi > lo:
+        table = np.round((np.clip(np.nan_to_num(values, nan=lo), lo, hi) - lo) * (255.0 / (hi - lo)))
+        table = table.astype(np.uint8)
+        for start in range(0, index.size, _CHUNK):
+            result[start : start + _CHUNK] = table[index[start : start + _CHUNK]]
+    return result
 
 
 def _is_dicom(data: bytes, name: str) -> bool:
@@ -60,10 +108,13 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) 
         raise ImageDecodeError(name, f"not a readable DICOM file ({exc})") from exc
     if "PixelData" not in ds:
         raise ImageDecodeError(name, "DICOM file has no pixel data")
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    try:
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    except (TypeError, ValueError) as exc:
+        raise ImageDecodeError(name, f"DICOM header has an unreadable frame count or image size ({exc})") from exc
     if frames > 1:
         raise ImageDecodeError(name, f"multi-frame DICOM ({frames} frames) is not supported; export one frame")
-    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
     if rows * cols > max_pixels:  # checked from the header, before any pixel is decoded
         raise ImageDecodeError(name, f"image of {cols}x{rows} pixels exceeds the limit of {max_pixels}")
     try:
@@ -72,9 +123,17 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) 
         raise ImageDecodeError(name, f"cannot decode DICOM pixel data ({exc})") from exc
     if arr.ndim != 2:
         raise ImageDecodeError(name, f"expected a single grayscale frame, got pixel array of shape {arr.shape}")
-    arr = apply_modality_lut(arr, ds)
-    arr = apply_voi_lut(arr, ds)  # VOI LUT or window centre/width, when the file has one
-    out = _stretch_to_uint8(arr, name)
+
+    def to_display(values: np.ndarray) -> np.ndarray:
+        # modality LUT (rescale slope/intercept), then the VOI LUT or window centre/width when the file has one
+        return apply_voi_lut(apply_modality_lut(values, ds), ds)
+
+    try:
+        out = _stretch_to_uint8(arr, name, to_display)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # pydicom's LUTs raise many types for malformed attributes (a zero window width...)
+        raise ImageDecodeError(name, f"cannot apply the DICOM rescale or window ({type(exc).__name__}: {exc})") from exc
     if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         out = 255 - out  # MONOCHROME1: low values are bright
     return out

@@ -42,15 +42,10 @@ from pneumo.gan.synth import class_grid, save_png, to_gan_range
 from pneumo.training.predict import val_metrics
 from pneumo.training.runinfo import append_metrics, environment, read_metrics
 from pneumo.utils.atomic import write_json, write_text
+from pneumo.utils.device import resolve_device
 from pneumo.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from pneumo.inference.backends import OnnxBackend, Outputs, TorchBackend, load_r
 from pneumo.inference.meta import DISCLAIMER, META_FILE, ModelLoadError, ModelMeta
 from pneumo.inference.ood import ood_verdicts, resolve_scorer
 from pneumo.inference.result import Explanation, PredictionResult
+from pneumo.utils.device import resolve_device
 
 
 class ExplainUnavailable(RuntimeError):
@@ -77,6 +78,10 @@ class Predictor:
     @classmethod
     def from_run(cls, run_dir: str | Path, *, device: str = "cpu", **kwargs: Any) -> Predictor:
         run_dir = Path(run_dir)
+        try:
+            device = str(resolve_device(device))
+        except ValueError as exc:
+            raise ModelLoadError(f"{run_dir}: {exc}") from exc
         model, raw_meta = load_run(run_dir, device=device)
         meta = ModelMeta.from_checkpoint(raw_meta, run_dir)
         return cls(TorchBackend(model, meta.n_task, device), meta, run_dir, **kwargs)

@@ -19,18 +19,23 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 import pneumo
-from pneumo.data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError
+from pneumo.data.decode import ImageDecodeError
 from pneumo.inference import DISCLAIMER, Predictor
 from pneumo.serve.guards import (
     MULTIPART_SLACK,
     ApiError,
     BodyLimitMiddleware,
     InferenceRunner,
+    InFlightLimitMiddleware,
+    check_limits,
     check_pixels,
     read_upload,
 )
 
 ENV_PREFIX = "PNEUMO_SERVE_"
+# Chest radiographs are at most about 4,300 x 4,300 pixels (Kermany's originals: about 7 megapixels); decoding an image
+# costs a few bytes a pixel, so the service refuses larger ones by default (pneumo predict keeps the decoder's 64 MP).
+SERVE_MAX_PIXELS = 25_000_000
 UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -65,14 +70,20 @@ def create_app(
     model_path: str | Path | Predictor,
     *,
     max_upload_mb: float = 20.0,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = SERVE_MAX_PIXELS,
     max_concurrency: int = 2,
+    max_waiting: int = 32,
     timeout_s: float = 30.0,
 ) -> FastAPI:
     """A FastAPI app serving one model (a run folder, an ``.onnx`` file or a ready :class:`Predictor`).
 
-    The predictor is ``app.state.predictor``; the inference pool ``app.state.runner``.
+    At most ``max_concurrency`` images are decoded and classified at once, and at most ``max_waiting`` more uploads
+    wait for them; further uploads get 503 before their body is read. The predictor is ``app.state.predictor``; the
+    inference pool ``app.state.runner``.
     """
+    check_limits(
+        max_upload_mb=max_upload_mb, max_pixels=max_pixels, max_concurrency=max_concurrency, max_waiting=max_waiting
+    )
     predictor = model_path if isinstance(model_path, Predictor) else Predictor.load(model_path)
     predictor.max_pixels = max_pixels
     runner = InferenceRunner(max_concurrency, timeout_s)
@@ -94,6 +105,7 @@ def create_app(
     app.state.runner = runner
     max_bytes = int(max_upload_mb * 1024 * 1024)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_bytes + MULTIPART_SLACK, limit_text=f"{max_upload_mb:g} MB")
+    app.add_middleware(InFlightLimitMiddleware, max_requests=max_concurrency + max_waiting)  # outermost: runs first
     _add_error_handlers(app)
 
     def _prepare(data: bytes, name: str):  # runs in the pool: decoding can be as slow as the model
@@ -124,7 +136,8 @@ def create_app(
         summary="Grad-CAM overlay of one X-ray (PNG)",
     )
     async def explain(request: Request) -> Response:
-        """PNG: the Grad-CAM heatmap of the predicted class over the image, at the image's own size."""
+        """PNG: the Grad-CAM heatmap of the predicted class over the image, at the image's own size (the longer side
+        shrunk to 2,048 pixels when larger)."""
         if not app.state.predictor.can_explain:
             raise ApiError(501, "explain_unavailable", "Grad-CAM needs a PyTorch run folder; this is an ONNX model")
         data, name = await read_upload(request)
@@ -173,7 +186,8 @@ def create_app_from_env() -> FastAPI:
     return create_app(
         env[f"{ENV_PREFIX}MODEL"],
         max_upload_mb=float(env.get(f"{ENV_PREFIX}MAX_UPLOAD_MB", 20)),
-        max_pixels=int(env.get(f"{ENV_PREFIX}MAX_PIXELS", DEFAULT_MAX_PIXELS)),
+        max_pixels=int(env.get(f"{ENV_PREFIX}MAX_PIXELS", SERVE_MAX_PIXELS)),
         max_concurrency=int(env.get(f"{ENV_PREFIX}MAX_CONCURRENCY", 2)),
+        max_waiting=int(env.get(f"{ENV_PREFIX}MAX_WAITING", 32)),
         timeout_s=float(env.get(f"{ENV_PREFIX}TIMEOUT_S", 30)),
     )

@@ -85,10 +85,55 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": body.encode()})
 
 
+class InFlightLimitMiddleware:
+    """Answer 503 at once, before reading the body, when ``max_requests`` uploads (POST requests) are already being
+    handled: each holds its upload in memory while it waits for the inference pool, so their number is bounded."""
+
+    def __init__(self, app: ASGIApp, max_requests: int) -> None:
+        self.app, self.max_requests, self.in_flight = app, max_requests, 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_requests:  # one event loop: no lock needed around the counter
+            body = json.dumps(ApiError(503, "busy", "too many requests in progress; try again shortly").body())
+            headers = [(b"content-type", b"application/json"), (b"retry-after", b"1"), (b"connection", b"close")]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body.encode()})
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+def pillow_pixel_limit() -> int | None:
+    """The image size above which Pillow itself refuses to open a file (``None``: its guard is switched off)."""
+    return None if Image.MAX_IMAGE_PIXELS is None else 2 * int(Image.MAX_IMAGE_PIXELS)
+
+
+def check_limits(*, max_upload_mb: float, max_pixels: int, max_concurrency: int, max_waiting: int) -> None:
+    """Refuse service settings that cannot work, with the reason (``ValueError``)."""
+    if not max_upload_mb > 0:
+        raise ValueError(f"the upload limit must be positive, got {max_upload_mb:g} MB")
+    if max_pixels < 1:
+        raise ValueError(f"the pixel limit must be positive, got {max_pixels:,}")
+    ceiling = pillow_pixel_limit()
+    if ceiling is not None and max_pixels > ceiling:  # Pillow would refuse first, under a limit nobody asked for
+        raise ValueError(
+            f"the pixel limit {max_pixels:,} is above Pillow's own limit of {ceiling:,} pixels; "
+            "raise PIL.Image.MAX_IMAGE_PIXELS first"
+        )
+    if max_concurrency < 1 or max_waiting < 0:
+        raise ValueError(f"need max_concurrency >= 1 and max_waiting >= 0, got {max_concurrency} and {max_waiting}")
+
+
 async def read_upload(request: Request) -> tuple[bytes, str]:
     """The bytes and file name of the multipart field ``file``; :class:`ApiError` for anything else."""
     content_type = request.headers.get("content-type", "")
-    if not content_type.lower().startswith("multipart/form-data"):
+    if content_type.split(";", 1)[0].strip().lower() != "multipart/form-data":
         raise ApiError(
             415,
             "unsupported_media_type",

@@ -22,6 +22,7 @@ from pneumo.training.data import build_train_data, check_source_runs, resolve_sp
 from pneumo.training.engine import Trainer
 from pneumo.training.runinfo import environment
 from pneumo.utils.atomic import write_json, write_text
+from pneumo.utils.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +30,8 @@ RUN_MARKERS = ("checkpoint.json", "metrics.jsonl", ckpt.STATE_TENSORS)
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for, but CUDA is not available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", ddp.env_info().local_rank)
-    return torch.device("cpu")
+    """``resolve_device``, with a bare ``cuda`` meaning this distributed worker's own GPU."""
+    return resolve_device(name, cuda_index=ddp.env_info().local_rank)
 
 
 def _set_determinism(cfg: TrainConfig, device: torch.device) -> None:

@@ -32,9 +32,10 @@ from pneumo.trust.forward import forward_arrays, task_probabilities
 from pneumo.trust.matching import balance_tests, matched_subset
 from pneumo.trust.metadata import MANIFEST, file_cues, resolve_originals
 from pneumo.trust.regions import regions
-from pneumo.trust.runs import RunContext, load_model, open_run, resolve_device, split_images
+from pneumo.trust.runs import RunContext, load_model, open_run, split_images
 from pneumo.trust.scoring import ci_dict, paired_auc
 from pneumo.utils.atomic import write_json
+from pneumo.utils.device import resolve_device
 
 AUTO = "auto"
 

@@ -189,7 +189,8 @@ def fit_ood(
     as ``checkpoint.json["ood"]`` (via ``update_run_meta``); returns the stored parameters."""
     from pneumo.training import update_run_meta
     from pneumo.trust.forward import forward_arrays
-    from pneumo.trust.runs import load_model, open_run, resolve_device, split_images
+    from pneumo.trust.runs import load_model, open_run, split_images
+    from pneumo.utils.device import resolve_device
 
     ctx = open_run(run_dir)
     dev = resolve_device(device)
@@ -226,7 +227,8 @@ def ood_rates(
     Returns ``{"available": False, ...}`` when the run has no fitted detector."""
     from pneumo.training import read_run_meta
     from pneumo.trust.forward import forward_arrays
-    from pneumo.trust.runs import load_model, open_run, resolve_device, split_images
+    from pneumo.trust.runs import load_model, open_run, split_images
+    from pneumo.utils.device import resolve_device
 
     scorer = OODScorer.from_meta(read_run_meta(run_dir))
     if scorer is None:

@@ -70,12 +70,6 @@ def load_model(ctx: RunContext, device: str | torch.device = "cpu", which: str =
     return model
 
 
-def resolve_device(name: str) -> torch.device:
-    from pneumo.training.run import pick_device
-
-    return pick_device(name)
-
-
 def split_images(split: SplitData) -> np.ndarray:
     """All images of a split as one uint8 ``N x S x S`` array (read from the cache)."""
     return np.ascontiguousarray(split.images.array[split.images.rows])

@@ -1,0 +1,65 @@
+"""DICOM decoding: the rescale and window are applied exactly, malformed headers are decode errors (never a crash)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from pneumo.data.decode import ImageDecodeError, decode_bytes
+
+from .conftest import dicom_bytes
+
+
+def _with(data: bytes, **attributes: object) -> bytes:
+    """``data`` with attributes set, invalid values included (as a broken scanner or a crafted upload writes them)."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pydicom.config.settings, "reading_validation_mode", pydicom.config.IGNORE)
+        patch.setattr(pydicom.config.settings, "writing_validation_mode", pydicom.config.IGNORE)
+        for key, value in attributes.items():
+            if isinstance(value, tuple):  # (VR, value): a value written with the wrong VR
+                ds.add_new(pydicom.datadict.tag_for_keyword(key), *value)
+            else:
+                setattr(ds, key, value)
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _reference(data: bytes) -> np.ndarray:
+    """The whole-image float64 computation the decoder replaces with a per-value table."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    values = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(np.float64)
+    lo, hi = values.min(), values.max()
+    return np.round((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"window": (1000, 400)}, {"slope": 2.0, "intercept": -1024.0}, {"slope": 0.5, "window": (600, 900)}],
+)
+def test_rescale_and_window_match_the_whole_image_computation(kwargs: dict) -> None:
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 4096, (37, 53)).astype(np.uint16)
+    data = dicom_bytes(raw, **kwargs)
+    np.testing.assert_array_equal(decode_bytes(data, "x.dcm"), _reference(data))
+
+
+@pytest.mark.parametrize(
+    ("attributes", "reason"),
+    [
+        ({"WindowCenter": 1000, "WindowWidth": 0}, "cannot apply the DICOM rescale or window"),
+        ({"VOILUTFunction": "BOGUS", "WindowCenter": 1000, "WindowWidth": 400}, "cannot apply the DICOM"),
+        ({"NumberOfFrames": ("LO", "abc")}, "DICOM header has an unreadable frame count or image size"),
+        ({"Rows": ("LO", "8\\8")}, "DICOM header has an unreadable frame count or image size"),
+        ({"NumberOfFrames": "1.5"}, "(DICOM header has an unreadable|cannot decode DICOM pixel data)"),
+    ],
+)
+def test_malformed_headers_are_decode_errors_naming_the_file(attributes: dict, reason: str) -> None:
+    data = _with(dicom_bytes(np.arange(64, dtype=np.uint16).reshape(8, 8)), **attributes)
+    with pytest.raises(ImageDecodeError, match=rf"^bad\.dcm: {reason}"):
+        decode_bytes(data, "bad.dcm")
