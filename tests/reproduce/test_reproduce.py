@@ -36,10 +36,9 @@ def test_cycles_and_missing_references_are_errors() -> None:
 def _split_seed(exp: Experiment, seed: int) -> tuple:
     """What a run of ``exp`` with ``seed`` carves its validation split with (the keys make_split depends on)."""
     overlay = exp.gan if exp.kind == "gan" else exp.train
-    default_seed = 0 if exp.kind == "gan" else seed
-    split_seed = overlay.get("split_seed", default_seed) if exp.kind == "gan" else overlay.get("split_seed")
+    split_seed = overlay.get("split_seed")  # pneumo train and pneumo gan train both carve with the seed by default
     return (
-        default_seed if split_seed is None else split_seed,
+        seed if split_seed is None else split_seed,
         overlay.get("val_fraction", 0.1),
         overlay.get("keep_official_val", False),
         overlay.get("exclude_test_patients", False),

@@ -22,7 +22,11 @@ class GanConfig(BaseModel):
     task: Literal["normal-bacteria-virus"] = TASK
     split_csv: str | None = Field(None, description="reuse this split file instead of carving a new one")
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
-    split_seed: int = Field(0, description="a classifier that uses this GAN's images must carve the same split")
+    split_seed: int | None = Field(
+        None,
+        description="seed of the patient-grouped validation carve (default: seed, as in pneumo train); a classifier "
+        "that uses this GAN's images must carve the same split",
+    )
     keep_official_val: bool = False
     exclude_test_patients: bool = Field(
         False, description="drop train/val images whose patient id also occurs in the test split"

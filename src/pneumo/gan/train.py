@@ -72,7 +72,7 @@ def load_data(config: GanConfig, *, progress: bool = True) -> GanData:
         records = make_split(
             discover(config.data),
             val_fraction=config.val_fraction,
-            seed=config.split_seed,
+            seed=config.seed if config.split_seed is None else config.split_seed,
             keep_official_val=config.keep_official_val,
             exclude_test_patients=config.exclude_test_patients,
         )
