@@ -34,6 +34,7 @@ def test_inspect_reports_bad_files_duplicates_and_cross_split_patients(tmp_path:
     assert report["image_size"]["width"]["max"] == 40
 
 
+@pytest.mark.shared_data
 def test_inspect_equals_shared_manifest(kaggle_data: Path) -> None:
     result = CliRunner().invoke(app, ["data", "inspect", str(kaggle_data), "--json"])
     assert result.exit_code == 0, result.output

@@ -336,3 +336,39 @@ def test_a_source_run_trained_on_this_runs_validation_patients_is_refused(make_c
         with pytest.raises(DatasetError, match="source-run trained on"):
             check_source_runs(transfer, resolve_split(transfer))
     check_source_runs(make_cfg(weights=str(source), seed=1), resolve_split(make_cfg(weights=str(source), seed=1)))
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_early_stopping_counts_epochs_without_gain_across_a_resume(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    """Validation AUC per epoch is scripted: best at epoch 2, then two epochs without gain stop a patience-2 run
+    at epoch 4 of 8, also when the run is interrupted in between (the count of epochs without gain is restored)."""
+    from pneumo.training import resume
+
+    scripted = {1: 0.60, 2: 0.70, 3: 0.65, 4: 0.69, 5: 0.71, 6: 0.75, 7: 0.80, 8: 0.85}
+    real_validate = Trainer.validate
+    interrupt_at: list[int] = []
+
+    def validate(self: Trainer) -> dict[str, float]:
+        if self.progress.epoch in interrupt_at:
+            raise _Interrupted
+        return {**real_validate(self), "val_auc": scripted[self.progress.epoch]}
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+    flags = {"epochs": 8, "early_stopping_patience": 2, "max_steps_per_epoch": 1, "fit_ood": False}
+
+    straight = train(make_cfg(out=str(tmp_path / "straight"), **flags))
+    assert [r["epoch"] for r in read_metrics(straight)] == [1, 2, 3, 4]
+    assert read_run_meta(straight)["best"]["epoch"] == 2
+
+    interrupt_at.append(4)
+    with pytest.raises(_Interrupted):
+        train(make_cfg(out=str(tmp_path / "interrupted"), **flags))
+    run = tmp_path / "interrupted"
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2, 3]
+    interrupt_at.clear()
+    resume(run)
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2, 3, 4]  # not 5 or more: epoch 3 counted
+    assert read_run_meta(run)["best"]["epoch"] == 2
