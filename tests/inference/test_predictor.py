@@ -18,7 +18,7 @@ from scipy.special import softmax
 import pneumo.api
 from pneumo.data.decode import ImageDecodeError
 from pneumo.inference import ModelLoadError, PredictionResult, Predictor
-from pneumo.inference.meta import file_sha256
+from pneumo.utils.digest import file_sha256
 
 from .conftest import dicom_bytes, encode, make_fake_run, xray_like
 

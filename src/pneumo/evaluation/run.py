@@ -16,7 +16,6 @@ Protocol (the evaluated split never chooses anything):
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ from pneumo.evaluation.writers import (
     write_run_model_card,
 )
 from pneumo.utils.atomic import write_json
+from pneumo.utils.digest import file_sha256
 
 SPLITS = ("test", "val")
 ALPHA = 0.05
@@ -65,11 +65,7 @@ ALPHA = 0.05
 
 def weights_digest(run_dir: Path) -> str:
     """SHA-256 prefix of ``best.safetensors``: stored calibration is reused only for the weights it was fitted on."""
-    digest = hashlib.sha256()
-    with open(run_dir / "best.safetensors", "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return file_sha256(run_dir / "best.safetensors")[:16]
 
 
 TARGETS = ("target_sensitivity", "target_specificity")

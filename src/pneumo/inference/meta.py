@@ -7,13 +7,13 @@ operating point, temperature and OOD parameters. Run folder layout (written by `
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pneumo.data.preprocess import PreprocessContract
+from pneumo.utils.digest import file_sha256
 
 CHECKPOINT_FORMAT = 1
 WEIGHTS_FILE = "best.safetensors"
@@ -138,14 +138,6 @@ class ModelMeta:
             )
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise ModelLoadError(f"{path}: not a pneumo ONNX export (metadata {exc} missing or malformed)") from exc
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # Evaluation fields a model shows to its users (HTTP /v1/model, ONNX metadata): no file system paths.
