@@ -33,24 +33,53 @@ def test_cycles_and_missing_references_are_errors() -> None:
     assert resolve_refs("run:a", runs, 2) == "/r/a-seed0"  # a seed the source lacks: its first seed
 
 
-def _split_seed(exp: Experiment, seed: int) -> tuple:
-    """What a run of ``exp`` with ``seed`` carves its validation split with (the keys make_split depends on)."""
-    overlay = exp.gan if exp.kind == "gan" else exp.train
-    split_seed = overlay.get("split_seed")  # pneumo train and pneumo gan train both carve with the seed by default
-    return (
-        seed if split_seed is None else split_seed,
-        overlay.get("val_fraction", 0.1),
-        overlay.get("keep_official_val", False),
-        overlay.get("exclude_test_patients", False),
-    )
+class _Carved(Exception):
+    """Raised by the stand-in for ``make_split``: the carve's arguments are known, nothing more is needed."""
 
 
-def test_every_run_reference_shares_the_split_of_the_run_it_starts_from() -> None:
+def _carve_arguments(exp: Experiment, seed: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """What the run of ``exp`` with ``seed`` passes to ``make_split`` (seed, val_fraction, keep_official_val, ...).
+
+    Goes the way ``pneumo reproduce`` does: the runner builds the real config (``pneumo.training.build_config`` for
+    a train row, ``pneumo.gan.config.load_config`` for a GAN row) and the training's own data loading carves the
+    split; training is stubbed out and the carve stops at ``make_split``.
+    """
+    import pneumo.gan.train as gan_train
+    import pneumo.training
+    import pneumo.training.data as train_data
+    from pneumo.reproduce.runner import _train_one
+
+    carved: dict = {}
+
+    def make_split(records, **kwargs):
+        carved.update(kwargs)
+        raise _Carved
+
+    configs: list = []
+    monkeypatch.setattr(pneumo.training, "train", lambda cfg, **kwargs: configs.append(cfg))
+    monkeypatch.setattr(gan_train, "train_gan", lambda config, run_dir, **kwargs: configs.append(config))
+    for module in (train_data, gan_train):
+        monkeypatch.setattr(module, "discover", lambda source: [])
+        monkeypatch.setattr(module, "make_split", make_split)
+    run_dirs = {name: {s: tmp_path / "runs" / f"{name}-{s}" for s in range(8)} for name in exp.references()}
+    _train_one(exp, seed, tmp_path / "data", tmp_path / "runs" / exp.name, run_dirs, "cpu")
+    (config,) = configs
+    assert config.seed == seed
+    with pytest.raises(_Carved):
+        gan_train.load_data(config, progress=False) if exp.kind == "gan" else train_data.resolve_split(config)
+    return carved
+
+
+def test_every_run_reference_shares_the_split_of_the_run_it_starts_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Statically, for every seed: a row that starts from another run (weights, GAN images) carves the same split.
 
     Otherwise the training's leak check (``check_source_runs``) would refuse the row on a GPU lease, after its
     dependencies have spent the time.
     """
+    (tmp_path / "data").mkdir()
+    checked = 0
     for suite in ("quick", "cpu", "full"):
         experiments = {e.name: e for e in load_suite(suite)}
         for exp in experiments.values():
@@ -58,21 +87,49 @@ def test_every_run_reference_shares_the_split_of_the_run_it_starts_from() -> Non
                 source = experiments[ref]
                 for seed in exp.seeds:
                     source_seed = seed if seed in source.seeds else source.seeds[0]
-                    assert _split_seed(exp, seed) == _split_seed(source, source_seed), (suite, exp.name, seed, ref)
+                    mine = _carve_arguments(exp, seed, tmp_path, monkeypatch)
+                    theirs = _carve_arguments(source, source_seed, tmp_path, monkeypatch)
+                    assert mine == theirs, (suite, exp.name, seed, ref)
+                    checked += 1
+    assert checked >= 6  # the cpu GAN rows and the transfer rows, three seeds each, at least
+
+
+def _binary_auc(predictions: Path) -> float:
+    """ROC AUC of a binary run's ``predictions.csv``, from its second class's probability column."""
+    import csv
+
+    from sklearn.metrics import roc_auc_score
+
+    with predictions.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    negative, positive = (k for k in rows[0] if k.startswith("p_"))
+    assert {r["true"] for r in rows} == {negative.removeprefix("p_"), positive.removeprefix("p_")}
+    return float(
+        roc_auc_score([r["true"] == positive.removeprefix("p_") for r in rows], [float(r[positive]) for r in rows])
+    )
 
 
 @pytest.mark.slow
 def test_quick_suite_end_to_end_and_resumable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pneumo.reproduce.runner import reproduce
+    import pneumo.reproduce.runner as runner
+    from pneumo.reproduce.runner import reproduce, run_name
 
+    experiment = {e.name: e for e in load_suite("quick")}
     result = reproduce(None, "quick", tmp_path, n_boot=50)
     names = {r["experiment"] for r in result["rows"]}
     assert names == {e.name for e in load_suite("quick")}
     for row in result["rows"]:
-        assert row["eval"] and 0.0 <= row["roc_auc"]["point"] <= 1.0
+        # the tabulated AUC is the one of the run's predictions.csv
+        status = tmp_path / "runs" / run_name(experiment[row["experiment"]], row["seed"]) / runner.STATUS_FILE
+        predictions = Path(json.loads(status.read_text())["evaluated_run"]) / row["eval"] / "predictions.csv"
+        assert row["roc_auc"]["point"] == pytest.approx(_binary_auc(predictions), abs=2e-3)
         assert row["roc_auc"]["low"] <= row["roc_auc"]["point"] <= row["roc_auc"]["high"]
     dummy = next(r for r in result["rows"] if r["experiment"] == "quick-cnn-bacteria-virus-dummy")
+    base = next(
+        r for r in result["rows"] if r["experiment"] == "quick-cnn-bacteria-virus" and r["seed"] == dummy["seed"]
+    )
     delta = dummy["paired_vs_baseline"]["delta_roc_auc"]
+    assert delta["point"] == pytest.approx(dummy["roc_auc"]["point"] - base["roc_auc"]["point"], abs=2e-3)
     assert delta["low"] <= delta["point"] <= delta["high"]
     text = (tmp_path / "results.md").read_text()
     assert "Kermany et al. 2018" in text and "quick-cnn-normal-pneumonia" in text and "Paired differences" in text
@@ -89,8 +146,6 @@ def test_quick_suite_end_to_end_and_resumable(tmp_path: Path, monkeypatch: pytes
     assert json.loads((tmp_path / "results.json").read_text())["suite"] == "quick"
 
     # a second call trains nothing: every experiment is finished
-    import pneumo.reproduce.runner as runner
-
     monkeypatch.setattr(runner, "_train_one", lambda *a, **k: pytest.fail("a finished experiment was trained again"))
     again = reproduce(None, "quick", tmp_path, n_boot=50)
     assert [r["roc_auc"] for r in again["rows"]] == [r["roc_auc"] for r in result["rows"]]

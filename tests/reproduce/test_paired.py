@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from pneumo.reproduce.paired import paired_difference, read_predictions
+
+CLASSES = ("NORMAL", "PNEUMONIA")
+
+
+def write_predictions(path: Path, rows: list[tuple[str, str, int, float]]) -> Path:
+    """A ``predictions.csv`` in the layout ``evaluate_run`` writes: (path, patient, true class, P(PNEUMONIA))."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        header = ["path", "patient_id", "true", *(f"logit_{c}" for c in CLASSES), *(f"p_{c}" for c in CLASSES)]
+        writer.writerow([*header, "predicted"])
+        for image, patient, true, p in rows:
+            writer.writerow([image, patient, CLASSES[true], 0.0, 0.0, 1 - p, p, CLASSES[int(p >= 0.5)]])
+    return path
+
+
+# Six shared images, three NORMAL then three PNEUMONIA, one patient each.
+TRUE = [0, 0, 0, 1, 1, 1]
+PERFECT = [0.1, 0.2, 0.3, 0.7, 0.8, 0.9]  # AUC 1, accuracy 1
+# Pairs (positive > negative): 0.4 beats 0.2; 0.8 beats 0.6, 0.2, 0.7; 0.3 beats 0.2 -> AUC 5/9.
+# Decisions at 0.5: 1, 0, 1, 0, 1, 0 -> right on images 1 and 4 -> accuracy 2/6.
+WORSE = [0.6, 0.2, 0.7, 0.4, 0.8, 0.3]
+
+
+def two_runs(tmp_path: Path) -> tuple[Path, Path]:
+    shared = [f"test/img{i}.jpeg" for i in range(6)]
+    a_rows = [(img, f"p{i}", TRUE[i], PERFECT[i]) for i, img in enumerate(shared)]
+    b_rows = [(img, f"p{i}", TRUE[i], WORSE[i]) for i, img in enumerate(shared)]
+    # An image in one file only is not paired: here it would lower A's AUC and accuracy, or raise B's.
+    a_rows.append(("test/only-in-a.jpeg", "pa", 0, 0.99))
+    b_rows.append(("test/only-in-b.jpeg", "pb", 1, 0.99))
+    b_rows.reverse()  # pairing goes by image path, not by row order
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    return write_predictions(a, a_rows), write_predictions(b, b_rows)
+
+
+def test_read_predictions_maps_each_path_to_its_class_indices_and_probabilities(tmp_path: Path) -> None:
+    a, _ = two_runs(tmp_path)
+    rows = read_predictions(a)
+    assert len(rows) == 7
+    assert rows["test/img4.jpeg"] == {"patient": "p4", "true": 1, "probs": [pytest.approx(0.2), 0.8], "predicted": 1}
+    assert rows["test/only-in-a.jpeg"]["predicted"] == 1 and rows["test/only-in-a.jpeg"]["true"] == 0
+
+
+def test_paired_difference_is_candidate_minus_baseline_on_shared_images(tmp_path: Path) -> None:
+    a, b = two_runs(tmp_path)
+    result = paired_difference(a, b, n_boot=50)
+    assert result["n_images"] == 6
+    auc, acc = result["delta_roc_auc"], result["delta_accuracy"]
+    assert auc["point"] == pytest.approx(1 - 5 / 9) and auc["point"] > 0
+    assert acc["point"] == pytest.approx(1 - 2 / 6) and acc["point"] > 0
+    assert auc["low"] <= auc["point"] <= auc["high"] and acc["low"] <= acc["point"] <= acc["high"]
+    # the other way round: the opposite sign
+    reverse = paired_difference(b, a, n_boot=50)
+    assert reverse["delta_roc_auc"]["point"] == pytest.approx(5 / 9 - 1)
+    assert reverse["delta_accuracy"]["point"] == pytest.approx(2 / 6 - 1)
+    # a run against itself: no difference, in every replicate
+    same = paired_difference(a, a, n_boot=50)["delta_accuracy"]
+    assert same["point"] == same["low"] == same["high"] == 0.0
+
+
+def test_runs_without_a_shared_image_are_refused(tmp_path: Path) -> None:
+    a = write_predictions(tmp_path / "a.csv", [("x.jpeg", "p", 0, 0.2)])
+    b = write_predictions(tmp_path / "b.csv", [("y.jpeg", "p", 0, 0.2)])
+    with pytest.raises(ValueError, match="share no image"):
+        paired_difference(a, b, n_boot=10)
