@@ -113,3 +113,20 @@ def test_a_finished_run_removes_its_partial_file(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert out.is_file() and not (tmp_path / "x.partial.json").exists()
     assert "partial" not in json.loads(out.read_text())
+
+
+def test_models_and_sizes_bound_the_inference_section_too(monkeypatch) -> None:
+    import pneumo.bench
+
+    seen = []
+
+    def capture(settings, **kwargs):
+        seen.append(settings)
+        raise ValueError("captured")
+
+    monkeypatch.setattr(pneumo.bench, "run_benchmarks", capture)
+    result = CliRunner().invoke(app, ["--device", "cpu", "--models", "resnet18", "--sizes", "128,224"])
+    assert result.exit_code == 2 and "captured" in result.output
+    (settings,) = seen
+    assert settings.models == settings.inference_models == ("resnet18",)
+    assert settings.sizes == (128, 224) and settings.inference_size == 224

@@ -139,11 +139,23 @@ def test_stored_calibration_is_reused_and_refitted_for_another_method(
     assert stored_calibration(meta, wanted, "other-weights") is None
     assert stored_calibration(meta, {"method": "youden"}, digest) is None
 
+    with monkeypatch.context() as patched:  # no option: the stored screening threshold stays, on any dataset
+        patched.setattr(run_eval, "fit_temperature", _must_not_be_called)
+        kept = evaluate_run(run_copy, **FAST)
+    assert kept["operating_point"] == sensitive["operating_point"] and not kept["calibration_fitted"]
+    assert read_run_meta(run_copy)["operating_point"]["method"] == "target_sensitivity"
+    assert stored_calibration(meta, None, digest) is not None and stored_calibration(meta, None, "other") is None
+    back = evaluate_run(run_copy, youden=True, **FAST)
+    assert back["calibration_fitted"] and back["operating_point"]["method"] == "youden"
+    assert back["threshold"] == first["threshold"]
+    with pytest.raises(ValueError, match="choose one of"):
+        evaluate_run(run_copy, youden=True, target_specificity=0.9, **FAST)
+
     specific = evaluate_run(run_copy, split="val", target_specificity=0.9, **FAST)
     assert specific["calibration_fitted"] and specific["operating_point"]["method"] == "target_specificity"
     assert specific["metrics"]["at_validated_threshold"]["point"]["specificity"] >= 0.9
     assert "specificity >= 0.9 on val" in specific["metrics"]["at_validated_threshold"]["label"]
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="choose one of"):
         evaluate_run(run_copy, target_sensitivity=0.9, target_specificity=0.9, **FAST)
 
 

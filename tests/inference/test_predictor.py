@@ -282,3 +282,14 @@ def test_a_run_folder_loads_with_device_auto(fake_run: Path) -> None:
     assert predictor.backend.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ModelLoadError, match="device must be auto, cpu, cuda or cuda:N"):
         Predictor.load(fake_run, device="gpu")
+
+
+def test_a_binary_model_without_a_validated_threshold_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="pneumo.inference.predictor"):
+        Predictor.load(make_fake_run(tmp_path / "a"))
+    assert "no threshold or temperature validated" in caplog.text and "pneumo evaluate" in caplog.text
+    caplog.clear()
+    op = {"threshold": 0.3, "method": "youden", "positive_class": "PNEUMONIA", "split": "val"}
+    with caplog.at_level("WARNING", logger="pneumo.inference.predictor"):
+        assert Predictor.load(make_fake_run(tmp_path / "b", operating_point=op)).meta.threshold == 0.3
+    assert "no threshold" not in caplog.text

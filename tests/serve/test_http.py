@@ -242,6 +242,7 @@ def test_slow_model_gets_503_not_a_hang(tmp_path: Path) -> None:
             started = time.monotonic()
             resp = upload(c, png_bytes())
             assert resp.status_code == 503 and resp.json()["error"] == "timeout"
+            assert resp.headers["retry-after"] == "1"
             assert time.monotonic() - started < 1.4
             assert c.get("/healthz").status_code == 200  # the event loop stayed free
             predictor.predict_prepared = real

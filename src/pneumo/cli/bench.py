@@ -27,8 +27,12 @@ def bench(
     data: Path | None = typer.Option(
         None, "--data", help="Kaggle-layout dataset folder (its train images are used); default: synthetic images."
     ),
-    models: str | None = typer.Option(None, "--models", help="Comma list, e.g. resnet18,densenet121."),
-    sizes: str | None = typer.Option(None, "--sizes", help="Training image sizes, e.g. 128,224."),
+    models: str | None = typer.Option(
+        None, "--models", help="Comma list, e.g. resnet18,densenet121 (training and inference)."
+    ),
+    sizes: str | None = typer.Option(
+        None, "--sizes", help="Training image sizes, e.g. 128,224 (inference: the largest)."
+    ),
     sections: str | None = typer.Option(None, "--sections", help="Comma list of data,training,inference."),
     steps: int | None = typer.Option(None, "--steps", min=1, help="Timed training steps per measurement."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Training batch (default per model)."),
@@ -60,6 +64,10 @@ def bench(
             }.items()
             if v is not None
         }
+        if "models" in overrides:  # the inference section measures the same models, at the largest size
+            overrides["inference_models"] = overrides["models"]
+        if "sizes" in overrides:
+            overrides["inference_size"] = max(overrides["sizes"])
         settings = BenchSettings.quick_settings(**overrides) if quick else BenchSettings(**overrides)
         # What is measured so far goes to OUT.partial.json, so an interrupted or time-capped run keeps it.
         partial = out.with_name(f"{out.stem}.partial.json") if out is not None else None

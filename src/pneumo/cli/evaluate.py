@@ -20,12 +20,18 @@ def evaluate(
     target_sensitivity: float | None = typer.Option(
         None,
         "--target-sensitivity",
-        help="Binary: the most specific threshold reaching this validation sensitivity (default: Youden's J).",
+        help="Binary: the most specific threshold reaching this validation sensitivity.",
     ),
     target_specificity: float | None = typer.Option(
         None,
         "--target-specificity",
-        help="Binary: the most sensitive threshold reaching this validation specificity (default: Youden's J).",
+        help="Binary: the most sensitive threshold reaching this validation specificity.",
+    ),
+    youden: bool = typer.Option(
+        False,
+        "--youden",
+        help="Binary: the threshold maximising Youden's J on validation. Without any of these three options the "
+        "stored threshold is kept (Youden's J when there is none).",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print metrics.json instead of the summary table."),
     n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap replicates (patients resampled)."),
@@ -50,6 +56,7 @@ def evaluate(
             split=split,
             target_sensitivity=target_sensitivity,
             target_specificity=target_specificity,
+            youden=youden,
             n_boot=n_boot,
             seed=seed,
             device=device,

@@ -134,7 +134,7 @@ def serve(
     workers: int = typer.Option(1, "--workers", min=1, help="Processes (each loads the model)."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="Largest accepted upload (MB)."),
     max_pixels: int | None = typer.Option(
-        None, "--max-pixels", min=1, help="Largest accepted image in pixels [default: 25,000,000, chest radiographs]."
+        None, "--max-pixels", min=1, help="Largest accepted image in pixels (default 25,000,000)."
     ),
     max_concurrency: int = typer.Option(2, "--max-concurrency", min=1, help="Inferences at once per process."),
     max_waiting: int = typer.Option(

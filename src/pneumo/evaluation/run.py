@@ -16,6 +16,7 @@ Protocol (the evaluated split never chooses anything):
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ from pneumo.utils.digest import file_sha256
 
 SPLITS = ("test", "val")
 ALPHA = 0.05
+log = logging.getLogger(__name__)
 
 
 # --- operating point and temperature (validation only) -----------------------------------------------------------
@@ -72,30 +74,39 @@ TARGETS = ("target_sensitivity", "target_specificity")
 
 
 def wanted_method(
-    task: Task, target_sensitivity: float | None = None, target_specificity: float | None = None
-) -> dict[str, Any]:
-    """The operating point asked for: ``argmax`` (three classes), Youden's J, or one validation target."""
+    task: Task,
+    target_sensitivity: float | None = None,
+    target_specificity: float | None = None,
+    youden: bool = False,
+) -> dict[str, Any] | None:
+    """The operating point asked for: ``argmax`` (three classes), Youden's J, or one validation target; ``None``
+    for a binary task when nothing was asked: the stored one (whatever its method), else Youden's J."""
     targets = {k: v for k, v in zip(TARGETS, (target_sensitivity, target_specificity), strict=True) if v is not None}
     if not task.is_binary:
-        if targets:
-            raise ValueError("a target sensitivity or specificity applies to binary tasks only (3 classes: argmax)")
+        if targets or youden:
+            raise ValueError("a threshold method applies to binary tasks only (3 classes: argmax)")
         return {"method": "argmax"}
-    if not targets:
+    if len(targets) + youden > 1:
+        raise ValueError("choose one of Youden's J, a target sensitivity or a target specificity")
+    if youden:
         return {"method": "youden"}
-    if len(targets) > 1:
-        raise ValueError("choose either a target sensitivity or a target specificity, not both")
+    if not targets:
+        return None
     ((method, target),) = targets.items()
     if not 0 < target <= 1:
         raise ValueError(f"{method.replace('_', ' ')} must lie in (0, 1], got {target}")
     return {"method": method, method: float(target)}
 
 
-def stored_calibration(meta: Mapping[str, Any], wanted: Mapping[str, Any], digest: str) -> tuple[dict, float] | None:
-    """``(operating_point, temperature)`` from checkpoint.json when they fit these weights and this method."""
+def stored_calibration(
+    meta: Mapping[str, Any], wanted: Mapping[str, Any] | None, digest: str
+) -> tuple[dict, float] | None:
+    """``(operating_point, temperature)`` from checkpoint.json when they fit these weights and this method (any
+    method when ``wanted`` is ``None``: a threshold chosen for screening stays until another is asked for)."""
     op, temperature = meta.get("operating_point"), meta.get("temperature")
     if not op or temperature is None:
         return None
-    same_method = all(op.get(k) == wanted.get(k) for k in ("method", *TARGETS))
+    same_method = wanted is None or all(op.get(k) == wanted.get(k) for k in ("method", *TARGETS))
     if same_method and op.get("split") == "val" and op.get("weights_sha256") == digest:
         return dict(op), float(temperature)
     return None
@@ -189,6 +200,7 @@ def evaluate_run(
     split: str = "test",
     target_sensitivity: float | None = None,
     target_specificity: float | None = None,
+    youden: bool = False,
     n_boot: int = 1000,
     seed: int = 0,
     device: str = "auto",
@@ -200,9 +212,11 @@ def evaluate_run(
     of ``RUN_DIR/eval-<dataset>-<split>/metrics.json`` plus ``eval_dir``, after writing that folder (metrics.json,
     predictions.csv, PNG plots unless ``plots=False``, report.html) and refreshing ``RUN_DIR/MODEL_CARD.md``.
 
-    ``target_sensitivity``: choose the binary threshold as the most specific one reaching this validation
-    sensitivity instead of by Youden's J; ``target_specificity``: the most sensitive one reaching this validation
-    specificity. ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+    The binary threshold and the temperature stored by an earlier evaluation of these weights are reused, whatever
+    method chose the threshold; otherwise they are fitted on the validation split (Youden's J). ``youden``,
+    ``target_sensitivity`` (the most specific threshold reaching this validation sensitivity) or
+    ``target_specificity`` (the most sensitive one reaching this validation specificity) asks for a method, and
+    replaces a stored threshold of another. ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     from pneumo.training import load_run, load_yaml, predict_logits, read_run_meta, update_run_meta
     from pneumo.training.run import pick_device
 
@@ -215,7 +229,7 @@ def evaluate_run(
     class_names = list(meta["class_names"])
     contract = PreprocessContract.from_dict(meta["preprocess"])
     cache_root = Path(config["cache_dir"]) if config.get("cache_dir") else None
-    wanted = wanted_method(task, target_sensitivity, target_specificity)
+    wanted = wanted_method(task, target_sensitivity, target_specificity, youden)
     digest = weights_digest(run_dir)
     dev = pick_device(device)
     model, _ = load_run(run_dir, "best", device=dev)
@@ -238,7 +252,10 @@ def evaluate_run(
     stored = stored_calibration(meta, wanted, digest)
     if stored is None:
         val = load("val", own_split)
-        op, temperature = fit_calibration(logits_of(val), val.targets, task, wanted, digest)
+        op, temperature = fit_calibration(logits_of(val), val.targets, task, wanted or {"method": "youden"}, digest)
+        replaced = meta.get("operating_point") or {}
+        if replaced.get("weights_sha256") == digest and replaced.get("method") != op["method"]:
+            log.warning("the stored %s operating point is replaced by %s", replaced.get("method"), op["method"])
         update_run_meta(run_dir, operating_point=op, temperature=temperature)
     else:
         op, temperature = stored

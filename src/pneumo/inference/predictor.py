@@ -8,6 +8,7 @@ point (``p[positive] >= threshold``), else 0.5; 3-class labels are the argmax.
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from pneumo.inference.meta import DISCLAIMER, META_FILE, ModelLoadError, ModelMe
 from pneumo.inference.ood import ood_verdicts, resolve_scorer
 from pneumo.inference.result import Explanation, PredictionResult
 from pneumo.utils.device import resolve_device
+
+log = logging.getLogger(__name__)
 
 
 class ExplainUnavailable(RuntimeError):
@@ -73,6 +76,12 @@ class Predictor:
         self._ood_scorer = resolve_scorer(meta.ood)
         self._cam_lock = threading.Lock()
         self._cam_model: nn.Module | None = None
+        if meta.n_task == 2 and not meta.operating_point:
+            log.warning(
+                "%s has no threshold or temperature validated on its validation split (run `pneumo evaluate` on the "
+                "run first): labels use 0.5 on uncalibrated probabilities",
+                path,
+            )
 
     # --- construction -----------------------------------------------------------------------------------------
     @classmethod
