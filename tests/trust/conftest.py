@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,6 +31,34 @@ def trust_run(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) ->
         "out": str(tmp_path_factory.mktemp("trust-runs") / "run"),
     }
     return train(build_config(flags=flags))
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """The trust run's model and its test split as the audit sees them: images, targets, patients, probabilities."""
+
+    ctx: Any  # pneumo.trust.runs.RunContext
+    model: Any  # torch.nn.Module
+    records: list[Any]
+    images: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    probs: np.ndarray
+
+
+@pytest.fixture(scope="session")
+def run_outputs(trust_run: Path) -> RunOutputs:
+    from pneumo.trust.forward import forward_arrays, task_probabilities
+    from pneumo.trust.runs import load_model, open_run, split_images
+
+    ctx = open_run(trust_run)
+    model = load_model(ctx, "cpu")
+    test = ctx.split("test")
+    images = split_images(test)
+    raw, _ = forward_arrays(model, images, ctx.contract, device="cpu")
+    probs = task_probabilities(raw, len(ctx.class_names))
+    groups = np.array(test.groups, dtype=object)
+    return RunOutputs(ctx, model, list(test.records), images, np.asarray(test.targets), groups, probs)
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumo.data import discover, get_task
-from pneumo.trust.audit_data import audit_data, constant_value, score_cue
-from pneumo.trust.metadata import file_cues
+from pneumo.data import Record, discover, get_task
+from pneumo.trust.audit_data import audit_data, audit_task, constant_value, score_cue, score_models
+from pneumo.trust.metadata import CueTable, file_cues
 
 # (task, cue, split) -> AUC stated in the shared data's README ("Acquisition differences between classes").
 KNOWN = {
@@ -86,3 +86,79 @@ def test_cue_orientation_is_chosen_on_train_only() -> None:
     result = score_cue(values, y, groups, split_of, ["train", "test"], ("NORMAL", "PNEUMONIA"), n_boot=50, seed=0)
     assert result["splits"]["train"]["auc"]["point"] > 0.9
     assert result["splits"]["test"]["auc"]["point"] < 0.1
+
+
+def _record(i: int, split: str, subtype: str) -> Record:
+    label = "NORMAL" if subtype == "normal" else "PNEUMONIA"
+    return Record(Path(f"/nowhere/{split}/{label}/img{i}.png"), split, label, subtype, f"patient{i}")
+
+
+def test_train_auc_of_models_is_out_of_fold() -> None:
+    # Pure-noise cues: an in-sample gradient boosting fit would score its own train split near 1; out of fold the
+    # train AUC, like the test AUC, is at chance.
+    rng = np.random.default_rng(0)
+    n_train, n_test = 300, 100
+    split_of = np.array(["train"] * n_train + ["test"] * n_test)
+    y = np.tile([0, 1], (n_train + n_test) // 2)
+    groups = np.array([f"p{i // 2}" for i in range(len(y))], dtype=object)  # two images per patient
+    records = [_record(i, s, ("normal", "bacteria")[c]) for i, (s, c) in enumerate(zip(split_of, y, strict=True))]
+    table = CueTable(records, {"centre_mean": rng.normal(size=len(y)), "laplacian_std": rng.normal(size=len(y))})
+    result = score_models(
+        table,
+        ["centre_mean", "laplacian_std"],
+        y,
+        groups,
+        split_of,
+        ["train", "test"],
+        ("NORMAL", "PNEUMONIA"),
+        n_boot=200,
+        seed=0,
+    )
+    assert set(result) == {"logistic", "gradient boosting"}
+    for name in ("gradient boosting", "logistic"):  # in-sample, gradient boosting would be near 1, logistic ~0.57
+        model = result[name]
+        assert model["features"] == ["centre_mean", "laplacian_std"]
+        for split, n in (("train", n_train), ("test", n_test)):
+            entry = model["splits"][split]
+            assert entry["n"] == n and entry["out_of_fold"] is (split == "train")
+            assert entry["auc"]["low"] < 0.5 < entry["auc"]["high"], (split, entry)
+            assert abs(entry["auc"]["point"] - 0.5) < 0.1
+
+
+# A planted three-class cue: bacteria lowest, normal in the middle, virus highest, overlapping only a little. Per
+# class one-vs-rest over these 12 values (4 per class): normal 19/32 (higher), bacteria 32/32 (lower), virus 29/32
+# (higher); macro mean (19 + 32 + 29) / 96 = 5/6.
+THREE_CLASS_CUE = {"normal": [4, 5, 6, 13], "bacteria": [0, 1, 2, 3], "virus": [10, 11, 12, 14]}
+
+
+def test_three_class_task_scores_each_class_against_the_rest() -> None:
+    rng = np.random.default_rng(0)
+    records, values = [], []
+    for split in ("train", "test"):
+        for repeat in range(10):  # shifted copies keep every pairwise order, so the AUCs stay the same
+            for subtype, cue in THREE_CLASS_CUE.items():
+                for v in cue:
+                    records.append(_record(len(records), split, subtype))
+                    values.append(v + 0.01 * repeat)
+    table = CueTable(
+        records, {"orig_bytes": np.array(values, dtype=float), "centre_mean": rng.normal(size=len(records))}
+    )
+    result = audit_task(table, get_task("normal-bacteria-virus"), constant={}, n_boot=100, seed=0)
+    assert result["class_names"] == ["normal", "bacteria", "virus"]
+    assert result["splits"]["test"]["class_counts"] == {"normal": 40, "bacteria": 40, "virus": 40}
+    planted = result["cues"]["orig_bytes"]
+    assert planted["orientation"] == "higher -> normal; lower -> bacteria; higher -> virus"
+    assert planted["oriented_on"] == "train"
+    for split in ("train", "test"):
+        auc = planted["splits"][split]["auc"]
+        assert auc["point"] == pytest.approx(5 / 6)
+        assert auc["low"] <= 5 / 6 <= auc["high"]
+    noise = result["cues"]["centre_mean"]["splits"]["test"]["auc"]
+    assert noise["low"] < 0.5 < noise["high"]
+    # Gradient boosting separates three bands of one cue; without it (image-only cues: noise) it is at chance.
+    models = result["models"]
+    assert models["gradient boosting on all cues"]["splits"]["test"]["auc"]["point"] > 0.95
+    assert models["gradient boosting on all cues"]["features"] == ["orig_bytes", "centre_mean"]
+    image_only = models["gradient boosting on image-only cues"]
+    assert image_only["features"] == ["centre_mean"]
+    assert image_only["splits"]["test"]["auc"]["low"] < 0.5 < image_only["splits"]["test"]["auc"]["high"]

@@ -3,15 +3,48 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_grad_cam
+import torch
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
-from pneumo.trust.audit_model import audit_model, energy_shares
+from pneumo.trust import perturb
+from pneumo.trust.audit_model import (
+    audit_model,
+    energy_shares,
+    gradcam_section,
+    perturbation_section,
+    twin_section,
+)
+from pneumo.trust.forward import forward_arrays, task_probabilities
 from pneumo.trust.regions import regions
 from pneumo.trust.runs import open_run
+
+from .conftest import RunOutputs
+
+
+@pytest.fixture
+def recording_cam(monkeypatch: pytest.MonkeyPatch) -> list[tuple[torch.Tensor, list[int]]]:
+    """Swap in a GradCAM that records each batch's input and the class each map is asked for."""
+    calls: list[tuple[torch.Tensor, list[int]]] = []
+
+    class RecordingGradCAM(pytorch_grad_cam.GradCAM):
+        def __call__(self, input_tensor, targets=None, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append((input_tensor.detach().clone(), [t.category for t in targets]))
+            return super().__call__(input_tensor, targets, **kwargs)
+
+    monkeypatch.setattr(pytorch_grad_cam, "GradCAM", RecordingGradCAM)  # gradcam_section imports it when called
+    return calls
+
+
+def _perturbed_probs(out: RunOutputs, fn: perturb.ImageFn, seed: int) -> np.ndarray:
+    raw, _ = forward_arrays(out.model, perturb.apply(out.images, fn, seed=seed), out.ctx.contract, device="cpu")
+    return task_probabilities(raw, len(out.ctx.class_names))
 
 
 @pytest.fixture
@@ -32,7 +65,10 @@ def twin_folder(trust_run: Path, tmp_path: Path) -> Path:
     return root
 
 
-def test_audit_model_writes_all_checks(run_copy: Path, twin_folder: Path) -> None:
+def test_audit_model_writes_all_checks(
+    run_copy: Path, twin_folder: Path, run_outputs: RunOutputs, recording_cam: list
+) -> None:
+    y, probs = run_outputs.y, run_outputs.probs
     result = audit_model(
         run_copy, originals=twin_folder, n_boot=50, perturbations=["blur", "mask border"], cam_images=8, seed=1
     )
@@ -49,6 +85,11 @@ def test_audit_model_writes_all_checks(run_copy: Path, twin_folder: Path) -> Non
     counts = list(m["class_counts"].values())
     assert counts[0] == counts[1] == m["n"] // 2
     assert all(b["matched"]["chi2_p"] > 0.05 for b in m["balance"].values())
+    # Its AUC is that of the matched rows, not of the full test split.
+    idx = np.asarray(m["index"])
+    assert 0 < len(idx) < len(y)
+    assert m["auc"]["point"] == pytest.approx(roc_auc_score(y[idx], probs[idx, 1]))
+    assert result["test"]["auc"]["point"] == pytest.approx(roc_auc_score(y, probs[:, 1]))
 
     # The twin pairs every test image; its reference AUC is the full test AUC (same images, same outputs).
     t = result["twin"]
@@ -58,13 +99,28 @@ def test_audit_model_writes_all_checks(run_copy: Path, twin_folder: Path) -> Non
     assert 0 <= t["prediction_changed"] <= 1
 
     assert list(result["perturbations"]) == ["blur", "mask border"]
-    for p in result["perturbations"].values():
+    for name, p in result["perturbations"].items():
         assert p["delta_auc"]["low"] <= p["delta_auc"]["point"] <= p["delta_auc"]["high"]
+        # The model saw the perturbed images: AUC and changes are those of its outputs on them.
+        new = _perturbed_probs(run_outputs, perturb.select([name])[0], seed=1)
+        assert p["auc"]["point"] == pytest.approx(roc_auc_score(y, new[:, 1]))
+        assert p["delta_auc"]["point"] == pytest.approx(p["auc"]["point"] - result["test"]["auc"]["point"])
+        assert p["prediction_changed"] == pytest.approx(np.mean(new.argmax(1) != probs.argmax(1)))
+        assert p["mean_abs_probability_change"] == pytest.approx(np.abs(new - probs).max(axis=1).mean())
+    # Masking the border band moves every output (blur at 32 px, sigma 0.24 px, rounds back to the same pixels).
+    assert result["perturbations"]["mask border"]["mean_abs_probability_change"] > 1e-3
 
     g = result["gradcam"]
     assert g["n_images"] == 8 and g["layer"] == "features.block4"
     assert g["share"]["centre"] + g["share"]["border"] <= 1 + 1e-9
     assert g["share"]["corners"] <= g["share"]["border"] + 1e-9  # corners lie inside the border band
+    # Each map's target is the class the model predicts for that very image.
+    assert sum(len(targets) for _, targets in recording_cam) == 8
+    for x, targets in recording_cam:
+        with torch.no_grad():
+            raw = run_outputs.model.eval()(x).double().numpy()
+        predicted = task_probabilities(raw, len(run_outputs.ctx.class_names)).argmax(1)
+        assert targets == predicted.tolist()
 
 
 def test_audit_model_without_twin(run_copy: Path, tmp_path: Path) -> None:
@@ -86,3 +142,101 @@ def test_energy_shares_of_known_maps() -> None:
     np.testing.assert_allclose(shares["border"], [reg.area("border"), 0, 1])
     np.testing.assert_allclose(shares["corners"], [reg.area("corners"), 0, 1])
     assert mean_map.sum() == pytest.approx(1.0)
+
+
+def _twin_of(out: RunOutputs, rows: np.ndarray, root: Path) -> Path:
+    """A twin folder holding byte-identical copies of the given test images (same names and labels)."""
+    for i in rows:
+        r = out.records[i]
+        target = root / "test" / r.label / r.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(r.path, target)
+    return root
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_twin_of_identical_files_changes_nothing(run_outputs: RunOutputs, tmp_path: Path, every: int) -> None:
+    # Every image, or every second one: a twin that is the same file pairs each image with itself, so the twin's
+    # outputs equal the originals' row for row and nothing changes; pairing with the wrong originals would.
+    out = run_outputs
+    rows = np.arange(0, len(out.y), every)
+    assert len(np.unique(out.y[rows])) == 2
+    t = twin_section(
+        out.ctx,
+        out.model,
+        out.records,
+        out.y,
+        out.probs,
+        out.groups,
+        _twin_of(out, rows, tmp_path / "twin"),
+        device=torch.device("cpu"),
+        batch_size=64,
+        n_boot=50,
+        seed=0,
+    )
+    assert t["n_pairs"] == len(rows)
+    expected = roc_auc_score(out.y[rows], out.probs[rows, 1])
+    assert t["auc_reference"]["point"] == pytest.approx(expected)
+    assert t["auc"]["point"] == pytest.approx(expected)
+    assert t["delta_auc"] == pytest.approx({"point": 0.0, "low": 0.0, "high": 0.0}, abs=1e-9)
+    assert t["prediction_changed"] == 0.0
+    assert t["mean_abs_probability_change"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_perturbations_change_what_they_destroy_and_not_what_they_keep(
+    run_outputs: RunOutputs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = run_outputs
+    probes = {
+        "identity": perturb.Perturbation("identity", "stretch 1 x 1: the same image", perturb.stretch(1.0, 1.0)),
+        "blank": perturb.Perturbation("blank", "every pixel mid grey", lambda img, rng: np.full_like(img, 128)),
+    }
+    monkeypatch.setattr(perturb, "default_perturbations", lambda: probes)
+    result = perturbation_section(
+        out.ctx,
+        out.model,
+        out.images,
+        out.y,
+        out.probs,
+        out.groups,
+        ["identity", "blank"],
+        device=torch.device("cpu"),
+        batch_size=64,
+        n_boot=50,
+        seed=0,
+    )
+    reference = roc_auc_score(out.y, out.probs[:, 1])
+    same = result["identity"]
+    assert same["auc"]["point"] == pytest.approx(reference)
+    assert same["delta_auc"] == pytest.approx({"point": 0.0, "low": 0.0, "high": 0.0}, abs=1e-9)
+    assert same["prediction_changed"] == 0.0 and same["mean_abs_probability_change"] == pytest.approx(0, abs=1e-6)
+
+    # A blank image carries no signal: every output is the same, so the AUC is 0.5 in every replicate.
+    blank = result["blank"]
+    raw, _ = forward_arrays(out.model, np.full_like(out.images[:1], 128), out.ctx.contract, device="cpu")
+    p_blank = task_probabilities(raw, 2)[0]
+    assert blank["description"] == "every pixel mid grey"
+    assert blank["auc"] == pytest.approx({"point": 0.5, "low": 0.5, "high": 0.5})
+    assert blank["auc_reference"]["point"] == pytest.approx(reference)
+    assert blank["delta_auc"]["point"] == pytest.approx(0.5 - reference)
+    assert blank["prediction_changed"] == pytest.approx(np.mean(out.probs.argmax(1) != p_blank.argmax()))
+    assert blank["mean_abs_probability_change"] == pytest.approx(np.abs(out.probs - p_blank).max(axis=1).mean())
+    assert blank["mean_abs_probability_change"] > 1e-3
+
+
+def test_gradcam_maps_the_class_it_is_given(run_outputs: RunOutputs, recording_cam: list) -> None:
+    out = run_outputs
+    n = len(out.images)
+
+    def shares(predicted: np.ndarray) -> dict[str, float]:
+        g = gradcam_section(
+            out.ctx, out.model, out.images, predicted, max_images=n, device=torch.device("cpu"), batch_size=16, seed=0
+        )
+        assert g["n_images"] == n and g["target"] == "predicted class"
+        return g["share"]
+
+    alternating = np.arange(n) % 2
+    shares(alternating)
+    assert [c for _, targets in recording_cam for c in targets] == alternating.tolist()
+    # The target matters: the maps of class 0 and of class 1 spread their energy differently.
+    assert shares(np.zeros(n, dtype=np.int64)) != pytest.approx(shares(np.ones(n, dtype=np.int64)), abs=1e-6)
