@@ -103,3 +103,22 @@ def test_val_fraction_is_one_fold_and_too_few_patients_are_named() -> None:
     few = [r for r in records if r.patient_id in {"p0", "p1", "p2", "p3", "t0"}]
     with pytest.raises(DatasetError, match=r"val_fraction 0\.1 needs at least 10 train patients.*has 4"):
         make_split(few, val_fraction=0.1)
+
+
+def test_generated_images_in_a_dataset_folder_train_only() -> None:
+    """`pneumo gan synth --out` writes the Kaggle layout; pointed at the dataset itself, its images must not be
+    carved into validation (each would be a patient of its own) nor sit in test."""
+    generated = [
+        Record(Path(f"train/NORMAL/synthetic-acgan-normal-{i}.png"), "train", "NORMAL", "normal", f"g{i}")
+        for i in range(60)
+    ]
+    real = _records()
+    out = make_split([*real, *generated], val_fraction=0.2, seed=0)
+    assert Counter(r.split for r in out if "synthetic" in r.name) == {"train": 60}
+    without = make_split(real, val_fraction=0.2, seed=0)
+    assert [r for r in out if "synthetic" not in r.name] == without  # the real images' carve is unchanged
+    kept = make_split([*real, *generated], val_fraction=0.2, keep_official_val=True)  # the official val stays val
+    assert Counter(r.split for r in kept if "synthetic" in r.name) == {"train": 60}
+    in_test = Record(Path("test/NORMAL/synthetic-acgan-normal-0.png"), "test", "NORMAL", "normal", "t")
+    with pytest.raises(DatasetError, match=r"1 generated image\(s\) in the test split"):
+        make_split([*real, in_test], val_fraction=0.2)

@@ -252,6 +252,44 @@ def test_several_seeds_give_mean_and_spread_and_pair_seed_by_seed(tmp_path: Path
 
     base = Experiment(name="base", suites=["full"], seeds=[0, 1])
     entries = [(base, 0, tmp_path / "base-seed0"), (base, 1, tmp_path / "base-seed1")]
-    assert _baseline_run(entries, "base", 1) == tmp_path / "base-seed1"
-    assert _baseline_run(entries, "base", 2) == tmp_path / "base-seed0"
+    assert _baseline_run(entries, "base", 1) == (1, tmp_path / "base-seed1")
+    assert _baseline_run(entries, "base", 2) == (0, tmp_path / "base-seed0")
     assert _baseline_run(entries, "other", 0) is None
+
+    # a difference against another seed of the baseline is labelled, and left out of the spread across seeds
+    rows[5]["paired_vs_baseline"]["baseline_seed"] = 0
+    assert "delta_roc_auc_vs_baseline" not in {e["experiment"]: e for e in seed_summary(rows)}["gan"]
+    text = render_markdown({**result, "rows": rows, "seed_summary": seed_summary(rows)})
+    assert "`gan` - `base` (seed 2) against the baseline's seed 0 (its own seed is missing): ROC AUC" in text
+
+
+@pytest.mark.parametrize("kind", ["train", "gan"])
+def test_a_run_interrupted_before_its_first_checkpoint_starts_again(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only config.yaml (interrupted while caching or in epoch 1): resume has nothing to resume and a fresh start
+    refuses a used folder, so the row could never finish; the runner clears the folder and starts it again."""
+    import pneumo.gan.train as gan_train
+    import pneumo.training
+    from pneumo.reproduce.runner import _train_one
+    from pneumo.training.checkpoint import STATE_TENSORS
+
+    calls: list[str] = []
+    monkeypatch.setattr(pneumo.training, "train", lambda cfg, **kw: calls.append(f"train {Path(cfg.out).name}"))
+    monkeypatch.setattr(pneumo.training, "resume", lambda run_dir: calls.append(f"resume {Path(run_dir).name}"))
+    monkeypatch.setattr(gan_train, "train_gan", lambda config, run_dir, **kw: calls.append(f"train {run_dir.name}"))
+    monkeypatch.setattr(gan_train, "resume_gan", lambda run_dir, **kw: calls.append(f"resume {run_dir.name}"))
+    exp = Experiment(name="x", suites=["quick"], kind=kind)
+    run_dir = tmp_path / "runs" / "x"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("epochs: 3\n")
+    (run_dir / "split.csv").write_text("path,split\n")
+
+    _train_one(exp, 0, tmp_path, run_dir, {}, "cpu")
+    assert calls == ["train x"] and not (run_dir / "config.yaml").exists()
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text("epochs: 3\n")
+    (run_dir / STATE_TENSORS).write_bytes(b"checkpoint")
+    _train_one(exp, 0, tmp_path, run_dir, {}, "cpu")
+    assert calls == ["train x", "resume x"] and (run_dir / STATE_TENSORS).exists()

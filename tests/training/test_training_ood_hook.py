@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumo.training import build_config, read_run_meta, train
+from pneumo.training import build_config, read_run_meta, resume, train, update_run_meta
 from pneumo.trust.ood import OODScorer
 
 
@@ -17,6 +17,10 @@ def test_every_finished_run_gets_an_ood_detector(synthetic_data: Path, tmp_path:
     scorer = OODScorer.from_meta(meta)
     assert scorer is not None and scorer.threshold > 0
     assert meta["ood"]["best_epoch"] == meta["best"]["epoch"]
+
+    # interrupted while fitting the detector: the training is finished, and resuming fits the detector
+    update_run_meta(run, ood=None)
+    assert resume(run) == run and read_run_meta(run)["ood"] == meta["ood"]
 
     off_flags = {**flags, "out": str(tmp_path / "off"), "fit_ood": False, "progress": False}
     off = train(build_config(flags=off_flags, overrides=tiny))

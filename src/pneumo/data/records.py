@@ -70,6 +70,11 @@ def parse_file_name(name: str, label: str | None = None) -> tuple[str | None, st
     return ("normal" if label == "NORMAL" else None), stem
 
 
+def is_synthetic(name: str) -> bool:
+    """True for the images ``pneumo gan synth`` writes (``synthetic-<run>-<class>-<i>.png``)."""
+    return bool(_SYNTHETIC.match(Path(name).stem))
+
+
 def follows_kermany_naming(name: str) -> bool:
     """True for ``personN_bacteria|virus_M`` and ``[NORMAL2-]IM-N-M`` names, whose patient id the name carries."""
     stem = Path(name).stem

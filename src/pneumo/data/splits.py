@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo.data.records import DatasetError, Record
+from pneumo.data.records import DatasetError, Record, is_synthetic
 
 SPLIT_COLUMNS = ("path", "split", "label", "subtype", "patient_id")
 
@@ -43,6 +43,12 @@ def make_split(
 
     if not 0.0 < val_fraction < 0.5:
         raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
+    # Generated images (pneumo gan synth written into a dataset folder) train only: never validated or tested on.
+    generated = [r for r in records if is_synthetic(r.name)]
+    if misplaced := [r for r in generated if r.split == "test"]:
+        raise DatasetError(f"{len(misplaced)} generated image(s) in the test split, e.g. {misplaced[0].path}")
+    generated = [replace(r, split="train") for r in generated]
+    records = [r for r in records if not is_synthetic(r.name)]
     test = [r for r in records if r.split == "test"]
     if exclude_test_patients:
         test_patients = {r.patient_id for r in test}
@@ -59,7 +65,7 @@ def make_split(
                 f"{' ...' if len(shared) > 5 else ''}): it would not validate on unseen patients; drop "
                 "keep_official_val to carve one by patient"
             )
-        return [*train, *official_val, *test]
+        return [*train, *generated, *official_val, *test]
 
     pool = [r for r in records if r.split in ("train", "val")]
     if not pool:
@@ -76,7 +82,7 @@ def make_split(
     _, val_idx = next(splitter.split(np.zeros(len(pool)), strata, groups))
     val_set = set(val_idx.tolist())
     carved = [replace(r, split="val" if i in val_set else "train") for i, r in enumerate(pool)]
-    return [*carved, *test]
+    return [*carved, *generated, *test]
 
 
 def check_disjoint(records: Sequence[Record]) -> dict[str, list[str]]:

@@ -45,11 +45,13 @@ def write_results(
         row.update(experiment=exp.name, seed=seed, seeds_declared=len(exp.seeds), kind=exp.kind,
                    description=exp.description, device=status.get("device"), baseline=exp.baseline)  # fmt: skip
         if exp.baseline:
-            base = _baseline_run(entries, exp.baseline, seed)
-            if base is not None and row.get("eval"):
-                row["paired_vs_baseline"] = paired_difference(
+            found = _baseline_run(entries, exp.baseline, seed)
+            if found is not None and row.get("eval"):
+                base_seed, base = found
+                paired = paired_difference(
                     evaluated / row["eval"] / "predictions.csv", base / row["eval"] / "predictions.csv", n_boot=n_boot
                 )
+                row["paired_vs_baseline"] = {**paired, "baseline_seed": base_seed}
         rows.append(row)
     info = {
         "suite": suite,
@@ -66,10 +68,17 @@ def write_results(
     return result
 
 
-def _baseline_run(entries: Sequence[tuple[Experiment, int, Path]], name: str, seed: int) -> Path | None:
-    """The baseline's evaluated run of the same seed (same split and initialisation seed), else its first seed."""
+def _baseline_run(entries: Sequence[tuple[Experiment, int, Path]], name: str, seed: int) -> tuple[int, Path] | None:
+    """``(seed, evaluated run)`` of the baseline: its run of the same seed (same split and initialisation seed),
+    else its first seed (the row then says so, and the seed summary leaves that difference out)."""
     runs = {s: Path(_status(d).get("evaluated_run", d)) for e, s, d in entries if e.name == name}
-    return runs.get(seed, next(iter(runs.values()), None))
+    if seed in runs:
+        return seed, runs[seed]
+    return next(iter(runs.items()), None)
+
+
+def _same_seed_pair(row: dict[str, Any]) -> bool:
+    return row["paired_vs_baseline"].get("baseline_seed", row["seed"]) == row["seed"]
 
 
 def seed_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -91,7 +100,11 @@ def seed_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             points = [p for p in points if p is not None and not math.isnan(p)]
             if len(points) == len(group):
                 metrics[key] = _stats(points)
-        deltas = [r["paired_vs_baseline"]["delta_roc_auc"]["point"] for r in group if r.get("paired_vs_baseline")]
+        deltas = [
+            r["paired_vs_baseline"]["delta_roc_auc"]["point"]
+            for r in group
+            if r.get("paired_vs_baseline") and _same_seed_pair(r)
+        ]
         entry = {"experiment": name, "task": group[0]["task"], "seeds": [r["seed"] for r in group], "metrics": metrics}
         if len(deltas) == len(group):
             entry["delta_roc_auc_vs_baseline"] = _stats(deltas)
@@ -174,7 +187,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             for r in paired:
                 d = r["paired_vs_baseline"]
                 lines.append(
-                    f"- `{r['experiment']}` - `{r['baseline']}`{_seed_note(r)}: "
+                    f"- `{r['experiment']}` - `{r['baseline']}`{_seed_note(r)}{_baseline_seed_note(r)}: "
                     f"ROC AUC {format_ci(d['delta_roc_auc'])}, "
                     f"accuracy {format_ci(d['delta_accuracy'])} ({d['n_images']} images)"
                 )
@@ -184,6 +197,12 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += [f"- `{f['experiment']}` (seed {f['seed']}): {f['error']}" for f in result["failed"]]
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _baseline_seed_note(row: dict[str, Any]) -> str:
+    if _same_seed_pair(row):
+        return ""
+    return f" against the baseline's seed {row['paired_vs_baseline']['baseline_seed']} (its own seed is missing)"
 
 
 def _seed_note(row: dict[str, Any]) -> str:

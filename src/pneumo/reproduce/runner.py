@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,20 @@ def seeds_to_run(exp: Experiment, max_seeds: int | None) -> list[int]:
     return exp.seeds if max_seeds is None else exp.seeds[:max_seeds]
 
 
+def _resumable(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a checkpoint to resume from. A folder without one (interrupted while caching,
+    generating images or before its first checkpoint) cannot be resumed, and a new run refuses a used folder: it is
+    cleared, and the run starts again."""
+    from pneumo.training.checkpoint import STATE_TENSORS
+
+    if (run_dir / STATE_TENSORS).exists():
+        return True
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        log.warning("%s holds no checkpoint (interrupted before its first one): starting it again", run_dir)
+        shutil.rmtree(run_dir)
+    return False
+
+
 def _train_one(
     exp: Experiment, seed: int, data: Path, run_dir: Path, run_dirs: dict[str, dict[int, Path]], device: str
 ) -> Path:
@@ -78,7 +93,7 @@ def _train_one(
         from pneumo.gan.config import load_config
         from pneumo.gan.train import resume_gan, train_gan
 
-        if (run_dir / "config.yaml").exists():
+        if _resumable(run_dir):
             resume_gan(run_dir, progress=False)
         else:
             overlay = resolve_refs(exp.gan, run_dirs, seed)
@@ -88,7 +103,7 @@ def _train_one(
     from pneumo.training import build_config, resume, train
     from pneumo.training.config import deep_merge
 
-    if (run_dir / "config.yaml").exists():
+    if _resumable(run_dir):
         resume(run_dir)  # a finished run returns at once
         return run_dir
     overlay = resolve_refs(exp.train, run_dirs, seed)

@@ -122,6 +122,7 @@ def resume(run_dir: str | Path) -> Path:
     tensors, state = ckpt.load_state(run_dir)
     if state["progress"]["finished"]:
         log.info("the run in %s has already finished; nothing to resume", run_dir)
+        _fit_ood(cfg, run_dir, pick_device(cfg.device))  # stopped while fitting its detector: fitted now, else no-op
         return run_dir
     device, info = _prepare(cfg)
     try:
