@@ -59,6 +59,7 @@ def test_rescale_and_window_match_the_whole_image_computation(kwargs: dict) -> N
         ({"NumberOfFrames": "1.5"}, "(DICOM header has an unreadable|cannot decode DICOM pixel data)"),
     ],
 )
+@pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning", "ignore:Value .* is not valid:UserWarning")
 def test_malformed_headers_are_decode_errors_naming_the_file(attributes: dict, reason: str) -> None:
     data = _with(dicom_bytes(np.arange(64, dtype=np.uint16).reshape(8, 8)), **attributes)
     with pytest.raises(ImageDecodeError, match=rf"^bad\.dcm: {reason}"):
