@@ -16,11 +16,12 @@ def test_train_resume_sample_synth_on_the_synthetic_dataset(synthetic_data: Path
     run = tmp_path / "cli-run"
     tiny = ["g_channels=8", "d_channels=8", "z_dim=8", "embed_dim=4", "batch_size=32"]
     args = ["train", "--data", str(synthetic_data), "--image-size", "16", "--epochs", "1", "--out", str(run), "--quiet"]
+    args += ["--seed", "3"]
     result = runner.invoke(app, args + [arg for s in tiny for arg in ("--set", s)])
     assert result.exit_code == 0, result.output
     assert (run / "classifier" / "checkpoint.json").is_file()
     config = (run / "config.yaml").read_text()
-    assert "image_size: 16" in config and "g_channels: 8" in config
+    assert "image_size: 16" in config and "g_channels: 8" in config and "\nseed: 3\n" in config
 
     result = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "2", "--quiet"])
     assert result.exit_code == 0, result.output

@@ -17,6 +17,9 @@ def train(
     image_size: int | None = typer.Option(None, "--image-size", help="GAN image size: 64 (default) or 128."),
     epochs: int | None = typer.Option(None, "--epochs", help="Total epochs (with --resume: the new total)."),
     out: Path | None = typer.Option(None, "--out", help="Run folder (default runs/acgan-<time>)."),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed of initialisation, noise, data order and (unless split_seed is set) the split."
+    ),
     config: Path | None = typer.Option(None, "--config", help="YAML config file (keys of pneumo.gan.GanConfig)."),
     overrides: list[str] = typer.Option([], "--set", help="Config override key=value (repeatable)."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue this run folder from its last epoch."),
@@ -31,11 +34,11 @@ def train(
 
     try:
         if resume is not None:
-            if data or image_size or config or overrides or out:
+            if data or image_size or config or overrides or out or seed is not None:
                 fail("with --resume only --epochs may be given (the run's config.yaml is used)")
             run = resume_gan(resume, epochs=epochs, progress=not quiet)
         else:
-            cfg = load_config(config, overrides, data=data, image_size=image_size, epochs=epochs)
+            cfg = load_config(config, overrides, data=data, image_size=image_size, epochs=epochs, seed=seed)
             run = train_gan(cfg, out, progress=not quiet)
     except (ValidationError, ValueError, DatasetError, FileNotFoundError, FileExistsError) as exc:
         fail(str(exc))
