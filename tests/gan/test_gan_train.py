@@ -120,6 +120,26 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(toy_data: Path, t
     ]
     assert rows[0] == rows[1]
 
+    # interrupted after exporting epoch 2's class head but before saving epoch 2's state: the head is re-exported
+    # from the redone epoch, even when the redone epoch (on a GPU, not bit-identical) scores lower
+    import pneumo.gan.train as gan_train
+
+    torn = tmp_path / "torn"
+    train_gan(config.model_copy(update={"epochs": 1}), torn, progress=False)
+    real_save = gan_train.save_training_state
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gan_train, "save_training_state", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            resume_gan(torn, epochs=2, progress=False)
+    assert gan_train.exported_epoch(torn) == 2  # the export of the epoch whose state was never saved
+    lower = {"val_auc": -1.0}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gan_train, "val_metrics", lambda *a, **k: {"val_auc": lower["val_auc"], "val_loss": 0.0})
+        patch.setattr(gan_train, "save_training_state", real_save)
+        resume_gan(torn, epochs=2, progress=False)
+    head = json.loads((torn / "classifier" / "checkpoint.json").read_text())["best"]
+    assert head == {"epoch": 2, "val_auc": -1.0}
+
     # a weights file from another epoch (a crash between two writes) is refused
     broken = tmp_path / "broken"
     shutil.copytree(interrupted, broken)

@@ -25,7 +25,7 @@ from pneumo.data.splits import write_split_csv
 from pneumo.data.tasks import get_task
 from pneumo.gan.acgan import Discriminator
 from pneumo.gan.config import TASK, GanConfig
-from pneumo.training.checkpoint import FORMAT, save_weights, update_run_meta, write_run_meta
+from pneumo.training.checkpoint import FORMAT, read_run_meta, save_weights, update_run_meta, write_run_meta
 from pneumo.utils.atomic import write_text
 
 CLASSIFIER_DIR = "classifier"
@@ -91,6 +91,13 @@ def write_classifier_run(
         },
     )
     return out
+
+
+def exported_epoch(run_dir: Path) -> int | None:
+    """The GAN epoch whose class head ``run_dir/classifier`` holds (``None`` before the first export)."""
+    if not (run_dir / CLASSIFIER_DIR / "checkpoint.json").is_file():
+        return None
+    return (read_run_meta(run_dir / CLASSIFIER_DIR).get("best") or {}).get("epoch")
 
 
 def set_last_epoch(run_dir: Path, epoch: int) -> None:

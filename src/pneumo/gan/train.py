@@ -35,7 +35,7 @@ from pneumo.data.splits import make_split, read_split_csv, write_split_csv
 from pneumo.data.tasks import get_task
 from pneumo.gan.acgan import Discriminator, Generator
 from pneumo.gan.checkpoint import build_generator, load_training_state, save_training_state
-from pneumo.gan.classifier import class_logits, set_last_epoch, write_classifier_run
+from pneumo.gan.classifier import class_logits, exported_epoch, set_last_epoch, write_classifier_run
 from pneumo.gan.config import TASK, GanConfig, read_config, save_config
 from pneumo.gan.losses import discriminator_loss, generator_loss
 from pneumo.gan.synth import class_grid, save_png, to_gan_range
@@ -253,6 +253,12 @@ def _fit(run_dir: Path, config: GanConfig, data: GanData, *, resume: bool, progr
         )
         steps.ema.n_averaged.fill_(info["ema_n_averaged"])
         start, step, best = info["epoch"] + 1, info["step"], info["best"]
+        exported = exported_epoch(run_dir)
+        if exported is not None and exported > info["epoch"]:
+            # interrupted between exporting the class head and saving the state: classifier/ holds an epoch that
+            # is redone now (bit-identically on CPU, not always on GPU), so the redone epoch's head replaces it
+            log.warning("classifier/ holds epoch %d, after the checkpoint's %d: re-exported", exported, info["epoch"])
+            best = {"epoch": None, "val_auc": None}
         _truncate_metrics(metrics_path, info["epoch"])
         log.info("resuming %s after epoch %d", run_dir, info["epoch"])
 
