@@ -30,6 +30,7 @@ from pneumo.serve.guards import (
     check_limits,
     check_pixels,
     read_upload,
+    retry_headers,
 )
 
 ENV_PREFIX = "PNEUMO_SERVE_"
@@ -164,8 +165,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if exc.status == 503 else None  # busy or timed out: worth another try
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=retry_headers(exc.status))
 
     @app.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:

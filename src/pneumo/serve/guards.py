@@ -40,6 +40,26 @@ class _BodyTooLarge(Exception):
     pass
 
 
+RETRY_AFTER_S = "1"  # sent with every 503 (busy or timed out): the request is worth another try
+
+
+def retry_headers(status: int) -> dict[str, str]:
+    return {"Retry-After": RETRY_AFTER_S} if status == 503 else {}
+
+
+async def send_error(send: Send, error: ApiError) -> None:
+    """Answer ``error`` as JSON straight from ASGI middleware (outside FastAPI's exception handlers)."""
+    headers = {"content-type": "application/json", "connection": "close", **retry_headers(error.status)}
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error.status,
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        }
+    )
+    await send({"type": "http.response.body", "body": json.dumps(error.body()).encode()})
+
+
 class BodyLimitMiddleware:
     """Refuse request bodies over ``max_bytes`` with 413, while they arrive: by ``Content-Length`` before reading
     anything, and by counting the received chunks otherwise (chunked uploads), so no body is read unbounded."""
@@ -79,10 +99,7 @@ class BodyLimitMiddleware:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps(ApiError(413, "upload_too_large", f"uploads are limited to {self.limit_text}").body())
-        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body.encode()})
+        await send_error(send, ApiError(413, "upload_too_large", f"uploads are limited to {self.limit_text}"))
 
 
 class InFlightLimitMiddleware:
@@ -97,10 +114,7 @@ class InFlightLimitMiddleware:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.max_requests:  # one event loop: no lock needed around the counter
-            body = json.dumps(ApiError(503, "busy", "too many requests in progress; try again shortly").body())
-            headers = [(b"content-type", b"application/json"), (b"retry-after", b"1"), (b"connection", b"close")]
-            await send({"type": "http.response.start", "status": 503, "headers": headers})
-            await send({"type": "http.response.body", "body": body.encode()})
+            await send_error(send, ApiError(503, "busy", "too many requests in progress; try again shortly"))
             return
         self.in_flight += 1
         try:
