@@ -109,6 +109,21 @@ def test_audit_model_writes_all_checks(
         assert p["mean_abs_probability_change"] == pytest.approx(np.abs(new - probs).max(axis=1).mean())
     # Masking the border band moves every output (blur at 32 px, sigma 0.24 px, rounds back to the same pixels).
     assert result["perturbations"]["mask border"]["mean_abs_probability_change"] > 1e-3
+    # Each probe reports what it did to its input, and the table names the probe that did nothing at this size.
+    blurred, masked = (
+        perturb.apply(run_outputs.images, perturb.select([n])[0], seed=1) for n in ("blur", "mask border")
+    )
+    masked_diff = np.abs(masked.astype(float) - run_outputs.images.astype(float))
+    assert result["perturbations"]["mask border"]["mean_abs_pixel_change"] == pytest.approx(masked_diff.mean())
+    assert result["perturbations"]["mask border"]["images_changed"] == 1.0
+    assert np.array_equal(blurred, run_outputs.images)
+    assert (
+        result["perturbations"]["blur"]["mean_abs_pixel_change"]
+        == result["perturbations"]["blur"]["images_changed"]
+        == 0
+    )
+    assert "| blur (changed no pixel at this size) |" in saved["table"]
+    assert "| mask border |" in saved["table"]
 
     g = result["gradcam"]
     assert g["n_images"] == 8 and g["layer"] == "features.block4"

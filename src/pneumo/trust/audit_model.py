@@ -165,8 +165,23 @@ def perturbation_section(
         changed = perturb.apply(images, p, seed=seed)
         raw, _ = forward_arrays(model, changed, ctx.contract, batch_size=batch_size, device=device)
         new = task_probabilities(raw, len(ctx.class_names))
-        out[p.name] = {"description": p.description, **_paired(y, probs, new, groups, ctx.class_names, n_boot, seed)}
+        out[p.name] = {
+            "description": p.description,
+            **pixel_change(images, changed),
+            **_paired(y, probs, new, groups, ctx.class_names, n_boot, seed),
+        }
     return out
+
+
+def pixel_change(before: np.ndarray, after: np.ndarray) -> dict[str, float]:
+    """How much a perturbation changed its input: the mean absolute change of a pixel (0-255 scale) and the share
+    of images with at least one changed pixel. A probe can do nothing at a small model size (a blur of a fraction
+    of a pixel rounds back to the same values); an unchanged AUC then says nothing about robustness."""
+    diff = np.abs(after.astype(np.int16) - before.astype(np.int16)).reshape(len(before), -1)
+    return {
+        "mean_abs_pixel_change": float(diff.mean()) if diff.size else 0.0,
+        "images_changed": float((diff.max(axis=1) > 0).mean()) if diff.size else 0.0,
+    }
 
 
 def energy_shares(maps: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
@@ -326,8 +341,13 @@ def audit_model(
     return result
 
 
+PIXEL_COLUMN = "mean pixel change (0-255)"
+SUMMARY_COLUMNS = ["check", "n", "AUC", "change", PIXEL_COLUMN]
+
+
 def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows ``{check, n, AUC, change}`` for printing and for the report."""
+    """Rows ``{check, n, AUC, change, pixel change}`` for printing and for the report; a perturbation that changed
+    no pixel at this model size says so in its name."""
     rows = [{"check": "full test", "n": result["test"]["n"], "AUC": result["test"]["auc"], "change": None}]
     m = result["matched"]
     rows.append({"check": f"matched on {' + '.join(m['cues'])}", "n": m["n"], "AUC": m["auc"], "change": None})
@@ -337,7 +357,16 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             {"check": "resolution-normalised twin", "n": t["n_pairs"], "AUC": t["auc"], "change": t["delta_auc"]}
         )
     for name, p in result["perturbations"].items():
-        rows.append({"check": name, "n": result["test"]["n"], "AUC": p["auc"], "change": p["delta_auc"]})
+        check = name if p["images_changed"] > 0 else f"{name} (changed no pixel at this size)"
+        rows.append(
+            {
+                "check": check,
+                "n": result["test"]["n"],
+                "AUC": p["auc"],
+                "change": p["delta_auc"],
+                PIXEL_COLUMN: p["mean_abs_pixel_change"],
+            }
+        )
     return rows
 
 
@@ -379,7 +408,7 @@ def write_outputs(
         for r in summary_rows(result)
         if r["change"]
     ]
-    table = compare_table(summary_rows(result), ["check", "n", "AUC", "change"], markdown=True)
+    table = compare_table(summary_rows(result), SUMMARY_COLUMNS, markdown=True)
     result["table"] = table
     sections = {"Summary": table, **explanations(result)}
     limitations = [
