@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from pneumo.cli.output import check_device, fail
+from pneumo.cli.output import DEVICE_HELP, check_device, fail
 
 app = typer.Typer(help="Shortcut audits (data, model) and the out-of-distribution check.", no_args_is_help=True)
 
@@ -80,7 +80,7 @@ def model(
     aspect_bins: int = typer.Option(5, "--aspect-bins", min=1, help="Quantile bins of the aspect for matching."),
     n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap replicates (patients resampled)."),
     seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     as_json: bool = typer.Option(False, "--json", help="Print audit-model.json instead of the table."),
 ) -> None:
@@ -124,7 +124,7 @@ def ood_fit(
     run_dir: Path = typer.Argument(..., help="Run folder written by `pneumo train`."),
     n_components: int = typer.Option(64, "--components", min=1, help="At most this many PCA components."),
     pass_rate: float = typer.Option(0.95, "--pass-rate", min=0.5, max=0.999, help="Validation share that passes."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
 ) -> None:
     """Fit the out-of-distribution detector on the run's train images, threshold it on its validation split and
@@ -149,7 +149,7 @@ def ood_fit(
 def ood_rates_cmd(
     run_dir: Path = typer.Argument(..., help="Run folder with a fitted detector."),
     split: str = typer.Option("test", "--split", help="train | val | test of the run's own split."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Share of a split's images that the detector flags (about 5 % expected on in-distribution data)."""
     from pneumo.data.records import DatasetError

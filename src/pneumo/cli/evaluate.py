@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from pneumo.cli.output import check_device, fail
+from pneumo.cli.output import DEVICE_HELP, check_device, fail
 
 
 def evaluate(
@@ -36,7 +36,7 @@ def evaluate(
     json_out: bool = typer.Option(False, "--json", help="Print metrics.json instead of the summary table."),
     n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap replicates (patients resampled)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per inference batch."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw the PNG plots embedded in report.html."),
 ) -> None:

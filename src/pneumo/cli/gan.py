@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from pneumo.cli.output import fail
+from pneumo.cli.output import DEVICE_HELP, check_device, fail
 
 app = typer.Typer(help="ACGAN: train, sample, and write synthetic training images.", no_args_is_help=True)
 
@@ -88,11 +88,12 @@ def quality(
     split: str = typer.Option("val", "--split", help="Real images: train | val (never test)."),
     max_images: int | None = typer.Option(None, "--max-images", min=2, help="Use at most this many real images."),
     seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
 ) -> None:
     """Frechet distance / KID on the classifier's features (NOT Inception FID) and class agreement."""
     from pneumo.gan.quality import sample_quality
 
+    check_device(device)
     try:
         result = sample_quality(run_dir, classifier, split=split, max_images=max_images, seed=seed, device=device)
     except (ValueError, FileNotFoundError) as exc:

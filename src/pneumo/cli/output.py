@@ -7,6 +7,8 @@ from typing import Any, NoReturn
 
 import typer
 
+DEVICE_HELP = "auto (CUDA when available) | cpu | cuda | cuda:N"
+
 
 def fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
@@ -14,8 +16,13 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def check_device(device: str) -> None:
-    if device not in ("auto", "cpu", "cuda"):
-        fail(f"--device must be auto, cpu or cuda, got {device!r}")
+    """Refuse a ``--device`` the run could not use (a bad name, CUDA without a GPU) before any work starts."""
+    from pneumo.utils.device import resolve_device
+
+    try:
+        resolve_device(device)
+    except ValueError as exc:
+        fail(f"--device: {exc}")
 
 
 def print_table(rows: Sequence[dict[str, Any]], title: str | None = None) -> None:
