@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -105,15 +106,17 @@ def test_val_fraction_is_one_fold_and_too_few_patients_are_named() -> None:
         make_split(few, val_fraction=0.1)
 
 
-def test_generated_images_in_a_dataset_folder_train_only() -> None:
-    """`pneumo gan synth --out` writes the Kaggle layout; pointed at the dataset itself, its images must not be
-    carved into validation (each would be a patient of its own) nor sit in test."""
+def test_generated_images_in_a_dataset_folder_train_only(caplog: pytest.LogCaptureFixture) -> None:
+    """`pneumo gan synth --out DATASET --into-dataset` writes the Kaggle layout into the dataset; its images must not
+    be carved into validation (each would be a patient of its own) nor sit in test, and every run says they train."""
     generated = [
         Record(Path(f"train/NORMAL/synthetic-acgan-normal-{i}.png"), "train", "NORMAL", "normal", f"g{i}")
         for i in range(60)
     ]
     real = _records()
-    out = make_split([*real, *generated], val_fraction=0.2, seed=0)
+    with caplog.at_level(logging.WARNING, logger="pneumo.data.splits"):
+        out = make_split([*real, *generated], val_fraction=0.2, seed=0)
+    assert "60 generated image(s) (synthetic-*, e.g. train/NORMAL/synthetic-acgan-normal-0.png)" in caplog.text
     assert Counter(r.split for r in out if "synthetic" in r.name) == {"train": 60}
     without = make_split(real, val_fraction=0.2, seed=0)
     assert [r for r in out if "synthetic" not in r.name] == without  # the real images' carve is unchanged

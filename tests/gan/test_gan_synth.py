@@ -65,3 +65,18 @@ def test_sample_grids(gan_run: Path, tmp_path: Path) -> None:
         assert img.height == 3 * (TOY_SIZE + 2) + 2  # one row per class
     with pytest.raises(ValueError, match="unknown class"):
         sample_to_file(gan_run, tmp_path / "x.png", class_name="covid")
+
+
+def test_a_real_dataset_folder_is_refused_unless_asked_for(gan_run: Path, tmp_path: Path) -> None:
+    dataset = tmp_path / "chest_xray"
+    real = dataset / "test" / "NORMAL" / "IM-0001-0001.jpeg"
+    real.parent.mkdir(parents=True)
+    Image.new("L", (8, 8)).save(real, format="JPEG")
+    with pytest.raises(ValueError, match=r"holds real images \(e.g. .*IM-0001-0001.jpeg\)"):
+        write_synthetic_dataset(gan_run, dataset, 1)
+    assert not (dataset / "train").exists()  # refused before anything was written
+    paths = write_synthetic_dataset(gan_run, dataset, 1, into_dataset=True)
+    assert len(paths) == 3 and all(p.parent.parent == dataset / "train" for p in paths)
+    # A folder of generated images only is not a dataset: writing there again needs no opt-in.
+    write_synthetic_dataset(gan_run, tmp_path / "synth", 1)
+    assert len(write_synthetic_dataset(gan_run, tmp_path / "synth", 2)) == 6

@@ -70,12 +70,18 @@ def synth(
     out: Path = typer.Option(..., "--out", help="Folder to write DIR/train/{NORMAL,PNEUMONIA}/ into."),
     per_class: int = typer.Option(..., "--per-class", min=0, help="Images per class."),
     seed: int = typer.Option(0, "--seed"),
+    into_dataset: bool = typer.Option(
+        False,
+        "--into-dataset",
+        help="Allow an --out folder that holds real images: every later run on that folder then trains on the "
+        "generated images too.",
+    ),
 ) -> None:
     """Write SYNTHETIC training images (train/ only, never val or test) named synthetic-<run>-<class>-<i>.png."""
     from pneumo.gan.synth import write_synthetic_dataset
 
     try:
-        paths = write_synthetic_dataset(run_dir, out, per_class, seed=seed)
+        paths = write_synthetic_dataset(run_dir, out, per_class, seed=seed, into_dataset=into_dataset)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     typer.echo(f"wrote {len(paths)} synthetic training images to {out / 'train'}")

@@ -7,6 +7,7 @@ dataset root) and can be passed back in to reproduce a run exactly.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.data.records import DatasetError, Record, is_synthetic
+
+log = logging.getLogger(__name__)
 
 SPLIT_COLUMNS = ("path", "split", "label", "subtype", "patient_id")
 
@@ -47,6 +50,12 @@ def make_split(
     generated = [r for r in records if is_synthetic(r.name)]
     if misplaced := [r for r in generated if r.split == "test"]:
         raise DatasetError(f"{len(misplaced)} generated image(s) in the test split, e.g. {misplaced[0].path}")
+    if generated:
+        log.warning(
+            "%d generated image(s) (synthetic-*, e.g. %s) are in the dataset: they join the training split",
+            len(generated),
+            generated[0].path,
+        )
     generated = [replace(r, split="train") for r in generated]
     records = [r for r in records if not is_synthetic(r.name)]
     test = [r for r in records if r.split == "test"]

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from pneumo.data.records import Record, parse_file_name
+from pneumo.data.records import IMAGE_SUFFIXES, Record, is_synthetic, parse_file_name
 from pneumo.data.tasks import get_task
 from pneumo.gan.acgan import Generator
 from pneumo.gan.checkpoint import load_generator
@@ -126,15 +126,38 @@ def _per_class_counts(per_class: int | Mapping[str, int]) -> dict[str, int]:
     return {c: int(counts.get(c, 0)) for c in CLASS_NAMES}
 
 
+def first_real_image(folder: Path) -> Path | None:
+    """An image under ``folder`` that ``pneumo gan synth`` did not write (the folder is a real dataset), or None."""
+    if not folder.is_dir():
+        return None
+    for path in folder.rglob("*"):
+        if path.suffix.lower() in IMAGE_SUFFIXES and not is_synthetic(path.name) and path.is_file():
+            return path
+    return None
+
+
 def write_synthetic_dataset(
-    gan_run_dir: str | Path, out_dir: str | Path, per_class: int | Mapping[str, int], *, seed: int = 0
+    gan_run_dir: str | Path,
+    out_dir: str | Path,
+    per_class: int | Mapping[str, int],
+    *,
+    seed: int = 0,
+    into_dataset: bool = False,
 ) -> list[Path]:
     """Write generated PNGs to ``out_dir/train/{NORMAL,PNEUMONIA}/synthetic-<runid>-<class>-<i>.png``.
 
     Only a ``train/`` folder is written (see the module docstring). Earlier files of the same run id in those folders
     are replaced, so the folder holds exactly the requested images. Same run and seed -> same pixels.
+    ``out_dir`` must not hold real images unless ``into_dataset``: generated images in a dataset folder train every
+    later run on that folder, a contamination that is easy to forget (``pneumo train`` warns about it).
     """
     counts = _per_class_counts(per_class)
+    if not into_dataset and (real := first_real_image(Path(out_dir))):
+        raise ValueError(
+            f"{out_dir} holds real images (e.g. {real}): generated images written there would join the training "
+            "split of every later run on that folder. Write them to a folder of their own (train with "
+            "--synthetic-from instead), or pass into_dataset=True (--into-dataset) if that is what you want"
+        )
     generator = load_generator(gan_run_dir)
     rid = run_id(gan_run_dir)
     out = Path(out_dir) / "train"
