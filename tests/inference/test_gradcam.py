@@ -49,7 +49,7 @@ def test_heatmap_matches_the_definition(tmp_path: Path, arch: str, size: int) ->
     assert heatmap.min() >= 0.0 and heatmap.max() <= 1.0 and heatmap.std() > 0.01
 
     model = copy.deepcopy(predictor.backend.model).to(memory_format=torch.contiguous_format).eval()
-    x = predictor.model_input([prepared.resized])
+    x = torch.from_numpy(predictor.model_input([prepared.resized]))
     expected = reference_grad_cam(model, model.cam_target_layer, x, predictor.class_names.index(label))
     assert np.abs(heatmap - expected).mean() < 0.03
     assert np.corrcoef(heatmap.ravel(), expected.ravel())[0, 1] > 0.98

@@ -75,7 +75,7 @@ def test_onnx_predictor_needs_no_pytorch_model(exported: tuple[Path, Path], monk
     def no_torch(*_a: object, **_k: object) -> None:
         raise AssertionError("the ONNX path must not build a PyTorch model")
 
-    monkeypatch.setattr("pneumo.inference.predictor.load_run", no_torch)
+    monkeypatch.setattr("pneumo.inference.torch_backend.load_run", no_torch)
     monkeypatch.setattr("pneumo.models.get_model", no_torch)
     p = pneumo.api.load(exported[1])
     assert p.predict(xray_like()).label in p.class_names

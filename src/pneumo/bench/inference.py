@@ -19,9 +19,10 @@ import pneumo
 from pneumo.bench.machine import memory_probe, percentile, sync
 from pneumo.data.dataset import SplitData
 from pneumo.data.preprocess import PreprocessContract, normalize
-from pneumo.inference.backends import OnnxBackend, Outputs, TorchBackend
+from pneumo.inference.backends import OnnxBackend, Outputs
 from pneumo.inference.meta import ModelMeta
 from pneumo.inference.predictor import Predictor
+from pneumo.inference.torch_backend import TorchBackend
 from pneumo.models import get_model
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")

@@ -1,20 +1,23 @@
-"""Data layer: records, tasks, splits, decoding, the preprocessing contract and the image cache."""
+"""Data layer: records, tasks, splits, decoding, the preprocessing contract and the image cache.
 
-from pneumo.data.cache import CachedImages, ImageCache, default_cache_root
-from pneumo.data.dataset import CachedImageDataset, SplitData, build_split
-from pneumo.data.decode import ImageDecodeError, decode_bytes, decode_image
-from pneumo.data.preprocess import PreprocessContract, normalize, preprocess_image, resize_gray
-from pneumo.data.records import (
-    LABELS,
-    SUBTYPES,
-    DatasetError,
-    Record,
-    dataset_root,
-    discover,
-    parse_file_name,
-)
-from pneumo.data.splits import check_disjoint, make_split, read_split_csv, write_split_csv
-from pneumo.data.tasks import TASKS, Task, get_task
+The names below load their module on first use (PEP 562), so that ``pneumo.data.decode`` and
+``pneumo.data.preprocess`` stay importable without PyTorch: an ONNX-only deployment decodes and preprocesses with
+them (``pneumo.load("model.onnx")``), and the cache and dataset modules, which need torch, load only when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pneumo.data.cache import CachedImages, ImageCache, default_cache_root
+    from pneumo.data.dataset import CachedImageDataset, SplitData, build_split
+    from pneumo.data.decode import ImageDecodeError, decode_bytes, decode_image
+    from pneumo.data.preprocess import PreprocessContract, normalize, normalize_array, preprocess_image, resize_gray
+    from pneumo.data.records import LABELS, SUBTYPES, DatasetError, Record, dataset_root, discover, parse_file_name
+    from pneumo.data.splits import check_disjoint, make_split, read_split_csv, write_split_csv
+    from pneumo.data.tasks import TASKS, Task, get_task
 
 __all__ = [
     "LABELS",
@@ -39,9 +42,34 @@ __all__ = [
     "get_task",
     "make_split",
     "normalize",
+    "normalize_array",
     "parse_file_name",
     "preprocess_image",
     "read_split_csv",
     "resize_gray",
     "write_split_csv",
 ]
+
+_MODULE_OF = {
+    **dict.fromkeys(("CachedImages", "ImageCache", "default_cache_root"), "cache"),
+    **dict.fromkeys(("CachedImageDataset", "SplitData", "build_split"), "dataset"),
+    **dict.fromkeys(("ImageDecodeError", "decode_bytes", "decode_image"), "decode"),
+    **dict.fromkeys(("PreprocessContract", "normalize", "normalize_array", "preprocess_image"), "preprocess"),
+    "resize_gray": "preprocess",
+    **dict.fromkeys(("LABELS", "SUBTYPES", "DatasetError", "Record", "dataset_root", "discover"), "records"),
+    "parse_file_name": "records",
+    **dict.fromkeys(("check_disjoint", "make_split", "read_split_csv", "write_split_csv"), "splits"),
+    **dict.fromkeys(("TASKS", "Task", "get_task"), "tasks"),
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

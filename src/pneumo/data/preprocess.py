@@ -16,13 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 from PIL import Image
 
 from pneumo.data.decode import ImageInput, decode_image
+
+if TYPE_CHECKING:  # torch is not needed at run time here: ONNX-only prediction imports this module without it
+    import torch
 
 Geometry = Literal["squash", "center-crop", "letterbox"]
 _FILTERS = {
@@ -94,8 +96,16 @@ def preprocess_image(source: ImageInput, contract: PreprocessContract) -> np.nda
 
 
 def normalize(batch: torch.Tensor, contract: PreprocessContract) -> torch.Tensor:
-    """uint8 (N, 1, S, S) or (N, S, S) -> float32 (N, 1, S, S) normalised model input."""
+    """uint8 (N, 1, S, S) or (N, S, S) -> float32 (N, 1, S, S) normalised model input, on the batch's device."""
     if batch.ndim == 3:
         batch = batch.unsqueeze(1)
-    x = batch.to(torch.float32).div_(255.0)
-    return x.sub_(contract.mean).div_(contract.std)
+    return batch.float().div_(255.0).sub_(contract.mean).div_(contract.std)
+
+
+def normalize_array(batch: np.ndarray, contract: PreprocessContract) -> np.ndarray:
+    """:func:`normalize` in NumPy, for prediction without PyTorch (ONNX). The same float32 operations in the same
+    order, so both give identical values for every uint8 input (tested on all 256)."""
+    if batch.ndim == 3:
+        batch = batch[:, None]
+    x = batch.astype(np.float32) / np.float32(255.0)
+    return (x - np.float32(contract.mean)) / np.float32(contract.std)

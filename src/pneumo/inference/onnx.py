@@ -17,8 +17,9 @@ import numpy as np
 import onnx
 import torch
 
-from pneumo.inference.backends import ONNX_INPUT, ONNX_OUTPUTS, FeatureHead, TorchBackend
+from pneumo.inference.backends import ONNX_INPUT, ONNX_OUTPUTS
 from pneumo.inference.predictor import Predictor
+from pneumo.inference.torch_backend import FeatureHead, TorchBackend
 from pneumo.utils.atomic import atomic_path
 
 log = logging.getLogger(__name__)

@@ -3,6 +3,9 @@
 Preprocessing always comes from the model's own contract. Probabilities are a softmax over the task logits (dummy
 class dropped) divided by the run's temperature when it has one. Binary labels use the run's validated operating
 point (``p[positive] >= threshold``), else 0.5; 3-class labels are the argmax.
+
+PyTorch loads only for run folders and Grad-CAM: an ONNX export predicts with NumPy, Pillow, SciPy and onnxruntime
+alone (the deployment the export is for).
 """
 
 from __future__ import annotations
@@ -13,22 +16,24 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
-import torch
 from PIL import Image
 from scipy.special import softmax
-from torch import nn
 
 import pneumo
 from pneumo.data.decode import DEFAULT_MAX_PIXELS, ImageInput, decode_bytes, decode_image
-from pneumo.data.preprocess import normalize, resize_gray
-from pneumo.inference.backends import OnnxBackend, Outputs, TorchBackend, load_run, match_channels
+from pneumo.data.preprocess import normalize_array, resize_gray
+from pneumo.inference.backends import OnnxBackend, Outputs
 from pneumo.inference.meta import DISCLAIMER, META_FILE, ModelLoadError, ModelMeta
 from pneumo.inference.ood import ood_verdicts, resolve_scorer
 from pneumo.inference.result import Explanation, PredictionResult
-from pneumo.utils.device import resolve_device
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pneumo.inference.torch_backend import TorchBackend
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +91,9 @@ class Predictor:
     # --- construction -----------------------------------------------------------------------------------------
     @classmethod
     def from_run(cls, run_dir: str | Path, *, device: str = "cpu", **kwargs: Any) -> Predictor:
+        from pneumo.inference.torch_backend import TorchBackend, load_run
+        from pneumo.utils.device import resolve_device
+
         run_dir = Path(run_dir)
         try:
             device = str(resolve_device(device))
@@ -127,7 +135,7 @@ class Predictor:
 
     @property
     def can_explain(self) -> bool:
-        return isinstance(self.backend, TorchBackend)
+        return not isinstance(self.backend, OnnxBackend)
 
     # --- prediction -------------------------------------------------------------------------------------------
     def prepare(self, source: ImageInput, name: str | None = None) -> PreparedImage:
@@ -138,15 +146,15 @@ class Predictor:
             gray = decode_image(source, max_pixels=self.max_pixels)
         return PreparedImage(name or _source_name(source), gray, resize_gray(gray, self.meta.contract))
 
-    def model_input(self, resized: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
-        """uint8 ``(N, S, S)`` -> normalised float ``(N, 1, S, S)``, exactly as the model was trained."""
-        return normalize(torch.from_numpy(np.stack(list(resized))), self.meta.contract)
+    def model_input(self, resized: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """uint8 ``(N, S, S)`` -> normalised float32 ``(N, 1, S, S)``, exactly as the model was trained."""
+        return normalize_array(np.stack(list(resized)), self.meta.contract)
 
-    def run(self, x: torch.Tensor) -> Outputs:
-        """Raw outputs (dummy included) and pooled features for a normalised batch."""
+    def run(self, x: np.ndarray) -> Outputs:
+        """Raw outputs (dummy included) and pooled features for a normalised batch (an array or a CPU tensor)."""
         return self.backend(x)
 
-    def logits(self, x: torch.Tensor) -> np.ndarray:
+    def logits(self, x: np.ndarray) -> np.ndarray:
         """Task logits ``(N, n_task)`` for a normalised batch (before temperature)."""
         return self.run(x).raw_logits[:, : self.meta.n_task]
 
@@ -198,20 +206,23 @@ class Predictor:
         return self.explain_prepared(self.prepare(source), target=target)
 
     def explain_prepared(self, image: PreparedImage, *, target: str | None = None) -> Explanation:
-        if not isinstance(self.backend, TorchBackend):
+        if not self.can_explain:
             raise ExplainUnavailable("Grad-CAM needs the PyTorch run folder; this model was loaded from ONNX")
+        import torch
+
         from pneumo.inference.gradcam import (  # pulls in matplotlib
             grad_cam,
             heatmap_to_original,
             overlay_png,
             shrink_for_overlay,
         )
+        from pneumo.inference.torch_backend import match_channels
 
         if target is None:
             target = self.predict_prepared([image])[0].label
         if target not in self.class_names:
             raise ValueError(f"unknown class {target!r}; classes are {list(self.class_names)}")
-        x = self.model_input([image.resized]).to(self.backend.device)
+        x = torch.from_numpy(self.model_input([image.resized])).to(self.backend.device)
         # Grad-CAM hooks the model; a private copy keeps those hooks away from concurrent predictions, and the
         # lock keeps two explanations from sharing one set of hooks.
         with self._cam_lock:

@@ -5,10 +5,33 @@
   perturbations, and where its Grad-CAM energy sits (``pneumo audit model``);
 * :class:`OODScorer`, :func:`fit_ood`, :func:`ood_rates` - the out-of-distribution check stored with a run
   (``pneumo audit ood-fit``).
+
+The names load their module on first use (PEP 562): prediction imports :mod:`pneumo.trust.ood` to score inputs, and
+that must not pull in the audits (PyTorch, matplotlib) where only ONNX Runtime is installed.
 """
 
-from pneumo.trust.audit_data import audit_data
-from pneumo.trust.audit_model import audit_model
-from pneumo.trust.ood import OODScorer, fit_ood, fit_scorer, ood_rates
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pneumo.trust.audit_data import audit_data
+    from pneumo.trust.audit_model import audit_model
+    from pneumo.trust.ood import OODScorer, fit_ood, fit_scorer, ood_rates
 
 __all__ = ["OODScorer", "audit_data", "audit_model", "fit_ood", "fit_scorer", "ood_rates"]
+
+_MODULE_OF = {
+    "audit_data": "audit_data",
+    "audit_model": "audit_model",
+    **dict.fromkeys(("OODScorer", "fit_ood", "fit_scorer", "ood_rates"), "ood"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    globals()[name] = value
+    return value

@@ -30,9 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from sklearn.covariance import LedoitWolf
-from sklearn.decomposition import PCA
 
 METHOD = "mahalanobis-pca-tied"
 VERSION = 1
@@ -138,6 +135,10 @@ def fit_scorer(
     extra: Mapping[str, Any] | None = None,
 ) -> OODScorer:
     """Fit on train features/targets, set the threshold on validation features; see the module docstring."""
+    # scikit-learn only for fitting: scoring (prediction, the service, ONNX-only deployments) needs NumPy alone.
+    from sklearn.covariance import LedoitWolf
+    from sklearn.decomposition import PCA
+
     x = np.asarray(train_features, dtype=np.float64)
     y = np.asarray(train_targets, dtype=np.int64)
     if not 0 < pass_rate < 1:
@@ -234,7 +235,7 @@ def ood_rates(
     if scorer is None:
         return {"available": False, "reason": f"no OOD detector fitted: run `pneumo audit ood-fit {run_dir}`"}
     ctx = open_run(run_dir)
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dev = resolve_device(device)
     data = ctx.split(split) if isinstance(split, str) else split
     model = model if model is not None else load_model(ctx, dev)
     _, feats = forward_arrays(model, split_images(data), ctx.contract, batch_size=batch_size, device=dev, features=True)

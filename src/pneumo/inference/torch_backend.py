@@ -1,0 +1,64 @@
+"""The PyTorch backend: a run folder's network in eval mode, and the graph that ONNX export traces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pneumo.inference.backends import Outputs
+from pneumo.inference.meta import ModelLoadError
+
+
+def match_channels(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """The contract yields 1-channel input; a model built with ``in_chans=3`` gets it replicated to (g, g, g)."""
+    in_chans = int(getattr(model, "in_chans", 1))  # a Python int, so ONNX tracing sees no data-dependent branch
+    return x if in_chans == 1 else x.expand(-1, in_chans, -1, -1)
+
+
+class FeatureHead(nn.Module):
+    """``x -> (task logits, raw logits, pooled features)``: the graph that ONNX export traces."""
+
+    def __init__(self, model: nn.Module, n_task: int) -> None:
+        super().__init__()
+        self.model = model
+        self.n_task = n_task
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        feats = self.model.forward_features(match_channels(x, self.model))
+        raw = self.model.forward_head(feats)
+        pooled = self.model.forward_head(feats, pre_logits=True)
+        return raw[:, : self.n_task], raw, pooled
+
+
+def load_run(run_dir: Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The best model of a run folder and its ``checkpoint.json`` (via ``pneumo.training.checkpoint.load_run``,
+    which owns the format); any failure becomes a :class:`ModelLoadError` that names the folder."""
+    from safetensors import SafetensorError
+
+    from pneumo.training.checkpoint import load_run as training_load_run
+
+    try:
+        return training_load_run(run_dir, which="best", device=device)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+        reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ModelLoadError(f"{run_dir}: cannot load the run ({reason})") from exc
+
+
+class TorchBackend:
+    """A PyTorch network in eval mode, channels_last, run under ``torch.inference_mode``."""
+
+    def __init__(self, model: nn.Module, n_task: int, device: str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        self.graph = FeatureHead(self.model, n_task)
+
+    def __call__(self, x: np.ndarray | torch.Tensor) -> Outputs:
+        """``x``: a float32 ``(N, 1, S, S)`` array or tensor."""
+        with torch.inference_mode():
+            x = torch.as_tensor(x).to(self.device).contiguous(memory_format=torch.channels_last)
+            _, raw, pooled = self.graph(x)
+        return Outputs(raw.float().cpu().numpy(), pooled.float().cpu().numpy())

@@ -1,0 +1,93 @@
+"""An ONNX export predicts where PyTorch is not installed (Python API, ``pneumo predict``, ``pneumo serve``):
+NumPy, Pillow, SciPy and onnxruntime are enough (FastAPI for the service).
+
+The export is what a deployment ships; pulling in PyTorch (about 1 GB) to run it would defeat it. The check runs
+in a fresh interpreter in which ``import torch`` fails, and compares its answers with this process's.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import pneumo.api
+from pneumo.data.preprocess import PreprocessContract, normalize, normalize_array
+from pneumo.inference.onnx import export_onnx
+from pneumo.training.checkpoint import update_run_meta
+from pneumo.trust.ood import fit_scorer
+
+from .conftest import make_fake_run, xray_like
+
+BLOCKED = ("torch", "torchvision", "sklearn")
+
+SCRIPT = """
+import json, sys
+for name in {blocked!r}:
+    sys.modules[name] = None  # any import of it now raises ImportError
+import pneumo
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+from pneumo.cli import app
+from pneumo.serve.app import create_app
+
+model, files = sys.argv[1], sys.argv[2:]
+predictor = pneumo.load(model)
+api = [r.to_dict() for r in predictor.predict(files)]
+cli = CliRunner().invoke(app, ["predict", model, *files, "--format", "json"])
+with open(files[0], "rb") as f:
+    http = TestClient(create_app(predictor)).post("/v1/predict", files={{"file": ("x0.png", f, "image/png")}})
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in {blocked!r} and sys.modules[m] is not None)
+print(json.dumps({{"api": api, "cli": json.loads(cli.output), "http": http.json(), "loaded": loaded}}))
+"""
+
+
+def test_normalize_array_equals_normalize_for_every_uint8_value() -> None:
+    import torch
+
+    values = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    for contract in (PreprocessContract(), PreprocessContract(mean=0.5, std=0.25)):
+        expected = normalize(torch.from_numpy(values), contract).numpy()
+        got = normalize_array(values, contract)
+        assert got.dtype == np.float32 and got.shape == (1, 1, 16, 16)
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.fixture(scope="module")
+def export_with_ood(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    root = tmp_path_factory.mktemp("onnx-no-torch")
+    run = make_fake_run(root, operating_point={"threshold": 0.4, "method": "youden", "positive_class": "PNEUMONIA"})
+    predictor = pneumo.api.load(run)
+    images = np.stack([xray_like(32, 32, seed=i) for i in range(40)])
+    features = predictor.run(predictor.model_input(images)).features
+    ood = fit_scorer(features[:30], np.arange(30) % 2, features[30:]).to_params()
+    update_run_meta(run, ood=ood)  # a real detector, so that scoring runs too
+    files = []
+    for i in range(3):
+        path = root / f"x{i}.png"
+        Image.fromarray(xray_like(60, 45 + 5 * i, seed=100 + i)).save(path)
+        files.append(path)
+    return export_onnx(run, root / "model.onnx"), files
+
+
+def test_an_onnx_export_predicts_without_torch(export_with_ood: tuple[Path, list[Path]]) -> None:
+    onnx_path, files = export_with_ood
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT.format(blocked=BLOCKED), str(onnx_path), *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["loaded"] == []
+    expected = [r.to_dict() for r in pneumo.api.load(onnx_path).predict(files)]
+    assert out["api"] == out["cli"] == expected  # the Python API and `pneumo predict`
+    assert {k: v for k, v in out["http"].items() if k in expected[0]} == {**expected[0], "source": "x0.png"}
+    assert all(r["ood_score"] is not None and r["in_distribution"] is not None for r in out["api"])
+    assert {r["threshold"] for r in out["api"]} == {0.4}
