@@ -49,6 +49,13 @@ def test_quick_run_writes_every_section_and_prints_the_tables(tmp_path: Path) ->
     assert inf["max_abs_diff"]["logits"] <= 1e-4  # the exported graph computes what PyTorch computes
     for b in inf["backends"]:
         assert b["latency_ms_p95"] >= b["latency_ms_p50"] > 0 and b["memory"]["peak_rss_mb"] > 0
+    # ONNX start-up in fresh interpreters: without PyTorch loaded the process stays smaller (torch alone adds
+    # well over 100 MB of resident memory).
+    startup = {s["variant"]: s for s in inf["startup"]}
+    assert list(startup) == ["onnx-only", "onnx+torch"]
+    assert all(s["runs"] == 1 and s["seconds_median"] > 0 for s in startup.values())
+    assert startup["onnx-only"]["peak_rss_mb"] + 100 < startup["onnx+torch"]["peak_rss_mb"]
+    assert "### ONNX start-up" in result.output
 
     assert len(report["targets"]) == 6
     assert {t["passed"] for t in report["targets"][-2:]} == {None}  # no GPU here

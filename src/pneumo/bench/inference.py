@@ -8,12 +8,17 @@ in train mode), so activations and logits have realistic magnitudes for the diff
 from __future__ import annotations
 
 import copy
+import json
+import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 import pneumo
 from pneumo.bench.machine import memory_probe, percentile, sync
@@ -94,6 +99,52 @@ def _measure_backend(
     }
 
 
+# A fresh interpreter imports pneumo, loads the ONNX file and predicts one image file, as `pneumo predict` does.
+# "onnx-only" blocks torch, torchvision and scikit-learn (the ONNX path needs none of them); "onnx+torch" imports
+# torch first: what every ONNX prediction cost while pneumo's loader still imported it.
+_STARTUP_SCRIPT = """
+import json, resource, sys, time
+start = time.perf_counter()
+if sys.argv[3] == "onnx-only":
+    for name in ("torch", "torchvision", "sklearn"):
+        sys.modules[name] = None
+else:
+    import torch
+import pneumo
+pneumo.load(sys.argv[1]).predict(sys.argv[2])
+seconds = time.perf_counter() - start
+try:  # VmHWM belongs to this program; ru_maxrss would keep the forking parent's peak across exec
+    with open("/proc/self/status") as f:
+        peak_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+except (OSError, StopIteration):
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_kb / 1024}))
+"""
+STARTUP_VARIANTS = ("onnx-only", "onnx+torch")
+
+
+def measure_startup(onnx_path: Path, image_path: Path, *, runs: int) -> list[dict]:
+    """Seconds (median of ``runs`` fresh interpreters) and peak RSS from start to the first prediction, per variant;
+    the variants alternate so that a change in the machine's load hits both alike."""
+    samples: dict[str, list[dict]] = {v: [] for v in STARTUP_VARIANTS}
+    for _ in range(runs):
+        for variant in STARTUP_VARIANTS:
+            args = [sys.executable, "-c", _STARTUP_SCRIPT, str(onnx_path), str(image_path), variant]
+            proc = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"start-up run ({variant}) failed: {proc.stderr.strip()[-2000:]}")
+            samples[variant].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return [
+        {
+            "variant": variant,
+            "runs": runs,
+            "seconds_median": statistics.median(s["seconds"] for s in got),
+            "peak_rss_mb": max(s["peak_rss_mb"] for s in got),
+        }
+        for variant, got in samples.items()
+    ]
+
+
 def measure_inference(
     model_name: str,
     split: SplitData,
@@ -102,8 +153,10 @@ def measure_inference(
     device: torch.device,
     latency_runs: int,
     throughput_runs: int,
+    startup_runs: int = 3,
 ) -> dict:
-    """PyTorch eager vs ONNX Runtime (both on CPU), and PyTorch on CUDA when ``device`` is a GPU."""
+    """PyTorch eager vs ONNX Runtime (both on CPU), and PyTorch on CUDA when ``device`` is a GPU; the start-up of
+    an ONNX prediction with and without PyTorch loaded."""
     from pneumo.inference.onnx import export_onnx
 
     contract = PreprocessContract(image_size=split.images.image_size)
@@ -137,6 +190,10 @@ def measure_inference(
         )
     )
 
+    image_path = workdir / f"startup-{contract.image_size}.png"
+    Image.fromarray(split.as_tensor()[0, 0].numpy()).save(image_path)
+    startup = measure_startup(onnx_path, image_path, runs=startup_runs)
+
     onnx = OnnxBackend(onnx_path)
     noise = torch.from_numpy(np.random.default_rng(0).standard_normal(tuple(x32.shape), dtype=np.float32))
     diffs = {"logits": 0.0, "features": 0.0}
@@ -166,6 +223,7 @@ def measure_inference(
         "max_abs_diff": diffs,
         "onnx_speedup_batch1": eager["latency_ms_p50"] / ort["latency_ms_p50"],
         "onnx_speedup_batch32": ort["throughput_images_per_s"] / eager["throughput_images_per_s"],
+        "startup": startup,
     }
 
 
@@ -177,6 +235,7 @@ def run_inference_section(
     device: torch.device,
     latency_runs: int,
     throughput_runs: int,
+    startup_runs: int = 3,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict:
     results = []
@@ -190,6 +249,7 @@ def run_inference_section(
                 device=device,
                 latency_runs=latency_runs,
                 throughput_runs=throughput_runs,
+                startup_runs=startup_runs,
             )
         )
     return {

@@ -287,6 +287,25 @@ def render_markdown(results: dict) -> str:
             )
         )
 
+    startup = [
+        dict(s, model=r["model"], size=r["size"]) for r in inference.get("results", []) for s in r.get("startup", [])
+    ]
+    if startup:
+        lines += ["", "### ONNX start-up: fresh interpreter to first prediction (import, load, one image file)", ""]
+        lines.append(
+            md_table(
+                startup,
+                [
+                    ("model", "model"),
+                    ("px", "size"),
+                    ("variant", "variant"),
+                    ("runs", "runs"),
+                    ("median s", "seconds_median"),
+                    ("peak RSS MB", "peak_rss_mb"),
+                ],
+            )
+        )
+
     lines += ["", "## Targets", ""]
     targets = [
         dict(t, result={True: "PASS", False: "FAIL", None: "not measured"}[t["passed"]]) for t in results["targets"]

@@ -65,6 +65,7 @@ class BenchSettings:
     cache_workers: int = 0
     latency_runs: int = 100
     throughput_runs: int = 10
+    startup_runs: int = 3  # fresh interpreters per ONNX start-up variant
     peak_matmul_n: int | None = None  # None: 2048 on CPU, 8192 on CUDA
     epoch_images: int | None = None  # None: --data's train folder, else the Kaggle train split
 
@@ -89,6 +90,7 @@ class BenchSettings:
             loader_batch_size=8,
             latency_runs=10,
             throughput_runs=2,
+            startup_runs=1,
             peak_matmul_n=256,
         )
         return replace(base, **overrides)
@@ -276,6 +278,7 @@ def _run_sections(
             device=device,
             latency_runs=settings.latency_runs,
             throughput_runs=settings.throughput_runs,
+            startup_runs=settings.startup_runs,
             log=log,
         )
     return out
