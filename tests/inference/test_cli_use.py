@@ -117,6 +117,20 @@ def test_predict_skips_a_dicom_with_a_broken_window(cli: typer.Typer, run: Path,
     assert [r["file"] for r in rows] == [str(tmp_path / "good.png")]
 
 
+def test_predict_and_serve_take_a_device(cli: typer.Typer, run: Path, images: Path, tmp_path: Path) -> None:
+    ok = CliRunner().invoke(cli, ["predict", str(run), str(images / "a.png"), "-f", "json", "--device", "auto"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)[0]["label"] == Predictor.load(run).predict(images / "a.png").label
+    bad_predict = CliRunner().invoke(cli, ["predict", str(run), str(images / "a.png"), "--device", "gpu"])
+    bad_serve = CliRunner().invoke(cli, ["serve", str(run), "--device", "gpu"])  # refused before it listens
+    for bad in (bad_predict, bad_serve):
+        assert bad.exit_code == 2 and "device must be auto, cpu, cuda or cuda:N, got 'gpu'" in bad.output
+    onnx = tmp_path / "m.onnx"
+    assert CliRunner().invoke(cli, ["export", str(run), "--onnx", str(onnx)]).exit_code == 0
+    on_gpu = CliRunner().invoke(cli, ["predict", str(onnx), str(images / "a.png"), "--device", "cuda"])
+    assert on_gpu.exit_code == 2 and "ONNX models run on the CPU" in on_gpu.output
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import pneumo
@@ -307,8 +308,11 @@ def test_app_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("PNEUMO_SERVE_MODEL", str(run))
     monkeypatch.setenv("PNEUMO_SERVE_MAX_PIXELS", "100")
     monkeypatch.setenv("PNEUMO_SERVE_TIMEOUT_S", "7")
+    monkeypatch.setenv("PNEUMO_SERVE_DEVICE", "auto")
     app = create_app_from_env()
     assert app.state.predictor.max_pixels == 100 and app.state.runner.timeout_s == 7
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert str(app.state.predictor.backend.device) == expected
     server = start_server(app)
     try:
         resp = httpx.post(f"{server.url}/v1/predict", files={"file": ("a.png", png_bytes())})

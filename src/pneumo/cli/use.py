@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from pneumo.cli.output import fail, print_table
+from pneumo.cli.output import DEVICE_HELP, fail, print_table
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
 FORMATS = ("table", "json", "csv")
@@ -51,6 +51,7 @@ def predict(
     fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv"),
     cam: Path | None = typer.Option(None, "--cam", help="Write Grad-CAM overlays (<name>.cam.png) into this folder."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
+    device: str = typer.Option("cpu", "--device", help=f"{DEVICE_HELP}; ONNX models run on the CPU."),
 ) -> None:
     """Predict images; a bad file is reported on stderr and skipped (exit code 1 if any failed)."""
     from pneumo.data.decode import ImageDecodeError
@@ -60,7 +61,7 @@ def predict(
     if fmt not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     try:
-        predictor = Predictor.load(model, batch_size=batch_size)
+        predictor = Predictor.load(model, batch_size=batch_size, device=device)  # checks the device too
     except (ModelLoadError, OSError) as exc:
         fail(str(exc))
     if cam is not None and not predictor.can_explain:
@@ -141,6 +142,7 @@ def serve(
         32, "--max-waiting", min=0, help="Uploads held waiting for the model per process; more get 503 at once."
     ),
     timeout_s: float = typer.Option(30.0, "--timeout", min=0.001, help="Seconds before a request gets 503."),
+    device: str = typer.Option("cpu", "--device", help=f"{DEVICE_HELP}; ONNX models run on the CPU."),
 ) -> None:
     """Serve the model over HTTP (web page at /, API docs at /docs). Research use only."""
     import uvicorn
@@ -154,6 +156,7 @@ def serve(
         "max_concurrency": max_concurrency,
         "max_waiting": max_waiting,
         "timeout_s": timeout_s,
+        "device": device,
     }
     limits = {k: v for k, v in limits.items() if v is not None}  # unset: the service's own default
     try:

@@ -75,8 +75,11 @@ def create_app(
     max_concurrency: int = 2,
     max_waiting: int = 32,
     timeout_s: float = 30.0,
+    device: str = "cpu",
 ) -> FastAPI:
     """A FastAPI app serving one model (a run folder, an ``.onnx`` file or a ready :class:`Predictor`).
+
+    ``device``: where a run folder's network runs (``cpu``, ``cuda``, ``cuda:N``, ``auto``); ONNX runs on the CPU.
 
     At most ``max_concurrency`` images are decoded and classified at once, and at most ``max_waiting`` more uploads
     wait for them; further uploads get 503 before their body is read. The predictor is ``app.state.predictor``; the
@@ -85,7 +88,7 @@ def create_app(
     check_limits(
         max_upload_mb=max_upload_mb, max_pixels=max_pixels, max_concurrency=max_concurrency, max_waiting=max_waiting
     )
-    predictor = model_path if isinstance(model_path, Predictor) else Predictor.load(model_path)
+    predictor = model_path if isinstance(model_path, Predictor) else Predictor.load(model_path, device=device)
     predictor.max_pixels = max_pixels
     runner = InferenceRunner(max_concurrency, timeout_s)
     card = predictor.model_card()
@@ -191,4 +194,5 @@ def create_app_from_env() -> FastAPI:
         max_concurrency=int(env.get(f"{ENV_PREFIX}MAX_CONCURRENCY", 2)),
         max_waiting=int(env.get(f"{ENV_PREFIX}MAX_WAITING", 32)),
         timeout_s=float(env.get(f"{ENV_PREFIX}TIMEOUT_S", 30)),
+        device=env.get(f"{ENV_PREFIX}DEVICE", "cpu"),
     )
