@@ -137,3 +137,18 @@ def test_models_and_sizes_bound_the_inference_section_too(monkeypatch) -> None:
     (settings,) = seen
     assert settings.models == settings.inference_models == ("resnet18",)
     assert settings.sizes == (128, 224) and settings.inference_size == 224
+
+
+def test_startup_runs_reach_the_settings(monkeypatch) -> None:
+    import pneumo.bench
+
+    seen = []
+
+    def capture(settings, **kwargs):
+        seen.append(settings)
+        raise ValueError("captured")
+
+    monkeypatch.setattr(pneumo.bench, "run_benchmarks", capture)
+    CliRunner().invoke(app, ["--device", "cpu", "--startup-runs", "5"])
+    CliRunner().invoke(app, ["--quick", "--device", "cpu"])
+    assert [s.startup_runs for s in seen] == [5, 1]

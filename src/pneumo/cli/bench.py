@@ -43,6 +43,9 @@ def bench(
     compile: bool | None = typer.Option(
         None, "--compile/--no-compile", help="torch.compile variants (default: on for CUDA, off for CPU)."
     ),
+    startup_runs: int | None = typer.Option(
+        None, "--startup-runs", min=1, help="Fresh interpreters per ONNX start-up variant (default 3; --quick: 1)."
+    ),
 ) -> None:
     """Benchmark data loading, training and inference; every speed-up against a naive baseline in the same run."""
     from pneumo.bench import BenchSettings, run_benchmarks, save
@@ -61,6 +64,7 @@ def bench(
                 "threads": threads,
                 "max_images": max_images,
                 "compile": compile,
+                "startup_runs": startup_runs,
             }.items()
             if v is not None
         }
