@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from pneumo.cli.output import fail
+from pneumo.cli.output import DEVICE_HELP, check_device, fail
 
 
 def reproduce(
@@ -14,7 +14,7 @@ def reproduce(
     suite: str = typer.Option("quick", "--suite", help="quick | cpu | full"),
     out: Path = typer.Option(Path("results"), "--out", help="Folder for runs and results (resumable)."),
     experiments: Path | None = typer.Option(None, "--experiments", help="Folder of experiment YAML files."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     n_boot: int = typer.Option(1000, help="Bootstrap replicates for the 95 % CIs."),
     only: list[str] = typer.Option([], "--only", help="Run only these experiments (repeatable)."),
     report_only: bool = typer.Option(False, "--report-only", help="Train nothing: tabulate the finished experiments."),
@@ -25,6 +25,7 @@ def reproduce(
     """Run a suite of declared experiments (skipping finished ones) and write results.md / results.json."""
     from pneumo.reproduce.runner import reproduce as run_suite
 
+    check_device(device)
     try:
         result = run_suite(
             data,
