@@ -58,6 +58,17 @@ def test_predict_folder_reports_bad_files_and_predicts_the_rest(cli: typer.Typer
         assert by_source[e.source]["probabilities"] == pytest.approx(e.probabilities)
 
 
+def test_predict_shows_progress_on_stderr_past_one_batch(cli: typer.Typer, run: Path, images: Path) -> None:
+    one_batch = CliRunner().invoke(cli, ["predict", str(run), str(images), "-f", "json"])
+    several = CliRunner().invoke(cli, ["predict", str(run), str(images), "-f", "json", "--batch-size", "2"])
+    assert "predict" not in one_batch.stderr
+    assert "predict: 100%" in several.stderr and "5/5" in several.stderr  # every file counted, failed ones too
+    rows, reference = json.loads(several.stdout), json.loads(one_batch.stdout)  # stdout stays the results alone
+    assert [(r["source"], r["label"]) for r in rows] == [(r["source"], r["label"]) for r in reference]
+    for r, ref in zip(rows, reference, strict=True):  # other batch shapes round differently in the last bits
+        assert r["probabilities"] == pytest.approx(ref["probabilities"], abs=1e-6)
+
+
 def test_predict_all_good_exits_zero_in_every_format(cli: typer.Typer, run: Path, images: Path) -> None:
     files = [str(images / "a.png"), str(images / "sub" / "c.dcm")]
     table = CliRunner().invoke(cli, ["predict", str(run), *files])

@@ -24,7 +24,18 @@ from pneumo.trust.ood import fit_scorer
 
 from .conftest import make_fake_run, xray_like
 
-BLOCKED = ("torch", "torchvision", "sklearn")
+# What the README's slim install leaves out: PyTorch and everything only training, evaluation or export needs.
+BLOCKED = (
+    "torch",
+    "torchvision",
+    "sklearn",
+    "matplotlib",
+    "onnx",
+    "onnxscript",
+    "safetensors",
+    "yaml",
+    "pytorch_grad_cam",
+)
 
 SCRIPT = """
 import json, sys

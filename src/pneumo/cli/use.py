@@ -57,6 +57,7 @@ def predict(
     from pneumo.data.decode import ImageDecodeError
     from pneumo.inference import ModelLoadError, Predictor
     from pneumo.utils.atomic import write_bytes
+    from pneumo.utils.progress import progress_bar
 
     if fmt not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -70,9 +71,12 @@ def predict(
     files = list(iter_image_files(images))
     if not files:
         fail("no image files found", code=1)
+    # A bar on stderr once there is more than one batch (stdout stays the table, JSON or CSV).
+    bar = progress_bar(total=len(files), unit="img", desc="predict", disable=len(files) <= batch_size)
     for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
         prepared = []
-        for path in files[start : start + batch_size]:
+        for path in chunk:
             try:
                 prepared.append(predictor.prepare(path))
             except ImageDecodeError as exc:
@@ -83,6 +87,8 @@ def predict(
             for image in prepared:
                 overlay = predictor.explain_prepared(image).overlay_png
                 write_bytes(_cam_path(cam, Path(image.source), used_cam_paths), overlay)
+        bar.update(len(chunk))
+    bar.close()
     _print_results(results, fmt, predictor.class_names)
     if n_failed:
         typer.echo(f"{n_failed} of {len(files)} files failed", err=True)
