@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pneumo.data import Record, discover, get_task
-from pneumo.trust.audit_data import audit_data, audit_task, constant_value, score_cue, score_models
+from pneumo.trust.data_audit import audit_data, audit_task, constant_value, score_cue, score_models
 from pneumo.trust.metadata import CueTable, file_cues
 
 # (task, cue, split) -> AUC stated in the shared data's README ("Acquisition differences between classes").

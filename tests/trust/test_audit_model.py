@@ -14,14 +14,14 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from pneumo.trust import perturb
-from pneumo.trust.audit_model import (
+from pneumo.trust.forward import forward_arrays, task_probabilities
+from pneumo.trust.model_audit import (
     audit_model,
     energy_shares,
     gradcam_section,
     perturbation_section,
     twin_section,
 )
-from pneumo.trust.forward import forward_arrays, task_probabilities
 from pneumo.trust.regions import regions
 from pneumo.trust.runs import open_run
 

@@ -40,7 +40,7 @@ def data(
     one-feature AUCs and small models per task and split, with patient-bootstrap CIs."""
     from pneumo.data.records import DatasetError
     from pneumo.evaluation.source import dataset_slug
-    from pneumo.trust.audit_data import audit_data
+    from pneumo.trust.data_audit import audit_data
 
     out = out or Path(f"audit-data-{dataset_slug(path)}")
     try:
@@ -87,7 +87,7 @@ def model(
     """How much of a run's test AUC survives a metadata-matched subset, the resolution-normalised twin and
     perturbations; Grad-CAM energy in the centre vs the border. Writes RUN_DIR/audit/audit-model.{json,html}."""
     from pneumo.data.records import DatasetError
-    from pneumo.trust.audit_model import audit_model
+    from pneumo.trust.model_audit import audit_model
 
     check_device(device)
     try:

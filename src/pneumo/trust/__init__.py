@@ -16,15 +16,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pneumo.trust.audit_data import audit_data
-    from pneumo.trust.audit_model import audit_model
+    from pneumo.trust.data_audit import audit_data
+    from pneumo.trust.model_audit import audit_model
     from pneumo.trust.ood import OODScorer, fit_ood, fit_scorer, ood_rates
 
 __all__ = ["OODScorer", "audit_data", "audit_model", "fit_ood", "fit_scorer", "ood_rates"]
 
 _MODULE_OF = {
-    "audit_data": "audit_data",
-    "audit_model": "audit_model",
+    # The modules are not named like their functions: importing a submodule binds its name on this package, and a
+    # lazily loaded ``audit_model`` function would then be shadowed by the ``audit_model`` module.
+    "audit_data": "data_audit",
+    "audit_model": "model_audit",
     **dict.fromkeys(("OODScorer", "fit_ood", "fit_scorer", "ood_rates"), "ood"),
 }
 
