@@ -175,7 +175,7 @@ def serve(
     # Several processes need an importable factory; the settings travel in the environment.
     settings = {"MODEL": model.resolve(), **{k.upper(): v for k, v in limits.items()}}
     os.environ.update({f"{ENV_PREFIX}{k}": str(v) for k, v in settings.items()})
-    # Each worker imports torch and loads the model before answering uvicorn's health check: give it time.
+    # Each worker loads the model (and PyTorch, for a run folder) before answering uvicorn's health check: give it time.
     uvicorn.run(
         "pneumo.serve.app:create_app_from_env",
         factory=True,
