@@ -53,8 +53,14 @@ api = [r.to_dict() for r in predictor.predict(files)]
 cli = CliRunner().invoke(app, ["predict", model, *files, "--format", "json"])
 with open(files[0], "rb") as f:
     http = TestClient(create_app(predictor)).post("/v1/predict", files={{"file": ("x0.png", f, "image/png")}})
+try:
+    pneumo.load(sys.argv[1].rsplit("/", 1)[0] + "/run")
+    run_folder = "loaded"
+except pneumo.inference.ModelLoadError as exc:
+    run_folder = str(exc)
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in {blocked!r} and sys.modules[m] is not None)
-print(json.dumps({{"api": api, "cli": json.loads(cli.output), "http": http.json(), "loaded": loaded}}))
+out = {{"api": api, "cli": json.loads(cli.output), "http": http.json(), "loaded": loaded, "run_folder": run_folder}}
+print(json.dumps(out))
 """
 
 
@@ -97,6 +103,10 @@ def test_an_onnx_export_predicts_without_torch(export_with_ood: tuple[Path, list
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["loaded"] == []
+    assert out["run_folder"].endswith(
+        "a run folder needs PyTorch (import of torch halted; None in sys.modules); "
+        "install it, or export the run with `pneumo export` and use the .onnx file"
+    )
     expected = [r.to_dict() for r in pneumo.api.load(onnx_path).predict(files)]
     assert out["api"] == out["cli"] == expected  # the Python API and `pneumo predict`
     assert {k: v for k, v in out["http"].items() if k in expected[0]} == {**expected[0], "source": "x0.png"}

@@ -91,10 +91,16 @@ class Predictor:
     # --- construction -----------------------------------------------------------------------------------------
     @classmethod
     def from_run(cls, run_dir: str | Path, *, device: str = "cpu", **kwargs: Any) -> Predictor:
-        from pneumo.inference.torch_backend import TorchBackend, load_run
-        from pneumo.utils.device import resolve_device
-
         run_dir = Path(run_dir)
+        try:
+            from pneumo.inference.torch_backend import TorchBackend, load_run
+            from pneumo.utils.device import resolve_device
+        except ImportError as exc:  # a slim ONNX-only install
+            raise ModelLoadError(
+                f"{run_dir}: a run folder needs PyTorch ({exc}); install it, or export the run with `pneumo export` "
+                "and use the .onnx file"
+            ) from exc
+
         try:
             device = str(resolve_device(device))
         except ValueError as exc:
