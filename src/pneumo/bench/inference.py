@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import statistics
 import subprocess
 import sys
@@ -51,7 +52,15 @@ def bench_predictor(model_name: str, contract: PreprocessContract, calibration: 
         pneumo_version=pneumo.__version__,
         model_id=f"bench-{model_name}-{contract.image_size}",
     )
-    return Predictor(TorchBackend(model, meta.n_task, "cpu"), meta, Path(f"bench-{model_name}"))
+    # Random weights and no validation split: the Predictor's "no validated threshold" warning is true but says
+    # nothing about a benchmark, whose labels nobody reads.
+    logger = logging.getLogger("pneumo.inference.predictor")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return Predictor(TorchBackend(model, meta.n_task, "cpu"), meta, Path(f"bench-{model_name}"))
+    finally:
+        logger.setLevel(level)
 
 
 def batch_of(split: SplitData, n: int, contract: PreprocessContract) -> torch.Tensor:
