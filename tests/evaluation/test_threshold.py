@@ -94,3 +94,43 @@ def test_rejects_single_class_and_unknown_method():
         choose_threshold(y, p, "target_sensitivity", target_sensitivity=0.0)
     with pytest.raises(ValueError):
         choose_threshold(y, p, "target_specificity", target_specificity=1.5)
+
+
+def test_exact_ties_and_exactly_reached_targets_follow_the_documented_rule():
+    """Brute force in exact fractions: Youden ties go to the largest threshold, a target reached exactly counts as
+    reached. Floating-point J (``tpr - fpr``) or specificity (``1 - fpr``) once broke both on small sets."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(7)
+    checked = 0
+    for _ in range(400):
+        n = int(rng.integers(4, 30))
+        y = rng.integers(0, 2, n)
+        if len(set(y)) < 2:
+            continue
+        p = np.round(rng.uniform(size=n), 1)
+        n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+
+        def sens(t, y=y, p=p, n_pos=n_pos):
+            return Fraction(int(((p >= t) & (y == 1)).sum()), n_pos)
+
+        def spec(t, y=y, p=p, n_neg=n_neg):
+            return Fraction(int(((p < t) & (y == 0)).sum()), n_neg)
+
+        candidates = np.unique(p)
+        best_j = max(sens(t) + spec(t) for t in candidates)
+        assert choose_threshold(y, p) == max(t for t in candidates if sens(t) + spec(t) == best_j)
+        target = float(rng.choice([0.2, 0.25, 0.45, 0.5, 0.68, 0.8, 0.9]))
+        exact = Fraction(target).limit_denominator(100)
+        reached = [t for t in candidates if spec(t) >= exact]
+        if reached:
+            assert choose_threshold(y, p, "target_specificity", target_specificity=target) == min(reached)
+        assert choose_threshold(y, p, "target_sensitivity", target_sensitivity=target) == max(
+            t for t in candidates if sens(t) >= exact
+        )
+        checked += 1
+    assert checked > 300
+    # The case found in review: J = 1/5 at t = 0.4 and at t = 0.2; the larger threshold wins.
+    y = np.array([1, 1, 1, 0, 1, 0, 1, 0, 0, 0, 1, 1, 0, 0, 1, 0, 0, 1, 1, 0])
+    p = np.array([0.2, 0.4, 0.6, 0.7, 0.2, 0.9, 0.8, 0.6, 0.1, 0.4, 0.1, 1.0, 0.2, 0.9, 0.5, 0.3, 0.1, 0.6, 0.4, 0.1])
+    assert choose_threshold(y, p) == 0.4

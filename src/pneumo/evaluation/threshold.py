@@ -41,19 +41,23 @@ def choose_threshold(
     fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
     finite = np.isfinite(thresholds)  # thresholds[0] is +inf (nothing predicted positive)
     fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]
+    # Decide on integer counts: ``tpr - fpr`` or ``1 - fpr`` in floating point can put an exact tie or an exactly
+    # reached target on the wrong side (J = 1/5 twice came out as 0.19999999999999996 and 0.20000000000000007).
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    tp, fp = np.rint(tpr * n_pos).astype(np.int64), np.rint(fpr * n_neg).astype(np.int64)
 
     if method == "youden":
-        best = int(np.argmax(tpr - fpr))  # thresholds decrease, so argmax's first hit is the largest one
+        best = int(np.argmax(tp * n_neg - fp * n_pos))  # J * P * N; thresholds decrease, argmax takes the largest
         return float(thresholds[best])
     if method == "target_sensitivity":
         if not 0 < target_sensitivity <= 1:
             raise ValueError("target_sensitivity must lie in (0, 1]")
-        reached = np.flatnonzero(tpr >= target_sensitivity)
+        reached = np.flatnonzero(tp / n_pos >= target_sensitivity)
         return float(thresholds[reached[0]])  # always non-empty: the last threshold gives tpr = 1
     if method == "target_specificity":
         if not 0 < target_specificity <= 1:
             raise ValueError("target_specificity must lie in (0, 1]")
-        reached = np.flatnonzero(1.0 - fpr >= target_specificity)
+        reached = np.flatnonzero((n_neg - fp) / n_neg >= target_specificity)
         if reached.size == 0:
             return float(np.nextafter(thresholds[0], np.inf))  # nothing predicted positive: specificity 1
         return float(thresholds[reached[-1]])
