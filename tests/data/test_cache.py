@@ -63,6 +63,34 @@ def test_changed_and_added_files_only_are_redone(tmp_path: Path, monkeypatch: py
     np.testing.assert_array_equal(again[0], first[0])
 
 
+def test_contracts_differing_in_normalisation_share_the_cache_without_clobbering(tmp_path: Path) -> None:
+    """mean/std act after the cache, so both contracts use one folder; building with one must neither renumber
+    nor re-decode the rows the other's open view reads."""
+    paths = _images(tmp_path, 3)
+    plain = PreprocessContract(image_size=16)
+    other = PreprocessContract(image_size=16, mean=0.5, std=0.25)
+    view = ImageCache(plain, tmp_path / "cache").build(paths, progress=False)
+    expected = [view[i].copy() for i in range(3)]
+    other_view = ImageCache(other, tmp_path / "cache").build(paths[::-1], progress=False)
+    assert other_view.rows.tolist() == view.rows[::-1].tolist()  # the same rows, nothing decoded again
+    view._array = None  # re-map the file, as a new reader would
+    for i in range(3):
+        np.testing.assert_array_equal(view[i], expected[i])
+
+
+def test_a_deleted_pixel_file_is_rebuilt_not_read_as_black(tmp_path: Path) -> None:
+    contract = PreprocessContract(image_size=16)
+    cache = ImageCache(contract, tmp_path / "cache")
+    paths = _images(tmp_path, 2)
+    first = cache.build(paths, progress=False)
+    expected = [first[i].copy() for i in range(2)]
+    assert any(e.any() for e in expected)
+    cache.file.unlink()  # e.g. freeing disk space; index.json stays behind
+    again = cache.build(paths, progress=False)
+    for i in range(2):
+        np.testing.assert_array_equal(again[i], expected[i])
+
+
 def test_corrupt_empty_and_text_files_are_reported_not_fatal(tmp_path: Path) -> None:
     good = _images(tmp_path, 2)
     empty = tmp_path / "empty.jpeg"

@@ -108,9 +108,18 @@ class ImageCache:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _load_index(self) -> dict:
+        """The folder's index, or a fresh one when it belongs to no other pixels than these.
+
+        The folder is shared by every contract with this fingerprint (mean/std act after the cache), so only the
+        fingerprinted fields must match: resetting on a mean/std difference would renumber rows that open views of
+        another contract still read. An index whose pixel file is missing or shorter than its rows is stale (the
+        file was deleted or truncated), and reading it would give black images: it is reset too.
+        """
         if self.index_file.exists():
             index = json.loads(self.index_file.read_text())
-            if index.get("contract") == self.contract.to_dict():
+            stored = PreprocessContract.from_dict(index.get("contract") or {})
+            size = self.file.stat().st_size if self.file.exists() else -1
+            if stored.fingerprint() == self.contract.fingerprint() and size >= index["n_rows"] * self._row_bytes:
                 return index
         return {"contract": self.contract.to_dict(), "entries": {}, "failures": {}, "n_rows": 0}
 
