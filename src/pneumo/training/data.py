@@ -77,7 +77,13 @@ def check_source_runs(cfg: TrainConfig, records: list[Record]) -> None:
     for run in sources:
         source = read_split_csv(run / "split.csv", dataset_root(cfg.data))
         if not any(r.path.resolve() in ours for r in source):
-            log.info("%s was trained on other images: no patient overlap to check", run)
+            # Not silent: split.csv paths are relative to the dataset root, so a source run on a differently laid
+            # out copy of the same images lands here too, and then nobody has checked its patients.
+            log.warning(
+                "%s shares no image path with this run's dataset: its patients are not checked against this run's "
+                "validation and test splits (fine for another dataset; for another copy of this one, check by hand)",
+                run,
+            )
             continue
         leaked = patients_seen_but_held_out(source, records)
         if leaked:
