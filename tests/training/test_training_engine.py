@@ -316,6 +316,25 @@ def test_synthetic_images_join_the_train_split_only(make_cfg, tiny_gan_run: Path
     assert len(data.val) == sum(r.split == "val" for r in real)
 
 
+def test_images_an_earlier_attempt_left_in_the_run_folder_are_not_trained_on(make_cfg, tiny_gan_run: Path) -> None:
+    """An attempt stopped before its first checkpoint leaves RUN/synthetic behind; a new run in the same folder, from
+    another GAN, must neither add those images at its start nor pick them up when it resumes."""
+    cfg = make_cfg(f"synthetic.from_run={tiny_gan_run}", "synthetic.per_class=2")
+    task = get_task(cfg.task)
+    real = resolve_split(cfg)
+    run = tiny_gan_run.parent / "run"
+    stale = run / "synthetic" / "train" / "NORMAL" / "synthetic-othergan-normal-00000.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left by an earlier attempt")
+    started = with_synthetic(cfg, real, task, run, generate=True)
+    resumed = with_synthetic(cfg, real, task, run, generate=False)
+    assert not stale.exists()
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"written later by someone else")
+    assert with_synthetic(cfg, real, task, run, generate=False) == resumed == started
+    assert len(started) == len(real) + 6 and all("othergan" not in r.path.name for r in started)
+
+
 def test_a_source_run_trained_on_this_runs_validation_patients_is_refused(make_cfg, tiny_gan_run: Path) -> None:
     from pneumo.data.records import DatasetError
     from pneumo.data.splits import write_split_csv

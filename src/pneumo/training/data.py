@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -139,21 +140,24 @@ def with_synthetic(
 ) -> list[Record]:
     """Add ACGAN images (``synthetic.*``) to the **train** split only, after the split is made.
 
-    ``generate`` writes them into ``RUN_DIR/synthetic`` (rank 0, new run); otherwise the images already there are
-    used (other ranks, resume), so every process and a resumed run see the same files in the same order.
+    ``generate`` writes them into ``RUN_DIR/synthetic`` (rank 0, new run), after clearing what an earlier attempt
+    in the same folder left there (perhaps from another GAN, whose images were never checked for leaks); otherwise
+    the images of this run's GAN already there are used (other ranks, resume), so every process and a resumed run
+    see the same files in the same order.
     """
     if not cfg.synthetic.enabled:
         return records
+    from pneumo.gan.synth import run_id, synthetic_records  # the GAN package imports this one: import late
+
     folder = run_dir / SYNTHETIC_DIR
     if generate:
-        from pneumo.gan.synth import synthetic_records  # the GAN package imports this one: import late
-
         per_class = synthetic_counts(cfg.synthetic.per_class, records, task, cfg.dummy_class)
         log.info("adding synthetic training images from %s: %s", cfg.synthetic.from_run, per_class)
+        shutil.rmtree(folder, ignore_errors=True)
         extra = synthetic_records(cfg.synthetic.from_run, per_class, folder, seed=cfg.seed)
     else:
         extra = []
-        for path in folder.glob("train/*/synthetic-*.png"):
+        for path in folder.glob(f"train/*/synthetic-{run_id(cfg.synthetic.from_run)}-*.png"):
             subtype, patient = parse_file_name(path.name)
             extra.append(Record(path, "train", path.parent.name, subtype, patient))
     return records + sorted(extra, key=lambda r: str(r.path))
