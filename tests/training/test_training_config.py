@@ -36,6 +36,8 @@ def test_precedence_defaults_family_yaml_flags_set(tmp_path: Path) -> None:
         ("optimizer=adam", "optimizer"),
         ("freeze=layer3", "until:<stage>"),
         ("synthetic.from_run=runs/gan", "given together"),
+        ("seed=-1", "seed"),  # refused here, not after the run folder is written (numpy's carve needs >= 0)
+        ("split_seed=-2", "split_seed"),
     ],
 )
 def test_invalid_settings_fail_with_a_clear_message(override: str, expected: str) -> None:
@@ -77,3 +79,15 @@ def test_cli_reports_typos_and_missing_data(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "missing setting 'data'" in result.output
     result = CliRunner().invoke(app, ["--resume", str(tmp_path), "--epochs", "3"])
     assert result.exit_code == 2 and "--epochs" in result.output
+
+
+@pytest.mark.parametrize(("momentum", "nesterov"), [(0.0, False), (0.9, True)])
+def test_sgd_builds_with_any_allowed_momentum(momentum: float, nesterov: bool) -> None:
+    """momentum=0 passes validation, so the optimiser must build with it (PyTorch refuses Nesterov without it)."""
+    from pneumo.models import get_model
+    from pneumo.training.optim import build_optimizer
+
+    cfg = build_config(flags={"data": "d"}, overrides=["optimizer=sgd", f"momentum={momentum}"])
+    model = get_model("cnn", num_classes=2, widths=[4, 8], depths=[1, 1])
+    optimizer = build_optimizer(model, cfg)
+    assert all(g["momentum"] == momentum and g["nesterov"] is nesterov for g in optimizer.param_groups)

@@ -153,11 +153,14 @@ class TrainConfig(_Strict):
     warmup_epochs: float = Field(1.0, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # numpy seeds the split carve with it
 
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     split_seed: int | None = Field(
-        None, description="seed of the patient-grouped validation carve (default: seed); fix it to vary only training"
+        None,
+        ge=0,
+        lt=2**32,
+        description="seed of the patient-grouped validation carve (default: seed); fix it to vary only training",
     )
     keep_official_val: bool = False
     exclude_test_patients: bool = Field(

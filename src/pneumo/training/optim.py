@@ -24,7 +24,10 @@ def build_optimizer(model: PneumoNet, cfg: TrainConfig) -> torch.optim.Optimizer
     for g in groups:
         g["base_lr"] = g["lr"]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+        nesterov = cfg.momentum > 0  # PyTorch refuses Nesterov without momentum; momentum 0 is plain SGD
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov, weight_decay=cfg.weight_decay
+        )
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
