@@ -391,3 +391,42 @@ def test_early_stopping_counts_epochs_without_gain_across_a_resume(make_cfg, tmp
     resume(run)
     assert [r["epoch"] for r in read_metrics(run)] == [1, 2, 3, 4]  # not 5 or more: epoch 3 counted
     assert read_run_meta(run)["best"]["epoch"] == 2
+
+
+def test_best_weights_are_those_of_the_recorded_best_epoch_after_any_interruption(
+    make_cfg, tmp_path: Path, monkeypatch
+) -> None:
+    """best.safetensors is written after the state that knows its epoch. Interrupted before it (state saved, best
+    not yet written), a resume writes it from the restored weights; best never holds an epoch the state lacks."""
+    from safetensors.torch import load_file
+
+    from pneumo.training import resume
+    from pneumo.training.checkpoint import load_state, weights_meta
+
+    scripted = {1: 0.60, 2: 0.70, 3: 0.65}
+    real_validate, real_save_best = Trainer.validate, Trainer._save_best
+    fail_best_at: list[int] = [2]
+
+    def validate(self: Trainer) -> dict[str, float]:
+        return {**real_validate(self), "val_auc": scripted[self.progress.epoch]}
+
+    def save_best(self: Trainer) -> None:
+        if self.progress.best_epoch in fail_best_at:
+            raise _Interrupted  # the process dies between saving the state and writing best.safetensors
+        real_save_best(self)
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+    monkeypatch.setattr(Trainer, "_save_best", save_best)
+    flags = {"epochs": 3, "max_steps_per_epoch": 1, "fit_ood": False, "early_stopping_patience": None}
+    run = tmp_path / "run"
+    with pytest.raises(_Interrupted):
+        train(make_cfg(out=str(run), **flags))
+    assert weights_meta(run / "best.safetensors")["epoch"] == 1  # still epoch 1's: epoch 2's never got written
+    tensors, info = load_state(run)
+    assert info["progress"]["best_epoch"] == 2 and info["progress"]["epoch"] == 3
+    epoch2 = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    fail_best_at.clear()
+    resume(run)
+    best = load_file(run / "best.safetensors")
+    assert weights_meta(run / "best.safetensors")["epoch"] == read_run_meta(run)["best"]["epoch"] == 2
+    assert best.keys() == epoch2.keys() and all(torch.equal(best[k], epoch2[k]) for k in best)

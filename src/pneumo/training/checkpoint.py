@@ -65,6 +65,17 @@ def save_weights(path: str | Path, model: nn.Module, meta: dict[str, Any] | None
     save_safetensors(path, model_state(model), metadata=metadata)
 
 
+def weights_meta(path: str | Path) -> dict[str, Any]:
+    """The ``meta`` that :func:`save_weights` stored in a weights file; ``{}`` when the file is missing or has none."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("meta") or "{}")
+    except (OSError, SafetensorError, json.JSONDecodeError):
+        return {}
+
+
 # --- checkpoint.json --------------------------------------------------------------------------------------------
 
 

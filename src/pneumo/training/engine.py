@@ -123,6 +123,7 @@ class Trainer:
         self.progress = Progress()
         if resume_from is not None:
             self._restore(*resume_from)
+            self._repair_best()
         self.net = self._wrap(self.model)
 
         self.resident = self._use_resident()
@@ -445,8 +446,6 @@ class Trainer:
         improved = p.best_epoch is None or (not math.isnan(auc) and (p.best_auc is None or auc > p.best_auc))
         if improved:
             p.best_epoch, p.best_auc, p.bad_epochs = p.epoch, None if math.isnan(auc) else auc, 0
-            if self.main:
-                ckpt.save_weights(self.run_dir / "best.safetensors", self.model, {"epoch": p.epoch, "val_auc": auc})
         else:
             p.bad_epochs += 1
         p.history.append(record)
@@ -469,6 +468,30 @@ class Trainer:
         p.step_in_epoch = 0
         p.epoch_loss_sum, p.epoch_samples = 0.0, 0
         self._save_last()
+        if improved:
+            # Only after the state that knows this epoch is saved: written before, an interruption in between
+            # would leave best.safetensors holding an epoch that resuming redoes, and on a GPU (not bit-identical)
+            # perhaps never reaches again. An interruption after the state is repaired by _repair_best.
+            self._save_best()
+
+    def _save_best(self) -> None:
+        if self.main:
+            p = self.progress
+            ckpt.save_weights(
+                self.run_dir / "best.safetensors", self.model, {"epoch": p.best_epoch, "val_auc": p.best_auc}
+            )
+
+    def _repair_best(self) -> None:
+        """After a restore at an epoch's end that was the best so far: write best.safetensors if the interruption
+        came between saving the state and writing it (the restored weights are that epoch's)."""
+        p = self.progress
+        if not self.main or p.step_in_epoch != 0 or p.best_epoch is None or p.best_epoch != p.epoch - 1:
+            return
+        if ckpt.weights_meta(self.run_dir / "best.safetensors").get("epoch") != p.best_epoch:
+            log.warning(
+                "best.safetensors did not hold the best epoch %d (interrupted while saving it): rewritten", p.best_epoch
+            )
+            self._save_best()
 
 
 def _mib(n: int) -> str:
