@@ -430,3 +430,10 @@ def test_best_weights_are_those_of_the_recorded_best_epoch_after_any_interruptio
     best = load_file(run / "best.safetensors")
     assert weights_meta(run / "best.safetensors")["epoch"] == read_run_meta(run)["best"]["epoch"] == 2
     assert best.keys() == epoch2.keys() and all(torch.equal(best[k], epoch2[k]) for k in best)
+
+
+def test_a_bad_freeze_stage_fails_before_the_run_folder_is_written(make_cfg, tmp_path: Path) -> None:
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=r"unknown stage 'layer9' for cnn; valid: block1"):
+        train(make_cfg(out=str(out), freeze="until:layer9"))
+    assert not out.exists()  # no split written, no image cached

@@ -59,6 +59,7 @@ def train(cfg: TrainConfig, *, command: list[str] | None = None) -> Path:
     Under ``torchrun`` every rank calls this; rank 0 creates the folder, writes the split and builds the cache.
     """
     device, info = _prepare(cfg)
+    check_architecture(cfg)
     try:
         run_dir = _new_run_dir(cfg) if info.is_main else None
         run_dir = Path(str(ddp.broadcast_object(str(run_dir) if run_dir else None, info)))
@@ -99,6 +100,16 @@ def _fit_ood(cfg: TrainConfig, run_dir: Path, device: torch.device) -> None:
     from pneumo.trust.ood import fit_ood  # the trust package builds on training: import late
 
     fit_ood(run_dir, device=str(device), batch_size=max(cfg.batch_size, 64), progress=cfg.progress)
+
+
+def check_architecture(cfg: TrainConfig) -> None:
+    """Build the architecture on the meta device (no memory, no weights) so that a bad ``model_kwargs`` or freeze
+    stage fails now, with the model's own message, not after the split is written and the images are cached."""
+    from pneumo.models import apply_freeze, get_model
+
+    with torch.device("meta"):
+        model = get_model(cfg.model, num_classes=cfg.num_outputs, in_chans=1, weights=None, **cfg.model_kwargs)
+    apply_freeze(model, cfg.freeze)
 
 
 def _new_run_dir(cfg: TrainConfig) -> Path:
