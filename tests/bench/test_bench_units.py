@@ -122,6 +122,17 @@ def _rss_now_mb() -> float:
     pytest.skip("no /proc/self/status on this system")
 
 
+def test_the_process_wide_fallback_reports_mebibytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the high-water mark cannot be reset, ru_maxrss is used: KiB on Linux, bytes on macOS, MiB reported."""
+    import pneumo.bench.machine as machine
+
+    monkeypatch.setattr(machine, "_reset_peak_rss", lambda: False)
+    with memory_probe(torch.device("cpu")) as mem:
+        now = _rss_now_mb()
+    assert mem.peak_scope == "process"
+    assert now - 1.0 <= mem.peak_rss_mb < 64 * 1024  # at least what is resident now, and not 1024x too large
+
+
 def test_memory_probe_sees_a_large_allocation() -> None:
     with memory_probe(torch.device("cpu")) as mem:
         block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, touched

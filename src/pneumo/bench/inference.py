@@ -126,7 +126,7 @@ try:  # VmHWM belongs to this program; ru_maxrss would keep the forking parent's
     with open("/proc/self/status") as f:
         peak_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 except (OSError, StopIteration):
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)
 print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_kb / 1024}))
 """
 STARTUP_VARIANTS = ("onnx-only", "onnx+torch")

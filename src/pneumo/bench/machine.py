@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+# resource.getrusage().ru_maxrss counts KiB on Linux and bytes on macOS.
+RU_MAXRSS_PER_MIB = 2**20 if sys.platform == "darwin" else 1024
 
 
 def sync(device: torch.device) -> None:
@@ -185,8 +189,8 @@ def memory_probe(device: torch.device) -> Iterator[MemoryReading]:
         hwm = _status_kib("VmHWM") if phase else None
         if hwm is not None:
             reading.peak_rss_mb, reading.peak_scope = hwm / 1024, "phase"
-        else:  # ru_maxrss is in KiB on Linux
-            reading.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        else:  # ru_maxrss is in KiB on Linux, in bytes on macOS
+            reading.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / RU_MAXRSS_PER_MIB
             reading.peak_scope = "process"
         if device.type == "cuda":
             sync(device)
