@@ -122,7 +122,9 @@ def test_a_finished_run_removes_its_partial_file(tmp_path: Path) -> None:
     assert "partial" not in json.loads(out.read_text())
 
 
-def test_models_and_sizes_bound_the_inference_section_too(monkeypatch) -> None:
+@pytest.fixture
+def captured_settings(monkeypatch) -> list:
+    """The BenchSettings each CLI call builds; the run itself is replaced by a ValueError (exit code 2)."""
     import pneumo.bench
 
     seen = []
@@ -132,23 +134,18 @@ def test_models_and_sizes_bound_the_inference_section_too(monkeypatch) -> None:
         raise ValueError("captured")
 
     monkeypatch.setattr(pneumo.bench, "run_benchmarks", capture)
+    return seen
+
+
+def test_models_and_sizes_bound_the_inference_section_too(captured_settings: list) -> None:
     result = CliRunner().invoke(app, ["--device", "cpu", "--models", "resnet18", "--sizes", "128,224"])
     assert result.exit_code == 2 and "captured" in result.output
-    (settings,) = seen
+    (settings,) = captured_settings
     assert settings.models == settings.inference_models == ("resnet18",)
     assert settings.sizes == (128, 224) and settings.inference_size == 224
 
 
-def test_startup_runs_reach_the_settings(monkeypatch) -> None:
-    import pneumo.bench
-
-    seen = []
-
-    def capture(settings, **kwargs):
-        seen.append(settings)
-        raise ValueError("captured")
-
-    monkeypatch.setattr(pneumo.bench, "run_benchmarks", capture)
+def test_startup_runs_reach_the_settings(captured_settings: list) -> None:
     CliRunner().invoke(app, ["--device", "cpu", "--startup-runs", "5"])
     CliRunner().invoke(app, ["--quick", "--device", "cpu"])
-    assert [s.startup_runs for s in seen] == [5, 1]
+    assert [s.startup_runs for s in captured_settings] == [5, 1]

@@ -7,8 +7,9 @@ them (``pneumo.load("model.onnx")``), and the cache and dataset modules, which n
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pneumo.utils.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from pneumo.data.cache import CachedImages, ImageCache, default_cache_root
@@ -50,26 +51,14 @@ __all__ = [
     "write_split_csv",
 ]
 
-_MODULE_OF = {
-    **dict.fromkeys(("CachedImages", "ImageCache", "default_cache_root"), "cache"),
-    **dict.fromkeys(("CachedImageDataset", "SplitData", "build_split"), "dataset"),
-    **dict.fromkeys(("ImageDecodeError", "decode_bytes", "decode_image"), "decode"),
-    **dict.fromkeys(("PreprocessContract", "normalize", "normalize_array", "preprocess_image"), "preprocess"),
-    "resize_gray": "preprocess",
-    **dict.fromkeys(("LABELS", "SUBTYPES", "DatasetError", "Record", "dataset_root", "discover"), "records"),
-    "parse_file_name": "records",
-    **dict.fromkeys(("check_disjoint", "make_split", "read_split_csv", "write_split_csv"), "splits"),
-    **dict.fromkeys(("TASKS", "Task", "get_task"), "tasks"),
-}  # fmt: skip
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+_EXPORTS = {
+    "cache": ("CachedImages", "ImageCache", "default_cache_root"),
+    "dataset": ("CachedImageDataset", "SplitData", "build_split"),
+    "decode": ("ImageDecodeError", "decode_bytes", "decode_image"),
+    "preprocess": ("PreprocessContract", "normalize", "normalize_array", "preprocess_image", "resize_gray"),
+    "records": ("LABELS", "SUBTYPES", "DatasetError", "Record", "dataset_root", "discover", "parse_file_name"),
+    "splits": ("check_disjoint", "make_split", "read_split_csv", "write_split_csv"),
+    "tasks": ("TASKS", "Task", "get_task"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__getattr__, __dir__ = lazy_exports(__name__, _MODULE_OF)

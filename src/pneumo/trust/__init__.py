@@ -12,8 +12,9 @@ that must not pull in the audits (PyTorch, matplotlib) where only ONNX Runtime i
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pneumo.utils.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from pneumo.trust.data_audit import audit_data
@@ -30,10 +31,4 @@ _MODULE_OF = {
     **dict.fromkeys(("OODScorer", "fit_ood", "fit_scorer", "ood_rates"), "ood"),
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _MODULE_OF)

@@ -178,10 +178,7 @@ def pixel_change(before: np.ndarray, after: np.ndarray) -> dict[str, float]:
     of images with at least one changed pixel. A probe can do nothing at a small model size (a blur of a fraction
     of a pixel rounds back to the same values); an unchanged AUC then says nothing about robustness."""
     diff = np.abs(after.astype(np.int16) - before.astype(np.int16)).reshape(len(before), -1)
-    return {
-        "mean_abs_pixel_change": float(diff.mean()) if diff.size else 0.0,
-        "images_changed": float((diff.max(axis=1) > 0).mean()) if diff.size else 0.0,
-    }
+    return {"mean_abs_pixel_change": float(diff.mean()), "images_changed": float((diff.max(axis=1) > 0).mean())}
 
 
 def energy_shares(maps: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
