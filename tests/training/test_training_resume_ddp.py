@@ -82,22 +82,33 @@ def test_resume_after_sigkill_is_bit_identical(make_cfg, tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_match_a_single_process_evaluation(make_cfg, tmp_path: Path) -> None:
-    cfg = make_cfg(max_steps_per_epoch=2)
-    run = tmp_path / "ddp"
-    torchrun = Path(sys.executable).with_name("torchrun")
-    run_python(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", str(SCRIPT), "train", str(_save(cfg, run, tmp_path))]
-    )
+def test_torchrun_two_processes_evaluate_once_and_resume_bit_identical(make_cfg, tmp_path: Path) -> None:
+    # Two processes (gloo on CPU) with dropout. The gathered validation AUC must be the single-process one; each rank
+    # must draw its own dropout masks; a run killed after a step checkpoint and resumed must end bit-identical to an
+    # uninterrupted one, which needs every rank's RNG state.
+    cfg = make_cfg("drop_rate=0.3", "checkpoint_every_steps=2", epochs=2, max_steps_per_epoch=3)
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2", str(SCRIPT)]
+    ref = tmp_path / "ref"
+    run_python([*torchrun, "train", str(_save(cfg, ref, tmp_path))])
 
-    assert json.loads((run / "env.json").read_text())["world_size"] == 2
-    gathered_auc = read_metrics(run)[0]["val_auc"]
-    assert read_run_meta(run)["best"]["val_auc"] == gathered_auc
-
-    model, _ = load_run(run, "best")
-    records = read_split_csv(run / "split.csv", dataset_root(cfg.data))
+    assert json.loads((ref / "env.json").read_text())["world_size"] == 2
+    gathered_auc = read_metrics(ref)[-1]["val_auc"]
+    model, _ = load_run(ref, "last")
+    records = read_split_csv(ref / "split.csv", dataset_root(cfg.data))
     val = build_split("val", records, get_task(cfg.task), contract_for(cfg), progress=False)
-    logits = predict_logits(model, val, batch_size=7)
-    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    probs = torch.softmax(torch.from_numpy(predict_logits(model, val, batch_size=7)), dim=1).numpy()
     assert np.isfinite(gathered_auc)
     assert roc_auc(val.targets, probs) == pytest.approx(gathered_auc, abs=1e-9)
+    best = max(read_metrics(ref), key=lambda r: r["val_auc"])
+    assert read_run_meta(ref)["best"]["val_auc"] == best["val_auc"]
+
+    killed = tmp_path / "killed"
+    proc = run_python([*torchrun, "train", str(_save(cfg, killed, tmp_path)), "5"], check=False)
+    assert proc.returncode != 0
+    state = load_file(killed / "last.state.safetensors")
+    assert json.loads((killed / "last.state.json").read_text())["progress"]["global_step"] == 4
+    assert not torch.equal(state["rng.torch"], state["rng.torch.rank1"]), "both ranks drew the same dropout stream"
+
+    run_python([*torchrun, "cli", "--resume", str(killed)])
+    _same_weights(ref / "last.safetensors", killed / "last.safetensors")
+    _same_weights(ref / "best.safetensors", killed / "best.safetensors")

@@ -151,12 +151,7 @@ def _b64(array: np.ndarray) -> str:
 
 
 def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        # Only the device this process trains on (rank 0 saves). Every rank seeds alike and draws alike, so each
-        # rank restores this state onto its own device; the states of devices other ranks use were never drawn
-        # from in rank 0's process and would reset their dropout streams.
-        tensors["rng.cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
+    tensors = torch_rng_state()
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, py_state, py_gauss = random.getstate()
     info = {
@@ -166,10 +161,35 @@ def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, info
 
 
-def restore_rng(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
+def torch_rng_state() -> dict[str, torch.Tensor]:
+    """torch's CPU generator and, once CUDA is in use, the generator of the device this process trains on.
+
+    Only that device: under torchrun each rank trains on its own GPU, and the states of devices other ranks use were
+    never drawn from in this process (restoring them would reset those ranks' dropout streams).
+    """
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
+    return tensors
+
+
+def rank_rng_tensors(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The torch RNG states of ranks 1..N-1 (from :func:`torch_rng_state` on each), keyed ``rng.torch.rank1``..."""
+    return {f"{k}.rank{r}": v for r, state in enumerate(states) if r for k, v in state.items()}
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], info: dict[str, Any], rank: int = 0) -> bool:
+    """Restore the RNG states of ``rank``; False when the checkpoint holds no torch state for that rank.
+
+    Rank 0's state has the plain keys (the only state of a single-process run); other ranks' carry a ``.rankN``
+    suffix. Every rank restores rank 0's NumPy and Python states (no rank-specific draws come from them).
+    """
+    suffix = f".rank{rank}" if rank else ""
+    cpu = tensors.get(f"rng.torch{suffix}")
+    if cpu is not None:
+        torch.set_rng_state(cpu)
     # "rng.cuda.0": checkpoints written before the per-device state (single-GPU runs restore the same way).
-    cuda = tensors.get("rng.cuda", tensors.get("rng.cuda.0"))
+    cuda = tensors.get(f"rng.cuda{suffix}", None if rank else tensors.get("rng.cuda.0"))
     if cuda is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(cuda, torch.cuda.current_device())
     n = info["numpy"]
@@ -177,6 +197,7 @@ def restore_rng(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
     np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["gauss"]))
     p = info["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    return cpu is not None
 
 
 def optimizer_to_parts(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -91,6 +91,15 @@ def broadcast_object(obj: object, info: DistInfo) -> object:
     return box[0]
 
 
+def all_gather_object(obj: object, info: DistInfo) -> list[object]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` for a single process)."""
+    if not info.enabled:
+        return [obj]
+    out: list[object] = [None] * info.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def gather_logits(indices: torch.Tensor, logits: torch.Tensor, n_total: int, info: DistInfo) -> np.ndarray:
     """Gather every rank's (index, logits) rows and return an ``n_total x K`` array in index order.
 

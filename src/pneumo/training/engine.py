@@ -1,8 +1,8 @@
 """The training loop (:class:`Trainer`); :mod:`pneumo.training.run` starts and resumes the runs it trains.
 
 Reproducibility: the data order of an epoch is a function of (seed, epoch, rank), the augmentation of a step a
-function of (seed, epoch, step, rank), and the remaining randomness (dropout) comes from torch's global RNG, whose
-state is checkpointed. On CPU deterministic algorithms are on, so a run resumed after a kill ends with bit-identical
+function of (seed, epoch, step, rank), and the remaining randomness (dropout) comes from torch's global RNG, seeded
+per rank, whose state (every rank's) is checkpointed. On CPU deterministic algorithms are on, so a run resumed after a kill ends with bit-identical
 weights to an uninterrupted one. Model selection and early stopping use the validation ROC AUC; test is never read.
 
 Dummy class (``dummy_class=true``): the model gets ``K + 1`` outputs and training sees extra images labelled ``K``:
@@ -65,6 +65,12 @@ def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, step, rank]).generate_state(1)[0])
 
 
+def _dropout_seed(seed: int, rank: int) -> int:
+    """Seed of torch's global RNG (dropout) on ranks other than 0 (the trailing word only keeps it apart from
+    :func:`_step_seed`'s streams)."""
+    return int(np.random.SeedSequence([seed, rank, 0x64726F70]).generate_state(1)[0])
+
+
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite: the run stops with a message instead of training on garbage."""
 
@@ -119,6 +125,10 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         self.model = self._build_model(load_weights=resume_from is None)
+        if self.dist.rank:
+            # Dropout draws from torch's global RNG: seeded alike, every rank would drop the same units for its own
+            # images. Rank 0 keeps the stream of a single-process run, whose results therefore do not change.
+            torch.manual_seed(_dropout_seed(cfg.seed, self.dist.rank))
         self.optimizer = build_optimizer(self.model, cfg)
         self.progress = Progress()
         if resume_from is not None:
@@ -266,12 +276,17 @@ class Trainer:
         model_state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(model_state, strict=True)
         ckpt.optimizer_from_parts(self.optimizer, tensors, info["optimizer"])
-        ckpt.restore_rng(tensors, info["rng"])
+        if not ckpt.restore_rng(tensors, info["rng"], rank=self.dist.rank):
+            # A state saved by fewer processes (or before per-rank states were saved): a fresh stream for this
+            # rank, distinct per resume point; the run is not bit-identical to an uninterrupted one anyway.
+            log.warning("no saved RNG state for rank %d: its dropout stream restarts", self.dist.rank)
+            torch.manual_seed(_step_seed(self.cfg.seed, p.epoch, p.step_in_epoch, self.dist.rank))
         self.progress = p
 
     def _save_last(self) -> None:
         """last.safetensors + resumable state + checkpoint.json (rank 0 only)."""
         self._flush_losses()
+        rank_states = ddp.all_gather_object(ckpt.torch_rng_state(), self.dist)  # every rank's dropout stream
         if not self.main:
             return
         ckpt.save_weights(self.run_dir / "last.safetensors", self.model, {"epoch": self._last_epoch()})
@@ -280,6 +295,7 @@ class Trainer:
         tensors = {f"model.{k}": v for k, v in ckpt.model_state(self.model).items()}
         tensors.update(opt_tensors)
         tensors.update(rng_tensors)
+        tensors.update(ckpt.rank_rng_tensors(rank_states))
         info = {
             "progress": self.progress.__dict__,
             "optimizer": opt_info,
