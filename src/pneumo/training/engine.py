@@ -2,8 +2,9 @@
 
 Reproducibility: the data order of an epoch is a function of (seed, epoch, rank), the augmentation of a step a
 function of (seed, epoch, step, rank), and the remaining randomness (dropout) comes from torch's global RNG, seeded
-per rank, whose state (every rank's) is checkpointed. On CPU deterministic algorithms are on, so a run resumed after a kill ends with bit-identical
-weights to an uninterrupted one. Model selection and early stopping use the validation ROC AUC; test is never read.
+per rank, whose state (every rank's) is checkpointed. On CPU deterministic algorithms are on, so a run resumed after
+a kill ends with bit-identical weights to an uninterrupted one. Model selection and early stopping use the
+validation ROC AUC; test is never read.
 
 Dummy class (``dummy_class=true``): the model gets ``K + 1`` outputs and training sees extra images labelled ``K``:
 
