@@ -91,6 +91,27 @@ def test_a_deleted_pixel_file_is_rebuilt_not_read_as_black(tmp_path: Path) -> No
         np.testing.assert_array_equal(again[i], expected[i])
 
 
+def test_pixels_from_other_decoding_code_are_not_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same files, same contract, but a decoder revision (or Pillow) that may produce other pixels: decode again."""
+    import pneumo.data.cache as cache_module
+
+    contract = PreprocessContract(image_size=16)
+    paths = _images(tmp_path, 2)
+    ImageCache(contract, tmp_path / "cache").build(paths, progress=False)
+
+    decoded: list[str] = []
+    real = cache_module._decode_one
+    monkeypatch.setattr(cache_module, "_decode_one", lambda a: (decoded.append(a[0]), real(a))[1])
+    ImageCache(contract, tmp_path / "cache").build(paths, progress=False)
+    assert decoded == []
+    monkeypatch.setattr(cache_module, "DECODER_REVISION", cache_module.DECODER_REVISION + 1)
+    ImageCache(contract, tmp_path / "cache").build(paths, progress=False)
+    assert len(decoded) == 2
+    monkeypatch.setattr(cache_module.PIL, "__version__", "0.0.0")
+    ImageCache(contract, tmp_path / "cache").build(paths, progress=False)
+    assert len(decoded) == 4
+
+
 def test_corrupt_empty_and_text_files_are_reported_not_fatal(tmp_path: Path) -> None:
     good = _images(tmp_path, 2)
     empty = tmp_path / "empty.jpeg"

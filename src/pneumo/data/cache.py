@@ -1,9 +1,9 @@
 """Decode-once image cache: uint8 S x S rows in one memory-mapped file per preprocessing contract.
 
-Layout of ``<cache_root>/<contract fingerprint>/``: ``images.u8`` (raw uint8, rows x S x S, grown in place),
-``index.json`` (``{path: {size, mtime_ns, row}}`` plus failures) and ``lock``. A file is identified by its resolved
-path, byte size and modification time: a changed file is re-decoded into its own row, an added file gets a new row,
-and nothing else is touched. Corrupt or non-image files are recorded with the reason and skipped.
+Layout of ``<cache_root>/<contract fingerprint>-<decoder key>/``: ``images.u8`` (raw uint8, rows x S x S, grown in
+place), ``index.json`` (``{path: {size, mtime_ns, row}}`` plus failures) and ``lock``. A file is identified by its
+resolved path, byte size and modification time: a changed file is re-decoded into its own row, an added file gets a
+new row, and nothing else is touched. Corrupt or non-image files are recorded with the reason and skipped.
 
 Hand-written because no maintained library offers an incremental, multi-process-safe uint8 image cache keyed by
 file fingerprints and a preprocessing contract (torchvision datasets decode every epoch).
@@ -22,12 +22,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import PIL
 
 from pneumo.data.decode import ImageDecodeError
 from pneumo.data.preprocess import PreprocessContract, preprocess_image
 from pneumo.utils.progress import progress_bar
 
 _FLUSH_EVERY = 512
+
+# The pixels of a row depend on the contract and on the code that decodes and resizes (decode.py, preprocess.py) and
+# Pillow's filters. Bump DECODER_REVISION with any change to those pixels: caches built by other code are then not
+# reused (the file fingerprints alone would accept them).
+DECODER_REVISION = 1
+
+
+def decoder_key() -> str:
+    return f"d{DECODER_REVISION}-pil{PIL.__version__}"
 
 
 def default_cache_root() -> Path:
@@ -92,7 +102,7 @@ class ImageCache:
 
     def __init__(self, contract: PreprocessContract, root: Path | None = None):
         self.contract = contract
-        self.dir = (root or default_cache_root()) / contract.fingerprint()
+        self.dir = (root or default_cache_root()) / f"{contract.fingerprint()}-{decoder_key()}"
         self.file = self.dir / "images.u8"
         self.index_file = self.dir / "index.json"
         self._row_bytes = contract.image_size * contract.image_size
