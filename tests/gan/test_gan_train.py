@@ -15,7 +15,9 @@ from pneumo.data.preprocess import PreprocessContract
 from pneumo.data.records import dataset_root
 from pneumo.data.splits import check_disjoint, read_split_csv
 from pneumo.gan import Generator, class_agreement, generate, load_config, load_generator, resume_gan, train_gan
+from pneumo.gan.checkpoint import _file_epoch
 from pneumo.gan.config import read_config
+from pneumo.training.checkpoint import load_state, save_state
 
 from .conftest import TINY, TOY_SIZE
 
@@ -120,33 +122,68 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(toy_data: Path, t
     ]
     assert rows[0] == rows[1]
 
-    # interrupted after exporting epoch 2's class head but before saving epoch 2's state: the head is re-exported
-    # from the redone epoch, even when the redone epoch (on a GPU, not bit-identical) scores lower
+    # interrupted while saving epoch 2's state (its metrics row already written): the row is dropped and epoch 2
+    # redone, so metrics and weights end as in the uninterrupted run
     import pneumo.gan.train as gan_train
 
     torn = tmp_path / "torn"
     train_gan(config.model_copy(update={"epochs": 1}), torn, progress=False)
-    real_save = gan_train.save_training_state
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(gan_train, "save_training_state", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
         with pytest.raises(KeyboardInterrupt):
             resume_gan(torn, epochs=2, progress=False)
-    assert gan_train.exported_epoch(torn) == 2  # the export of the epoch whose state was never saved
-    lower = {"val_auc": -1.0}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gan_train, "val_metrics", lambda *a, **k: {"val_auc": lower["val_auc"], "val_loss": 0.0})
-        patch.setattr(gan_train, "save_training_state", real_save)
-        resume_gan(torn, epochs=2, progress=False)
-    head = json.loads((torn / "classifier" / "checkpoint.json").read_text())["best"]
-    assert head == {"epoch": 2, "val_auc": -1.0}
+    assert [json.loads(line)["epoch"] for line in (torn / "metrics.jsonl").open()] == [1, 2]
+    resume_gan(torn, epochs=2, progress=False)
+    assert [json.loads(line)["epoch"] for line in (torn / "metrics.jsonl").open()] == [1, 2]
+    for name in ("generator", "generator_ema", "discriminator"):
+        a, b = load_file(straight / f"{name}.safetensors"), load_file(torn / f"{name}.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), name
 
-    # a weights file from another epoch (a crash between two writes) is refused
-    broken = tmp_path / "broken"
-    shutil.copytree(interrupted, broken)
-    stale = load_file(broken / "generator.safetensors")
-    save_file(stale, str(broken / "generator.safetensors"), metadata={"epoch": "1", "format": "1"})
+    # interrupted after saving epoch 2's state, before its exports (weight files, a new best class head): the resume
+    # trains nothing and writes them from the state
+    cut = tmp_path / "cut"
+    train_gan(config.model_copy(update={"epochs": 1}), cut, progress=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gan_train, "val_metrics", lambda *a, **k: {"val_auc": 2.0, "val_loss": 0.0})  # epoch 2 is best
+        real_export = gan_train.export_networks
+
+        def export_until_epoch_2(*args, **kwargs):
+            if kwargs["epoch"] == 2:
+                raise KeyboardInterrupt
+            real_export(*args, **kwargs)
+
+        patch.setattr(gan_train, "export_networks", export_until_epoch_2)
+        with pytest.raises(KeyboardInterrupt):
+            resume_gan(cut, epochs=2, progress=False)
+    assert gan_train.exported_epoch(cut) == 1
+    assert _file_epoch(cut / "generator.safetensors") == 1
+    resume_gan(cut, epochs=2, progress=False)
+    assert _file_epoch(cut / "generator.safetensors") == 2
+    assert [json.loads(line)["epoch"] for line in (cut / "metrics.jsonl").open()] == [1, 2]
+    head = json.loads((cut / "classifier" / "checkpoint.json").read_text())
+    assert head["best"] == {"epoch": 2, "val_auc": 2.0} and head["last"] == {"epoch": 2}
+    state, _ = load_state(cut)
+    exported = load_file(cut / "discriminator.safetensors")
+    assert all(torch.equal(state[f"net.discriminator.{k}"], v) for k, v in exported.items())
+
+    # a weights file from another epoch no longer matters: resuming reads the state and rewrites the file
+    stale_run = tmp_path / "stale"
+    shutil.copytree(interrupted, stale_run)
+    stale = load_file(stale_run / "generator.safetensors")
+    save_file({k: torch.zeros_like(v) for k, v in stale.items()}, str(stale_run / "generator.safetensors"),
+              metadata={"epoch": "1", "format": "1"})  # fmt: skip
+    resume_gan(stale_run, epochs=2, progress=False)
+    restored = load_file(stale_run / "generator.safetensors")
+    assert all(torch.equal(restored[k], stale[k]) for k in stale)
+
+    # a state written before the networks moved into it resumes from the weight files, which must agree on the epoch
+    legacy = tmp_path / "legacy"
+    shutil.copytree(interrupted, legacy)
+    tensors, info = load_state(legacy)
+    save_state(legacy, {k: v for k, v in tensors.items() if not k.startswith("net.")}, info)
+    save_file(stale, str(legacy / "generator.safetensors"), metadata={"epoch": "1", "format": "1"})
     with pytest.raises(ValueError, match="disagree"):
-        resume_gan(broken, epochs=3, progress=False)
+        resume_gan(legacy, epochs=3, progress=False)
 
 
 def test_tiny_config_constant_is_valid() -> None:

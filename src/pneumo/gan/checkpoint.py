@@ -3,13 +3,15 @@
 Run folder::
 
     config.yaml  split.csv  env.json  metrics.jsonl
+    last.state.safetensors  last.state.json   (the three networks, optimisers, RNG states, EMA count, epoch, best:
+                                               the training engine's resumable-state format, pneumo.training.checkpoint)
     generator.safetensors  generator_ema.safetensors  discriminator.safetensors   (network weights, last epoch)
-    last.state.safetensors  last.state.json   (optimisers, RNG states, EMA count, epoch, best: the training
-                                               engine's resumable-state format, pneumo.training.checkpoint)
     samples/epoch_XXXX.png   classifier/   (the discriminator's class head as a pneumo classifier run)
 
-Each file is written atomically and carries the epoch in its safetensors metadata; the state is written last, and
-resuming refuses a set of files whose epochs disagree (a crash between two writes).
+The resumable state is one atomic file, written first at the end of an epoch; the weight files and ``classifier/``
+are exports of it, written next (each atomically, with the epoch in its metadata) and rewritten on resume, so a crash
+between two writes leaves a run that resumes. States written before the networks moved into the state file resume
+from the weight files, and refuse a set whose epochs disagree.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from pneumo.utils.atomic import save_safetensors
 GENERATOR = "generator.safetensors"
 GENERATOR_EMA = "generator_ema.safetensors"
 DISCRIMINATOR = "discriminator.safetensors"
-NETWORK_FILES = (GENERATOR, GENERATOR_EMA, DISCRIMINATOR)
 
 
 def build_generator(config: GanConfig, num_classes: int = 3) -> Generator:
@@ -44,6 +45,9 @@ def build_generator(config: GanConfig, num_classes: int = 3) -> Generator:
     )
 
 
+_NETWORKS = (("generator", GENERATOR), ("generator_ema", GENERATOR_EMA), ("discriminator", DISCRIMINATOR))
+
+
 def save_training_state(
     run_dir: Path,
     *,
@@ -55,21 +59,31 @@ def save_training_state(
     rng: torch.Generator,
     info: dict[str, Any],
 ) -> None:
-    """Write every file needed to resume after ``epoch``; the resumable state (one atomic file) last."""
+    """Write the state to resume from after ``epoch``: networks, optimisers and RNG states in one atomic file."""
     # imported here: pneumo.training may import pneumo.gan.synth (synthetic images), and load_generator must be
     # importable without pneumo.training
     from pneumo.training.checkpoint import capture_rng, optimizer_to_parts, save_state
 
-    meta = {"epoch": str(epoch), "format": "1"}
-    for name, net in ((GENERATOR, generator), (GENERATOR_EMA, generator_ema), (DISCRIMINATOR, discriminator)):
-        save_safetensors(run_dir / name, {k: v.cpu() for k, v in net.state_dict().items()}, metadata=meta)
     tensors, rng_info = capture_rng()
     tensors["rng.data"] = rng.get_state()
+    nets = {"generator": generator, "generator_ema": generator_ema, "discriminator": discriminator}
+    for key, _ in _NETWORKS:
+        tensors |= {f"net.{key}.{k}": v.detach().cpu() for k, v in nets[key].state_dict().items()}
     opt_info = {}
     for name, opt in optimizers.items():
         opt_tensors, opt_info[name] = optimizer_to_parts(opt)
         tensors |= {f"{name}.{k}": v for k, v in opt_tensors.items()}
     save_state(run_dir, tensors, {"epoch": epoch, "rng": rng_info, "optimizers": opt_info, **info})
+
+
+def export_networks(
+    run_dir: Path, *, epoch: int, generator: nn.Module, generator_ema: nn.Module, discriminator: nn.Module
+) -> None:
+    """The three networks as standalone weight files (what :func:`load_generator` and ``pneumo gan synth`` read)."""
+    meta = {"epoch": str(epoch), "format": "1"}
+    nets = {"generator": generator, "generator_ema": generator_ema, "discriminator": discriminator}
+    for key, file in _NETWORKS:
+        save_safetensors(run_dir / file, {k: v.cpu() for k, v in nets[key].state_dict().items()}, metadata=meta)
 
 
 def _file_epoch(path: Path) -> int:
@@ -90,11 +104,17 @@ def load_training_state(
     from pneumo.training.checkpoint import load_state, optimizer_from_parts, restore_rng
 
     tensors, info = load_state(run_dir)
-    epochs = {name: _file_epoch(run_dir / name) for name in NETWORK_FILES}
-    if any(e != info["epoch"] for e in epochs.values()):
-        raise ValueError(f"{run_dir}: checkpoint files disagree on the epoch ({epochs}, state {info['epoch']})")
-    for name, net in ((GENERATOR, generator), (GENERATOR_EMA, generator_ema), (DISCRIMINATOR, discriminator)):
-        net.load_state_dict(load_file(run_dir / name))
+    nets = {"generator": generator, "generator_ema": generator_ema, "discriminator": discriminator}
+    if any(k.startswith("net.") for k in tensors):
+        for key, _ in _NETWORKS:
+            prefix = f"net.{key}."
+            nets[key].load_state_dict({k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)})
+    else:  # a state from before the networks moved into it: the weight files must all hold its epoch
+        epochs = {file: _file_epoch(run_dir / file) for _, file in _NETWORKS}
+        if any(e != info["epoch"] for e in epochs.values()):
+            raise ValueError(f"{run_dir}: checkpoint files disagree on the epoch ({epochs}, state {info['epoch']})")
+        for key, file in _NETWORKS:
+            nets[key].load_state_dict(load_file(run_dir / file))
     for name, opt in optimizers.items():
         prefix = f"{name}."
         own = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}

@@ -34,7 +34,7 @@ from pneumo.data.records import Record, dataset_root, discover
 from pneumo.data.splits import make_split, read_split_csv, write_split_csv
 from pneumo.data.tasks import get_task
 from pneumo.gan.acgan import Discriminator, Generator
-from pneumo.gan.checkpoint import build_generator, load_training_state, save_training_state
+from pneumo.gan.checkpoint import build_generator, export_networks, load_training_state, save_training_state
 from pneumo.gan.classifier import class_logits, exported_epoch, set_last_epoch, write_classifier_run
 from pneumo.gan.config import TASK, GanConfig, read_config, save_config
 from pneumo.gan.losses import discriminator_loss, generator_loss
@@ -200,6 +200,27 @@ def _truncate_metrics(path: Path, last_epoch: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _export_epoch(
+    run_dir: Path, config: GanConfig, data: GanData, steps: ACGANSteps, epoch: int, best: dict, *, new_best: bool
+) -> None:
+    """Everything derived from the state of ``epoch``: weight files, the class head when it is the best epoch so
+    far, and the sample grid. Idempotent, so a resume can redo it."""
+    export_networks(
+        run_dir, epoch=epoch, generator=steps.generator, generator_ema=steps.ema_generator,
+        discriminator=steps.discriminator,
+    )  # fmt: skip
+    if new_best and exported_epoch(run_dir) != epoch:
+        auc = math.nan if best["val_auc"] is None else best["val_auc"]
+        write_classifier_run(
+            run_dir, steps.discriminator, config=config, contract=data.contract, records=data.records,
+            data_root=data.root, epoch=epoch, val_auc=auc,
+        )  # fmt: skip
+    set_last_epoch(run_dir, epoch)
+    samples = run_dir / "samples" / f"epoch_{epoch:04d}.png"
+    if (epoch % config.sample_every == 0 or epoch == config.epochs) and not samples.is_file():
+        save_png(class_grid(steps.ema_generator, config.samples_per_class, seed=config.seed), samples)
+
+
 def default_run_dir() -> Path:
     return Path("runs") / f"acgan-{datetime.now():%Y%m%d-%H%M%S}"
 
@@ -255,11 +276,13 @@ def _fit(run_dir: Path, config: GanConfig, data: GanData, *, resume: bool, progr
         start, step, best = info["epoch"] + 1, info["step"], info["best"]
         exported = exported_epoch(run_dir)
         if exported is not None and exported > info["epoch"]:
-            # interrupted between exporting the class head and saving the state: classifier/ holds an epoch that
-            # is redone now (bit-identically on CPU, not always on GPU), so the redone epoch's head replaces it
+            # a run of an earlier version, which exported the class head before saving the state, interrupted between
+            # the two: classifier/ holds an epoch that is redone now, whose head replaces it
             log.warning("classifier/ holds epoch %d, after the checkpoint's %d: re-exported", exported, info["epoch"])
             best = {"epoch": None, "val_auc": None}
         _truncate_metrics(metrics_path, info["epoch"])
+        # the exports of the checkpoint's epoch, in case the interruption fell between the state and them
+        _export_epoch(run_dir, config, data, steps, info["epoch"], best, new_best=best["epoch"] == info["epoch"])
         log.info("resuming %s after epoch %d", run_dir, info["epoch"])
 
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
@@ -291,17 +314,13 @@ def _fit(run_dir: Path, config: GanConfig, data: GanData, *, resume: bool, progr
             row["val_auc"] = math.nan
         auc = row["val_auc"]
         # without a usable val AUC (no val split, a class missing) the first epoch is kept, as training does
-        if best["epoch"] is None or (not math.isnan(auc) and (best["val_auc"] is None or auc > best["val_auc"])):
-            write_classifier_run(
-                run_dir, steps.discriminator, config=config, contract=data.contract, records=data.records,
-                data_root=data.root, epoch=epoch, val_auc=auc,
-            )  # fmt: skip
+        new_best = best["epoch"] is None or (not math.isnan(auc) and (best["val_auc"] is None or auc > best["val_auc"]))
+        if new_best:
             best = {"epoch": epoch, "val_auc": None if math.isnan(auc) else auc}
-        set_last_epoch(run_dir, epoch)
-        if epoch % config.sample_every == 0 or epoch == config.epochs:
-            grid = class_grid(steps.ema_generator, config.samples_per_class, seed=config.seed)
-            save_png(grid, run_dir / "samples" / f"epoch_{epoch:04d}.png")
         row["seconds"] = time.perf_counter() - t0
+        # metrics, then the state (the resume point), then its exports: a resume truncates the metrics rows after
+        # its state and rewrites the exports, so an interruption between any two writes loses nothing
+        append_metrics(metrics_path, row)
         save_training_state(
             run_dir,
             epoch=epoch,
@@ -312,7 +331,7 @@ def _fit(run_dir: Path, config: GanConfig, data: GanData, *, resume: bool, progr
             rng=rng,
             info={"step": step, "best": best, "ema_n_averaged": int(steps.ema.n_averaged)},
         )
-        append_metrics(metrics_path, row)
+        _export_epoch(run_dir, config, data, steps, epoch, best, new_best=new_best)
         log.info(
             "epoch %d: d_loss %.3f g_loss %.3f aux_acc_real %.3f val_auc %.3f",
             epoch, row.get("d_loss", math.nan), row.get("g_loss", math.nan), row.get("aux_acc_real", math.nan), auc,
