@@ -38,6 +38,17 @@ def test_threshold_passes_95_percent_of_validation_by_construction() -> None:
     assert not scorer.in_distribution(x_new[:50] * 4 + 10).any()
 
 
+def test_small_validation_sets_reach_the_pass_rate_too() -> None:
+    # With 20 validation images one image is 5 points: a threshold rounded below the quantile's score shows at once.
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        x_train, y_train = _gaussian_features(rng, 200)
+        x_val, _ = _gaussian_features(rng, 20)
+        scorer = fit_scorer(x_train, y_train, x_val, n_components=8)
+        assert scorer.in_distribution(x_val).mean() >= 0.95, seed
+        assert OODScorer.from_params(json.loads(json.dumps(scorer.to_params()))).threshold == scorer.threshold
+
+
 def test_params_are_plain_json_and_survive_a_round_trip_exactly() -> None:
     rng = np.random.default_rng(1)
     x, y = _gaussian_features(rng, 300)

@@ -17,8 +17,9 @@ with a tied covariance on penultimate features are a strong, well-studied baseli
 5. the threshold is the 95th percentile of the **validation** scores (images the fit never saw), so by
    construction 95 % of in-distribution validation images pass; ``in_distribution = score <= threshold``.
 
-Parameters are stored as nested lists of floats rounded to 7 significant digits, and every scorer (fitted here or
-loaded from a checkpoint/ONNX file) is built from those same numbers, so a round trip changes no score.
+Parameters are stored as nested lists of floats rounded to 7 significant digits (the threshold exactly), and every
+scorer (fitted here or loaded from a checkpoint/ONNX file) is built from those same numbers, so a round trip changes
+no score.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def fit_scorer(
     scorer = OODScorer.from_params(params)  # the stored numbers, so that fitted and loaded scorers agree exactly
     val_scores = np.sort(scorer.score(val_features))
     threshold = float(val_scores[max(0, math.ceil(pass_rate * len(val_scores)) - 1)])
-    threshold = float(f"{threshold:.{_DIGITS}g}")
+    # kept exact (JSON round-trips a float): rounding it could exclude the very score that defines the quantile
     passed = float(np.mean(val_scores <= threshold))
     info = {
         **(extra or {}),
