@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,7 @@ def _binary_auc(predictions: Path) -> float:
 def test_quick_suite_end_to_end_and_resumable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import pneumo.reproduce.runner as runner
     from pneumo.reproduce.runner import reproduce, run_name
+    from pneumo.reproduce.status import evaluated_run, read_status
 
     experiment = {e.name: e for e in load_suite("quick")}
     result = reproduce(None, "quick", tmp_path, n_boot=50)
@@ -120,8 +122,8 @@ def test_quick_suite_end_to_end_and_resumable(tmp_path: Path, monkeypatch: pytes
     assert names == {e.name for e in load_suite("quick")}
     for row in result["rows"]:
         # the tabulated AUC is the one of the run's predictions.csv
-        status = tmp_path / "runs" / run_name(experiment[row["experiment"]], row["seed"]) / runner.STATUS_FILE
-        predictions = Path(json.loads(status.read_text())["evaluated_run"]) / row["eval"] / "predictions.csv"
+        run_dir = tmp_path / "runs" / run_name(experiment[row["experiment"]], row["seed"])
+        predictions = evaluated_run(run_dir, read_status(run_dir)) / row["eval"] / "predictions.csv"
         assert row["roc_auc"]["point"] == pytest.approx(_binary_auc(predictions), abs=2e-3)
         assert row["roc_auc"]["low"] <= row["roc_auc"]["point"] <= row["roc_auc"]["high"]
     dummy = next(r for r in result["rows"] if r["experiment"] == "quick-cnn-bacteria-virus-dummy")
@@ -154,6 +156,13 @@ def test_quick_suite_end_to_end_and_resumable(tmp_path: Path, monkeypatch: pytes
         r["experiment"] for r in result["rows"]
     ]
     assert reproduce(None, "quick", tmp_path / "empty", n_boot=50, report_only=True)["rows"] == []
+
+    # a copied out folder reports its own runs: with the original's gone, the same table
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    shutil.copytree(tmp_path, moved)
+    shutil.rmtree(tmp_path / "runs")
+    copied = reproduce(None, "quick", moved, n_boot=50, report_only=True)
+    assert [r["roc_auc"] for r in copied["rows"]] == [r["roc_auc"] for r in result["rows"]]
 
 
 def test_only_brings_its_dependencies() -> None:
@@ -293,3 +302,110 @@ def test_a_run_interrupted_before_its_first_checkpoint_starts_again(
     (run_dir / STATE_TENSORS).write_bytes(b"checkpoint")
     _train_one(exp, 0, tmp_path, run_dir, {}, "cpu")
     assert calls == ["train x", "resume x"] and (run_dir / STATE_TENSORS).exists()
+
+
+def test_the_evaluated_run_is_found_below_the_run_folder_wherever_it_moved() -> None:
+    from pneumo.reproduce.status import evaluated_run
+
+    run = Path("/new/out/runs/acgan")
+    assert evaluated_run(run, {"evaluated_run": "classifier"}) == run / "classifier"
+    assert evaluated_run(run, {"evaluated_run": "."}) == run and evaluated_run(run, {}) == run
+    # absolute paths of earlier versions: the part below the run folder
+    assert evaluated_run(run, {"evaluated_run": "/old/out/runs/acgan/classifier"}) == run / "classifier"
+    assert evaluated_run(run, {"evaluated_run": "/old/acgan/out/runs/acgan"}) == run
+
+
+def _write_rows(directory: Path, src_extra: str = "") -> None:
+    directory.mkdir(exist_ok=True)
+    (directory / "src.yaml").write_text(
+        f"name: src\nsuites: [quick]\n{src_extra}train: {{task: normal-pneumonia, model: cnn, epochs: 3}}\n"
+    )
+    (directory / "dep.yaml").write_text(
+        "name: dep\nsuites: [quick]\ntrain: {task: bacteria-virus, model: cnn, epochs: 1, weights: 'run:src'}\n"
+    )
+
+
+@pytest.fixture
+def stub_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``reproduce`` with training, evaluation and the table stubbed: what it trains and what it tabulates."""
+    import pneumo.evaluation.run as evaluation_run
+    import pneumo.reproduce.results as results
+    import pneumo.reproduce.runner as runner
+
+    state = {"trained": [], "broken": set()}
+
+    def train_one(exp, seed, data, run_dir, run_dirs, device):
+        state["trained"].append(run_dir.name)
+        if exp.name in state["broken"]:
+            raise RuntimeError(f"{exp.name} diverged")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+
+    monkeypatch.setattr(runner, "_train_one", train_one)
+    monkeypatch.setattr(evaluation_run, "evaluate_run", lambda run, **kw: {"eval_dir": str(run / "eval-test")})
+    monkeypatch.setattr(results, "write_results", lambda out, suite, data, entries, **kw: {"entries": entries, **kw})
+
+    def call(experiments: Path) -> dict:
+        state["trained"] = []
+        result = runner.reproduce(tmp_path / "data", "quick", tmp_path / "out", experiments_dir=experiments)
+        return {"trained": state["trained"], "tabulated": [d.name for _, _, d in result["entries"]],
+                "failed": {f["experiment"]: f["error"] for f in result["failures"]}}  # fmt: skip
+
+    return call, state
+
+
+def test_a_row_never_trains_from_an_unfinished_source_and_notices_a_retrained_one(tmp_path: Path, stub_runner) -> None:
+    call, state = stub_runner
+    rows = tmp_path / "experiments"
+    _write_rows(rows)
+    state["broken"] = {"src"}
+    first = call(rows)
+    assert first["trained"] == ["src"] and first["tabulated"] == []  # dep did not start from the failed src
+    assert "src diverged" in first["failed"]["src"] and "needs src" in first["failed"]["dep"]
+
+    state["broken"] = set()
+    second = call(rows)
+    assert second["trained"] == ["src", "dep"] and second["tabulated"] == ["src", "dep"] and not second["failed"]
+    status = json.loads((tmp_path / "out" / "runs" / "dep" / "reproduce.json").read_text())
+    src_status = json.loads((tmp_path / "out" / "runs" / "src" / "reproduce.json").read_text())
+    assert status["depends_on"] == {"src": src_status["finished"]} and status["evaluated_run"] == "."
+
+    # src retrained since (another finish stamp): dep's result came from a run that is gone
+    src_status["finished"] = "2099-01-01T00:00:00+00:00"
+    (tmp_path / "out" / "runs" / "src" / "reproduce.json").write_text(json.dumps(src_status))
+    third = call(rows)
+    assert third["trained"] == [] and third["tabulated"] == ["src"] and "no longer there" in third["failed"]["dep"]
+
+
+def test_a_finished_run_of_another_declaration_is_not_tabulated_under_this_one(tmp_path: Path, stub_runner) -> None:
+    call, _ = stub_runner
+    rows = tmp_path / "experiments"
+    _write_rows(rows)
+    assert call(rows)["tabulated"] == ["src", "dep"]
+
+    _write_rows(rows, src_extra="description: reworded\n")  # wording only: still the same result
+    assert call(rows)["tabulated"] == ["src", "dep"]
+
+    (rows / "src.yaml").write_text(
+        "name: src\nsuites: [quick]\ntrain: {task: normal-pneumonia, model: cnn, epochs: 6}\n"
+    )
+    edited = call(rows)
+    assert edited["trained"] == [] and "another version of src" in edited["failed"]["src"]
+
+    _write_rows(rows, src_extra="seeds: [5, 0]\n")  # the first seed's run is named after the experiment
+    reseeded = call(rows)
+    assert "holds seed 0, the declaration asks for seed 5" in reseeded["failed"]["src"]
+    assert reseeded["trained"] == ["src-seed0"]
+
+
+def test_an_interrupted_generation_of_the_quick_data_is_redone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pneumo.reproduce.runner as runner
+
+    partial = tmp_path / "synthetic-data" / "chest_xray"
+    (partial / "train" / "NORMAL").mkdir(parents=True)
+    (partial / "train" / "NORMAL" / "IM-0001-0001.jpeg").write_bytes(b"half an image")  # no MANIFEST.csv yet
+    monkeypatch.setattr(runner, "_train_one", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("not now")))
+    monkeypatch.setattr(runner, "QUICK_DATA_IMAGES", 60)
+    result = runner.reproduce(None, "quick", tmp_path, n_boot=10)
+    assert (partial / "MANIFEST.csv").is_file() and len(list(partial.rglob("*.jpeg"))) == 60
+    assert result["rows"] == [] and all("not now" in f["error"] for f in result["failed"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -14,17 +13,13 @@ from pneumo.evaluation import format_ci
 from pneumo.evaluation.runs_table import compare_runs
 from pneumo.reproduce.anchors import ANCHORS
 from pneumo.reproduce.paired import paired_difference
+from pneumo.reproduce.status import evaluated_run, read_status
 from pneumo.reproduce.suite import Experiment
 from pneumo.utils.atomic import write_json, write_text
 from pneumo.utils.provenance import git_commit
 
 BINARY = ("accuracy", "sensitivity", "specificity", "roc_auc", "sensitivity_at_specificity_90")
 MULTICLASS = ("accuracy", "balanced_accuracy", "roc_auc")
-
-
-def _status(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "reproduce.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def write_results(
@@ -39,8 +34,8 @@ def write_results(
 ) -> dict[str, Any]:
     rows = []
     for exp, seed, run_dir in entries:
-        status = _status(run_dir)
-        evaluated = Path(status.get("evaluated_run", run_dir))
+        status = read_status(run_dir)
+        evaluated = evaluated_run(run_dir, status)
         row = compare_runs([evaluated], metrics=sorted(set(BINARY) | set(MULTICLASS)))[0]
         row.update(experiment=exp.name, seed=seed, seeds_declared=len(exp.seeds), kind=exp.kind,
                    description=exp.description, device=status.get("device"), baseline=exp.baseline)  # fmt: skip
@@ -71,7 +66,7 @@ def write_results(
 def _baseline_run(entries: Sequence[tuple[Experiment, int, Path]], name: str, seed: int) -> tuple[int, Path] | None:
     """``(seed, evaluated run)`` of the baseline: its run of the same seed (same split and initialisation seed),
     else its first seed (the row then says so, and the seed summary leaves that difference out)."""
-    runs = {s: Path(_status(d).get("evaluated_run", d)) for e, s, d in entries if e.name == name}
+    runs = {s: evaluated_run(d, read_status(d)) for e, s, d in entries if e.name == name}
     if seed in runs:
         return seed, runs[seed]
     return next(iter(runs.items()), None)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 import os
 import platform
@@ -14,11 +16,11 @@ from typing import Any
 import torch
 
 import pneumo
-from pneumo.reproduce.suite import Experiment, load_suite, resolve_refs
+from pneumo.reproduce.status import STATUS_FILE, read_status
+from pneumo.reproduce.suite import RUN_REF, Experiment, load_suite, resolve_refs
 from pneumo.utils.atomic import write_json
 
 log = logging.getLogger(__name__)
-STATUS_FILE = "reproduce.json"
 QUICK_DATA_IMAGES = 360
 
 
@@ -69,6 +71,39 @@ def recorded_data(out: Path) -> Path | None:
 def seeds_to_run(exp: Experiment, max_seeds: int | None) -> list[int]:
     """The experiment's declared seeds, the first ``max_seeds`` of them when given (run names stay the same)."""
     return exp.seeds if max_seeds is None else exp.seeds[:max_seeds]
+
+
+def declaration_key(exp: Experiment, seed: int) -> str:
+    """Identifies what a run was trained from (kind, overlay with its ``run:`` references, seed), not its wording."""
+    body = {"kind": exp.kind, "train": exp.train, "gan": exp.gan, "seed": seed}
+    return hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def dependency_runs(exp: Experiment, seed: int, run_dirs: dict[str, dict[int, Path]]) -> dict[str, Path]:
+    """The run folders seed ``seed`` of ``exp`` starts from (as :func:`resolve_refs` picks them)."""
+    return {ref: Path(resolve_refs(f"{RUN_REF}{ref}", run_dirs, seed)) for ref in sorted(exp.references())}
+
+
+def _finished_stamp(run_dir: Path) -> str | None:
+    return read_status(run_dir).get("finished")
+
+
+def _unusable_result(exp: Experiment, seed: int, run_dir: Path, run_dirs: dict[str, dict[int, Path]]) -> str | None:
+    """Why the finished run in ``run_dir`` is not a result of this declaration (``None`` when it is).
+
+    Statuses written before these fields existed carry no declaration or dependency stamps and are taken as they are.
+    """
+    status = read_status(run_dir)
+    where = f"{run_dir.parent.name}/{run_dir.name}"
+    if status.get("seed", seed) != seed:
+        return f"{where} holds seed {status['seed']}, the declaration asks for seed {seed}; move it away to retrain"
+    if status.get("declaration", declaration_key(exp, seed)) != declaration_key(exp, seed):
+        return f"{where} was trained from another version of {exp.name}'s YAML; move it away to retrain"
+    for ref, stamp in status.get("depends_on", {}).items():
+        current = _finished_stamp(dependency_runs(exp, seed, run_dirs).get(ref, Path("/nonexistent")))
+        if current != stamp:
+            return f"{where} started from a run of {ref} that is no longer there (retrained?); move it away to retrain"
+    return None
 
 
 def _resumable(run_dir: Path) -> bool:
@@ -133,7 +168,8 @@ def reproduce(
     seeds already finished in ``out`` are still tabulated.
 
     An experiment that raises is logged, listed under ``failed`` in the results, and the others still run; a row that
-    depends on it then fails too (its reference run is missing)."""
+    starts from it is not trained (listed as failed too) until it has finished. A finished run that no longer matches
+    its declaration (another seed, an edited YAML, a retrained source) is listed as failed, not tabulated."""
     from pneumo.evaluation.run import evaluate_run
     from pneumo.reproduce.results import write_results
 
@@ -150,11 +186,11 @@ def reproduce(
         from pneumo.data.synth import generate_dataset
 
         data_root = out / "synthetic-data"
-        data = (
-            data_root / "chest_xray"
-            if (data_root / "chest_xray" / "MANIFEST.csv").exists()
-            else generate_dataset(data_root, n=QUICK_DATA_IMAGES, seed=0, progress=False)
-        )
+        partial = data_root / "chest_xray"
+        if partial.is_dir() and not (partial / "MANIFEST.csv").exists():  # the manifest is written last
+            log.warning("%s: interrupted while being generated; generating it again", partial)
+            shutil.rmtree(partial)
+        data = partial if partial.is_dir() else generate_dataset(data_root, n=QUICK_DATA_IMAGES, seed=0, progress=False)
     if data is None and report_only:
         data = recorded_data(out)
     data = data.expanduser().resolve() if data else out / "synthetic-data" / "chest_xray"
@@ -170,7 +206,20 @@ def reproduce(
             skipped = report_only or (only and exp.name not in only) or seed not in seeds_to_run(exp, max_seeds)
             if skipped and not status_path.exists():
                 continue
-            if not status_path.exists():
+            if status_path.exists():
+                problem = _unusable_result(exp, seed, run_dir, run_dirs)
+                if problem:
+                    log.error("experiment %s: %s", name, problem)
+                    failures.append({"experiment": exp.name, "seed": seed, "error": problem})
+                    continue
+            else:
+                depends = dependency_runs(exp, seed, run_dirs)
+                unfinished = [f"{ref} ({d.name})" for ref, d in depends.items() if _finished_stamp(d) is None]
+                if unfinished:  # never train from a partial run (e.g. the best epoch so far of a failed source)
+                    error = f"needs {', '.join(unfinished)}, which has not finished"
+                    log.error("experiment %s: %s", name, error)
+                    failures.append({"experiment": exp.name, "seed": seed, "error": error})
+                    continue
                 log.info("experiment %s: training", name)
                 start = time.perf_counter()
                 try:
@@ -184,10 +233,12 @@ def reproduce(
                 status = {
                     "experiment": exp.name,
                     "seed": seed,
+                    "declaration": declaration_key(exp, seed),
+                    "depends_on": {ref: _finished_stamp(d) for ref, d in depends.items()},
                     "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     "wall_s_this_session": round(train_s, 1),
-                    "evaluated_run": str(eval_dir),
-                    "eval_dir": result["eval_dir"],
+                    "evaluated_run": os.path.relpath(eval_dir, run_dir),  # relative: the out folder can move
+                    "eval_dir": os.path.relpath(result["eval_dir"], run_dir),
                     "device": "cuda" if torch.cuda.is_available() and device != "cpu" else "cpu",
                 }
                 write_json(status_path, status)
