@@ -255,3 +255,28 @@ def test_gradcam_maps_the_class_it_is_given(run_outputs: RunOutputs, recording_c
     assert [c for _, targets in recording_cam for c in targets] == alternating.tolist()
     # The target matters: the maps of class 0 and of class 1 spread their energy differently.
     assert shares(np.zeros(n, dtype=np.int64)) != pytest.approx(shares(np.ones(n, dtype=np.int64)), abs=1e-6)
+
+
+def test_decisions_as_deployed_use_the_validated_threshold_on_tempered_probabilities() -> None:
+    from pneumo.trust.model_audit import _paired, deployed_decisions
+
+    names = ["normal", "pneumonia"]
+    logits = np.array([[0.0, 0.5], [0.0, 2.0], [0.0, -1.0], [0.0, 4.0]])
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    meta = {"operating_point": {"threshold": 0.7, "positive_class": "pneumonia"}, "temperature": 2.0}
+    decide, rule = deployed_decisions(meta, names)
+    tempered = 1 / (1 + np.exp(-logits[:, 1] / 2.0))  # 0.56, 0.73, 0.38, 0.88
+    assert decide(probs).tolist() == (tempered >= 0.7).astype(int).tolist() == [0, 1, 0, 1]
+    assert "pneumonia when p >= 0.7" in rule and "temperature 2" in rule
+    # not fitted yet, or three classes: argmax
+    assert deployed_decisions({}, names)[1] == "argmax"
+    assert deployed_decisions(meta, ["normal", "bacteria", "virus"])[1] == "argmax"
+
+    # the first image's logit goes from 0.5 to 3.0: untempered p = 0.62 -> 0.95 (argmax pneumonia both times),
+    # tempered 0.56 -> 0.82, across the threshold 0.7: only the decision as deployed changes
+    new_logits = logits.copy()
+    new_logits[0, 1] = 3.0
+    new = np.exp(new_logits) / np.exp(new_logits).sum(1, keepdims=True)
+    y = np.array([1, 1, 0, 1])
+    paired = _paired(y, probs, new, [0, 1, 2, 3], names, n_boot=20, seed=0, decide=decide)
+    assert paired["prediction_changed"] == 0.0 and paired["decision_changed"] == 0.25

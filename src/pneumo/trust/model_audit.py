@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,34 @@ def _auc(
     return ci_dict(bootstrap_ci(y, probs, list(groups), MetricSuite(tuple(names)), n_boot=n_boot, seed=seed)["roc_auc"])
 
 
+Decide = Callable[[np.ndarray], np.ndarray]
+
+
+def _argmax(probs: np.ndarray) -> np.ndarray:
+    return probs.argmax(1)
+
+
+def deployed_decisions(meta: dict[str, Any], class_names: Sequence[str]) -> tuple[Decide, str]:
+    """How the run labels an image when deployed, as a function of its (untempered) task probabilities, and its name.
+
+    Binary runs that ``pneumo evaluate`` has fitted: the validated threshold on temperature-scaled probabilities (as
+    ``Predictor`` decides); otherwise argmax.
+    """
+    op, temperature = meta.get("operating_point") or {}, meta.get("temperature")
+    if len(class_names) != 2 or op.get("threshold") is None:
+        return _argmax, "argmax"
+    positive = class_names.index(op["positive_class"]) if op.get("positive_class") in class_names else 1
+    threshold, t = float(op["threshold"]), float(temperature or 1.0)
+
+    def decide(probs: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", over="ignore"):
+            logit = np.log(probs[:, positive]) - np.log(probs[:, 1 - positive])  # the logit difference
+            scaled = 1.0 / (1.0 + np.exp(-logit / t))
+        return np.where(scaled >= threshold, positive, 1 - positive)
+
+    return decide, f"{class_names[positive]} when p >= {threshold:.4g} (temperature {t:.3g})"
+
+
 def _paired(
     y: np.ndarray,
     ref: np.ndarray,
@@ -56,6 +84,7 @@ def _paired(
     names: Sequence[str],
     n_boot: int,
     seed: int,
+    decide: Decide = _argmax,
 ) -> dict[str, Any]:
     cis = paired_auc(y, ref, new, list(groups), names, n_boot=n_boot, seed=seed)
     return {
@@ -63,6 +92,7 @@ def _paired(
         "auc": ci_dict(cis["roc_auc"]),
         "delta_auc": ci_dict(cis["delta_roc_auc"]),
         "prediction_changed": float(np.mean(ref.argmax(1) != new.argmax(1))),
+        "decision_changed": float(np.mean(decide(ref) != decide(new))),
         "mean_abs_probability_change": float(np.mean(np.abs(ref - new).max(axis=1))),
     }
 
@@ -129,6 +159,7 @@ def twin_section(
     batch_size: int,
     n_boot: int,
     seed: int,
+    decide: Decide = _argmax,
 ) -> dict[str, Any]:
     by_name = {r.name: r for r in discover(twin_root)}
     wanted = [replace(by_name[r.name], split="test") for r in test_records if r.name in by_name]
@@ -142,7 +173,7 @@ def twin_section(
     out: dict[str, Any] = {"originals": str(twin_root), "n_pairs": len(pairs)}
     if len(np.unique(y[pairs])) < len(ctx.class_names):
         return {**out, "skipped": "the paired images do not contain every class"}
-    out.update(_paired(y[pairs], probs[pairs], twin_probs, groups[pairs], ctx.class_names, n_boot, seed))
+    out.update(_paired(y[pairs], probs[pairs], twin_probs, groups[pairs], ctx.class_names, n_boot, seed, decide))
     return out
 
 
@@ -159,6 +190,7 @@ def perturbation_section(
     batch_size: int,
     n_boot: int,
     seed: int,
+    decide: Decide = _argmax,
 ) -> dict[str, Any]:
     out = {}
     for p in perturb.select(names):
@@ -168,7 +200,7 @@ def perturbation_section(
         out[p.name] = {
             "description": p.description,
             **pixel_change(images, changed),
-            **_paired(y, probs, new, groups, ctx.class_names, n_boot, seed),
+            **_paired(y, probs, new, groups, ctx.class_names, n_boot, seed, decide),
         }
     return out
 
@@ -275,6 +307,7 @@ def audit_model(
     raw, _ = forward_arrays(model, images, ctx.contract, batch_size=batch_size, device=dev)
     probs = task_probabilities(raw, len(ctx.class_names))
     twin_root, orig_manifest = resolve_originals(originals, ctx.dataset_root)
+    decide, decision_rule = deployed_decisions(ctx.meta, ctx.class_names)
 
     result: dict[str, Any] = {
         "pneumo_version": pneumo.__version__,
@@ -286,6 +319,7 @@ def audit_model(
         "preprocess": ctx.contract.to_dict(),
         "device": str(dev),
         "bootstrap": {"n_boot": n_boot, "seed": seed, "resampled": "patients", "confidence": 0.95},
+        "decision_rule": decision_rule,
         "test": {
             "n": len(test),
             "n_patients": len(set(test.groups)),
@@ -320,10 +354,12 @@ def audit_model(
             batch_size=batch_size,
             n_boot=n_boot,
             seed=seed,
+            decide=decide,
         )
     result["perturbations"] = perturbation_section(
-        ctx, model, images, y, probs, groups, perturbations, device=dev, batch_size=batch_size, n_boot=n_boot, seed=seed
-    )
+        ctx, model, images, y, probs, groups, perturbations, device=dev, batch_size=batch_size, n_boot=n_boot,
+        seed=seed, decide=decide,
+    )  # fmt: skip
     cam = None
     if cam_images > 0:
         cam = gradcam_section(
@@ -445,8 +481,10 @@ def explanations(result: dict[str, Any]) -> dict[str, str]:
         "Resolution-normalised twin": t.get("skipped")
         or (
             f"{t['n_pairs']} test images taken from {t['originals']} (another copy made from the originals, aspect "
-            f"kept) and put through this run's preprocessing contract. The prediction changed for "
-            f"{100 * t['prediction_changed']:.1f} % of them."
+            f"kept) and put through this run's preprocessing contract. The argmax prediction changed for "
+            f"{100 * t['prediction_changed']:.1f} % of them, the decision as deployed "
+            f"({result.get('decision_rule', 'argmax')}) for "
+            f"{100 * t.get('decision_changed', t['prediction_changed']):.1f} %."
         ),
     }
     if "skipped" not in g:
