@@ -29,6 +29,9 @@ def test_cycles_and_missing_references_are_errors() -> None:
         _ordered({"a": a, "b": b})
     with pytest.raises(ValueError, match="refers to 'b'"):
         _ordered({"a": a})
+    other_task = Experiment(name="c", suites=["quick"], train={"task": "bacteria-virus"}, baseline="d")
+    with pytest.raises(ValueError, match="needs the same task"):
+        _ordered({"c": other_task, "d": Experiment(name="d", suites=["quick"])})
     runs = {"a": {0: Path("/r/a-seed0"), 1: Path("/r/a-seed1")}, "gan": {0: Path("/r/gan")}}
     assert resolve_refs({"w": "run:a", "x": ["run:gan", 1]}, runs, 1) == {"w": "/r/a-seed1", "x": ["/r/gan", 1]}
     assert resolve_refs("run:a", runs, 2) == "/r/a-seed0"  # a seed the source lacks: its first seed
@@ -409,3 +412,11 @@ def test_an_interrupted_generation_of_the_quick_data_is_redone(tmp_path: Path, m
     result = runner.reproduce(None, "quick", tmp_path, n_boot=10)
     assert (partial / "MANIFEST.csv").is_file() and len(list(partial.rglob("*.jpeg"))) == 60
     assert result["rows"] == [] and all("not now" in f["error"] for f in result["failed"])
+
+
+def test_declared_task_defaults_match_the_configs() -> None:
+    from pneumo.gan.config import TASK
+    from pneumo.reproduce.suite import DEFAULT_TASK, GAN_TASK
+    from pneumo.training.config import TrainConfig
+
+    assert GAN_TASK == TASK and TrainConfig.model_fields["task"].default == DEFAULT_TASK

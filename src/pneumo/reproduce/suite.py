@@ -27,6 +27,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 SUITES = ("quick", "cpu", "full")
+GAN_TASK = "normal-bacteria-virus"  # pneumo.gan.config.TASK (not imported: declarations load without torch)
+DEFAULT_TASK = "normal-pneumonia"  # TrainConfig's default
 RUN_REF = "run:"
 
 
@@ -41,6 +43,11 @@ class Experiment(BaseModel):
     gan: dict[str, Any] = Field(default_factory=dict)
     baseline: str | None = None
     seeds: list[int] = Field(default_factory=lambda: [0])
+
+    @property
+    def task(self) -> str:
+        """The task its test predictions are for (a GAN row: the discriminator's three classes)."""
+        return GAN_TASK if self.kind == "gan" else str(self.train.get("task", DEFAULT_TASK))
 
     def references(self) -> set[str]:
         found: set[str] = set()
@@ -100,6 +107,12 @@ def _ordered(experiments: dict[str, Experiment]) -> list[Experiment]:
             raise ValueError(f"experiment {trail[-1]!r} refers to {name!r}, which is not in this suite")
         state[name] = "visiting"
         exp = experiments[name]
+        base = experiments.get(exp.baseline or "")
+        if base is not None and base.task != exp.task:
+            raise ValueError(
+                f"experiment {name!r} ({exp.task}) has baseline {base.name!r} ({base.task}): a paired difference "
+                "needs the same task"
+            )
         for dep in sorted(exp.references() | ({exp.baseline} if exp.baseline else set())):
             visit(dep, (*trail, name))
         state[name] = "done"
