@@ -64,3 +64,75 @@ def test_malformed_headers_are_decode_errors_naming_the_file(attributes: dict, r
     data = _with(dicom_bytes(np.arange(64, dtype=np.uint16).reshape(8, 8)), **attributes)
     with pytest.raises(ImageDecodeError, match=rf"^bad\.dcm: {reason}"):
         decode_bytes(data, "bad.dcm")
+
+
+def _encapsulated(frame: bytes, rows: int, cols: int, syntax: str) -> bytes:
+    """A DICOM with one encapsulated (compressed) frame whose header announces ``rows x cols``."""
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.zeros((4, 4), np.uint16))))
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.Rows, ds.Columns = rows, cols
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _jpeg(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (width, height), 128).save(buf, "JPEG", quality=50)
+    return buf.getvalue()
+
+
+def test_a_compressed_frame_is_decoded_only_at_the_size_its_header_announces() -> None:
+    from pydicom.uid import JPEGBaseline8Bit
+
+    ok = decode_bytes(_encapsulated(_jpeg(24, 16), 16, 24, JPEGBaseline8Bit), "ok.dcm")
+    assert ok.shape == (16, 24)
+    # 16 x 16 announced, a 2000 x 2000 codestream inside: refused before pydicom decodes it
+    with pytest.raises(ImageDecodeError, match=r"big\.dcm: compressed frame of 2000x2000 pixels, header says 16x16"):
+        decode_bytes(_encapsulated(_jpeg(2000, 2000), 16, 16, JPEGBaseline8Bit), "big.dcm", max_pixels=10_000)
+
+
+def test_a_deflated_dicom_is_refused_before_anything_is_inflated(monkeypatch: pytest.MonkeyPatch) -> None:
+    import zlib
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from pneumo.serve.guards import pixel_count
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.zeros((8, 8), np.uint16))))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    data = out.getvalue()
+
+    def inflate(*args, **kwargs):
+        raise AssertionError("the data set was inflated")
+
+    monkeypatch.setattr(zlib, "decompress", inflate)
+    monkeypatch.setattr(zlib, "decompressobj", inflate)
+    with pytest.raises(ImageDecodeError, match=r"z\.dcm: deflated DICOM is not supported"):
+        decode_bytes(data, "z.dcm")
+    assert pixel_count(data, "z.dcm") is None  # the service's header check leaves the verdict to the decoder
+
+
+def test_an_unknown_value_representation_is_a_decode_error() -> None:
+    good = dicom_bytes(np.zeros((8, 8), np.uint16))
+    i = good.index(b"\x28\x00\x10\x00US")  # Rows
+    bad = good[: i + 4] + b"U!" + good[i + 6 :]
+    with pytest.raises(ImageDecodeError, match=r"v\.dcm: DICOM header has an unreadable"):
+        decode_bytes(bad, "v.dcm")
+
+
+def test_the_content_decides_the_format_not_the_name() -> None:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (10, 6), 200).save(buf, "PNG")
+    assert decode_bytes(buf.getvalue(), "scan.dcm").shape == (6, 10)

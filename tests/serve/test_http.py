@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import struct
 import threading
 import time
@@ -381,3 +382,30 @@ def _in_flight(app) -> int:
 def test_settings_that_cannot_work_are_refused(tmp_path: Path, limits: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         create_app(make_fake_run(tmp_path), **limits)
+
+
+def test_a_stalled_upload_gets_408_and_frees_its_slot(tmp_path: Path) -> None:
+    # One slot in all (1 running + 0 waiting). A client that sends its headers and half its body, then stalls, must
+    # not hold that slot for as long as it keeps the connection open.
+    app = create_app(make_fake_run(tmp_path), max_concurrency=1, max_waiting=0, upload_timeout_s=0.5)
+    server = start_server(app)
+    host, port = server.url.removeprefix("http://").split(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as stalled:
+            stalled.sendall(
+                b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+                b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
+            )
+            answer = stalled.recv(4096).decode()  # sent by the server once the deadline has passed
+            assert answer.startswith("HTTP/1.1 408") and "upload_timeout" in answer
+            with httpx.Client(base_url=server.url, timeout=10) as c:
+                assert upload(c, png_bytes()).status_code == 200  # the slot is free again
+        assert _in_flight(app) == 0
+    finally:
+        server.stop()
+
+
+def test_405_names_the_allowed_method(client: httpx.Client) -> None:
+    resp = client.get("/v1/predict")
+    assert resp.status_code == 405 and resp.headers["allow"] == "POST"
+    assert resp.json()["error"] == "method_not_allowed"

@@ -148,6 +148,9 @@ def serve(
         32, "--max-waiting", min=0, help="Uploads held waiting for the model per process; more get 503 at once."
     ),
     timeout_s: float = typer.Option(30.0, "--timeout", min=0.001, help="Seconds before a request gets 503."),
+    upload_timeout_s: float = typer.Option(
+        30.0, "--upload-timeout", min=0.001, help="Seconds for an upload's body to arrive; slower ones get 408."
+    ),
     device: str = typer.Option("cpu", "--device", help=f"{DEVICE_HELP}; ONNX models run on the CPU."),
 ) -> None:
     """Serve the model over HTTP (web page at /, API docs at /docs). Research use only."""
@@ -162,6 +165,7 @@ def serve(
         "max_concurrency": max_concurrency,
         "max_waiting": max_waiting,
         "timeout_s": timeout_s,
+        "upload_timeout_s": upload_timeout_s,
         "device": device,
     }
     limits = {k: v for k, v in limits.items() if v is not None}  # unset: the service's own default

@@ -94,29 +94,86 @@ def _stretch_by_table(flat: np.ndarray, name: str, transform: PixelTransform | N
     return result
 
 
-def _is_dicom(data: bytes, name: str) -> bool:
-    return Path(name).suffix.lower() in DICOM_SUFFIXES or data[128:132] == b"DICM"
+# Signatures of the raster formats Pillow opens: such bytes are decoded as what they are, whatever their name says.
+_PIL_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")
+DEFLATED_TRANSFER_SYNTAX = "1.2.840.10008.1.2.1.99"
+RLE_TRANSFER_SYNTAX = "1.2.840.10008.1.2.5"
+
+
+def is_dicom(data: bytes, name: str) -> bool:
+    """DICOM by its ``DICM`` magic, or by a ``.dcm``/``.dicom`` name (files without the preamble) unless the bytes
+    are a PNG, JPEG, TIFF or BMP."""
+    if data[128:132] == b"DICM":
+        return True
+    return Path(name).suffix.lower() in DICOM_SUFFIXES and not data.startswith(_PIL_MAGIC)
+
+
+def read_dicom(data: bytes, name: str, *, stop_before_pixels: bool = False) -> Any:
+    """pydicom's dataset of ``data``, after refusing what could not be bounded before it is expanded.
+
+    pydicom inflates a deflated data set whole (one unbounded ``zlib.decompress``, header-only reads included): 1 KiB
+    can become 1 MiB, so such files are refused from their file meta group, read first.
+    """
+    import pydicom
+    from pydicom.filereader import _read_file_meta_info, read_preamble  # no public reader for a buffer
+
+    try:
+        fp = io.BytesIO(data)
+        read_preamble(fp, True)
+        syntax = str(_read_file_meta_info(fp).get("TransferSyntaxUID", ""))
+    except Exception as exc:  # pydicom raises many types for broken files
+        raise ImageDecodeError(name, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+    if syntax == DEFLATED_TRANSFER_SYNTAX:
+        raise ImageDecodeError(
+            name, "deflated DICOM is not supported (its size cannot be checked before inflating); export it unzipped"
+        )
+    try:
+        return pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=stop_before_pixels)
+    except Exception as exc:
+        raise ImageDecodeError(name, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_compressed_frame(ds: Any, name: str, rows: int, cols: int, max_pixels: int) -> None:
+    """An encapsulated frame is decoded at the size its own codestream declares, not the header's Rows x Columns:
+    check that size (from the codestream header, nothing decoded) before pydicom decodes it. RLE is decoded into
+    the header's size and needs no check."""
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is None or not syntax.is_encapsulated or str(syntax) == RLE_TRANSFER_SYNTAX:
+        return
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        with Image.open(io.BytesIO(frame)) as img:
+            width, height = img.size
+    except Exception as exc:
+        raise ImageDecodeError(
+            name, f"cannot check the size of the compressed frame (transfer syntax {syntax}) before decoding ({exc})"
+        ) from exc
+    if (width, height) != (cols, rows) or width * height > max_pixels:
+        raise ImageDecodeError(
+            name, f"compressed frame of {width}x{height} pixels, header says {cols}x{rows} (limit {max_pixels})"
+        )
 
 
 def _decode_dicom(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    ds = read_dicom(data, name)
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    except Exception as exc:  # pydicom raises many types for broken files
-        raise ImageDecodeError(name, f"not a readable DICOM file ({exc})") from exc
-    if "PixelData" not in ds:
-        raise ImageDecodeError(name, "DICOM file has no pixel data")
-    try:
+        if "PixelData" not in ds:
+            raise ImageDecodeError(name, "DICOM file has no pixel data")
         frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
         rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
-    except (TypeError, ValueError) as exc:
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # elements are converted lazily: an unknown VR surfaces here (NotImplementedError...)
         raise ImageDecodeError(name, f"DICOM header has an unreadable frame count or image size ({exc})") from exc
     if frames > 1:
         raise ImageDecodeError(name, f"multi-frame DICOM ({frames} frames) is not supported; export one frame")
     if rows * cols > max_pixels:  # checked from the header, before any pixel is decoded
         raise ImageDecodeError(name, f"image of {cols}x{rows} pixels exceeds the limit of {max_pixels}")
+    _check_compressed_frame(ds, name, rows, cols, max_pixels)
     try:
         arr = ds.pixel_array
     except Exception as exc:
@@ -179,7 +236,7 @@ def decode_bytes(data: bytes, name: str = "<bytes>", *, max_pixels: int = DEFAUL
     """Decode encoded bytes (any supported format) to grayscale uint8."""
     if not data:
         raise ImageDecodeError(name, "file is empty")
-    if _is_dicom(data, name):
+    if is_dicom(data, name):
         return _check_pixels(_decode_dicom(data, name, max_pixels), name, max_pixels)
     try:
         with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as img:

@@ -29,7 +29,7 @@ from pneumo.serve.guards import (
     InFlightLimitMiddleware,
     check_limits,
     check_pixels,
-    read_upload,
+    read_upload_within,
     retry_headers,
 )
 
@@ -55,10 +55,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": text, "content": {"application/json": {"example": {"error": "...", "detail": "..."}}}}
     for code, text in [
         (400, "empty body or file, malformed multipart"),
+        (408, "the upload's body did not arrive in time"),
         (413, "upload or image too large"),
         (415, "not multipart/form-data"),
         (422, "missing file field, undecodable or unsupported image"),
-        (503, "timed out"),
+        (503, "busy or timed out"),
     ]
 }
 
@@ -75,6 +76,7 @@ def create_app(
     max_concurrency: int = 2,
     max_waiting: int = 32,
     timeout_s: float = 30.0,
+    upload_timeout_s: float = 30.0,
     device: str = "cpu",
 ) -> FastAPI:
     """A FastAPI app serving one model (a run folder, an ``.onnx`` file or a ready :class:`Predictor`).
@@ -82,7 +84,8 @@ def create_app(
     ``device``: where a run folder's network runs (``cpu``, ``cuda``, ``cuda:N``, ``auto``); ONNX runs on the CPU.
 
     At most ``max_concurrency`` images are decoded and classified at once, and at most ``max_waiting`` more uploads
-    wait for them; further uploads get 503 before their body is read. The predictor is ``app.state.predictor``; the
+    wait for them; further uploads get 503 before their body is read, and an upload whose body has not arrived within
+    ``upload_timeout_s`` gets 408 (its slot is freed). The predictor is ``app.state.predictor``; the
     inference pool ``app.state.runner``.
     """
     check_limits(
@@ -129,7 +132,7 @@ def create_app(
     @app.post("/v1/predict", openapi_extra=UPLOAD_BODY, responses=ERRORS, summary="Classify one X-ray")
     async def predict(request: Request) -> dict[str, Any]:
         """Probabilities, label (validated operating point for binary tasks), threshold and OOD verdict."""
-        data, name = await read_upload(request)
+        data, name = await read_upload_within(request, upload_timeout_s)
         return await runner(_predict, data, name)
 
     @app.post(
@@ -144,7 +147,7 @@ def create_app(
         shrunk to 2,048 pixels when larger)."""
         if not app.state.predictor.can_explain:
             raise ApiError(501, "explain_unavailable", "Grad-CAM needs a PyTorch run folder; this is an ONNX model")
-        data, name = await read_upload(request)
+        data, name = await read_upload_within(request, upload_timeout_s)
         png = await runner(_explain, data, name)
         return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
@@ -173,7 +176,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
-        return JSONResponse({"error": code, "detail": str(exc.detail)}, status_code=exc.status_code)
+        return JSONResponse(  # keeps Starlette's headers (the Allow of a 405)
+            {"error": code, "detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -194,5 +199,6 @@ def create_app_from_env() -> FastAPI:
         max_concurrency=int(env.get(f"{ENV_PREFIX}MAX_CONCURRENCY", 2)),
         max_waiting=int(env.get(f"{ENV_PREFIX}MAX_WAITING", 32)),
         timeout_s=float(env.get(f"{ENV_PREFIX}TIMEOUT_S", 30)),
+        upload_timeout_s=float(env.get(f"{ENV_PREFIX}UPLOAD_TIMEOUT_S", 30)),
         device=env.get(f"{ENV_PREFIX}DEVICE", "cpu"),
     )

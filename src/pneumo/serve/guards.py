@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pneumo.data.decode import DICOM_SUFFIXES, PIL_FORMATS
+from pneumo.data.decode import PIL_FORMATS, is_dicom, read_dicom
 
 T = TypeVar("T")
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file, allowed on top of the upload limit
@@ -44,7 +44,8 @@ RETRY_AFTER_S = "1"  # sent with every 503 (busy or timed out): the request is w
 
 
 def retry_headers(status: int) -> dict[str, str]:
-    return {"Retry-After": RETRY_AFTER_S} if status == 503 else {}
+    """Retry-After for a 503; for a 408, close the connection (the rest of a stalled body is not waited for)."""
+    return {"Retry-After": RETRY_AFTER_S} if status == 503 else {"Connection": "close"} if status == 408 else {}
 
 
 async def send_error(send: Send, error: ApiError) -> None:
@@ -174,14 +175,21 @@ async def read_upload(request: Request) -> tuple[bytes, str]:
     return data, name
 
 
+async def read_upload_within(request: Request, seconds: float) -> tuple[bytes, str]:
+    """:func:`read_upload` with a deadline: a client that sends its body slowly, or stops halfway, would otherwise
+    hold its in-flight slot for as long as it keeps the connection open (a few such clients lock everyone out)."""
+    try:
+        return await asyncio.wait_for(read_upload(request), seconds)
+    except TimeoutError:
+        raise ApiError(408, "upload_timeout", f"the upload did not arrive within {seconds:g} s") from None
+
+
 def pixel_count(data: bytes, name: str) -> int | None:
     """Pixels announced by the file header (no pixel data decoded); ``None`` when the header is unreadable (the
     decoder then reports why)."""
     try:
-        if Path(name).suffix.lower() in DICOM_SUFFIXES or data[128:132] == b"DICM":
-            import pydicom
-
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+        if is_dicom(data, name):
+            ds = read_dicom(data, name, stop_before_pixels=True)  # refuses a deflated file before inflating it
             rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
             return rows * cols * int(ds.get("NumberOfFrames", 1) or 1)
         with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as img:  # reads the header only
