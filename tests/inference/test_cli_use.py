@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from pneumo.cli.use import register
 from pneumo.inference import Predictor
 
-from .conftest import dicom_bytes, make_fake_run, xray_like
+from .conftest import dicom_bytes, encode, make_fake_run, xray_like
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +153,20 @@ def test_predict_and_serve_take_a_device(cli: typer.Typer, run: Path, images: Pa
 def test_serve_refuses_settings_that_cannot_work(cli: typer.Typer, run: Path, options: list, message: str) -> None:
     result = CliRunner().invoke(cli, ["serve", str(run), *options])
     assert result.exit_code == 2 and message in result.output
+
+
+def test_a_folder_walk_skips_archive_leftovers_and_finds_dicoms_without_a_suffix(tmp_path: Path) -> None:
+    from pneumo.cli.use import iter_image_files
+
+    root = tmp_path / "chest_xray"
+    (root / "test" / "NORMAL").mkdir(parents=True)
+    (root / "__MACOSX" / "test" / "NORMAL").mkdir(parents=True)
+    image = encode(Image.fromarray(xray_like()), "JPEG")
+    (root / "test" / "NORMAL" / "IM-1.jpeg").write_bytes(image)
+    (root / "test" / "NORMAL" / "._IM-1.jpeg").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    (root / "__MACOSX" / "test" / "NORMAL" / "._IM-1.jpeg").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    (root / "dicomdir").mkdir()
+    (root / "dicomdir" / "IM000001").write_bytes(dicom_bytes(np.zeros((8, 8), np.uint16)))
+    (root / "dicomdir" / "NOTES").write_text("not an image, no suffix")
+    found = [p.relative_to(root).as_posix() for p in iter_image_files([root])]
+    assert found == ["dicomdir/IM000001", "test/NORMAL/IM-1.jpeg"]

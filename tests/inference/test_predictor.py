@@ -293,3 +293,43 @@ def test_a_binary_model_without_a_validated_threshold_says_so(tmp_path: Path, ca
     with caplog.at_level("WARNING", logger="pneumo.inference.predictor"):
         assert Predictor.load(make_fake_run(tmp_path / "b", operating_point=op)).meta.threshold == 0.3
     assert "no threshold" not in caplog.text
+
+
+def test_ood_parameters_this_version_cannot_use_are_found_at_load(
+    tmp_path: Path, gray: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another method's (or version's) parameters: the model still predicts, with empty OOD fields and one warning at
+    # load, instead of failing every prediction.
+    run = make_fake_run(tmp_path, ood={"method": "mahalanobis-pca-tied", "version": 2})
+    with caplog.at_level("WARNING"):
+        predictor = Predictor.load(run)
+    assert "cannot be used by this version" in caplog.text and "version 2" in caplog.text
+    assert predictor.model_card()["ood"]["active"] is False
+    result = predictor.predict(gray)
+    assert result.ood_score is None and result.in_distribution is None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"temperature": 0.0}, "temperature must be > 0"),
+        ({"class_names": ["normal"]}, "need at least 2 class names"),
+        ({"preprocess": {"image_size": 32, "geometry": "pad-and-crop"}}, "unknown geometry"),
+        ({"task": None, "class_names": None}, "NoneType"),
+    ],
+)
+def test_unusable_model_metadata_names_the_file(tmp_path: Path, change: dict, message: str) -> None:
+    from pneumo.inference.meta import ModelMeta
+
+    run = make_fake_run(tmp_path)
+    meta = json.loads((run / "checkpoint.json").read_text())
+    (run / "checkpoint.json").write_text(json.dumps({**meta, **change}))
+    with pytest.raises(ModelLoadError, match=message) as caught:
+        Predictor.load(run)
+    assert str(run) in str(caught.value)
+
+    props = {**ModelMeta.from_checkpoint(meta, run).to_onnx_props()}
+    props.update({f"pneumo.{k}": json.dumps(v) for k, v in change.items()})
+    with pytest.raises(ModelLoadError, match=message) as caught:
+        ModelMeta.from_onnx_props(props, tmp_path / "model.onnx")
+    assert str(tmp_path / "model.onnx") in str(caught.value)

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from pneumo.cli.output import DEVICE_HELP, fail, print_table
+from pneumo.data.records import is_junk
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
 FORMATS = ("table", "json", "csv")
@@ -25,11 +26,27 @@ def register(app: typer.Typer) -> None:
     app.command()(serve)
 
 
+def _is_image_file(path: Path) -> bool:
+    """An image suffix, or no suffix and the DICOM magic (DICOMDIR exports name files ``IM000001``)."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    if path.suffix:
+        return False
+    try:
+        with path.open("rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
 def iter_image_files(paths: Iterable[Path]) -> Iterator[Path]:
-    """Files named on the command line as given; folders walked (sorted) for files with an image suffix."""
+    """Files named on the command line as given; folders walked (sorted) for image files, skipping hidden files and
+    macOS archive leftovers (the Kaggle zip holds a ``__MACOSX`` copy of every image, none of them an image)."""
     for path in paths:
         if path.is_dir():
-            found = (p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = (
+                p for p in path.rglob("*") if p.is_file() and not is_junk(p.relative_to(path)) and _is_image_file(p)
+            )
             yield from sorted(found)
         else:
             yield path  # a missing or unreadable file is reported by the decoder, with its name

@@ -88,12 +88,13 @@ def contradiction(label: str, subtype: str | None) -> str | None:
     return None
 
 
-def _is_junk(path: Path) -> bool:
+def is_junk(path: Path) -> bool:
+    """Hidden files and folders, and macOS archive leftovers (``__MACOSX/``, ``._name`` AppleDouble files)."""
     return any(part.startswith(".") or part == "__MACOSX" for part in path.parts)
 
 
 def _child_dirs(folder: Path) -> dict[str, Path]:
-    return {p.name.lower(): p for p in sorted(folder.iterdir()) if p.is_dir() and not _is_junk(Path(p.name))}
+    return {p.name.lower(): p for p in sorted(folder.iterdir()) if p.is_dir() and not is_junk(Path(p.name))}
 
 
 def _find_split_root(root: Path) -> Path | None:
@@ -121,7 +122,7 @@ def _records_from_layout(split_root: Path) -> list[Record]:
                 continue
             for path in sorted(label_dir.rglob("*")):
                 rel = path.relative_to(label_dir)
-                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not _is_junk(rel):
+                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not is_junk(rel):
                     subtype, patient = parse_file_name(path.name, label)
                     if reason := contradiction(label, subtype):  # e.g. a person1_virus_1.jpeg filed under NORMAL/
                         log.warning("%s: skipped, its folder's %s (from its name)", path, reason)

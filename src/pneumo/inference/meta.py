@@ -96,8 +96,12 @@ class ModelMeta:
                 best=dict(meta.get("best") or {}),
                 metrics=read_eval_metrics(run_dir, digest),
             )
-        except (KeyError, TypeError) as exc:
-            raise ModelLoadError(f"{run_dir / META_FILE}: missing or malformed field {exc}") from exc
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{run_dir / META_FILE}: {exc}") from exc
+        except KeyError as exc:
+            raise ModelLoadError(f"{run_dir / META_FILE}: missing field {exc}") from exc
+        except (TypeError, ValueError) as exc:  # e.g. PreprocessContract.from_dict on an unknown geometry
+            raise ModelLoadError(f"{run_dir / META_FILE}: malformed field ({exc})") from exc
 
     # --- ONNX metadata_props ----------------------------------------------------------------------------------
     def to_onnx_props(self) -> dict[str, str]:
@@ -136,8 +140,12 @@ class ModelMeta:
                 best=d.get("best") or {},
                 metrics=d.get("metrics") or {},
             )
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
-            raise ModelLoadError(f"{path}: not a pneumo ONNX export (metadata {exc} missing or malformed)") from exc
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{path}: {exc}") from exc
+        except KeyError as exc:
+            raise ModelLoadError(f"{path}: not a pneumo ONNX export (metadata {exc} missing)") from exc
+        except (TypeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+            raise ModelLoadError(f"{path}: malformed pneumo metadata ({exc})") from exc
 
 
 # Evaluation fields a model shows to its users (HTTP /v1/model, ONNX metadata): no file system paths.

@@ -9,8 +9,10 @@ Contract with ``pneumo.trust.ood`` (provided by the trust module)::
 ``features`` the pooled penultimate features ``(N, num_features)`` (``forward_head(pre_logits=True)``).
 It returns ``(scores, in_distribution)``: float ``(N,)`` (higher = more unusual) and bool ``(N,)``.
 
+Optional: ``check(params)``, raising when this version cannot use the parameters (another method or version).
+
 A run without an ``ood`` entry gets ``None`` for both fields. A run with one, where ``pneumo.trust.ood`` cannot be
-imported, also gets ``None`` (with one warning), never a made-up verdict.
+imported or cannot use it, also gets ``None`` (with one warning when the model loads), never a made-up verdict.
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ def resolve_scorer(params: dict[str, Any] | None) -> OodScoreFn | None:
     except ImportError as exc:
         log.warning("the model has OOD parameters but %s is unavailable (%s): OOD fields stay empty", OOD_MODULE, exc)
         return None
+    check = getattr(module, "check", None)
+    if check is not None:
+        try:
+            check(params)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("the model's OOD parameters cannot be used by this version (%s): OOD fields stay empty", exc)
+            return None
     return module.score
 
 

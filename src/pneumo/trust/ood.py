@@ -275,6 +275,12 @@ def _cached_scorer(params: Mapping[str, Any]) -> OODScorer:
     return scorer
 
 
+def check(params: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` (or ``KeyError``/``TypeError``) when this version cannot score with ``params``; called
+    once when a model loads, so that a bad entry is found then and not at every prediction."""
+    _cached_scorer(params)
+
+
 def score(params: Mapping[str, Any], *, logits: np.ndarray | None = None, features: np.ndarray) -> tuple:
     """``(scores, in_distribution)`` for ``pneumo.inference``: float ``(N,)`` and bool ``(N,)``; ``logits`` unused."""
     scorer = _cached_scorer(params)
