@@ -109,6 +109,14 @@ def test_export_refuses_old_opsets(tmp_path: Path) -> None:
         export_onnx(make_fake_run(tmp_path), tmp_path / "m.onnx", opset=13)
 
 
+def test_export_refuses_a_name_that_loading_would_not_recognise(tmp_path: Path) -> None:
+    from pneumo.inference.onnx import ExportError
+
+    with pytest.raises(ExportError, match=r"model\.bin: name the ONNX file with the suffix \.onnx"):
+        export_onnx(make_fake_run(tmp_path), tmp_path / "model.bin")
+    assert not (tmp_path / "model.bin").exists()
+
+
 def test_three_channel_model_exports_with_one_channel_input(tmp_path: Path) -> None:
     run = make_fake_run(tmp_path, kwargs={"widths": [4, 8], "depths": [1, 1], "in_chans": 3})
     meta = json.loads((run / "checkpoint.json").read_text())

@@ -396,7 +396,10 @@ def test_a_stalled_upload_gets_408_and_frees_its_slot(tmp_path: Path) -> None:
                 b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
                 b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
             )
-            answer = stalled.recv(4096).decode()  # sent by the server once the deadline has passed
+            chunks = []
+            while chunk := stalled.recv(4096):  # sent once the deadline has passed; the server then closes
+                chunks.append(chunk)
+            answer = b"".join(chunks).decode()
             assert answer.startswith("HTTP/1.1 408") and "upload_timeout" in answer
             with httpx.Client(base_url=server.url, timeout=10) as c:
                 assert upload(c, png_bytes()).status_code == 200  # the slot is free again

@@ -75,6 +75,8 @@ def export_onnx(
     """
     if opset < 17:
         raise ValueError(f"opset must be >= 17, got {opset}")
+    if Path(out).suffix.lower() != ".onnx":  # pneumo.load, predict and serve tell an export by its suffix
+        raise ExportError(f"{out}: name the ONNX file with the suffix .onnx")
     predictor = model if isinstance(model, Predictor) else Predictor.from_run(model)
     if not isinstance(predictor.backend, TorchBackend):
         raise ExportError("export needs a run folder (PyTorch weights), not an ONNX model")
