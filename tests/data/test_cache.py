@@ -112,6 +112,17 @@ def test_pixels_from_other_decoding_code_are_not_reused(tmp_path: Path, monkeypa
     assert len(decoded) == 4
 
 
+def test_a_damaged_index_is_rebuilt_not_fatal(tmp_path: Path) -> None:
+    contract = PreprocessContract(image_size=16)
+    paths = _images(tmp_path, 2)
+    expected = [row.copy() for row in ImageCache(contract, tmp_path / "cache").build(paths, progress=False)]
+    cache = ImageCache(contract, tmp_path / "cache")
+    cache.index_file.write_text('{"entries": {')  # cut short, as a crash or a full disk can leave it
+    again = cache.build(paths, progress=False)
+    for i in range(2):
+        np.testing.assert_array_equal(again[i], expected[i])
+
+
 def test_corrupt_empty_and_text_files_are_reported_not_fatal(tmp_path: Path) -> None:
     good = _images(tmp_path, 2)
     empty = tmp_path / "empty.jpeg"

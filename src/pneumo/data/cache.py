@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -26,7 +26,10 @@ import PIL
 
 from pneumo.data.decode import ImageDecodeError
 from pneumo.data.preprocess import PreprocessContract, preprocess_image
+from pneumo.utils.atomic import write_json
 from pneumo.utils.progress import progress_bar
+
+log = logging.getLogger(__name__)
 
 _FLUSH_EVERY = 512
 
@@ -126,18 +129,20 @@ class ImageCache:
         file was deleted or truncated), and reading it would give black images: it is reset too.
         """
         if self.index_file.exists():
-            index = json.loads(self.index_file.read_text())
-            stored = PreprocessContract.from_dict(index.get("contract") or {})
-            size = self.file.stat().st_size if self.file.exists() else -1
-            if stored.fingerprint() == self.contract.fingerprint() and size >= index["n_rows"] * self._row_bytes:
-                return index
+            try:
+                index = json.loads(self.index_file.read_text())
+                stored = PreprocessContract.from_dict(index.get("contract") or {})
+                n_rows = int(index["n_rows"])
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a damaged index: start a new one
+                log.warning("%s is unreadable (%s): the cache is rebuilt", self.index_file, exc)
+            else:
+                size = self.file.stat().st_size if self.file.exists() else -1
+                if stored.fingerprint() == self.contract.fingerprint() and size >= n_rows * self._row_bytes:
+                    return index
         return {"contract": self.contract.to_dict(), "entries": {}, "failures": {}, "n_rows": 0}
 
     def _save_index(self, index: dict) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix="index.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(index, f)
-        os.replace(tmp, self.index_file)
+        write_json(self.index_file, index, indent=None)
 
     def build(self, paths: Sequence[Path | str], *, workers: int = 0, progress: bool = True) -> CachedImages:
         """Decode what is missing or changed, then return the view for ``paths`` (in order)."""

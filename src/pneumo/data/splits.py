@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.data.records import DatasetError, Record, is_synthetic
+from pneumo.utils.atomic import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +116,7 @@ def patients_seen_but_held_out(source: Sequence[Record], records: Sequence[Recor
 
 def write_split_csv(records: Sequence[Record], path: Path, root: Path) -> None:
     """Write the split atomically, paths relative to ``root`` where possible."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(SPLIT_COLUMNS)
         for r in records:
@@ -128,7 +125,6 @@ def write_split_csv(records: Sequence[Record], path: Path, root: Path) -> None:
             except ValueError:
                 rel = r.path.resolve()
             writer.writerow([rel.as_posix(), r.split, r.label, r.subtype or "", r.patient_id])
-    os.replace(tmp, path)
 
 
 def read_split_csv(path: Path, root: Path) -> list[Record]:

@@ -20,10 +20,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; the result should have the usual permissions
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes 0600, and a writer may replace the file (safetensors does): the usual permissions, set last
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

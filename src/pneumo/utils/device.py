@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
+
+_NAME = re.compile(r"(auto|cpu|cuda)(?::(\d+))?")
 
 
 def resolve_device(name: str | torch.device, *, cuda_index: int | None = None) -> torch.device:
-    """The torch device for ``name``; a clear ``ValueError`` for an unknown name or for CUDA without a GPU.
+    """The torch device for ``name``; a clear ``ValueError`` for an unknown name, for CUDA without a GPU and for a
+    GPU index this machine does not have.
 
     ``cuda_index`` picks the GPU for a bare ``cuda`` (a distributed worker's local rank).
     """
     text = str(name)
-    kind = text.split(":", 1)[0]
-    if kind not in ("auto", "cpu", "cuda") or (kind != "cuda" and ":" in text):
+    match = _NAME.fullmatch(text)
+    if match is None or (match[1] != "cuda" and match[2] is not None):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {text!r}")
+    kind = match[1]
     if kind == "auto":
         kind = text = "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise ValueError(f"device {text!r} was asked for, but CUDA is not available")
-    if text == "cuda" and cuda_index is not None:
-        return torch.device("cuda", cuda_index)
-    return torch.device(text)
+    index = int(match[2]) if match[2] is not None else cuda_index
+    if index is None:
+        return torch.device("cuda")
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ValueError(f"device {text!r}: there is no GPU {index} here ({count} visible)")
+    return torch.device("cuda", index)

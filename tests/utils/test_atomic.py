@@ -1,0 +1,40 @@
+"""Atomic writes: whole files or none, with the permissions of an ordinary file."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+from pneumo.data.records import Record
+from pneumo.data.splits import write_split_csv
+from pneumo.utils.atomic import save_safetensors, write_json, write_text
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_every_writer_gives_the_usual_permissions(tmp_path: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    expected = 0o666 & ~umask
+    save_safetensors(tmp_path / "w.safetensors", {"x": torch.zeros(2)})  # safetensors replaces the temp file
+    write_json(tmp_path / "a.json", {"a": 1})
+    write_text(tmp_path / "b.txt", "b")
+    image = tmp_path / "train" / "NORMAL" / "IM-0001-0001.jpeg"
+    write_split_csv([Record(image, "train", "NORMAL", None, "IM-0001")], tmp_path / "split.csv", tmp_path)
+    assert {p.name: _mode(p) for p in tmp_path.iterdir() if p.is_file()} == dict.fromkeys(
+        ["w.safetensors", "a.json", "b.txt", "split.csv"], expected
+    )
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_failed_write_leaves_the_old_file(tmp_path: Path) -> None:
+    write_text(tmp_path / "a.txt", "old")
+    with pytest.raises(TypeError):
+        write_text(tmp_path / "a.txt", None)  # type: ignore[arg-type]  # fails after the temp file exists
+    assert (tmp_path / "a.txt").read_text() == "old" and not list(tmp_path.glob(".*.tmp"))
