@@ -149,3 +149,17 @@ def test_startup_runs_reach_the_settings(captured_settings: list) -> None:
     CliRunner().invoke(app, ["--device", "cpu", "--startup-runs", "5"])
     CliRunner().invoke(app, ["--quick", "--device", "cpu"])
     assert [s.startup_runs for s in captured_settings] == [5, 1]
+
+
+def test_options_that_could_not_work_are_refused_before_measuring(captured_settings: list, tmp_path: Path) -> None:
+    refused = {
+        "--max-images applies to --data": ["--max-images", "4"],
+        "not a writable file path": ["--out", str(tmp_path)],  # a folder
+        "the folder must exist": ["--out", str(tmp_path / "missing" / "x.json")],
+    }
+    for message, args in refused.items():
+        result = CliRunner().invoke(app, ["--quick", "--device", "cpu", *args])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert captured_settings == []  # nothing was measured
+    CliRunner().invoke(app, ["--device", "cpu", "--sizes", "32,32,64"])
+    assert captured_settings[0].sizes == (32, 64)  # a second build at 32 px would time a cache hit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,18 @@ def test_targets_pass_fail_and_unmeasured() -> None:
     gpu = [t for t in targets.values() if t["target"].startswith("GPU")]
     assert len(gpu) == 2 and all(t["passed"] is None for t in gpu)
 
+    # only another model measured (a --models cnn run): its figure is shown, the resnet18 target is not judged on it
+    training = {
+        "reference": {"model": "cnn", "size": 32},
+        "results": [
+            {"model": "cnn", "size": 32, "variant": "pneumo", "data_wait_share": 0.01, "speedup_vs_naive": 1.1}
+        ],
+    }
+    stand_in = {t["target"]: t for t in evaluate_targets({"training": training, "machine": {"gpu": None}})}
+    speed = stand_in["resnet18 training vs naive baseline"]
+    assert speed["passed"] is None and speed["value"] == "1.10x" and speed["measured_at"] == "cnn 32 px"
+    assert "not judged" in speed["note"]
+
 
 def test_measure_training_handles_fewer_images_than_a_batch(image_folder, tmp_path: Path) -> None:
     split, _ = build_cached_split(image_folder, PreprocessContract(image_size=32), tmp_path / "cache")
@@ -185,3 +198,13 @@ def test_measure_training_handles_fewer_images_than_a_batch(image_folder, tmp_pa
             steps=1,
         )
         assert row["images_per_s"] > 0 and row["batch_size"] == 16 and 0 <= row["data_wait_share"] <= 1
+
+
+def test_the_one_thread_variant_differs_from_its_reference_in_threads_only() -> None:
+    from pneumo.bench.train import main_variants, side_variants
+
+    for device in (torch.device("cpu"), torch.device("cuda")):
+        reference = next(v for v in main_variants(device, compile=False) if v.name == "pneumo")
+        (_, one, against) = next(s for s in side_variants(device, threads=16) if s[1].name == "pneumo-1-thread")
+        assert against == "pneumo" and one.threads == 1
+        assert dataclasses.replace(one, name="pneumo", threads=reference.threads) == reference

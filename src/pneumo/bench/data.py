@@ -73,6 +73,8 @@ def synthetic_image_folder(root: Path, n: int, *, height: int, width: int, seed:
 def train_folder(data: Path) -> Path:
     """The ``train`` folder (with NORMAL/PNEUMONIA) of a Kaggle-layout dataset, or ``data`` itself if it has them."""
     data = Path(data).expanduser()
+    if not data.exists():
+        raise ValueError(f"--data {data}: no such folder")
     if not data.is_dir():
         raise ValueError(f"--data {data}: expected a dataset folder (Kaggle layout), not a file")
     for candidate in (data, dataset_root(data) / "train"):

@@ -48,15 +48,22 @@ def evaluate_targets(results: dict) -> list[dict]:
     training = results.get("training") or {}
     ref = training.get("reference") or {}
     rows = training.get("results", [])
-    pneumo = _find(rows, model="resnet18", size=128, variant="pneumo") or _find(
-        rows, model=ref.get("model"), size=ref.get("size"), variant="pneumo"
-    )
+    pneumo = _find(rows, model="resnet18", size=128, variant="pneumo")
+    stand_in = pneumo is None
+    if stand_in:  # shown for information, but a target set for resnet18 at 128 px is not judged on another model
+        pneumo = _find(rows, model=ref.get("model"), size=ref.get("size"), variant="pneumo")
     where = f"{pneumo['model']} {pneumo['size']} px" if pneumo else ""
+    note = "resnet18 at 128 px not measured: another model, not judged" if stand_in else ""
     if pneumo:
         share = pneumo["data_wait_share"]
         out.append(
             _target(
-                "data wait share of step time (resnet18, 128 px)", "< 5 %", f"{100 * share:.2f} %", share < 0.05, where
+                "data wait share of step time (resnet18, 128 px)",
+                "< 5 %",
+                f"{100 * share:.2f} %",
+                None if stand_in else share < 0.05,
+                where,
+                note,
             )
         )
         out.append(
@@ -64,8 +71,9 @@ def evaluate_targets(results: dict) -> list[dict]:
                 "resnet18 training vs naive baseline",
                 ">= 1.5x",
                 f"{pneumo['speedup_vs_naive']:.2f}x",
-                pneumo["speedup_vs_naive"] >= 1.5,
+                None if stand_in else pneumo["speedup_vs_naive"] >= 1.5,
                 where,
+                note,
             )
         )
     else:
@@ -308,7 +316,8 @@ def render_markdown(results: dict) -> str:
 
     lines += ["", "## Targets", ""]
     targets = [
-        dict(t, result={True: "PASS", False: "FAIL", None: "not measured"}[t["passed"]]) for t in results["targets"]
+        dict(t, result={True: "PASS", False: "FAIL"}.get(t["passed"], "not judged" if t["value"] else "not measured"))
+        for t in results["targets"]
     ]
     lines.append(
         md_table(

@@ -103,7 +103,9 @@ def side_variants(device: torch.device, *, threads: int) -> list[tuple[str, Vari
         )
     ]
     if threads > 1:
-        out.append((f"1 thread instead of {threads}", Variant("pneumo-1-thread", "cached", threads=1), "pneumo"))
+        # the same variant as "pneumo" but for the thread count (bf16 on CUDA too), so the ratio shows threads alone
+        one = Variant("pneumo-1-thread", "cached", amp=device.type == "cuda", threads=1)
+        out.append((f"1 thread instead of {threads}", one, "pneumo"))
     return out
 
 

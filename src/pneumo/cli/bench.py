@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -12,8 +13,8 @@ from pneumo.cli.output import fail
 def _csv(value: str | None, cast=str) -> tuple | None:
     if value is None:
         return None
-    items = tuple(cast(v.strip()) for v in value.split(",") if v.strip())
-    if not items:
+    items = tuple(dict.fromkeys(cast(v.strip()) for v in value.split(",") if v.strip()))  # once each: a second
+    if not items:  # build at a size already built would time a cache hit
         raise ValueError(f"expected a comma-separated list, got {value!r}")
     return items
 
@@ -35,7 +36,7 @@ def bench(
     ),
     sections: str | None = typer.Option(None, "--sections", help="Comma list of data,training,inference."),
     steps: int | None = typer.Option(None, "--steps", min=1, help="Timed training steps per measurement."),
-    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Training batch (default per model)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=2, help="Training batch (default per model)."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="torch threads (default: torch's choice)."),
     max_images: int | None = typer.Option(
         None, "--max-images", min=1, help="Use at most this many of --data's train images (default: all)."
@@ -50,6 +51,10 @@ def bench(
     """Benchmark data loading, training and inference; every speed-up against a naive baseline in the same run."""
     from pneumo.bench import BenchSettings, run_benchmarks, save
 
+    if max_images is not None and data is None:
+        fail("--max-images applies to --data's images; the synthetic set has its own size")
+    if out is not None and (out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK)):
+        fail(f"--out {out}: not a writable file path (the folder must exist)")  # checked before the measurements
     try:
         overrides = {
             k: v
