@@ -208,3 +208,11 @@ def test_the_one_thread_variant_differs_from_its_reference_in_threads_only() -> 
         (_, one, against) = next(s for s in side_variants(device, threads=16) if s[1].name == "pneumo-1-thread")
         assert against == "pneumo" and one.threads == 1
         assert dataclasses.replace(one, name="pneumo", threads=reference.threads) == reference
+
+
+def test_a_size_the_model_cannot_take_is_refused_before_measuring() -> None:
+    from pneumo.bench import BenchSettings, run_benchmarks
+
+    settings = BenchSettings.quick_settings(device="cpu", models=("cnn",), sizes=(8,), sections=("training",))
+    with pytest.raises(ValueError, match="cnn: 8 px images are too small"):
+        run_benchmarks(settings, log=lambda msg: None)

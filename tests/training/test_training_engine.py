@@ -437,3 +437,13 @@ def test_a_bad_freeze_stage_fails_before_the_run_folder_is_written(make_cfg, tmp
     with pytest.raises(ValueError, match=r"unknown stage 'layer9' for cnn; valid: block1"):
         train(make_cfg(out=str(out), freeze="until:layer9"))
     assert not out.exists()  # no split written, no image cached
+
+
+@pytest.mark.parametrize(("model", "size"), [("cnn", 8), ("densenet121", 16)])
+def test_an_image_size_the_model_cannot_take_fails_before_the_run_folder_is_written(
+    make_cfg, tmp_path: Path, model: str, size: int
+) -> None:
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=rf"{model}: {size} px images are too small for this model"):
+        train(make_cfg(out=str(out), model=model, image_size=size))
+    assert not out.exists()

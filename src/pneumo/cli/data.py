@@ -67,11 +67,14 @@ def cache(
 @app.command()
 def synth(
     out: Path = typer.Argument(..., help="Folder to write the synthetic dataset into."),
-    n: int = typer.Option(600, "--n", help="Number of images."),
+    n: int = typer.Option(600, "--n", min=40, max=10_000, help="Number of images."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Write a small SYNTHETIC radiograph-like dataset in the Kaggle layout (demos and tests only)."""
     from pneumo.data.synth import generate_dataset
 
-    root = generate_dataset(out, n=n, seed=seed)
+    try:
+        root = generate_dataset(out, n=n, seed=seed)
+    except (ValueError, FileExistsError) as exc:
+        fail(str(exc))
     typer.echo(f"wrote {n} synthetic images to {root}")

@@ -50,7 +50,7 @@ def train(
 def sample(
     run_dir: Path = typer.Argument(..., help="GAN run folder."),
     class_name: str | None = typer.Option(None, "--class", help="normal | bacteria | virus (default: all, in rows)."),
-    n: int = typer.Option(64, "--n", help="Number of images (per class without --class)."),
+    n: int = typer.Option(64, "--n", min=1, max=1024, help="Number of images (per class without --class)."),
     out: Path = typer.Option(Path("samples.png"), "--out", help="PNG file to write."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:

@@ -15,7 +15,7 @@ def reproduce(
     out: Path = typer.Option(Path("results"), "--out", help="Folder for runs and results (resumable)."),
     experiments: Path | None = typer.Option(None, "--experiments", help="Folder of experiment YAML files."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
-    n_boot: int = typer.Option(1000, help="Bootstrap replicates for the 95 % CIs."),
+    n_boot: int = typer.Option(1000, min=1, help="Bootstrap replicates for the 95 % CIs."),
     only: list[str] = typer.Option([], "--only", help="Run only these experiments (repeatable)."),
     report_only: bool = typer.Option(False, "--report-only", help="Train nothing: tabulate the finished experiments."),
     max_seeds: int | None = typer.Option(

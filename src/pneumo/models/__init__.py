@@ -11,7 +11,7 @@ from .base import PneumoNet
 from .cnn import PneumoCNN
 from .freeze import add_unfrozen_params, apply_freeze, param_groups, stages_for_policy, unfreeze_stages
 from .heads import ClassifierHead, task_logits, task_probs
-from .registry import get_model, list_models, register_model
+from .registry import check_input_size, get_model, list_models, register_model
 from .torchvision_nets import TorchvisionDenseNet, TorchvisionResNet, build_torchvision
 from .weights import (
     LoadReport,
@@ -38,6 +38,7 @@ __all__ = [
     "add_unfrozen_params",
     "apply_freeze",
     "build_torchvision",
+    "check_input_size",
     "get_model",
     "imagenet_state_dict",
     "list_models",

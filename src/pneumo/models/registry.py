@@ -75,6 +75,19 @@ def get_model(
     return model
 
 
+def check_input_size(name: str, image_size: int, **kwargs: Any) -> None:
+    """``ValueError`` when model ``name`` (built with ``kwargs``) cannot take ``image_size`` px images: its pooling
+    would shrink them to nothing. Built and run on the meta device: shapes only, no memory, no arithmetic."""
+    import torch
+
+    with torch.device("meta"):
+        model = get_model(name, num_classes=kwargs.pop("num_classes", 2), weights=None, **kwargs).eval()
+        try:
+            model(torch.empty(2, model.in_chans, image_size, image_size))
+        except RuntimeError as exc:
+            raise ValueError(f"{name}: {image_size} px images are too small for this model ({exc})") from None
+
+
 @register_model("cnn")
 def _cnn(*, num_classes: int, in_chans: int, drop_rate: float, pretrained: bool, **kwargs: Any) -> PneumoNet:
     if pretrained:

@@ -103,13 +103,15 @@ def _fit_ood(cfg: TrainConfig, run_dir: Path, device: torch.device) -> None:
 
 
 def check_architecture(cfg: TrainConfig) -> None:
-    """Build the architecture on the meta device (no memory, no weights) so that a bad ``model_kwargs`` or freeze
-    stage fails now, with the model's own message, not after the split is written and the images are cached."""
-    from pneumo.models import apply_freeze, get_model
+    """Build the architecture on the meta device (no memory, no weights) so that a bad ``model_kwargs``, freeze stage
+    or an image size too small for the model fails now, with the model's own message, not after the split is written
+    and the images are cached."""
+    from pneumo.models import apply_freeze, check_input_size, get_model
 
     with torch.device("meta"):
         model = get_model(cfg.model, num_classes=cfg.num_outputs, in_chans=1, weights=None, **cfg.model_kwargs)
     apply_freeze(model, cfg.freeze)
+    check_input_size(cfg.model, cfg.image_size, num_classes=cfg.num_outputs, in_chans=1, **cfg.model_kwargs)
 
 
 def _new_run_dir(cfg: TrainConfig) -> Path:
