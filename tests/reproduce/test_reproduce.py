@@ -148,7 +148,14 @@ def test_quick_suite_end_to_end_and_resumable(tmp_path: Path, monkeypatch: pytes
         and "delta_roc_auc_vs_baseline" in spread[dummy["experiment"]]
     )
     assert "Across seeds" in text and "`quick-cnn-bacteria-virus-dummy` - `quick-cnn-bacteria-virus` (seed 1)" in text
-    assert json.loads((tmp_path / "results.json").read_text())["suite"] == "quick"
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["suite"] == "quick"
+    # each row carries the commit its run was trained at (its env.json), which the report header lists
+    commits = {r["commit"] for r in written["rows"]}
+    run_dir = tmp_path / "runs" / "quick-cnn-normal-pneumonia"
+    trained = json.loads((run_dir / "env.json").read_text())["git_commit"]
+    assert commits == ({trained[:7] + ("-dirty" if trained.endswith("-dirty") else "")} if trained else {None})
+    assert written["run_commits"] == {(trained and next(iter(commits))) or "unknown": len(written["rows"])}
 
     # a second call trains nothing: every experiment is finished
     monkeypatch.setattr(runner, "_train_one", lambda *a, **k: pytest.fail("a finished experiment was trained again"))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from pneumo.reproduce.paired import paired_difference
 from pneumo.reproduce.status import evaluated_run, read_status
 from pneumo.reproduce.suite import Experiment
 from pneumo.utils.atomic import write_json, write_text
-from pneumo.utils.provenance import git_commit
+from pneumo.utils.provenance import git_commit, short_commit
 
 BINARY = ("accuracy", "sensitivity", "specificity", "roc_auc", "sensitivity_at_specificity_90")
 MULTICLASS = ("accuracy", "balanced_accuracy", "roc_auc")
@@ -36,9 +38,11 @@ def write_results(
     for exp, seed, run_dir in entries:
         status = read_status(run_dir)
         evaluated = evaluated_run(run_dir, status)
+        trained_at = _run_commit(run_dir)
         row = compare_runs([evaluated], metrics=sorted(set(BINARY) | set(MULTICLASS)))[0]
         row.update(experiment=exp.name, seed=seed, seeds_declared=len(exp.seeds), kind=exp.kind,
-                   description=exp.description, device=status.get("device"), baseline=exp.baseline)  # fmt: skip
+                   description=exp.description, device=status.get("device"), baseline=exp.baseline,
+                   commit=trained_at)  # fmt: skip
         if exp.baseline:
             found = _baseline_run(entries, exp.baseline, seed)
             if found is not None and row.get("eval"):
@@ -52,7 +56,8 @@ def write_results(
         "suite": suite,
         "data": str(data),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "commit": git_commit(short=True),
+        "commit": git_commit(short=True),  # of this report; each row's own is in row["commit"]
+        "run_commits": dict(Counter(r["commit"] or "unknown" for r in rows).most_common()),
         "machine": machine,
         "n_boot": n_boot,
         "command": f"pneumo reproduce --data {data} --suite {suite} --out {out}",
@@ -61,6 +66,13 @@ def write_results(
     write_json(out / "results.json", result)
     write_text(out / "results.md", render_markdown(result))
     return result
+
+
+def _run_commit(run_dir: Path) -> str | None:
+    """The commit the run was trained at (its ``env.json``), not the one checked out now."""
+    env = run_dir / "env.json"
+    commit = (json.loads(env.read_text()).get("git_commit") if env.is_file() else None) or None
+    return short_commit(commit) if commit else None
 
 
 def _baseline_run(entries: Sequence[tuple[Experiment, int, Path]], name: str, seed: int) -> tuple[int, Path] | None:
@@ -127,7 +139,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"# pneumo results: suite `{result['suite']}`",
         "",
         f"- command: `{result['command']}`",
-        f"- commit: `{result['commit']}`; created {result['created']}",
+        f"- code: {_commits(result)}; report created {result['created']} at `{result['commit']}`",
         f"- machine: {m['platform']}, {m['cpu_count']} CPUs, GPU: {m['gpu'] or 'none'}; torch {m['torch']}",
         f"- every metric: the official test split of `{result['data']}`, 95 % CI from a patient-level bootstrap "
         f"({result['n_boot']} replicates); thresholds, temperatures and epochs chosen on the patient-grouped "
@@ -192,6 +204,14 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += [f"- `{f['experiment']}` (seed {f['seed']}): {f['error']}" for f in result["failed"]]
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _commits(result: dict[str, Any]) -> str:
+    runs = result.get("run_commits") or {}
+    if not runs:
+        return "no finished run"
+    listed = ", ".join(f"`{c}` ({n} row{'s' if n > 1 else ''})" for c, n in runs.items())
+    return f"runs trained at {listed}"
 
 
 def _baseline_seed_note(row: dict[str, Any]) -> str:

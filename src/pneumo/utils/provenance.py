@@ -35,7 +35,10 @@ def git_commit(*, short: bool = False) -> str | None:
             return None
         changes = _git("status", "--porcelain", "--", str(_SRC), cwd=_SRC)
         commit = head + (DIRTY if changes else "")
-    if short:
-        sha, dirty = commit.removesuffix(DIRTY), commit.endswith(DIRTY)
-        commit = sha[:7] + (DIRTY if dirty else "")
-    return commit or None
+    return (short_commit(commit) if short else commit) or None
+
+
+def short_commit(commit: str) -> str:
+    """The first 7 hex digits, keeping a ``-dirty`` mark."""
+    sha, dirty = commit.removesuffix(DIRTY), commit.endswith(DIRTY)
+    return sha[:7] + (DIRTY if dirty else "")
