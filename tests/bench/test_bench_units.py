@@ -216,3 +216,24 @@ def test_a_size_the_model_cannot_take_is_refused_before_measuring() -> None:
     settings = BenchSettings.quick_settings(device="cpu", models=("cnn",), sizes=(8,), sections=("training",))
     with pytest.raises(ValueError, match="cnn: 8 px images are too small"):
         run_benchmarks(settings, log=lambda msg: None)
+
+
+@pytest.mark.parametrize("profile_steps", [0, 3])
+def test_loader_steps_synchronise_only_where_they_profile(monkeypatch: pytest.MonkeyPatch, profile_steps: int) -> None:
+    # On CUDA (profile_steps > 0) the timed steps must not synchronise inside a step (the host would stop queueing
+    # the next step while the device works); the phases are timed in separate, synchronised steps.
+    import pneumo.bench.train as bench_train
+
+    syncs: list[str] = []
+    monkeypatch.setattr(bench_train, "sync", lambda device: syncs.append("sync"))
+    setup = bench_train._setup("cnn", 32, 4, Variant("pneumo", "cached"), torch.device("cpu"))
+    warmup, steps = 2, 4
+    batches = [(torch.randn(4, 1, 32, 32), torch.randint(0, 2, (4,))) for _ in range(warmup + steps + profile_steps)]
+    times = bench_train._loader_steps(
+        iter(batches), lambda x: x, setup, Variant("pneumo", "cached"), torch.device("cpu"), warmup, steps,
+        profile_steps,
+    )  # fmt: skip
+    in_step = 3 * (profile_steps or steps)  # after the copy, after preparing, after the step
+    assert len(syncs) == in_step + 2  # + the end of the warm-up and the end of the timed steps
+    assert len(times.total) == len(times.wait) == len(times.prep) == steps
+    assert all(t > 0 for t in times.total) and all(0 <= w <= t for w, t in zip(times.wait, times.total, strict=True))

@@ -277,29 +277,52 @@ def _loader_steps(
     device: torch.device,
     warmup: int,
     steps: int,
+    profile_steps: int = 0,
 ) -> StepTimes:
-    """Per-step wall times: waiting for the loader (+ host-to-device copy), preparing the batch, the whole step."""
+    """Step times of a loader-fed variant: waiting for the loader (+ host-to-device copy), preparing the batch, all.
+
+    The timed steps synchronise only at their ends, as training does: on CUDA the host queues step i+1 while the
+    device still runs step i, which a synchronisation in every step would forbid (the device-resident variant is
+    timed the same way). With ``profile_steps`` (CUDA), the waiting and preparing times come from that many more
+    steps that synchronise after each phase; otherwise (CPU, where synchronising is free) from the timed steps.
+    """
     times = StepTimes()
     it = iter(batches)
     s.net.train()
-    warm_start = time.perf_counter()
-    for i in range(warmup + steps):
-        if i == warmup:
-            times.warmup_seconds = time.perf_counter() - warm_start
+
+    def step(profile: bool) -> tuple[float, float, float]:
         t0 = time.perf_counter()
         batch = next(it)
         x = batch[0].to(device, non_blocking=True)
         y = batch[1].to(device, non_blocking=True)
+        if profile:
+            sync(device)
         t1 = time.perf_counter()
         x = prepare(x)
+        if profile:
+            sync(device)
         t2 = time.perf_counter()
         _optimize(s, x, y, device, variant.amp)
-        sync(device)  # a CUDA step is only done when the device is
-        t3 = time.perf_counter()
-        if i >= warmup:
-            times.wait.append(t1 - t0)
-            times.prep.append(t2 - t1)
-            times.total.append(t3 - t0)
+        if profile:
+            sync(device)
+        return t1 - t0, t2 - t1, time.perf_counter() - t0
+
+    start = time.perf_counter()
+    for _ in range(warmup):
+        step(profile=False)
+    sync(device)
+    times.warmup_seconds = time.perf_counter() - start
+    timed_start = time.perf_counter()
+    timed = [step(profile=not profile_steps) for _ in range(steps)]
+    sync(device)  # a CUDA step is only done when the device is
+    per_step = (time.perf_counter() - timed_start) / steps
+    if profile_steps:
+        profiled = [step(profile=True) for _ in range(profile_steps)]
+        times.total = [per_step] * steps
+        times.wait = [sum(p[0] for p in profiled) / profile_steps] * steps
+        times.prep = [sum(p[1] for p in profiled) / profile_steps] * steps
+    else:
+        times.wait, times.prep, times.total = ([t[k] for t in timed] for k in range(3))
     return times
 
 
@@ -378,16 +401,18 @@ def measure_training(
             times = _resident_steps(split, contract, s, variant, device, warmup, steps)
         else:
             workers = loader_workers(device)
+            profile_steps = min(steps, 10) if device.type == "cuda" else 0
+            n_batches = warmup + steps + profile_steps
             if variant.pipeline == "naive":
                 source = fullres if variant.fullres and fullres is not None else data
                 dataset = naive_dataset(source, contract, AugmentConfig())
-                batches = naive_loader(dataset, batch_size, warmup + steps, workers=workers, device=device)
+                batches = naive_loader(dataset, batch_size, n_batches, workers=workers, device=device)
 
                 def prepare(x: Tensor) -> Tensor:
                     return x  # already augmented, normalised, NCHW
 
             else:
-                batches = cached_loader(split, batch_size, warmup + steps, workers=workers, device=device)
+                batches = cached_loader(split, batch_size, n_batches, workers=workers, device=device)
                 augmenter = BatchAugmenter(AugmentConfig(), AcquisitionAugmentConfig())
                 generator = torch.Generator(device=device).manual_seed(0)
 
@@ -395,7 +420,7 @@ def measure_training(
                     x = normalize(augmenter(x, generator), contract)
                     return x.contiguous(memory_format=torch.channels_last) if variant.channels_last else x
 
-            times = _loader_steps(batches, prepare, s, variant, device, warmup, steps)
+            times = _loader_steps(batches, prepare, s, variant, device, warmup, steps, profile_steps)
         threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(threads_before)
