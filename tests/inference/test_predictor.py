@@ -333,3 +333,18 @@ def test_unusable_model_metadata_names_the_file(tmp_path: Path, change: dict, me
     with pytest.raises(ModelLoadError, match=message) as caught:
         ModelMeta.from_onnx_props(props, tmp_path / "model.onnx")
     assert str(tmp_path / "model.onnx") in str(caught.value)
+
+
+def test_prediction_lets_the_full_size_original_go(run: Path) -> None:
+    predictor = Predictor.load(run, batch_size=2)
+    big = xray_like(300, 200)
+    kept, dropped = predictor.prepare(big), predictor.prepare(big, keep_original=False)
+    assert kept.original.shape == (300, 200) and dropped.original is dropped.resized
+    np.testing.assert_array_equal(kept.resized, dropped.resized)
+    # a list is predicted a batch at a time, with the same answers as one by one
+    images = [xray_like(60 + i, 50, seed=i) for i in range(5)]
+    together = predictor.predict(images)
+    alone = [predictor.predict(im) for im in images]
+    assert len(together) == 5
+    for a, b in zip(together, alone, strict=True):
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6) and a.label == b.label

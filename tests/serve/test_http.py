@@ -412,3 +412,10 @@ def test_405_names_the_allowed_method(client: httpx.Client) -> None:
     resp = client.get("/v1/predict")
     assert resp.status_code == 405 and resp.headers["allow"] == "POST"
     assert resp.json()["error"] == "method_not_allowed"
+
+
+def test_serving_a_predictor_leaves_the_callers_object_alone(tmp_path: Path) -> None:
+    predictor = Predictor.load(make_fake_run(tmp_path))
+    before = predictor.max_pixels
+    app = create_app(predictor, max_pixels=1234)
+    assert app.state.predictor.max_pixels == 1234 and predictor.max_pixels == before

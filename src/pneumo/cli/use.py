@@ -95,7 +95,7 @@ def predict(
         prepared = []
         for path in chunk:
             try:
-                prepared.append(predictor.prepare(path))
+                prepared.append(predictor.prepare(path, keep_original=cam is not None))
             except ImageDecodeError as exc:
                 typer.echo(f"error: {exc}", err=True)
                 n_failed += 1

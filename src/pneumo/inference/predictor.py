@@ -144,13 +144,17 @@ class Predictor:
         return not isinstance(self.backend, OnnxBackend)
 
     # --- prediction -------------------------------------------------------------------------------------------
-    def prepare(self, source: ImageInput, name: str | None = None) -> PreparedImage:
-        """Decode and resize one input by the model's contract; raises ``ImageDecodeError`` naming the input."""
+    def prepare(self, source: ImageInput, name: str | None = None, *, keep_original: bool = True) -> PreparedImage:
+        """Decode and resize one input by the model's contract; raises ``ImageDecodeError`` naming the input.
+
+        ``keep_original=False``: the full-size image is let go (a 7-megapixel original is 7 MB, the model's copy 50
+        KB); an overlay is then drawn at the model's size. Prediction alone needs only the model's copy."""
         if isinstance(source, (bytes, bytearray, memoryview)):
             gray = decode_bytes(bytes(source), name or "<bytes>", max_pixels=self.max_pixels)
         else:
             gray = decode_image(source, max_pixels=self.max_pixels)
-        return PreparedImage(name or _source_name(source), gray, resize_gray(gray, self.meta.contract))
+        resized = resize_gray(gray, self.meta.contract)
+        return PreparedImage(name or _source_name(source), gray if keep_original else resized, resized)
 
     def model_input(self, resized: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """uint8 ``(N, S, S)`` -> normalised float32 ``(N, 1, S, S)``, exactly as the model was trained."""
@@ -202,9 +206,13 @@ class Predictor:
 
     def predict(self, inputs: Any) -> PredictionResult | list[PredictionResult]:
         """One input -> one result; a list or tuple of inputs -> a list of results (batched internally)."""
-        if isinstance(inputs, (list, tuple)):
-            return self.predict_prepared([self.prepare(src) for src in inputs])
-        return self.predict_prepared([self.prepare(inputs)])[0]
+        if isinstance(inputs, (list, tuple)):  # one batch decoded at a time, without the full-size originals
+            results: list[PredictionResult] = []
+            for start in range(0, len(inputs), self.batch_size):
+                chunk = inputs[start : start + self.batch_size]
+                results.extend(self.predict_prepared([self.prepare(src, keep_original=False) for src in chunk]))
+            return results
+        return self.predict_prepared([self.prepare(inputs, keep_original=False)])[0]
 
     # --- explanation ------------------------------------------------------------------------------------------
     def explain(self, source: ImageInput, *, target: str | None = None) -> Explanation:

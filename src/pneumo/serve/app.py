@@ -6,6 +6,7 @@ the model card; ``GET /healthz``; ``GET /`` the one web page; OpenAPI docs at ``
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -91,7 +92,10 @@ def create_app(
     check_limits(
         max_upload_mb=max_upload_mb, max_pixels=max_pixels, max_concurrency=max_concurrency, max_waiting=max_waiting
     )
-    predictor = model_path if isinstance(model_path, Predictor) else Predictor.load(model_path, device=device)
+    if isinstance(model_path, Predictor):  # a shallow copy: the service's pixel limit stays out of the caller's object
+        predictor = copy.copy(model_path)
+    else:
+        predictor = Predictor.load(model_path, device=device)
     predictor.max_pixels = max_pixels
     runner = InferenceRunner(max_concurrency, timeout_s)
     card = predictor.model_card()
@@ -115,19 +119,19 @@ def create_app(
     app.add_middleware(InFlightLimitMiddleware, max_requests=max_concurrency + max_waiting)  # outermost: runs first
     _add_error_handlers(app)
 
-    def _prepare(data: bytes, name: str):  # runs in the pool: decoding can be as slow as the model
+    def _prepare(data: bytes, name: str, keep_original: bool):  # in the pool: decoding can be as slow as the model
         check_pixels(data, name, max_pixels)
         try:
-            return app.state.predictor.prepare(data, name)
+            return app.state.predictor.prepare(data, name, keep_original=keep_original)
         except ImageDecodeError as exc:
             raise ApiError(422, "invalid_image", str(exc)) from exc
 
     def _predict(data: bytes, name: str) -> dict[str, Any]:
-        result = app.state.predictor.predict_prepared([_prepare(data, name)])[0]
+        result = app.state.predictor.predict_prepared([_prepare(data, name, keep_original=False)])[0]
         return {**result.to_dict(), "model_id": card["model_id"], "pneumo_version": pneumo.__version__}
 
     def _explain(data: bytes, name: str) -> bytes:
-        return app.state.predictor.explain_prepared(_prepare(data, name)).overlay_png
+        return app.state.predictor.explain_prepared(_prepare(data, name, keep_original=True)).overlay_png
 
     @app.post("/v1/predict", openapi_extra=UPLOAD_BODY, responses=ERRORS, summary="Classify one X-ray")
     async def predict(request: Request) -> dict[str, Any]:
