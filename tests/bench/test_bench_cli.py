@@ -24,6 +24,9 @@ def test_quick_run_writes_every_section_and_prints_the_tables(tmp_path: Path) ->
     assert report["quick"] is True and report["device"] == "cpu"
     assert report["machine"]["cpu_count"] >= 1 and report["machine"]["torch_threads"] == 1
     assert report["versions"]["torch"] == __import__("torch").__version__
+    from pneumo.utils.provenance import git_commit
+
+    assert report["versions"]["pneumo_commit"] == git_commit()  # the code that was measured
     assert report["peak"]["gflops"] > 0
 
     data = report["data"]

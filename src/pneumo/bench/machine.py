@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from pneumo.utils.provenance import git_commit
+
 # resource.getrusage().ru_maxrss counts KiB on Linux and bytes on macOS.
 RU_MAXRSS_PER_MIB = 2**20 if sys.platform == "darwin" else 1024
 
@@ -89,6 +91,7 @@ def versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[dist] = None
     out["torch"] = torch.__version__  # with its build tag (+cpu, +cu130)
+    out["pneumo_commit"] = git_commit()  # the code measured (-dirty when it had uncommitted changes)
     return out
 
 
