@@ -237,3 +237,17 @@ def test_loader_steps_synchronise_only_where_they_profile(monkeypatch: pytest.Mo
     assert len(syncs) == in_step + 2  # + the end of the warm-up and the end of the timed steps
     assert len(times.total) == len(times.wait) == len(times.prep) == steps
     assert all(t > 0 for t in times.total) and all(0 <= w <= t for w, t in zip(times.wait, times.total, strict=True))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_throughput_leaves_out_what_workers_prefetched(workers: int) -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from pneumo.bench.data import loader_throughput, warmup_batches
+
+    # batches the workers prepared while the first one was awaited would arrive in no time: not timed
+    dataset = TensorDataset(torch.zeros(36, 1, 8, 8), torch.zeros(36, dtype=torch.long))
+    loader = DataLoader(dataset, batch_size=4, num_workers=workers)  # 9 batches
+    row = loader_throughput(loader, PreprocessContract(image_size=8), torch.device("cpu"))
+    assert warmup_batches(workers) == 1 + 2 * workers
+    assert row["images"] == (9 - warmup_batches(workers)) * 4

@@ -209,23 +209,32 @@ def naive_loader(
     )
 
 
+def warmup_batches(workers: int, prefetch_factor: int = 2) -> int:
+    """Batches not timed: the first (worker start-up, first file opens) and every batch the workers may have
+    prepared while waiting for it (``prefetch_factor`` each), which would otherwise arrive in no time."""
+    return 1 + prefetch_factor * workers
+
+
 def loader_throughput(
     loader: DataLoader, contract: PreprocessContract, device: torch.device, *, max_seconds: float = 15.0
 ) -> dict:
-    """Images/s delivered to the model: batches moved to ``device`` and normalised; the first batch is warm-up.
+    """Images/s delivered to the model: batches moved to ``device`` and normalised, after
+    :func:`warmup_batches` batches (give the loader that many more than are to be timed).
 
     Stops early once ``max_seconds`` have been timed (slow pipelines on full-resolution files need fewer batches).
     """
     from pneumo.bench.machine import sync
 
+    warmup = warmup_batches(loader.num_workers, loader.prefetch_factor or 2)
     images, start = 0, None
-    for batch in loader:
+    for i, batch in enumerate(loader):
         x = batch[0].to(device, non_blocking=True)
         if x.dtype == torch.uint8:
             x = normalize(x, contract)
-        if start is None:  # worker start-up and first file opens are not throughput
-            sync(device)
-            start = time.perf_counter()
+        if i < warmup:
+            if i == warmup - 1:
+                sync(device)
+                start = time.perf_counter()
             continue
         images += x.shape[0]
         if time.perf_counter() - start > max_seconds:
@@ -269,8 +278,9 @@ def run_data_section(
             )
             if name == "source":
                 splits[size] = split
-            cached = cached_loader(split, batch_size, n_batches, workers=workers, device=device)
-            naive = naive_loader(naive_dataset(source, contract), batch_size, n_batches, workers=workers, device=device)
+            n = n_batches + warmup_batches(workers)
+            cached = cached_loader(split, batch_size, n, workers=workers, device=device)
+            naive = naive_loader(naive_dataset(source, contract), batch_size, n, workers=workers, device=device)
             row_cached = loader_throughput(cached, contract, device)
             row_naive = loader_throughput(naive, contract, device)
             ratio = None
