@@ -126,3 +126,11 @@ def test_three_channel_model_exports_with_one_channel_input(tmp_path: Path) -> N
     path = export_onnx(run, tmp_path / "rgb.onnx")
     x = torch.randn(2, 1, 32, 32)
     np.testing.assert_allclose(Predictor.load(path).logits(x), Predictor.load(run).logits(x), atol=1e-4)
+
+
+def test_the_onnx_backend_takes_a_thread_count(exported: tuple[Path, Path]) -> None:
+    from pneumo.inference.backends import OnnxBackend
+
+    _, onnx_path = exported
+    assert OnnxBackend(onnx_path, threads=1).session.get_session_options().intra_op_num_threads == 1
+    assert OnnxBackend(onnx_path).session.get_session_options().intra_op_num_threads == 0  # onnxruntime's choice

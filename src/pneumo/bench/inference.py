@@ -191,7 +191,7 @@ def measure_inference(
         _measure_backend(
             "onnxruntime",
             cpu,
-            lambda: OnnxBackend(onnx_path),
+            lambda: OnnxBackend(onnx_path, threads=torch.get_num_threads()),  # as many threads as PyTorch has
             x1,
             x32,
             latency_runs=latency_runs,
@@ -265,7 +265,8 @@ def run_inference_section(
         "results": results,
         "notes": [
             "both backends through pneumo.inference (TorchBackend, channels_last + inference_mode; OnnxBackend, "
-            "onnxruntime CPUExecutionProvider, default threads); latency per call includes the output copy",
+            "onnxruntime CPUExecutionProvider, as many intra-op threads as PyTorch); latency per call includes the "
+            "output copy",
             "peak RSS: high-water mark of the phase (model/session creation + all timed calls)",
         ],
     }

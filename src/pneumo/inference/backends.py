@@ -27,11 +27,14 @@ class Outputs(NamedTuple):
 class OnnxBackend:
     """An exported graph run by onnxruntime (CPU unless told otherwise); needs neither PyTorch nor the model code."""
 
-    def __init__(self, path: Path, providers: list[str] | None = None) -> None:
+    def __init__(self, path: Path, providers: list[str] | None = None, threads: int | None = None) -> None:
+        """``threads``: onnxruntime's intra-op threads (default: its own choice, one per physical core)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if threads is not None:
+            options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(
                 str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
