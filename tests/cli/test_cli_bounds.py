@@ -17,6 +17,7 @@ from pneumo.cli import app
         (["gan", "sample", "{tmp}", "--n", "0"], "--n"),
         (["reproduce", "--suite", "quick", "--out", "{tmp}/r", "--n-boot", "0"], "--n-boot"),
         (["evaluate", "{tmp}", "--device", "cuda:x"], "device must be auto, cpu, cuda or cuda:N"),
+        (["compare", "{tmp}", "--split", "train"], "--split must be one of test, val"),
     ],
 )
 def test_out_of_range_options_are_refused(tmp_path: Path, args: list[str], message: str) -> None:

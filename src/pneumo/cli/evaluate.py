@@ -96,9 +96,12 @@ def compare(
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
 ) -> None:
     """One table of runs: task, model, weights, image size, epochs, wall time and test metrics with 95 % CIs."""
+    from pneumo.evaluation.run import SPLITS
     from pneumo.evaluation.runs_table import compare_runs, runs_table
     from pneumo.evaluation.writers import json_safe
 
+    if split not in SPLITS:  # an evaluation of another split cannot exist: pneumo evaluate refuses it
+        fail(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     names = [m.strip() for item in metrics or [] for m in item.split(",") if m.strip()] or None
     try:
         rows = compare_runs(run_dirs, split=split, metrics=names, dataset=dataset)
