@@ -100,3 +100,25 @@ def test_a_16_bit_png_decodes_without_a_float_copy_of_the_image() -> None:
         tracemalloc.stop()
     np.testing.assert_array_equal(out, _reference_stretch(arr))
     assert peak < 2.5 * arr.size  # the uint8 result and a 65,536-entry table; a float64 copy alone is 8 bytes a pixel
+
+
+def test_a_jpeg_with_too_many_scans_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pneumo.data import decode
+
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint32).reshape(64, 64).astype(np.uint8)).save(
+        buf, "JPEG", progressive=True
+    )
+    progressive = buf.getvalue()
+    assert 1 < progressive.count(b"\xff\xda") <= decode.MAX_JPEG_SCANS  # a real progressive file decodes
+    assert decode.decode_bytes(progressive, "p.jpeg").shape == (64, 64)
+    # the last scan repeated until there are too many (what a crafted file does, with tiny scans)
+    last = progressive.rindex(b"\xff\xda")
+    crafted = progressive[:last] + progressive[last:-2] * 300 + b"\xff\xd9"
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoding started")
+
+    monkeypatch.setattr(decode.Image, "open", no_decoding)
+    with pytest.raises(decode.ImageDecodeError, match=r"many\.jpeg: JPEG with 30\d scans \(limit 256\)"):
+        decode.decode_bytes(crafted, "many.jpeg")

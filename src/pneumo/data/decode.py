@@ -20,6 +20,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Decompression-bomb guard: the largest real Kermany originals have about 7 megapixels.
 DEFAULT_MAX_PIXELS = 64_000_000
+# A progressive JPEG is decoded scan by scan, each over the whole image: thousands of tiny scans make a small file take
+# minutes (libjpeg-turbo's djpeg has -maxscans for this). Real files have 1 (baseline) to about 10.
+MAX_JPEG_SCANS = 256
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 # The raster formats Pillow may open (its JPEG opener also reads MPO camera files); DICOM goes through pydicom.
 PIL_FORMATS = ("JPEG", "PNG", "BMP", "TIFF")
@@ -238,6 +241,12 @@ def decode_bytes(data: bytes, name: str = "<bytes>", *, max_pixels: int = DEFAUL
         raise ImageDecodeError(name, "file is empty")
     if is_dicom(data, name):
         return _check_pixels(_decode_dicom(data, name, max_pixels), name, max_pixels)
+    if data.startswith(b"\xff\xd8\xff"):
+        # start-of-scan markers: inside entropy-coded data a 0xFF byte is followed by 0x00, so only markers match
+        scans = data.count(b"\xff\xda")
+        if scans > MAX_JPEG_SCANS:
+            reason = f"JPEG with {scans} scans (limit {MAX_JPEG_SCANS}): its decoding time has no bound"
+            raise ImageDecodeError(name, reason)
     try:
         with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as img:
             width, height = img.size
