@@ -38,3 +38,17 @@ def test_a_failed_write_leaves_the_old_file(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         write_text(tmp_path / "a.txt", None)  # type: ignore[arg-type]  # fails after the temp file exists
     assert (tmp_path / "a.txt").read_text() == "old" and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_replaced_file_keeps_its_permissions_and_new_files_follow_the_umask_of_now(tmp_path: Path) -> None:
+    private = tmp_path / "private.json"
+    write_json(private, {"a": 1})
+    private.chmod(0o600)
+    write_json(private, {"a": 2})
+    assert _mode(private) == 0o600 and private.read_text().startswith("{")
+    old = os.umask(0o077)
+    try:
+        write_text(tmp_path / "later.txt", "x")  # the umask set after pneumo was imported counts
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "later.txt") == 0o600

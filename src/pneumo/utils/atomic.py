@@ -4,14 +4,36 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+_UMASK_AT_IMPORT = os.umask(0)
+os.umask(_UMASK_AT_IMPORT)
+
+
+def _umask() -> int:
+    """The process's umask now: Linux shows it in /proc (os.umask can only be read by setting it, which races with
+    other threads creating files); elsewhere the one read at import."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return _UMASK_AT_IMPORT
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions of a file that replaces ``path``: those of the file it replaces, else the usual ones."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
 
 
 @contextmanager
@@ -23,8 +45,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        # mkstemp makes 0600, and a writer may replace the file (safetensors does): the usual permissions, set last
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        # mkstemp makes 0600, and a writer may replace the file (safetensors does): the permissions are set last
+        os.chmod(tmp, _mode_for(path))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
