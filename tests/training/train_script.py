@@ -1,7 +1,7 @@
 """Child process of the training tests (also run by torchrun).
 
-``train CONFIG.yaml [KILL_AT_STEP]``: train from a config file; with KILL_AT_STEP the process SIGKILLs itself just
-before that (1-based) training step, i.e. mid-epoch and after the last step checkpoint.
+``train CONFIG.yaml [KILL_AT_STEP]``: train from a config file; with KILL_AT_STEP the process (under torchrun: rank 0)
+SIGKILLs itself just before that (1-based) training step, i.e. mid-epoch and after the last step checkpoint.
 ``cli ARGS...``: the ``pneumo train`` command with ARGS (e.g. ``--resume RUN_DIR``).
 """
 
@@ -37,7 +37,9 @@ def main() -> None:
         def step_then_maybe_die(self, *args, **kwargs):
             nonlocal calls
             calls += 1
-            if calls == kill_at:
+            # Under torchrun only rank 0 dies: it writes the checkpoints, and has finished the last one by then. Were
+            # another rank to die first, torchrun could stop rank 0 in the middle of writing it.
+            if calls == kill_at and os.environ.get("RANK", "0") == "0":
                 os.kill(os.getpid(), signal.SIGKILL)
             return original(self, *args, **kwargs)
 
