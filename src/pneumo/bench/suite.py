@@ -29,7 +29,7 @@ from pneumo.bench.report import evaluate_targets, render_markdown, write_results
 from pneumo.bench.train import run_training_section
 from pneumo.data.dataset import SplitData
 from pneumo.data.preprocess import PreprocessContract
-from pneumo.models import check_input_size, list_models
+from pneumo.models import check_input_size, get_model, list_models
 from pneumo.training.config import FAMILY_DEFAULTS
 from pneumo.utils.device import resolve_device
 
@@ -160,11 +160,16 @@ def run_benchmarks(
     unknown_models -= set(list_models())
     if unknown_models:
         raise ValueError(f"unknown model(s) {sorted(unknown_models)}; available: {', '.join(list_models())}")
-    for name in settings.models if "training" in settings.sections else ():
-        for size in settings.sizes:
-            check_input_size(name, size)  # a size the model cannot take, refused before anything is measured
-    for name in settings.inference_models if "inference" in settings.sections else ():
-        check_input_size(name, settings.inference_size)
+    smallest: dict[str, int] = {}  # the smallest size each model is asked for: the one that can be too small
+    if "training" in settings.sections:
+        smallest |= dict.fromkeys(settings.models, min(settings.sizes))
+    if "inference" in settings.sections:
+        for name in settings.inference_models:
+            smallest[name] = min(smallest.get(name, settings.inference_size), settings.inference_size)
+    for name, size in smallest.items():  # refused before anything is measured
+        with torch.device("meta"):
+            model = get_model(name, num_classes=2)
+        check_input_size(model, size)
     threads_before = torch.get_num_threads()
     if settings.threads:
         torch.set_num_threads(settings.threads)

@@ -98,7 +98,8 @@ def _stretch_by_table(flat: np.ndarray, name: str, transform: PixelTransform | N
 
 
 # Signatures of the raster formats Pillow opens: such bytes are decoded as what they are, whatever their name says.
-_PIL_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PIL_MAGIC = (b"\x89PNG\r\n\x1a\n", _JPEG_MAGIC, b"II*\x00", b"MM\x00*", b"BM")
 DEFLATED_TRANSFER_SYNTAX = "1.2.840.10008.1.2.1.99"
 RLE_TRANSFER_SYNTAX = "1.2.840.10008.1.2.5"
 
@@ -241,7 +242,7 @@ def decode_bytes(data: bytes, name: str = "<bytes>", *, max_pixels: int = DEFAUL
         raise ImageDecodeError(name, "file is empty")
     if is_dicom(data, name):
         return _check_pixels(_decode_dicom(data, name, max_pixels), name, max_pixels)
-    if data.startswith(b"\xff\xd8\xff"):
+    if data.startswith(_JPEG_MAGIC):
         # start-of-scan markers: inside entropy-coded data a 0xFF byte is followed by 0x00, so only markers match
         scans = data.count(b"\xff\xda")
         if scans > MAX_JPEG_SCANS:

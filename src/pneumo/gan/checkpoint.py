@@ -45,7 +45,11 @@ def build_generator(config: GanConfig, num_classes: int = 3) -> Generator:
     )
 
 
-_NETWORKS = (("generator", GENERATOR), ("generator_ema", GENERATOR_EMA), ("discriminator", DISCRIMINATOR))
+_FILES = {"generator": GENERATOR, "generator_ema": GENERATOR_EMA, "discriminator": DISCRIMINATOR}
+
+
+def _networks(generator: nn.Module, generator_ema: nn.Module, discriminator: nn.Module) -> dict[str, nn.Module]:
+    return {"generator": generator, "generator_ema": generator_ema, "discriminator": discriminator}
 
 
 def save_training_state(
@@ -66,9 +70,8 @@ def save_training_state(
 
     tensors, rng_info = capture_rng()
     tensors["rng.data"] = rng.get_state()
-    nets = {"generator": generator, "generator_ema": generator_ema, "discriminator": discriminator}
-    for key, _ in _NETWORKS:
-        tensors |= {f"net.{key}.{k}": v.detach().cpu() for k, v in nets[key].state_dict().items()}
+    for key, net in _networks(generator, generator_ema, discriminator).items():
+        tensors |= {f"net.{key}.{k}": v.detach().cpu() for k, v in net.state_dict().items()}
     opt_info = {}
     for name, opt in optimizers.items():
         opt_tensors, opt_info[name] = optimizer_to_parts(opt)
@@ -81,9 +84,8 @@ def export_networks(
 ) -> None:
     """The three networks as standalone weight files (what :func:`load_generator` and ``pneumo gan synth`` read)."""
     meta = {"epoch": str(epoch), "format": "1"}
-    nets = {"generator": generator, "generator_ema": generator_ema, "discriminator": discriminator}
-    for key, file in _NETWORKS:
-        save_safetensors(run_dir / file, {k: v.cpu() for k, v in nets[key].state_dict().items()}, metadata=meta)
+    for key, net in _networks(generator, generator_ema, discriminator).items():
+        save_safetensors(run_dir / _FILES[key], {k: v.cpu() for k, v in net.state_dict().items()}, metadata=meta)
 
 
 def _file_epoch(path: Path) -> int:
@@ -104,17 +106,17 @@ def load_training_state(
     from pneumo.training.checkpoint import load_state, optimizer_from_parts, restore_rng
 
     tensors, info = load_state(run_dir)
-    nets = {"generator": generator, "generator_ema": generator_ema, "discriminator": discriminator}
+    nets = _networks(generator, generator_ema, discriminator)
     if any(k.startswith("net.") for k in tensors):
-        for key, _ in _NETWORKS:
+        for key, net in nets.items():
             prefix = f"net.{key}."
-            nets[key].load_state_dict({k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)})
+            net.load_state_dict({k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)})
     else:  # a state from before the networks moved into it: the weight files must all hold its epoch
-        epochs = {file: _file_epoch(run_dir / file) for _, file in _NETWORKS}
+        epochs = {file: _file_epoch(run_dir / file) for file in _FILES.values()}
         if any(e != info["epoch"] for e in epochs.values()):
             raise ValueError(f"{run_dir}: checkpoint files disagree on the epoch ({epochs}, state {info['epoch']})")
-        for key, file in _NETWORKS:
-            nets[key].load_state_dict(load_file(run_dir / file))
+        for key, net in nets.items():
+            net.load_state_dict(load_file(run_dir / _FILES[key]))
     for name, opt in optimizers.items():
         prefix = f"{name}."
         own = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}

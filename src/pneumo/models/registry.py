@@ -75,17 +75,18 @@ def get_model(
     return model
 
 
-def check_input_size(name: str, image_size: int, **kwargs: Any) -> None:
-    """``ValueError`` when model ``name`` (built with ``kwargs``) cannot take ``image_size`` px images: its pooling
-    would shrink them to nothing. Built and run on the meta device: shapes only, no memory, no arithmetic."""
+def check_input_size(model: PneumoNet, image_size: int) -> None:
+    """``ValueError`` when ``model``, built on the meta device, cannot take ``image_size`` px images: its pooling would
+    shrink them to nothing. The forward pass runs on the meta device: shapes only, no memory, no arithmetic."""
     import torch
 
-    with torch.device("meta"):
-        model = get_model(name, num_classes=kwargs.pop("num_classes", 2), weights=None, **kwargs).eval()
-        try:
-            model(torch.empty(2, model.in_chans, image_size, image_size))
-        except RuntimeError as exc:
-            raise ValueError(f"{name}: {image_size} px images are too small for this model ({exc})") from None
+    was_training = model.training
+    try:
+        model.eval()(torch.empty(2, model.in_chans, image_size, image_size, device="meta"))
+    except RuntimeError as exc:
+        raise ValueError(f"{model.arch}: {image_size} px images are too small for this model ({exc})") from None
+    finally:
+        model.train(was_training)
 
 
 @register_model("cnn")

@@ -99,8 +99,9 @@ def _unusable_result(exp: Experiment, seed: int, run_dir: Path, run_dirs: dict[s
         return f"{where} holds seed {status['seed']}, the declaration asks for seed {seed}; move it away to retrain"
     if status.get("declaration", declaration_key(exp, seed)) != declaration_key(exp, seed):
         return f"{where} was trained from another version of {exp.name}'s YAML; move it away to retrain"
+    sources = dependency_runs(exp, seed, run_dirs)
     for ref, stamp in status.get("depends_on", {}).items():
-        current = _finished_stamp(dependency_runs(exp, seed, run_dirs).get(ref, Path("/nonexistent")))
+        current = _finished_stamp(sources[ref]) if ref in sources else None
         if current != stamp:
             return f"{where} started from a run of {ref} that is no longer there (retrained?); move it away to retrain"
     return None

@@ -111,7 +111,7 @@ def check_architecture(cfg: TrainConfig) -> None:
     with torch.device("meta"):
         model = get_model(cfg.model, num_classes=cfg.num_outputs, in_chans=1, weights=None, **cfg.model_kwargs)
     apply_freeze(model, cfg.freeze)
-    check_input_size(cfg.model, cfg.image_size, num_classes=cfg.num_outputs, in_chans=1, **cfg.model_kwargs)
+    check_input_size(model, cfg.image_size)
 
 
 def _new_run_dir(cfg: TrainConfig) -> Path:
