@@ -17,7 +17,7 @@ def inspect(
     path: Path = typer.Argument(..., help="Dataset folder (Kaggle or pediatric layout) or CSV manifest."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
 ) -> None:
-    """Counts per split/label/subtype, patients, sizes, unreadable files, duplicates and cross-split patients."""
+    """Counts per split/label/subtype, patients, sizes, unreadable files, exact and near duplicates, leaks."""
     from pneumo.data.inspect import inspect_dataset
     from pneumo.data.records import DatasetError
 
@@ -33,7 +33,19 @@ def inspect(
     typer.echo(f"patients: {p['n_patients']}; images per patient: {p['images_per_patient']}")
     typer.echo(f"width: {report['image_size']['width']}; height: {report['image_size']['height']}")
     d = report["duplicates"]
-    typer.echo(f"exact duplicate groups: {d['n_groups']} ({d['n_cross_split_groups']} across splits)")
+    typer.echo(
+        f"exact duplicate groups: {d['n_groups']} ({d['n_cross_split_groups']} across splits, "
+        f"{d['n_groups_several_patients']} under several patient ids)"
+    )
+    near = report["near_duplicates"]
+    typer.echo(
+        f"near duplicates (correlation >= {near['threshold']} at {near['thumbnail']} px, not byte-identical): "
+        f"{near['n_pairs']} pairs ({near['n_cross_split_pairs']} across splits)"
+    )
+    for pair in near["pairs"][:20]:
+        typer.echo(f"  {pair['similarity']:.4f}  {'  '.join(pair['paths'])}")
+    if closest := near["closest_across_splits"]:
+        typer.echo(f"closest pair across splits: {closest['similarity']:.4f}  {'  '.join(closest['paths'])}")
     typer.echo(f"patients in several splits: {report['patients_in_several_splits']['n']}")
     typer.echo(f"unreadable files: {len(report['unreadable'])}")
     for bad in report["unreadable"]:
