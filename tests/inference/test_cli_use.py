@@ -111,7 +111,7 @@ def test_export_then_predict_with_onnx(cli: typer.Typer, run: Path, images: Path
     assert pred.exit_code == 0
     assert json.loads(pred.stdout)[0]["label"] == Predictor.load(run).predict(images / "a.png").label
     no_cam = CliRunner().invoke(cli, ["predict", str(out), str(images / "a.png"), "--cam", str(tmp_path)])
-    assert no_cam.exit_code == 2 and "Grad-CAM is not available for ONNX" in no_cam.stderr
+    assert no_cam.exit_code == 2 and "--cam: Grad-CAM needs the PyTorch run folder" in no_cam.stderr
 
 
 def test_predict_skips_a_dicom_with_a_broken_window(cli: typer.Typer, run: Path, tmp_path: Path) -> None:

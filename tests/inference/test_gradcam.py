@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pneumo.data.preprocess import PreprocessContract, resize_gray
-from pneumo.inference import Predictor
+from pneumo.inference import ExplainUnavailable, Predictor
 from pneumo.inference.gradcam import OVERLAY_MAX_SIDE, heatmap_to_original, shrink_for_overlay
 
 from .conftest import make_fake_run, xray_like
@@ -97,3 +97,23 @@ def test_overlay_of_a_large_image_is_bounded(tmp_path: Path) -> None:
     with Image.open(io.BytesIO(overlay)) as img:
         assert img.size == (OVERLAY_MAX_SIDE, round(1200 * OVERLAY_MAX_SIDE / 5000))
     assert shrink_for_overlay(np.zeros((40, 30), np.uint8)).shape == (40, 30)  # small images stay as they are
+
+
+def test_explain_works_under_inference_mode(tmp_path: Path) -> None:
+    predictor = Predictor.load(make_fake_run(tmp_path))
+    image = xray_like(40, 40, seed=2)
+    expected, _ = predictor.explain(image)
+    with torch.inference_mode():
+        heatmap, _ = predictor.explain(image)
+    np.testing.assert_allclose(heatmap, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "densenet121"])
+def test_a_single_position_target_layer_is_refused_not_explained_as_empty(tmp_path: Path, arch: str) -> None:
+    """At 32 px the ResNet/DenseNet target layer is 1x1: pytorch-grad-cam would return an all-zero map."""
+    small = Predictor.load(make_fake_run(tmp_path, name="small", arch=arch, image_size=32))
+    assert not small.can_explain and "1x1" in small.explain_unavailable and "32 px" in small.explain_unavailable
+    with pytest.raises(ExplainUnavailable, match="cannot localise at 32 px"):
+        small.explain(xray_like(40, 40, seed=3))
+    assert small.predict(xray_like(40, 40, seed=3)).label in small.class_names  # prediction is unaffected
+    assert Predictor.load(make_fake_run(tmp_path, name="large", arch=arch, image_size=64)).can_explain

@@ -134,3 +134,25 @@ def test_the_onnx_backend_takes_a_thread_count(exported: tuple[Path, Path]) -> N
     _, onnx_path = exported
     assert OnnxBackend(onnx_path, threads=1).session.get_session_options().intra_op_num_threads == 1
     assert OnnxBackend(onnx_path).session.get_session_options().intra_op_num_threads == 0  # onnxruntime's choice
+
+
+def test_the_dynamo_fallback_writes_the_opset_asked_for_or_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a torch whose TorchScript exporter fails, the dynamo exporter may keep its own opset: never silently."""
+    real_export = torch.onnx.export
+
+    def no_legacy(*args: object, **kwargs: object) -> object:
+        if kwargs.get("dynamo") is False:
+            raise RuntimeError("no TorchScript exporter here")
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", no_legacy)
+    out = tmp_path / "m.onnx"
+    for opset in (17, 18):
+        try:
+            export_onnx(make_fake_run(tmp_path, name=f"run{opset}"), out, opset=opset)
+        except ExportError as exc:
+            assert f"not the requested {opset}" in str(exc) and not out.exists()
+        else:
+            assert [o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx")] == [opset]

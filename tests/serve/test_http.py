@@ -254,6 +254,19 @@ def test_slow_model_gets_503_not_a_hang(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_a_model_too_small_to_explain_answers_501_with_the_reason(tmp_path: Path) -> None:
+    server = start_server(create_app(make_fake_run(tmp_path, arch="resnet18", image_size=32)))
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            assert upload(c, png_bytes(seed=8)).status_code == 200
+            resp = upload(c, png_bytes(seed=8), path="/v1/explain")
+            assert resp.status_code == 501 and resp.json()["error"] == "explain_unavailable"
+            assert "cannot localise at 32 px" in resp.json()["detail"]
+            assert c.get("/v1/model").json()["format"] == "pytorch"
+    finally:
+        server.stop()
+
+
 def test_onnx_service_predicts_but_does_not_explain(tmp_path: Path) -> None:
     from pneumo.inference.onnx import export_onnx
 

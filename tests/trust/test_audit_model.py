@@ -247,7 +247,7 @@ def test_gradcam_maps_the_class_it_is_given(run_outputs: RunOutputs, recording_c
         g = gradcam_section(
             out.ctx, out.model, out.images, predicted, max_images=n, device=torch.device("cpu"), batch_size=16, seed=0
         )
-        assert g["n_images"] == n and g["target"] == "predicted class"
+        assert g["n_images"] == n and g["target"] == "decided class"
         return g["share"]
 
     alternating = np.arange(n) % 2
@@ -280,3 +280,31 @@ def test_decisions_as_deployed_use_the_validated_threshold_on_tempered_probabili
     y = np.array([1, 1, 0, 1])
     paired = _paired(y, probs, new, [0, 1, 2, 3], names, n_boot=20, seed=0, decide=decide)
     assert paired["prediction_changed"] == 0.0 and paired["decision_changed"] == 0.25
+
+
+def test_gradcam_explains_the_decision_as_deployed(
+    run_copy: Path, run_outputs: RunOutputs, recording_cam: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thresholded binary run decides otherwise than argmax near its threshold: the map explains the decision."""
+    from pneumo.trust import model_audit
+
+    def opposite(probs: np.ndarray) -> np.ndarray:  # a rule that disagrees with argmax everywhere
+        return 1 - probs.argmax(1)
+
+    monkeypatch.setattr(model_audit, "deployed_decisions", lambda meta, names: (opposite, "the opposite class"))
+    model_audit.audit_model(run_copy, originals=None, n_boot=5, perturbations=[], cam_images=8, seed=1)
+    assert sum(len(targets) for _, targets in recording_cam) == 8
+    for x, targets in recording_cam:
+        with torch.no_grad():
+            raw = run_outputs.model.eval()(x).double().numpy()
+        assert targets == opposite(task_probabilities(raw, len(run_outputs.ctx.class_names))).tolist()
+
+
+def test_a_model_too_small_for_gradcam_skips_that_section(
+    run_copy: Path, recording_cam: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pneumo.inference import gradcam
+
+    monkeypatch.setattr(gradcam, "cam_unavailable_reason", lambda model, size: f"nothing to localise at {size} px")
+    result = audit_model(run_copy, originals=None, n_boot=5, perturbations=[], cam_images=8, seed=1)
+    assert result["gradcam"] == {"skipped": "nothing to localise at 32 px"} and recording_cam == []

@@ -82,8 +82,8 @@ def predict(
         predictor = Predictor.load(model, batch_size=batch_size, device=device)  # checks the device too
     except (ModelLoadError, OSError) as exc:
         fail(str(exc))
-    if cam is not None and not predictor.can_explain:
-        fail("--cam needs a run folder: Grad-CAM is not available for ONNX models")
+    if cam is not None and predictor.explain_unavailable is not None:
+        fail(f"--cam: {predictor.explain_unavailable}")
     results, n_failed, used_cam_paths = [], 0, set()
     files = list(iter_image_files(images))
     if not files:

@@ -8,6 +8,7 @@ with the image as the user gave it.
 
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -21,13 +22,37 @@ from torch import nn
 from pneumo.data.preprocess import PreprocessContract
 
 
+def cam_unavailable_reason(model: nn.Module, image_size: int) -> str | None:
+    """Why Grad-CAM cannot localise anything at ``image_size`` px, or None.
+
+    A target layer of a single position (ResNets and DenseNets below about 64 px) gives one number per image, which
+    pytorch-grad-cam's min-max scaling turns into an all-zero map: an empty overlay that looks like an answer. The
+    shape is found by a forward pass of a copy on the meta device (no memory, no arithmetic).
+    """
+    probe = copy.deepcopy(model).to("meta").eval()
+    grid: list[tuple[int, ...]] = []
+    handle = probe.cam_target_layer.register_forward_hook(lambda _m, _i, out: grid.append(tuple(out.shape[-2:])))
+    try:
+        with torch.no_grad():
+            probe(torch.empty(1, int(getattr(model, "in_chans", 1)), image_size, image_size, device="meta"))
+    finally:
+        handle.remove()
+    if grid and grid[0][0] * grid[0][1] < 2:
+        return (
+            f"Grad-CAM cannot localise at {image_size} px: the model's target layer is {grid[0][0]}x{grid[0][1]} "
+            "there, so every heatmap would be empty; train at a larger image size to explain"
+        )
+    return None
+
+
 def grad_cam(model: nn.Module, x: torch.Tensor, target_index: int, layer: nn.Module | None = None) -> np.ndarray:
     """Grad-CAM of output ``target_index`` for one normalised input ``(1, C, S, S)``: float32 ``S x S`` in [0, 1].
 
-    Needs gradients, so it must not run under ``torch.inference_mode``; the model's parameters are untouched.
+    Runs with gradients even when called under ``torch.inference_mode``; the model's parameters are untouched.
     """
     layer = layer if layer is not None else model.cam_target_layer
-    with torch.enable_grad(), GradCAM(model=model, target_layers=[layer]) as cam:
+    with torch.inference_mode(False), torch.enable_grad(), GradCAM(model=model, target_layers=[layer]) as cam:
+        x = x.clone()  # an input made under inference mode cannot enter autograd; its clone here can
         heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(target_index)])[0]
     model.zero_grad(set_to_none=True)
     return np.clip(np.nan_to_num(heat.astype(np.float32)), 0.0, 1.0)

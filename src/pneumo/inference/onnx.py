@@ -63,6 +63,15 @@ def _torch_export(graph: torch.nn.Module, example: torch.Tensor, path: Path, ops
         external_data=False,
     )
     program.save(str(path))
+    import onnx
+
+    imports = onnx.load(str(path), load_external_data=False).opset_import
+    written = next((o.version for o in imports if o.domain in ("", "ai.onnx")), None)
+    if written != opset:  # onnxscript may fail to convert down and keep its own opset: a runtime would reject it
+        raise ExportError(
+            f"the dynamo exporter wrote opset {written}, not the requested {opset}; export with --opset {written} "
+            "or with a torch that still has the TorchScript exporter"
+        )
 
 
 def export_onnx(

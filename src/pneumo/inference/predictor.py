@@ -11,6 +11,7 @@ alone (the deployment the export is for).
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import threading
 from collections.abc import Sequence
@@ -141,7 +142,16 @@ class Predictor:
 
     @property
     def can_explain(self) -> bool:
-        return not isinstance(self.backend, OnnxBackend)
+        return self.explain_unavailable is None
+
+    @functools.cached_property
+    def explain_unavailable(self) -> str | None:
+        """Why :meth:`explain` cannot give a heatmap for this model, or None when it can."""
+        if isinstance(self.backend, OnnxBackend):
+            return "Grad-CAM needs the PyTorch run folder; this model was loaded from ONNX"
+        from pneumo.inference.gradcam import cam_unavailable_reason
+
+        return cam_unavailable_reason(self.backend.model, self.meta.contract.image_size)
 
     # --- prediction -------------------------------------------------------------------------------------------
     def prepare(self, source: ImageInput, name: str | None = None, *, keep_original: bool = True) -> PreparedImage:
@@ -220,8 +230,8 @@ class Predictor:
         return self.explain_prepared(self.prepare(source), target=target)
 
     def explain_prepared(self, image: PreparedImage, *, target: str | None = None) -> Explanation:
-        if not self.can_explain:
-            raise ExplainUnavailable("Grad-CAM needs the PyTorch run folder; this model was loaded from ONNX")
+        if self.explain_unavailable is not None:
+            raise ExplainUnavailable(self.explain_unavailable)
         import torch
 
         from pneumo.inference.gradcam import (  # pulls in matplotlib
@@ -238,8 +248,9 @@ class Predictor:
             raise ValueError(f"unknown class {target!r}; classes are {list(self.class_names)}")
         x = torch.from_numpy(self.model_input([image.resized])).to(self.backend.device)
         # Grad-CAM hooks the model; a private copy keeps those hooks away from concurrent predictions, and the
-        # lock keeps two explanations from sharing one set of hooks.
-        with self._cam_lock:
+        # lock keeps two explanations from sharing one set of hooks. Outside inference mode: the copy must be able
+        # to take gradients even when the caller runs under ``torch.inference_mode``.
+        with self._cam_lock, torch.inference_mode(False):
             if self._cam_model is None:
                 self._cam_model = copy.deepcopy(self.backend.model).to(memory_format=torch.contiguous_format)
                 self._cam_model.requires_grad_(True)
@@ -257,7 +268,7 @@ class Predictor:
         ood = {"enabled": bool(m.ood), "method": (m.ood or {}).get("method"), "active": self._ood_scorer is not None}
         return {
             "model_id": m.model_id,
-            "format": "pytorch" if self.can_explain else "onnx",
+            "format": "onnx" if isinstance(self.backend, OnnxBackend) else "pytorch",
             "architecture": m.model.get("name"),
             "task": m.task,
             "class_names": list(m.class_names),

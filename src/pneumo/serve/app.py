@@ -149,8 +149,8 @@ def create_app(
     async def explain(request: Request) -> Response:
         """PNG: the Grad-CAM heatmap of the predicted class over the image, at the image's own size (the longer side
         shrunk to 2,048 pixels when larger)."""
-        if not app.state.predictor.can_explain:
-            raise ApiError(501, "explain_unavailable", "Grad-CAM needs a PyTorch run folder; this is an ONNX model")
+        if (reason := app.state.predictor.explain_unavailable) is not None:
+            raise ApiError(501, "explain_unavailable", reason)
         data, name = await read_upload_within(request, upload_timeout_s)
         png = await runner(_explain, data, name)
         return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})

@@ -233,7 +233,7 @@ def gradcam_section(
     ctx: RunContext,
     model: torch.nn.Module,
     images: np.ndarray,
-    predicted: np.ndarray,
+    decided: np.ndarray,
     *,
     max_images: int,
     device: torch.device,
@@ -241,7 +241,7 @@ def gradcam_section(
     seed: int,
 ) -> dict[str, Any]:
     """Mean share of Grad-CAM energy per region (pytorch-grad-cam, the model's ``cam_target_layer``, target: the
-    predicted class) over up to ``max_images`` test images drawn with the seed."""
+    class ``decided`` for each image, as deployed) over up to ``max_images`` test images drawn with the seed."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -255,7 +255,7 @@ def gradcam_section(
             x = normalize(torch.from_numpy(images[rows]).to(device), ctx.contract)
             if int(getattr(model, "in_chans", 1)) != 1:
                 x = x.expand(-1, model.in_chans, -1, -1)
-            maps.append(cam(input_tensor=x, targets=[ClassifierOutputTarget(int(predicted[i])) for i in rows]))
+            maps.append(cam(input_tensor=x, targets=[ClassifierOutputTarget(int(decided[i])) for i in rows]))
     model.zero_grad(set_to_none=True)
     stack = np.concatenate(maps) if maps else np.zeros((0, *images.shape[-2:]))
     shares, mean_map, used = energy_shares(stack)
@@ -265,7 +265,7 @@ def gradcam_section(
     return {
         "n_images": n,
         "n_with_energy": used,
-        "target": "predicted class",
+        "target": "decided class",
         "layer": _layer_name(model, model.cam_target_layer),
         "share": mean_share,
         "area": area,
@@ -360,14 +360,18 @@ def audit_model(
         ctx, model, images, y, probs, groups, perturbations, device=dev, batch_size=batch_size, n_boot=n_boot,
         seed=seed, decide=decide,
     )  # fmt: skip
+    from pneumo.inference.gradcam import cam_unavailable_reason  # pulls in pytorch-grad-cam and matplotlib
+
     cam = None
-    if cam_images > 0:
+    if cam_images <= 0:
+        result["gradcam"] = {"skipped": "cam_images = 0"}
+    elif (reason := cam_unavailable_reason(model, ctx.contract.image_size)) is not None:
+        result["gradcam"] = {"skipped": reason}
+    else:
         cam = gradcam_section(
-            ctx, model, images, probs.argmax(1), max_images=cam_images, device=dev, batch_size=16, seed=seed
+            ctx, model, images, decide(probs), max_images=cam_images, device=dev, batch_size=16, seed=seed
         )
         result["gradcam"] = {k: v for k, v in cam.items() if k not in ("mean_map", "masks")}
-    else:
-        result["gradcam"] = {"skipped": "cam_images = 0"}
     out_dir = Path(out) if out is not None else ctx.run_dir / "audit"
     write_outputs(out_dir, result, ctx, y, cam, plots=plots)
     result["out"] = str(out_dir)
@@ -489,9 +493,9 @@ def explanations(result: dict[str, Any]) -> dict[str, str]:
     }
     if "skipped" not in g:
         texts["Grad-CAM energy"] = (
-            f"Over {g['n_with_energy']} test images (target: the predicted class, layer {g['layer']}): centre box "
-            f"{100 * g['share']['centre']:.1f} % of the energy (area {100 * g['area']['centre']:.0f} %), border band "
-            f"{100 * g['share']['border']:.1f} % (area {100 * g['area']['border']:.0f} %), corners "
+            f"Over {g['n_with_energy']} test images (target: the class decided as deployed, layer {g['layer']}): "
+            f"centre box {100 * g['share']['centre']:.1f} % of the energy (area {100 * g['area']['centre']:.0f} %), "
+            f"border band {100 * g['share']['border']:.1f} % (area {100 * g['area']['border']:.0f} %), corners "
             f"{100 * g['share']['corners']:.1f} % (area {100 * g['area']['corners']:.0f} %). A ratio share/area well "
             "above 1 for the border or corners points at markers or collimation edges."
         )
