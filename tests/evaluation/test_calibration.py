@@ -92,3 +92,11 @@ def test_fit_temperature_rejects_bad_labels():
         fit_temperature(logits, y[:-1])
     with pytest.raises(ValueError):
         fit_temperature(logits, y + 3)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_fit_temperature_rejects_non_finite_logits(bad: float) -> None:
+    z = np.random.default_rng(0).normal(size=(20, 3))
+    z[4, 1] = bad
+    with pytest.raises(ValueError, match="1 of 20 images have non-finite logits"):
+        fit_temperature(z, np.arange(20) % 3)

@@ -193,3 +193,28 @@ def test_vectorised_batch_agrees_on_undefined_replicates():
     probs3 = np.eye(3)[[0, 1, 1, 2, 2, 0]] * 0.7 + 0.1
     batch = _assert_batch_matches_per_replicate(y3, probs3, MetricSuite(NAMES), None)
     assert np.isnan(batch["roc_auc_per_class/VIRUS"]).any()
+
+
+@pytest.mark.parametrize("seed", [20, 21, 38, 54, 86])  # cases where the renormalised row crossed the threshold
+def test_the_threshold_decides_on_the_same_values_it_was_chosen_on(seed: int) -> None:
+    """Reported metrics, predictions.csv and deployment apply ``p >= t`` to the same tempered softmax: renormalising
+    a row that sums to 1 +- 1 ulp used to move the image that set the threshold to the other side of it."""
+    from sklearn.metrics import confusion_matrix
+
+    from pneumo.evaluation.calibration import apply_temperature
+    from pneumo.evaluation.run import score_operating_points
+    from pneumo.evaluation.threshold import choose_threshold
+
+    rng = np.random.default_rng(seed)
+    logits, y = rng.normal(size=(40, 2)) * 3, rng.integers(0, 2, 40)
+    probs = apply_temperature(logits, 1.7)
+    threshold = choose_threshold(y, probs[:, 1], "youden")
+    decided = (probs[:, 1] >= threshold).astype(int)
+    sections, predicted = score_operating_points(
+        y, apply_temperature(logits, 1.0), probs, [str(i) for i in range(40)], ("NORMAL", "PNEUMONIA"),
+        {"threshold": threshold, "method": "youden"}, n_boot=2, seed=0,
+    )  # fmt: skip
+    assert predicted.tolist() == decided.tolist()
+    assert sections[-1].point["confusion_matrix"] == confusion_matrix(y, decided).tolist()
+    batch = MetricSuite(("NORMAL", "PNEUMONIA"), threshold).batch(y, probs, np.ones((1, 40)))
+    assert batch["sensitivity"][0] == pytest.approx(decided[y == 1].mean())

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from pneumo.evaluation import run as run_eval
+from pneumo.evaluation.calibration import apply_temperature
 from pneumo.evaluation.run import evaluate_run, stored_calibration
 from pneumo.evaluation.runs_table import compare_runs, runs_table
 from pneumo.evaluation.source import dataset_slug
@@ -106,6 +108,11 @@ def test_outputs_and_metrics_json(run_copy: Path) -> None:
     p_pos = np.array([float(r["p_PNEUMONIA"]) for r in rows])
     predicted = np.array([r["predicted"] == "PNEUMONIA" for r in rows])
     np.testing.assert_array_equal(predicted, p_pos >= stored["threshold"])
+    # full precision: paired differences recompute AUCs from this file, and must find the reported ones
+    logits = np.array([[float(r["logit_NORMAL"]), float(r["logit_PNEUMONIA"])] for r in rows])
+    np.testing.assert_allclose(apply_temperature(logits, stored["temperature"])[:, 1], p_pos, rtol=1e-12, atol=1e-15)
+    auc = stored["metrics"]["at_validated_threshold"]["point"]["roc_auc"]
+    assert roc_auc_score([r["true"] == "PNEUMONIA" for r in rows], p_pos) == auc
     true = np.array([r["true"] == "PNEUMONIA" for r in rows])
     confusion = stored["metrics"]["at_validated_threshold"]["point"]["confusion_matrix"]
     assert confusion[1][1] == int((predicted & true).sum())
@@ -131,6 +138,9 @@ def test_stored_calibration_is_reused_and_refitted_for_another_method(
     assert sensitive["metrics"]["at_validated_threshold"]["point"]["sensitivity"] >= 0.9
     assert read_run_meta(run_copy)["operating_point"]["target_sensitivity"] == 0.9
     assert any("validation split" in item for item in sensitive["limitations"])
+    # tables (compare, the results of reproduce) name how the threshold was chosen
+    assert compare_runs([run_copy], split="val")[0]["threshold_method"] == "sensitivity >= 0.9"
+    assert compare_runs([run_copy])[0]["threshold_method"] == "Youden's J"
 
     meta = read_run_meta(run_copy)
     wanted = {"method": "target_sensitivity", "target_sensitivity": 0.9}

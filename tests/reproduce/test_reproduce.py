@@ -263,6 +263,12 @@ def test_several_seeds_give_mean_and_spread_and_pair_seed_by_seed(tmp_path: Path
               "n_boot": 10, "rows": rows, "seed_summary": seed_summary(rows), "anchors": ANCHORS}  # fmt: skip
     text = render_markdown(result)
     assert "| base (seed 1) |" in text and "| single |" in text
+    assert "metrics at the validated operating point (Youden's J on validation)" in text
+    # a threshold chosen otherwise (pneumo evaluate --target-sensitivity on a run) is named, not called Youden's J
+    for row in rows:
+        row["threshold_method"] = "sensitivity >= 0.95" if row["experiment"] == "single" else "Youden's J"
+    text = render_markdown(result)
+    assert "(base (seed 0): Youden's J; " in text and "; single: sensitivity >= 0.95 on validation)" in text
     assert "| gan | 0, 1, 2 | 0.900 ± 0.000 |" in text and "+0.010 ± 0.010 |" in text
     assert "`gan` - `base` (seed 2): ROC AUC 0.020 [0.010, 0.030]" in text
 

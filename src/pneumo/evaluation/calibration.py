@@ -106,6 +106,9 @@ def fit_temperature(logits: Any, y_true: Any) -> float:
         raise ValueError(f"y_true shape {y.shape} does not match {z.shape[0]} logits")
     if y.min() < 0 or y.max() >= z.shape[1]:
         raise ValueError(f"labels must lie in 0..{z.shape[1] - 1}")
+    if not np.isfinite(z).all():  # one NaN or inf makes every NLL non-finite: the search would return any bound
+        bad = int((~np.isfinite(z)).any(axis=1).sum())
+        raise ValueError(f"{bad} of {z.shape[0]} images have non-finite logits: the model diverged or overflowed")
     result = minimize_scalar(
         lambda log_t: _nll(z, y, float(np.exp(log_t))),
         bounds=tuple(np.log(T_BOUNDS)),

@@ -47,15 +47,21 @@ def _as_labels(y_true: Any) -> np.ndarray:
     return y
 
 
-def _as_probs(probs: Any, n: int) -> np.ndarray:
-    """Validated ``N x K`` probabilities, rows renormalised to remove float32 rounding (not to fix logits)."""
+def _as_probs(probs: Any, n: int, *, renormalise: bool = True) -> np.ndarray:
+    """Validated ``N x K`` probabilities, rows renormalised to remove float32 rounding (not to fix logits).
+
+    ``renormalise=False`` for a binary decision ``p >= threshold``: the threshold was chosen on the very values
+    that :func:`~pneumo.evaluation.threshold.choose_threshold`, ``predictions.csv`` and the Predictor use, and
+    dividing by a row sum of 1 +- 1 ulp moves the image that set the threshold to the other side of it. (Argmax,
+    the multi-class decision, is unchanged by the division.)
+    """
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or p.shape[0] != n or p.shape[1] < 2:
         raise ValueError(f"probs must be N x K with K >= 2 and N = {n}, got shape {p.shape}")
     row_sums = p.sum(axis=1, keepdims=True)
     if (p < 0).any() or not np.allclose(row_sums, 1.0, rtol=0, atol=_ROW_SUM_TOLERANCE):
         raise ValueError("probs must be non-negative with rows summing to 1 (pass probabilities, not logits)")
-    return p / row_sums
+    return p / row_sums if renormalise else p
 
 
 def _safe_auc(y_binary: np.ndarray, score: np.ndarray) -> float:
@@ -194,7 +200,7 @@ def compute_metrics(
     (0.5 when None) with :func:`binary_metrics`; K > 2 uses :func:`multiclass_metrics` (argmax; a threshold
     is rejected there because it has no meaning)."""
     y = _as_labels(y_true)
-    p = _as_probs(probs, y.size)
+    p = _as_probs(probs, y.size, renormalise=False)
     if p.shape[1] == 2:
         if len(class_names) != 2:
             raise ValueError(f"{len(class_names)} class names for 2 probability columns")
@@ -238,11 +244,11 @@ class MetricSuite:
     def batch(self, y_true: Any, probs: Any, weights: np.ndarray) -> dict[str, np.ndarray]:
         """Scalar metrics for each row of ``weights`` (``B x N`` image multiplicities)."""
         y = _as_labels(y_true)
-        p = _as_probs(probs, y.size)
+        p = _as_probs(probs, y.size, renormalise=False)
         w = np.asarray(weights, dtype=np.float64)
         if p.shape[1] == 2:
             threshold = 0.5 if self.threshold is None else self.threshold
             return _weighted.binary(
                 y, p[:, 1], threshold, w, roc_level=ROC_POINT_LEVEL, roc_tolerance=ROC_POINT_TOLERANCE
             )
-        return _weighted.multiclass(y, p, self.class_names, w)
+        return _weighted.multiclass(y, p / p.sum(axis=1, keepdims=True), self.class_names, w)

@@ -38,7 +38,7 @@ from pneumo.evaluation.source import (
     run_records,
     training_overlap,
 )
-from pneumo.evaluation.threshold import choose_threshold
+from pneumo.evaluation.threshold import TARGETS, choose_threshold
 from pneumo.evaluation.writers import (
     ECE_BINS,
     METRICS_FILE,
@@ -68,9 +68,6 @@ log = logging.getLogger(__name__)
 def weights_digest(run_dir: Path) -> str:
     """SHA-256 prefix of ``best.safetensors``: stored calibration is reused only for the weights it was fitted on."""
     return file_sha256(run_dir / "best.safetensors")[:16]
-
-
-TARGETS = ("target_sensitivity", "target_specificity")
 
 
 def wanted_method(

@@ -18,6 +18,7 @@ import yaml
 from pneumo.data.tasks import TASKS, get_task
 from pneumo.evaluation.compare import compare_table
 from pneumo.evaluation.source import EVAL_PREFIX, eval_dir_name
+from pneumo.evaluation.threshold import method_label
 from pneumo.evaluation.writers import METRICS_FILE
 
 BINARY_COLUMNS = ("accuracy", "sensitivity", "specificity", "roc_auc")
@@ -124,6 +125,8 @@ def compare_runs(
             section = result["metrics"][result["primary"]]
             row["threshold"] = section.get("threshold")
             row["operating_point"] = section.get("label")
+            op = result.get("operating_point") or {}
+            row["threshold_method"] = method_label(op) if op.get("threshold") is not None else None
             row["metrics"] = {name: _ci(ci) for name, ci in section["ci"].items()}
         rows.append(row)
     names = list(metrics) if metrics else default_metrics([r["task"] for r in rows])

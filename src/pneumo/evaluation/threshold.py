@@ -6,12 +6,14 @@ otherwise test metrics are optimistically biased. The returned ``t`` is used as 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
 from sklearn.metrics import roc_curve
 
 ThresholdMethod = Literal["youden", "target_sensitivity", "target_specificity"]
+TARGETS = ("target_sensitivity", "target_specificity")  # the keys of an operating point that hold a target
 
 
 def choose_threshold(
@@ -62,3 +64,11 @@ def choose_threshold(
             return float(np.nextafter(thresholds[0], np.inf))  # nothing predicted positive: specificity 1
         return float(thresholds[reached[-1]])
     raise ValueError(f"unknown method {method!r}; use 'youden', 'target_sensitivity' or 'target_specificity'")
+
+
+def method_label(op: Mapping[str, Any]) -> str:
+    """How a binary threshold was chosen on validation, in words: ``Youden's J``, ``sensitivity >= 0.95``."""
+    if op.get("method") == "youden":
+        return "Youden's J"
+    targets = [f"{k.removeprefix('target_')} >= {op[k]:g}" for k in TARGETS if op.get(k) is not None]
+    return ", ".join(targets) or str(op.get("method"))

@@ -117,8 +117,10 @@ def write_predictions(
                     _relative(record.path, root),
                     record.patient_id,
                     names[int(split.targets[i])],
-                    *(f"{v:.6g}" for v in logits[i]),
-                    *(f"{v:.6g}" for v in probs[i]),
+                    # repr: the shortest text that reads back as the same float; paired differences and
+                    # re-analyses recompute metrics from this file and must find the reported values
+                    *(repr(float(v)) for v in logits[i]),
+                    *(repr(float(v)) for v in probs[i]),
                     names[int(predicted[i])],
                 ]
             )

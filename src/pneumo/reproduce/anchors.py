@@ -14,6 +14,8 @@ ANCHORS: list[dict[str, object]] = [
     {
         "source": "Kermany et al. 2018, Cell (Inception-v3, ImageNet weights)",
         "task": "bacteria-virus",
+        # pneumo's positive class is virus; which one the paper counts as positive is not established here, so
+        # its sensitivity and specificity may be swapped relative to ours (RESULTS.md says so)
         "accuracy": 0.907,
         "sensitivity": 0.886,
         "specificity": 0.909,

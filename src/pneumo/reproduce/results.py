@@ -133,6 +133,14 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _threshold_methods(rows: Sequence[dict[str, Any]]) -> str:
+    """One method for every binary row (``Youden's J``), or each row's own where they differ."""
+    methods = {r["experiment"] + _seed_note(r): r.get("threshold_method") for r in rows if r.get("threshold_method")}
+    if len(set(methods.values())) <= 1:
+        return next(iter(methods.values()), "Youden's J")
+    return "; ".join(f"{name}: {method}" for name, method in methods.items())
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [
@@ -144,7 +152,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"- every metric: the official test split of `{result['data']}`, 95 % CI from a patient-level bootstrap "
         f"({result['n_boot']} replicates); thresholds, temperatures and epochs chosen on the patient-grouped "
         "validation split carved from train, never on test.",
-        "- binary tasks: metrics at the validated operating point (Youden's J on validation); three classes: argmax. "
+        f"- binary tasks: metrics at the validated operating point ({_threshold_methods(result['rows'])} on "
+        "validation); three classes: argmax, and `roc_auc` is the macro average of the one-vs-rest AUCs. "
         "`sensitivity_at_specificity_90` is read off the test ROC curve, like the AUC: threshold-free, it compares "
         "models at one point of the curve but is not an operating point anyone could have chosen before seeing test.",
         f"- one row again: `pneumo reproduce --data DATA --suite {result['suite']} --only EXPERIMENT --out DIR` "
@@ -177,8 +186,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines.append("")
         spread = [e for e in result.get("seed_summary", []) if e["task"] == task]
         if spread:
-            lines += ["Across seeds: mean ± standard deviation of the per-seed point estimates (the spread between "
-                      "training runs, not a confidence interval):", ""]  # fmt: skip
+            lines += ["Across seeds: mean ± sample standard deviation (n - 1) of the per-seed point estimates (the "
+                      "spread between training runs, not a confidence interval):", ""]  # fmt: skip
             header = ["experiment", "seeds", *metrics, "ROC AUC - baseline"]
             lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             for e in spread:
