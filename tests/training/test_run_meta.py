@@ -55,7 +55,7 @@ def test_a_diverging_run_stops_with_a_clear_message(make_cfg) -> None:
         train(make_cfg("lr=1e30", "grad_clip=null"))
 
 
-def test_a_source_run_for_other_classes_gives_no_head(tmp_path: Path) -> None:
+def test_a_source_run_for_other_classes_gives_no_head(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     run = tmp_path / "normal-pneumonia-run"
     run.mkdir()
     (run / "best.safetensors").write_bytes(b"")
@@ -66,7 +66,9 @@ def test_a_source_run_for_other_classes_gives_no_head(tmp_path: Path) -> None:
         assert not source_has_same_outputs(weights, ("NORMAL", "PNEUMONIA"), True)
     bare = tmp_path / "w.safetensors"
     bare.write_bytes(b"")
+    assert "unknown" not in caplog.text
     assert source_has_same_outputs(bare, ("bacteria", "virus"), False)  # no metadata: the shapes decide
+    assert f"{bare}: no checkpoint.json beside it, so its classes are unknown" in caplog.text  # and it says so
 
 
 def test_cuda_rng_state_is_saved_and_restored_for_the_device_this_rank_trains_on(

@@ -169,7 +169,9 @@ def load_weights(model: nn.Module, source: str | Path | dict[str, Tensor], *, lo
             report.skipped_head.append(key)
         else:
             mismatched.append(f"{key}: {tuple(value.shape)} in source vs {tuple(target.shape)} in model")
-    report.missing = [k for k in own if k not in state]
+    # BatchNorm's step counter is absent from files saved before PyTorch 0.4 (torchvision's DenseNet weights) and
+    # is not a weight: its absence is no reason for a warning
+    report.missing = [k for k in own if k not in state and not k.endswith(".num_batches_tracked")]
     if mismatched:
         raise ValueError(f"{name}: incompatible shapes (another architecture?):\n  " + "\n  ".join(mismatched))
     if not report.loaded and not report.adapted:

@@ -169,6 +169,11 @@ def source_has_same_outputs(weights: str | Path, class_names: Sequence[str], dum
     when its shape fits)."""
     meta_path = _run_folder(weights) / "checkpoint.json"
     if not meta_path.is_file():
+        log.warning(
+            "%s: no checkpoint.json beside it, so its classes are unknown; its head is loaded wherever its shape fits "
+            "(%d outputs), as if it had been trained for %s",
+            weights, len(class_names) + int(dummy_class), ", ".join(class_names),
+        )  # fmt: skip
         return True
     meta = json.loads(meta_path.read_text())
     return list(meta.get("class_names") or []) == list(class_names) and bool(meta.get("dummy_class")) == dummy_class
