@@ -52,7 +52,9 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target_index: int, layer: nn.Mod
     """
     layer = layer if layer is not None else model.cam_target_layer
     with torch.inference_mode(False), torch.enable_grad(), GradCAM(model=model, target_layers=[layer]) as cam:
-        x = x.clone()  # an input made under inference mode cannot enter autograd; its clone here can
+        # an input made under inference mode cannot enter autograd, its clone here can; its gradient (not the
+        # weights') carries the gradient to the target layer, so the model needs no weight gradients
+        x = x.clone().requires_grad_(True)
         heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(target_index)])[0]
     model.zero_grad(set_to_none=True)
     return np.clip(np.nan_to_num(heat.astype(np.float32)), 0.0, 1.0)
