@@ -1,6 +1,8 @@
 import base64
 import math
+import shutil
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import pytest
 from pneumo.evaluation import plots
 from pneumo.evaluation.bootstrap import CI
 from pneumo.evaluation.compare import ci_rows, compare_table, format_ci
-from pneumo.evaluation.model_card import KNOWN_LIMITATIONS, write_model_card
+from pneumo.evaluation.model_card import KNOWN_LIMITATIONS, render_model_card, write_model_card
 from pneumo.evaluation.report import BANNER, write_html_report
 
 CIS = {"roc_auc": CI(0.912, 0.889, 0.934, 1000), "sensitivity": CI(0.95, 0.921, 0.973, 1000)}
@@ -153,3 +155,34 @@ def test_ci_rows_keeps_requested_order():
     rows = ci_rows(CIS, ["sensitivity", "roc_auc", "absent"], split="val")
     assert [r["metric"] for r in rows] == ["sensitivity", "roc_auc"]
     assert rows[0] == {"metric": "sensitivity", "point": 0.95, "low": 0.921, "high": 0.973, "split": "val"}
+
+
+def test_model_card_data_kind_follows_the_dataset(tmp_path: Path) -> None:
+    """The Kermany description only for the Kermany release: a synthetic set is flagged, another set is not named."""
+    from pneumo.data.records import discover
+    from pneumo.data.synth import generate_dataset
+    from pneumo.evaluation.writers import data_kind
+
+    synthetic = generate_dataset(tmp_path / "synth", n=40, seed=0, progress=False)
+    records = discover(synthetic)
+    assert data_kind(synthetic, records) == "synthetic"
+    assert data_kind(synthetic.parent, records) == "synthetic"  # the folder above the README works too
+    kermany = tmp_path / "kermany"
+    shutil.copytree(synthetic, kermany, ignore=shutil.ignore_patterns("README.md"))
+    assert data_kind(kermany, discover(kermany)) == "kermany"
+    other = tmp_path / "other"
+    for i, r in enumerate(discover(kermany)):
+        dst = other / r.split / r.label / f"scan_{i}.jpeg"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(r.path, dst)
+    assert data_kind(other, discover(other)) == "other"
+    # trained on Kermany, evaluated on a synthetic set: still flagged
+    assert data_kind(kermany, discover(kermany), evaluated_on=synthetic) == "synthetic"
+
+    common = dict(run_name="r", task="t", class_names=["a", "b"], model="cnn", data_summary={}, preprocess={},
+                  metrics_table=[], threshold=None, temperature=None, limitations=[])  # fmt: skip
+    cards = {kind: render_model_card(**common, data_kind=kind) for kind in ("kermany", "synthetic", "other")}
+    assert "Guangzhou" in cards["kermany"] and "SYNTHETIC" not in cards["kermany"]
+    assert "Guangzhou" not in cards["synthetic"] and cards["synthetic"].count("SYNTHETIC") >= 2
+    assert "Guangzhou" not in cards["other"] and "Kermany et al." not in cards["other"]
+    assert all("NOT a medical device" in card for card in cards.values())

@@ -120,6 +120,9 @@ def test_outputs_and_metrics_json(run_copy: Path) -> None:
     card = (run_copy / "MODEL_CARD.md").read_text()
     assert f"{stored['threshold']:.4f}" in card
     assert "NOT a medical device" in card
+    # trained on `pneumo data synth` output: the card says so, and claims nothing about Guangzhou's X-rays
+    assert "SYNTHETIC data: these numbers describe the pipeline, not X-rays" in card
+    assert "Guangzhou" not in card and "Kermany et al." not in card
 
 
 def test_stored_calibration_is_reused_and_refitted_for_another_method(

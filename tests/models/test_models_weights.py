@@ -120,8 +120,12 @@ def test_run_folder_prefers_best_then_last(tmp_path: Path) -> None:
 
 def test_refuses_when_nothing_matches_or_architecture_differs(tmp_path: Path) -> None:
     save_file({"foo.weight": torch.zeros(3)}, tmp_path / "foreign.safetensors")
-    with pytest.raises(ValueError, match="no key matched"):
+    with pytest.raises(ValueError, match="no backbone weight matched"):
         get_model("cnn", num_classes=2, weights=tmp_path / "foreign.safetensors")
+    # a CNN's weights into a ResNet: only the 2-class head's bias fits, which is no transfer
+    cnn = get_model("cnn", num_classes=2)
+    with pytest.raises(ValueError, match="no backbone weight matched the model"):
+        get_model("resnet18", num_classes=2, weights=save_weights(cnn, tmp_path / "cnn.safetensors"))
     wide = get_model("cnn", num_classes=2, widths=(8, 16, 32, 64))
     with pytest.raises(ValueError, match="incompatible shapes"):
         get_model("cnn", num_classes=2, weights=save_weights(wide, tmp_path / "wide.safetensors"))

@@ -137,7 +137,10 @@ def test_quick_suite_end_to_end_and_resumable(tmp_path: Path, monkeypatch: pytes
     assert delta["point"] == pytest.approx(dummy["roc_auc"]["point"] - base["roc_auc"]["point"], abs=2e-3)
     assert delta["low"] <= delta["point"] <= delta["high"]
     text = (tmp_path / "results.md").read_text()
-    assert "Kermany et al. 2018" in text and "quick-cnn-normal-pneumonia" in text and "Paired differences" in text
+    assert "quick-cnn-normal-pneumonia" in text and "Paired differences" in text
+    # synthetic data: flagged, and no published anchor beside it
+    assert result["synthetic_data"] and result["anchors"] == []
+    assert "**SYNTHETIC data**" in text and "Kermany et al. 2018" not in text
     # two seeds: one run each (the first keeps the experiment's name), a spread across seeds, pairing seed by seed
     assert (tmp_path / "runs" / "quick-cnn-bacteria-virus").is_dir()
     assert (tmp_path / "runs" / "quick-cnn-bacteria-virus-seed1").is_dir()
@@ -263,6 +266,7 @@ def test_several_seeds_give_mean_and_spread_and_pair_seed_by_seed(tmp_path: Path
               "n_boot": 10, "rows": rows, "seed_summary": seed_summary(rows), "anchors": ANCHORS}  # fmt: skip
     text = render_markdown(result)
     assert "| base (seed 1) |" in text and "| single |" in text
+    assert "Kermany et al. 2018" in text and "SYNTHETIC" not in text
     assert "metrics at the validated operating point (Youden's J on validation)" in text
     # a threshold chosen otherwise (pneumo evaluate --target-sensitivity on a run) is named, not called Youden's J
     for row in rows:

@@ -187,6 +187,24 @@ def discover(source: str | Path) -> list[Record]:
     return sorted(records, key=lambda r: str(r.path))
 
 
+SYNTHETIC_README_TITLE = "# SYNTHETIC"  # the first line of the README that ``pneumo data synth`` writes
+
+
+def is_synthetic_dataset(source: str | Path) -> bool:
+    """True for a dataset written by ``pneumo data synth`` (its README says so): numbers on it describe the pipeline,
+    not X-rays."""
+    source = Path(source).expanduser()
+    if not source.exists():
+        return False
+    for folder in dict.fromkeys([source if source.is_dir() else source.parent, dataset_root(source)]):
+        readme = folder / "README.md"
+        if readme.is_file():
+            with readme.open(encoding="utf-8", errors="replace") as f:
+                if f.readline().startswith(SYNTHETIC_README_TITLE):
+                    return True
+    return False
+
+
 def dataset_root(source: str | Path) -> Path:
     """The folder that paths in split files are written relative to."""
     source = Path(source).expanduser().resolve()

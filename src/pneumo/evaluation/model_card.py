@@ -6,7 +6,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pneumo.evaluation.compare import format_value
 from pneumo.evaluation.report import to_plain, to_yaml
@@ -29,6 +29,28 @@ DATA_DESCRIPTION = (
     "anterior-posterior chest radiographs of children aged 1-5), single centre, licensed CC BY 4.0 "
     "(Kermany, Zhang & Goldbaum, Mendeley Data, doi:10.17632/rscbjbr9sj)."
 )
+SYNTHETIC_DESCRIPTION = (
+    "**SYNTHETIC data** written by `pneumo data synth`: procedurally generated pictures, not X-rays, from no "
+    "patient. The metrics below describe the pipeline on that data and say nothing about chest X-rays."
+)
+OTHER_DESCRIPTION = (
+    "A dataset whose file names do not follow the Kermany release (see the dataset path below); the dataset's "
+    "provenance, population and licence are whatever its source documents."
+)
+SYNTHETIC_LIMITATIONS: tuple[str, ...] = (
+    "Trained and evaluated on SYNTHETIC images: no number here may be reported as model performance on X-rays.",
+)
+GENERAL_LIMITATIONS: tuple[str, ...] = (
+    "Not validated on other hospitals, other scanners or prospective data.",
+    "Labels are whatever the dataset provides, not confirmed clinical outcomes.",
+)
+SYNTHETIC_BANNER = "> **SYNTHETIC data: these numbers describe the pipeline, not X-rays.**\n"
+DataKind = Literal["kermany", "synthetic", "other"]
+_BY_KIND: dict[str, tuple[str, tuple[str, ...]]] = {
+    "kermany": (DATA_DESCRIPTION, KNOWN_LIMITATIONS),
+    "synthetic": (SYNTHETIC_DESCRIPTION, SYNTHETIC_LIMITATIONS),
+    "other": (OTHER_DESCRIPTION, GENERAL_LIMITATIONS),
+}
 
 
 def _bullets(mapping: Mapping[str, Any]) -> str:
@@ -107,14 +129,17 @@ def render_model_card(
     temperature: float | Mapping[str, Any] | None,
     limitations: Sequence[str],
     metrics_split: str = "test",
+    data_kind: DataKind = "kermany",
 ) -> str:
     """The Markdown text of :func:`write_model_card`."""
     model_info = {"architecture": model} if isinstance(model, str) else dict(model)
-    all_limitations = list(dict.fromkeys([*KNOWN_LIMITATIONS, *limitations]))
+    description, known = _BY_KIND[data_kind]
+    all_limitations = list(dict.fromkeys([*known, *limitations]))
     parts = [
         f"# Model card: {run_name}\n",
         "> **Research use only. This is NOT a medical device** and must not be used for diagnosis, triage or "
         "any clinical decision.\n",
+        *([SYNTHETIC_BANNER] if data_kind == "synthetic" else []),
         "## Model details\n",
         _bullets({"run": run_name, "task": task, "classes": ", ".join(map(str, class_names)), **model_info}),
         "## Intended use\n",
@@ -123,7 +148,7 @@ def render_model_card(
         "- Out of scope: diagnosis, screening, triage or any use on real patients. The model is **not a medical "
         "device**, has no regulatory clearance, and its outputs are not medical advice.\n",
         "## Data\n",
-        DATA_DESCRIPTION + "\n",
+        description + "\n",
         _bullets(data_summary),
         "## Preprocessing contract\n",
         "Inputs must be preprocessed exactly like this at inference time, or the metrics below do not apply:\n",
@@ -156,13 +181,15 @@ def write_model_card(
     temperature: float | Mapping[str, Any] | None,
     limitations: Sequence[str],
     metrics_split: str = "test",
+    data_kind: DataKind = "kermany",
 ) -> Path:
     """Write MODEL_CARD.md and return its path.
 
     ``threshold``: a float, a mapping ``{"value", "method", "split", ...}``, or None (multi-class argmax).
     ``temperature``: a float, a mapping ``{"temperature", "ece_before", "ece_after", ...}``, or None.
     ``metrics_table`` rows as for :func:`~pneumo.evaluation.report.write_html_report`; a row's ``split``
-    overrides ``metrics_split``. :data:`KNOWN_LIMITATIONS` are always listed before ``limitations``.
+    overrides ``metrics_split``. ``data_kind`` picks the data description and the limitations listed before
+    ``limitations`` (:data:`KNOWN_LIMITATIONS` for the Kermany release).
     """
     text = render_model_card(
         run_name=run_name,
@@ -176,6 +203,7 @@ def write_model_card(
         temperature=temperature,
         limitations=limitations,
         metrics_split=metrics_split,
+        data_kind=data_kind,
     )
     write_text(path, text)
     return Path(path)

@@ -19,10 +19,11 @@ import numpy as np
 
 from pneumo.data.cache import CachedImages
 from pneumo.data.dataset import SplitData
+from pneumo.data.records import Record, follows_kermany_naming, is_synthetic_dataset
 from pneumo.data.tasks import Task
 from pneumo.evaluation.bootstrap import CI
 from pneumo.evaluation.compare import ci_rows, compare_table, format_ci
-from pneumo.evaluation.model_card import write_model_card
+from pneumo.evaluation.model_card import DataKind, write_model_card
 from pneumo.evaluation.report import to_plain
 from pneumo.evaluation.source import EVAL_PREFIX, eval_dir_name, run_records
 from pneumo.utils.atomic import atomic_open
@@ -306,7 +307,8 @@ def write_run_model_card(run_dir: str | Path) -> Path | None:
     if result is None:
         return None
     split_counts: dict[str, int] = {}
-    for record in run_records(run_dir, config):
+    records = run_records(run_dir, config)
+    for record in records:
         split_counts[record.split] = split_counts.get(record.split, 0) + 1
     op = result["operating_point"]
     threshold = None if op.get("threshold") is None else {"value": op["threshold"], **op}
@@ -342,7 +344,17 @@ def write_run_model_card(run_dir: str | Path) -> Path | None:
         temperature={"temperature": cal["temperature"], "ece_before": cal["ece_before"], "ece_after": cal["ece_after"]},
         limitations=result.get("limitations", []),
         metrics_split=result["split"],
+        data_kind=data_kind(config["data"], records, evaluated_on=result["dataset"]["source"]),
     )
+
+
+def data_kind(source: str | Path, records: Sequence[Record], *, evaluated_on: str | Path | None = None) -> DataKind:
+    """What the model card may say about the data: synthetic (trained or evaluated on ``pneumo data synth`` output),
+    the Kermany release (its file names), or another dataset."""
+    if any(is_synthetic_dataset(s) for s in (source, evaluated_on) if s is not None):
+        return "synthetic"
+    named = [follows_kermany_naming(r.name) for r in records]
+    return "kermany" if named and sum(named) >= 0.9 * len(named) else "other"
 
 
 # --- a text summary for the CLI ------------------------------------------------------------------------------------

@@ -174,8 +174,12 @@ def load_weights(model: nn.Module, source: str | Path | dict[str, Tensor], *, lo
     report.missing = [k for k in own if k not in state and not k.endswith(".num_batches_tracked")]
     if mismatched:
         raise ValueError(f"{name}: incompatible shapes (another architecture?):\n  " + "\n  ".join(mismatched))
-    if not report.loaded and not report.adapted:
-        raise ValueError(f"{name}: no key matched the model; refusing to continue with random weights")
+    if not any(not k.startswith("head.") for k in [*report.loaded, *report.adapted]):
+        # a head alone (say, a CNN run's 2-class bias into a ResNet) is not a transfer: the backbone stays random
+        raise ValueError(
+            f"{name}: no backbone weight matched the model (another architecture?); refusing to continue with "
+            "random weights"
+        )
     model.load_state_dict(to_load, strict=False)
     _log_report(report)
     return report
