@@ -14,7 +14,7 @@ app = typer.Typer(help="ACGAN: train, sample, and write synthetic training image
 @app.command()
 def train(
     data: str | None = typer.Option(None, "--data", help="Dataset folder (Kaggle/pediatric layout) or CSV manifest."),
-    image_size: int | None = typer.Option(None, "--image-size", help="GAN image size: 64 (default) or 128."),
+    image_size: int | None = typer.Option(None, "--image-size", help="Image size: power of two >= 16 (default 64)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Total epochs (with --resume: the new total)."),
     out: Path | None = typer.Option(None, "--out", help="Run folder (default runs/acgan-<time>)."),
     seed: int | None = typer.Option(

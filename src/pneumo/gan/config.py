@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pneumo.utils.atomic import write_text
 
@@ -85,7 +85,21 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), *
         if not sep or not key.strip():
             raise ValueError(f"override {item!r} is not key=value")
         data[key.strip()] = yaml.safe_load(value)
-    return GanConfig.model_validate(data)
+    return validate(data)
+
+
+def validate(data: dict[str, Any], where: str = "GAN config") -> GanConfig:
+    """A :class:`GanConfig`, or a ``ValueError`` with one short line per problem (not pydantic's full dump)."""
+    try:
+        return GanConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "config"
+            problem = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+            got = "" if err["type"] == "extra_forbidden" else f" (got {err.get('input')!r})"
+            lines.append(f"{loc}: {problem}{got}")
+        raise ValueError(f"invalid {where}:\n  " + "\n  ".join(lines)) from None
 
 
 def save_config(config: GanConfig, path: Path) -> None:
@@ -93,4 +107,9 @@ def save_config(config: GanConfig, path: Path) -> None:
 
 
 def read_config(path: Path) -> GanConfig:
-    return GanConfig.model_validate(yaml.safe_load(path.read_text()))
+    """The config of a GAN run (``RUN/config.yaml``); a classifier run is named as such, not as 30 config errors."""
+    if (path.parent / "checkpoint.json").is_file():
+        raise ValueError(f"{path.parent} is a classifier run (pneumo train), not a GAN run (pneumo gan train)")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.parent} is not a GAN run folder (no config.yaml)")
+    return validate(yaml.safe_load(path.read_text()) or {}, f"GAN config {path}")

@@ -17,7 +17,7 @@ import torch
 from pneumo.data.tasks import get_task
 from pneumo.training import checkpoint as ckpt
 from pneumo.training import distributed as ddp
-from pneumo.training.config import TrainConfig, load_yaml, validate_config
+from pneumo.training.config import ConfigError, TrainConfig, load_yaml, validate_config
 from pneumo.training.data import build_train_data, check_source_runs, resolve_split, save_split, with_synthetic
 from pneumo.training.engine import Trainer
 from pneumo.training.runinfo import environment
@@ -130,7 +130,10 @@ def _new_run_dir(cfg: TrainConfig) -> Path:
 def resume(run_dir: str | Path) -> Path:
     """Continue a run from its last checkpoint (``last.state.safetensors``), with the config it was started with."""
     run_dir = Path(run_dir).expanduser().resolve()
-    cfg = validate_config(load_yaml(run_dir / "config.yaml"))
+    raw = load_yaml(run_dir / "config.yaml")
+    if "z_dim" in raw and not (run_dir / "checkpoint.json").is_file():  # a GAN's config, read as a classifier's
+        raise ConfigError(f"{run_dir} is a GAN run: resume it with `pneumo gan train --resume {run_dir}`")
+    cfg = validate_config(raw)
     cfg = cfg.model_copy(update={"out": str(run_dir), "split_file": str(run_dir / "split.csv")})
     tensors, state = ckpt.load_state(run_dir)
     if state["progress"]["finished"]:
