@@ -111,6 +111,21 @@ def test_train_evaluate_compare(cli, synthetic_data: Path, tmp_path: Path) -> No
     header = chosen[0].split()
     assert "brier" in header and "sensitivity" not in header
 
+    # `pneumo compare runs/*`: an empty folder (a failed start) and a GAN run are skipped with the reason
+    runner, app = cli
+    (tmp_path / "failed-start").mkdir()
+    gan = tmp_path / "acgan"
+    gan.mkdir()
+    (gan / "config.yaml").write_text("z_dim: 128\ntask: normal-bacteria-virus\n")
+    every = runner.invoke(app, ["compare", str(run_a), str(tmp_path / "failed-start"), str(gan)])
+    assert every.exit_code == 0 and "| run-a |" not in every.stdout and "run-a" in every.stdout
+    assert "failed-start: not a pneumo run folder" in every.stderr and "a GAN run; its class head" in every.stderr
+    nothing = runner.invoke(app, ["compare", str(tmp_path / "failed-start")])
+    assert nothing.exit_code == 2 and "no classifier run folder" in nothing.stderr
+    # a metric no evaluation has is an error, not a column of n/a
+    unknown = runner.invoke(app, ["compare", str(run_a), "--metrics", "roc_auc,foo"])
+    assert unknown.exit_code == 2 and "no evaluated run has the metric(s) foo" in unknown.stderr
+
 
 def test_evaluate_rejects_bad_arguments(cli, tmp_path: Path) -> None:
     runner, app = cli

@@ -254,3 +254,20 @@ def test_compare_runs_reads_the_primary_section(trained_run: Path, tmp_path: Pat
     roc = primary["roc_auc"]
     assert lines[2].startswith("| alpha |") and f"{roc['point']:.3f} [{roc['low']:.3f}, {roc['high']:.3f}]" in lines[2]
     assert lines[3].startswith("| beta |") and lines[3].count("n/a") == 5
+
+
+def test_a_run_whose_dataset_moved_away_evaluates_elsewhere(run_copy: Path, tmp_path: Path) -> None:
+    """Its split file still reads (overlap counts), its stored calibration applies; only a refit needs the images."""
+    import yaml
+
+    from pneumo.data.records import DatasetError
+
+    config = yaml.safe_load((run_copy / "config.yaml").read_text())
+    data = config["data"]
+    evaluate_run(run_copy, **FAST)  # stores the calibration
+    gone = tmp_path / "gone" / "chest_xray"
+    (run_copy / "config.yaml").write_text(yaml.safe_dump({**config, "data": str(gone)}))
+    result = evaluate_run(run_copy, data=data, **FAST)
+    assert not result["calibration_fitted"] and result["n_images"] > 0
+    with pytest.raises(DatasetError, match=f"the run was trained on {gone}"):
+        evaluate_run(run_copy, data=data, target_sensitivity=0.9, **FAST)  # a refit needs the run's own val images

@@ -107,3 +107,21 @@ def test_letterbox_on_square_training_images_is_flagged(tmp_path: Path, caplog: 
     assert "square already" in caplog.text and "letterboxed" in caplog.text
     assert not warn_if_geometry_is_moot(wide, letterbox)
     assert not warn_if_geometry_is_moot(square, PreprocessContract(image_size=32))  # squash: nothing to say
+
+
+def test_a_start_that_fails_before_training_leaves_no_empty_run(make_cfg, tmp_path: Path) -> None:
+    """A folder the failed call created goes again; a folder the user had stays, with what was in it."""
+    from pneumo.data.records import DatasetError
+
+    empty_data = tmp_path / "empty-data"
+    empty_data.mkdir()
+    with pytest.raises(DatasetError):
+        train(make_cfg(data=str(empty_data), out=str(tmp_path / "new-run")))
+    assert not (tmp_path / "new-run").exists()
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(DatasetError):
+        train(make_cfg(data=str(empty_data), out=str(mine)))
+    assert (mine / "notes.txt").read_text() == "keep me"

@@ -97,20 +97,30 @@ def compare(
 ) -> None:
     """One table of runs: task, model, weights, image size, epochs, wall time and test metrics with 95 % CIs."""
     from pneumo.evaluation.run import SPLITS
-    from pneumo.evaluation.runs_table import compare_runs, runs_table
+    from pneumo.evaluation.runs_table import comparable_runs, compare_runs, default_metrics, runs_table
     from pneumo.evaluation.writers import json_safe
 
     if split not in SPLITS:  # an evaluation of another split cannot exist: pneumo evaluate refuses it
         fail(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     names = [m.strip() for item in metrics or [] for m in item.split(",") if m.strip()] or None
+    runs, skipped = comparable_runs(run_dirs)
+    for reason in skipped:  # `pneumo compare runs/*` meets a failed run's empty folder or a GAN run
+        typer.echo(f"skipped {reason}", err=True)
+    if not runs:
+        fail("no classifier run folder to compare")
     try:
-        rows = compare_runs(run_dirs, split=split, metrics=names, dataset=dataset)
+        rows = compare_runs(runs, split=split, metrics=names, dataset=dataset)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
+    evaluated = [row for row in rows if row["eval"] is not None]
+    if names and evaluated and (unknown := [n for n in names if all(row.get(n) is None for row in evaluated)]):
+        examples = ", ".join(default_metrics([row["task"] for row in rows]))
+        fail(f"no evaluated run has the metric(s) {', '.join(unknown)}; metric names are e.g. {examples}")
     if json_out:
         typer.echo(json.dumps(json_safe(rows), indent=2))
         return
     typer.echo(runs_table(rows, metrics=names, markdown=markdown), nl=False)
     missing = [row["run"] for row in rows if row["eval"] is None]
     if missing:
-        typer.echo(f"not evaluated on {split}: {', '.join(missing)} (run `pneumo evaluate RUN_DIR --split {split}`)")
+        how = f"--data DATASET --split {split}" if dataset else f"--split {split}"
+        typer.echo(f"not evaluated on {split}: {', '.join(missing)} (run `pneumo evaluate RUN_DIR {how}`)")

@@ -210,6 +210,8 @@ def dataset_root(source: str | Path) -> Path:
     source = Path(source).expanduser().resolve()
     if source.is_file():
         return source.parent
+    if not source.exists():  # a run's dataset moved away: its split file still reads, its images do not
+        return source
     return _find_split_root(source) or source
 
 

@@ -89,6 +89,19 @@ def default_metrics(tasks: Sequence[str | None]) -> list[str]:
     return columns
 
 
+def comparable_runs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
+    """The classifier run folders among ``paths``, and why each other path was left out."""
+    runs, skipped = [], []
+    for path in map(Path, paths):
+        if not (path / "config.yaml").is_file():
+            skipped.append(f"{path}: not a pneumo run folder (no config.yaml)")
+        elif "z_dim" in (_read_config(path)) and not (path / "checkpoint.json").is_file():
+            skipped.append(f"{path}: a GAN run; its class head is the run {path / 'classifier'}")
+        else:
+            runs.append(path)
+    return runs, skipped
+
+
 def compare_runs(
     run_dirs: Sequence[str | Path],
     split: str = "test",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def train(cfg: TrainConfig, *, command: list[str] | None = None) -> Path:
     device, info = _prepare(cfg)
     check_architecture(cfg)
     try:
-        run_dir = _new_run_dir(cfg) if info.is_main else None
+        run_dir, created = _new_run_dir(cfg) if info.is_main else (None, False)
         run_dir = Path(str(ddp.broadcast_object(str(run_dir) if run_dir else None, info)))
         split_path = run_dir / "split.csv"
         user_split = str(Path(cfg.split_file).expanduser().resolve()) if cfg.split_file else None
@@ -73,16 +74,23 @@ def train(cfg: TrainConfig, *, command: list[str] | None = None) -> Path:
                 "weights": cfg.weights if cfg.weights in ("none", "imagenet") else str(Path(cfg.weights).resolve()),
             }
         )
-        with ddp.main_first(info):
-            if info.is_main:
-                records = resolve_split(cfg.model_copy(update={"split_file": user_split}))
-                check_source_runs(cfg, records)
-                save_split(records, cfg, split_path)
-                cfg.save(run_dir / "config.yaml")
-                write_json(run_dir / "env.json", environment(device, command, info.world))
-            records = resolve_split(cfg)  # every rank reads the saved split: one source of truth
-            records = with_synthetic(cfg, records, get_task(cfg.task), run_dir, generate=info.is_main)
-            data = build_train_data(cfg, records, get_task(cfg.task), progress=cfg.progress and info.is_main)
+        try:
+            with ddp.main_first(info):
+                if info.is_main:
+                    records = resolve_split(cfg.model_copy(update={"split_file": user_split}))
+                    check_source_runs(cfg, records)
+                    save_split(records, cfg, split_path)
+                    cfg.save(run_dir / "config.yaml")
+                    write_json(run_dir / "env.json", environment(device, command, info.world))
+                records = resolve_split(cfg)  # every rank reads the saved split: one source of truth
+                records = with_synthetic(cfg, records, get_task(cfg.task), run_dir, generate=info.is_main)
+                data = build_train_data(cfg, records, get_task(cfg.task), progress=cfg.progress and info.is_main)
+        except BaseException:
+            # Nothing trained yet, so nothing to resume: a folder this call created goes again rather than stand
+            # in `runs/` as an empty run (a folder that existed before is the user's and stays).
+            if created:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         Trainer(cfg, run_dir, data, info, device).fit()
     finally:
         ddp.shutdown()
@@ -114,7 +122,8 @@ def check_architecture(cfg: TrainConfig) -> None:
     check_input_size(model, cfg.image_size)
 
 
-def _new_run_dir(cfg: TrainConfig) -> Path:
+def _new_run_dir(cfg: TrainConfig) -> tuple[Path, bool]:
+    """The run folder and whether this call created it; a folder that already holds a run is refused."""
     run_dir = Path(cfg.out) if cfg.out else cfg.default_out()
     run_dir = run_dir.expanduser().resolve()
     taken = [m for m in RUN_MARKERS if (run_dir / m).exists()]
@@ -123,8 +132,9 @@ def _new_run_dir(cfg: TrainConfig) -> Path:
             f"{run_dir} already holds a run ({', '.join(taken)}); use --resume {run_dir} to continue it, "
             "or --out NEW_FOLDER to start another"
         )
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+    return run_dir, created
 
 
 def resume(run_dir: str | Path) -> Path:
