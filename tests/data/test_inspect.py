@@ -95,6 +95,19 @@ def test_inspect_finds_a_resized_reencoded_copy_across_splits(tmp_path: Path) ->
     result = CliRunner().invoke(app, ["data", "inspect", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "1 pairs (1 across splits)" in result.output and "1 under several patient ids" in result.output
+    assert "patients in several splits: 0" in result.output
+
+
+def test_inspect_lists_cross_split_patients_in_text_mode(tmp_path: Path) -> None:
+    for i in range(25):
+        for split in ("train", "test"):
+            path = tmp_path / split / "PNEUMONIA" / f"person{i}_virus_{i}{split[:2]}.jpeg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _smooth_image(i).save(path)
+    result = CliRunner().invoke(app, ["data", "inspect", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "patients in several splits: 25" in result.output and "  person0: test, train" in result.output
+    assert "... and 5 more (--json lists every one)" in result.output
 
 
 @pytest.mark.shared_data

@@ -156,3 +156,10 @@ def test_the_dynamo_fallback_writes_the_opset_asked_for_or_fails(
             assert f"not the requested {opset}" in str(exc) and not out.exists()
         else:
             assert [o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx")] == [opset]
+
+
+def test_export_warnings_name_the_run_not_a_temporary_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    run = make_fake_run(tmp_path)  # no threshold: loading it warns, once, naming the run
+    export_onnx(run, tmp_path / "m.onnx")
+    warnings = [r.getMessage() for r in caplog.records if "no threshold" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith(str(run)) and ".tmp" not in warnings[0]

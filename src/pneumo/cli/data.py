@@ -12,6 +12,9 @@ from pneumo.cli.output import fail, print_table
 app = typer.Typer(help="Inspect, cache and synthesise datasets.", no_args_is_help=True)
 
 
+SHOWN = 20  # rows of a list printed in text mode; --json has them all
+
+
 @app.command()
 def inspect(
     path: Path = typer.Argument(..., help="Dataset folder (Kaggle or pediatric layout) or CSV manifest."),
@@ -42,11 +45,19 @@ def inspect(
         f"near duplicates (correlation >= {near['threshold']} at {near['thumbnail']} px, not byte-identical): "
         f"{near['n_pairs']} pairs ({near['n_cross_split_pairs']} across splits)"
     )
-    for pair in near["pairs"][:20]:
+    for pair in near["pairs"][:SHOWN]:
         typer.echo(f"  {pair['similarity']:.4f}  {'  '.join(pair['paths'])}")
+    if near["n_pairs"] > SHOWN:
+        typer.echo(f"  ... and {near['n_pairs'] - SHOWN} more (--json lists every one)")
     if closest := near["closest_across_splits"]:
         typer.echo(f"closest pair across splits: {closest['similarity']:.4f}  {'  '.join(closest['paths'])}")
-    typer.echo(f"patients in several splits: {report['patients_in_several_splits']['n']}")
+    cross = report["patients_in_several_splits"]
+    typer.echo(f"patients in several splits: {cross['n']}")
+    shown = list(cross["patients"].items())[:SHOWN]
+    for patient, splits in shown:
+        typer.echo(f"  {patient}: {', '.join(splits)}")
+    if cross["n"] > len(shown):
+        typer.echo(f"  ... and {cross['n'] - len(shown)} more (--json lists every one)")
     typer.echo(f"unreadable files: {len(report['unreadable'])}")
     for bad in report["unreadable"]:
         typer.echo(f"  {bad['path']}: {bad['reason']}")
