@@ -348,3 +348,26 @@ def test_prediction_lets_the_full_size_original_go(run: Path) -> None:
     assert len(together) == 5
     for a, b in zip(together, alone, strict=True):
         assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6) and a.label == b.label
+
+
+def test_an_ood_detector_of_other_weights_is_not_used(
+    tmp_path: Path, gray: np.ndarray, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Like the threshold: a detector fitted before best.safetensors changed would score against stale features."""
+    from pneumo.utils.digest import file_sha256
+
+    fake = types.ModuleType("pneumo.trust.ood")
+    fake.score = lambda params, *, logits, features: (features.mean(axis=1), np.ones(len(features), bool))  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pneumo.trust.ood", fake)
+    run = make_fake_run(tmp_path, name="fresh", ood={"method": "fake"})
+    digest = file_sha256(run / "best.safetensors")[:16]
+    meta = json.loads((run / "checkpoint.json").read_text())
+    meta["ood"]["weights_sha256"] = digest
+    (run / "checkpoint.json").write_text(json.dumps(meta))
+    assert Predictor.load(run).predict(gray).in_distribution is True  # fitted on these weights: used
+
+    meta["ood"]["weights_sha256"] = "0" * 16
+    (run / "checkpoint.json").write_text(json.dumps(meta))
+    stale = Predictor.load(run)
+    assert stale.predict(gray).in_distribution is None and stale.model_card()["ood"]["enabled"] is False
+    assert "fitted on other weights" in caplog.text and "pneumo audit ood-fit" in caplog.text

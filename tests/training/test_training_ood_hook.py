@@ -6,6 +6,7 @@ import pytest
 
 from pneumo.training import build_config, read_run_meta, resume, train, update_run_meta
 from pneumo.trust.ood import OODScorer
+from pneumo.utils.digest import file_sha256
 
 
 @pytest.mark.slow
@@ -17,6 +18,7 @@ def test_every_finished_run_gets_an_ood_detector(synthetic_data: Path, tmp_path:
     scorer = OODScorer.from_meta(meta)
     assert scorer is not None and scorer.threshold > 0
     assert meta["ood"]["best_epoch"] == meta["best"]["epoch"]
+    assert meta["ood"]["weights_sha256"] == file_sha256(run / "best.safetensors")[:16]
 
     # interrupted while fitting the detector: the training is finished, and resuming fits the detector
     update_run_meta(run, ood=None)

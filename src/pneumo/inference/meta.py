@@ -8,12 +8,15 @@ operating point, temperature and OOD parameters. Run folder layout (written by `
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pneumo.data.preprocess import PreprocessContract
 from pneumo.utils.digest import file_sha256
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 WEIGHTS_FILE = "best.safetensors"
@@ -81,6 +84,15 @@ class ModelMeta:
                 f"{WEIGHTS_FILE} (sha256 {fitted_on}... vs {digest[:16]}...); fit them again with `pneumo evaluate "
                 f"{run_dir}`"
             )
+        ood = meta.get("ood")
+        ood_on = (ood or {}).get("weights_sha256")
+        if ood_on and digest and not digest.startswith(ood_on):
+            log.warning(
+                "%s: the out-of-distribution detector was fitted on other weights than %s; predictions carry no OOD "
+                "check until it is fitted again (`pneumo audit ood-fit %s`)",
+                run_dir / META_FILE, WEIGHTS_FILE, run_dir,
+            )  # fmt: skip
+            ood = None
         try:
             return cls(
                 task=str(meta["task"]),
@@ -90,7 +102,7 @@ class ModelMeta:
                 dummy_class=bool(meta.get("dummy_class", False)),
                 operating_point=meta.get("operating_point"),
                 temperature=meta.get("temperature"),
-                ood=meta.get("ood"),
+                ood=ood,
                 pneumo_version=str(meta.get("pneumo_version", "")),
                 model_id=f"{run_dir.resolve().name}-{digest[:12] or 'noweights'}",
                 best=dict(meta.get("best") or {}),

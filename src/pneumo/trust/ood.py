@@ -193,6 +193,7 @@ def fit_ood(
     from pneumo.trust.forward import forward_arrays
     from pneumo.trust.runs import load_model, open_run, split_images
     from pneumo.utils.device import resolve_device
+    from pneumo.utils.digest import file_sha256
 
     ctx = open_run(run_dir)
     dev = resolve_device(device)
@@ -209,7 +210,13 @@ def fit_ood(
         f_val,
         n_components=n_components,
         pass_rate=pass_rate,
-        extra={"weights": "best", "best_epoch": best.get("epoch"), "image_size": ctx.contract.image_size},
+        extra={
+            "weights": "best",
+            "best_epoch": best.get("epoch"),
+            "image_size": ctx.contract.image_size,
+            # as the operating point's: a detector of other weights than best.safetensors is not used
+            "weights_sha256": file_sha256(ctx.run_dir / "best.safetensors")[:16],
+        },
     )
     params = scorer.to_params()
     update_run_meta(ctx.run_dir, ood=params)
