@@ -122,3 +122,9 @@ def test_a_jpeg_with_too_many_scans_is_refused_before_decoding(monkeypatch: pyte
     monkeypatch.setattr(decode.Image, "open", no_decoding)
     with pytest.raises(decode.ImageDecodeError, match=r"many\.jpeg: JPEG with 30\d scans \(limit 256\)"):
         decode.decode_bytes(crafted, "many.jpeg")
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (0, 5), (4, 0, 3)])
+def test_an_empty_array_is_a_decode_error(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ImageDecodeError, match="the array is empty"):
+        decode_image(np.zeros(shape, dtype=np.float32))

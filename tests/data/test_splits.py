@@ -51,7 +51,8 @@ def test_keep_official_val() -> None:
         make_split(leaky, keep_official_val=True)
 
 
-def test_exclude_test_patients_drops_only_train_images_of_test_patients() -> None:
+def test_exclude_test_patients_drops_only_train_images_of_test_patients(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="pneumo.data.splits")
     records = _records()
     records += [Record(Path("/d/test/PNEUMONIA/p7_t.jpeg"), "test", "PNEUMONIA", "bacteria", "p7")]
     shared = [r for r in records if r.patient_id == "p7" and r.split != "test"]
@@ -59,6 +60,7 @@ def test_exclude_test_patients_drops_only_train_images_of_test_patients() -> Non
     kept = make_split(records, seed=0, exclude_test_patients=True)
     assert all(r.patient_id != "p7" for r in kept if r.split != "test")
     assert len(kept) == len(records) - len(shared)
+    assert f"left out {len(shared)} train/val images of 1 patients that test also holds" in caplog.text
     assert [r for r in kept if r.split == "test"] == [r for r in records if r.split == "test"]
     assert len(make_split(records, seed=0)) == len(records)  # off by default
 

@@ -100,3 +100,12 @@ def test_fit_temperature_rejects_non_finite_logits(bad: float) -> None:
     z[4, 1] = bad
     with pytest.raises(ValueError, match="1 of 20 images have non-finite logits"):
         fit_temperature(z, np.arange(20) % 3)
+
+
+def test_an_implausible_temperature_is_fitted_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    logits, y = calibrated_logits(n=200)
+    fit_temperature(logits, y)
+    assert "temperature" not in caplog.text  # a calibrated model: T near 1, no warning
+    separable = np.where(np.eye(2, dtype=bool)[np.arange(20) % 2], 1.0, -1.0)  # every image right, margin 2
+    t = fit_temperature(separable, np.arange(20) % 2)
+    assert t < 0.1 and "fitted on 20 validation images lies outside (0.1, 10.0)" in caplog.text

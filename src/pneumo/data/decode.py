@@ -229,6 +229,8 @@ def array_to_gray(arr: np.ndarray, name: str = "<array>") -> np.ndarray:
         arr = arr[..., :3].astype(np.float64) @ _LUMA
     if arr.ndim != 2:
         raise ImageDecodeError(name, f"expected an HxW or HxWxC array, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ImageDecodeError(name, f"the array is empty (shape {arr.shape})")
     if arr.dtype == np.uint8:
         return np.ascontiguousarray(arr)
     if np.issubdtype(arr.dtype, np.floating) and arr.min() >= 0.0 and arr.max() <= 1.0:

@@ -60,6 +60,11 @@ def make_split(
     test = [r for r in records if r.split == "test"]
     if exclude_test_patients:
         test_patients = {r.patient_id for r in test}
+        dropped = [r for r in records if r.split != "test" and r.patient_id in test_patients]
+        log.info(
+            "exclude_test_patients: left out %d train/val images of %d patients that test also holds",
+            len(dropped), len({r.patient_id for r in dropped}),
+        )  # fmt: skip
         records = [r for r in records if r.split == "test" or r.patient_id not in test_patients]
     if keep_official_val:
         official_val = [r for r in records if r.split == "val"]

@@ -9,6 +9,7 @@ Binary inputs may be given as ``N x 2`` probabilities or as a 1-D positive-class
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +17,11 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
+log = logging.getLogger(__name__)
+
 # Search range of the temperature (bounded search on log T): far beyond any sensible model.
 T_BOUNDS = (1e-2, 1e2)
+PLAUSIBLE_T = (0.1, 10.0)  # outside, fit_temperature warns
 
 
 def _as_prob_matrix(probs: Any) -> np.ndarray:
@@ -115,7 +119,16 @@ def fit_temperature(logits: Any, y_true: Any) -> float:
         method="bounded",
         options={"xatol": 1e-6},
     )
-    return float(np.exp(result.x))
+    temperature = float(np.exp(result.x))
+    if not PLAUSIBLE_T[0] <= temperature <= PLAUSIBLE_T[1]:
+        # typical fits lie between about 1 and 3; far outside, the validation split is (nearly) separated by these
+        # logits, or too small, and the calibration it gives does not carry over to test
+        log.warning(
+            "temperature %.3g fitted on %d validation images lies outside %s: the validation split is (nearly) "
+            "separated by the logits or too small, so this calibration is unreliable",
+            temperature, y.size, PLAUSIBLE_T,
+        )  # fmt: skip
+    return temperature
 
 
 def apply_temperature(logits: Any, temperature: float) -> np.ndarray:
