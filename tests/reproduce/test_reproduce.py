@@ -123,6 +123,8 @@ def test_quick_suite_end_to_end_and_resumable(tmp_path: Path, monkeypatch: pytes
     result = reproduce(None, "quick", tmp_path, n_boot=50)
     names = {r["experiment"] for r in result["rows"]}
     assert names == {e.name for e in load_suite("quick")}
+    # the command that reproduces the table is the one given: no --data (the quick data is generated), --n-boot 50
+    assert result["command"] == f"pneumo reproduce --suite quick --out {tmp_path.resolve()} --n-boot 50"
     for row in result["rows"]:
         # the tabulated AUC is the one of the run's predictions.csv
         run_dir = tmp_path / "runs" / run_name(experiment[row["experiment"]], row["seed"])

@@ -34,6 +34,7 @@ def write_results(
     n_boot: int,
     machine: dict[str, Any],
     failures: Sequence[dict[str, Any]] = (),
+    command: str | None = None,
 ) -> dict[str, Any]:
     rows = []
     for exp, seed, run_dir in entries:
@@ -61,7 +62,7 @@ def write_results(
         "run_commits": dict(Counter(r["commit"] or "unknown" for r in rows).most_common()),
         "machine": machine,
         "n_boot": n_boot,
-        "command": f"pneumo reproduce --data {data} --suite {suite} --out {out}",
+        "command": command or f"pneumo reproduce --data {data} --suite {suite} --out {out}",
     }
     synthetic = is_synthetic_dataset(data)
     anchors = [] if synthetic else ANCHORS  # published numbers on X-rays do not compare with synthetic pictures

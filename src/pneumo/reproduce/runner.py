@@ -175,6 +175,18 @@ def reproduce(
     from pneumo.reproduce.results import write_results
 
     out = out.expanduser().resolve()
+    # what reproduces the table (every row, every seed): the arguments that change a number, as the user gave them
+    command = " ".join(
+        [
+            "pneumo reproduce",
+            *([f"--data {data}"] if data is not None else []),
+            f"--suite {suite}",
+            f"--out {out}",
+            *([f"--experiments {experiments_dir}"] if experiments_dir is not None else []),
+            *([f"--device {device}"] if device != "auto" else []),
+            *([f"--n-boot {n_boot}"] if n_boot != 1000 else []),
+        ]
+    )
     experiments = load_suite(suite, experiments_dir)
     if only:
         unknown = set(only) - {e.name for e in experiments}
@@ -244,4 +256,6 @@ def reproduce(
                 }
                 write_json(status_path, status)
             entries.append((exp, seed, run_dir))
-    return write_results(out, suite, data, entries, n_boot=n_boot, machine=machine_summary(), failures=failures)
+    return write_results(
+        out, suite, data, entries, n_boot=n_boot, machine=machine_summary(), failures=failures, command=command
+    )
