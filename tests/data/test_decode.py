@@ -128,3 +128,19 @@ def test_a_jpeg_with_too_many_scans_is_refused_before_decoding(monkeypatch: pyte
 def test_an_empty_array_is_a_decode_error(shape: tuple[int, ...]) -> None:
     with pytest.raises(ImageDecodeError, match="the array is empty"):
         decode_image(np.zeros(shape, dtype=np.float32))
+
+
+def test_pillows_bomb_guard_reports_pneumos_limit() -> None:
+    """A header announcing 400 megapixels trips Pillow's guard at open; the message names pneumo's own limit."""
+    import struct
+    import zlib
+
+    from pneumo.data.decode import DEFAULT_MAX_PIXELS
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 20_000, 20_000, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+    with pytest.raises(ImageDecodeError, match=f"exceeds the limit of {DEFAULT_MAX_PIXELS} pixels"):
+        decode_bytes(png, "huge.png")

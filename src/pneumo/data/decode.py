@@ -259,8 +259,8 @@ def decode_bytes(data: bytes, name: str = "<bytes>", *, max_pixels: int = DEFAUL
             return pil_to_gray(ImageOps.exif_transpose(img), name)
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(name, "not a supported image format (JPEG, PNG, BMP, TIFF or DICOM)") from exc
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(name, f"image exceeds the pixel limit ({exc})") from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own guard fires at open, before ours could
+        raise ImageDecodeError(name, f"image exceeds the limit of {max_pixels} pixels ({exc})") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, ImageDecodeError):
             raise
