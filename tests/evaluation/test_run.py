@@ -141,6 +141,7 @@ def test_stored_calibration_is_reused_and_refitted_for_another_method(
     assert sensitive["metrics"]["at_validated_threshold"]["point"]["sensitivity"] >= 0.9
     assert read_run_meta(run_copy)["operating_point"]["target_sensitivity"] == 0.9
     assert any("validation split" in item for item in sensitive["limitations"])
+    assert not any("not independent" in item for item in sensitive["limitations"])  # val overlaps itself: no news
     # tables (compare, the results of reproduce) name how the threshold was chosen
     assert compare_runs([run_copy], split="val")[0]["threshold_method"] == "sensitivity >= 0.9"
     assert compare_runs([run_copy])[0]["threshold_method"] == "Youden's J"
@@ -271,3 +272,12 @@ def test_a_run_whose_dataset_moved_away_evaluates_elsewhere(run_copy: Path, tmp_
     assert not result["calibration_fitted"] and result["n_images"] > 0
     with pytest.raises(DatasetError, match=f"the run was trained on {gone}"):
         evaluate_run(run_copy, data=data, target_sensitivity=0.9, **FAST)  # a refit needs the run's own val images
+
+
+def test_a_split_the_run_does_not_have_is_named(run_copy: Path) -> None:
+    from pneumo.data.records import DatasetError
+
+    split = run_copy / "split.csv"
+    split.write_text("".join(line for line in split.read_text().splitlines(True) if ",test," not in line))
+    with pytest.raises(DatasetError, match="no test split to evaluate: the run's split file has no test images"):
+        evaluate_run(run_copy, **FAST)

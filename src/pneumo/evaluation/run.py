@@ -232,6 +232,8 @@ def evaluate_run(
     model, _ = load_run(run_dir, "best", device=dev)
 
     def load(name: str, records: Sequence[Record]) -> SplitData:
+        if not any(r.split == name for r in records):
+            raise DatasetError(f"no {name} split to evaluate: the run's split file has no {name} images")
         data_split = build_split(name, records, task, contract, cache_root=cache_root, progress=progress)
         if len(data_split) == 0:
             raise DatasetError(

@@ -201,7 +201,8 @@ def run_limitations(result: Mapping[str, Any]) -> list[str]:
             "these metrics are optimistic; report test metrics."
         )
     overlap = result["overlap_with_training"]
-    if overlap["patients_seen_in_train_or_val"] or overlap["images_with_a_train_or_val_file_name"]:
+    own_val = result["split"] == "val" and result["dataset"]["own"]  # the validation split overlaps itself: said above
+    if not own_val and (overlap["patients_seen_in_train_or_val"] or overlap["images_with_a_train_or_val_file_name"]):
         items.append(
             f"{overlap['images_of_those_patients']} of {n} evaluated images come from "
             f"{overlap['patients_seen_in_train_or_val']} patients seen in training/validation, and "
