@@ -99,7 +99,11 @@ def test_predict_missing_model_and_no_images(cli: typer.Typer, run: Path, tmp_pa
     result = CliRunner().invoke(cli, ["predict", str(tmp_path / "nope"), str(tmp_path)])
     assert result.exit_code == 2 and "neither a run folder nor an .onnx file" in result.stderr
     empty = CliRunner().invoke(cli, ["predict", str(run), str(tmp_path)])
-    assert empty.exit_code == 1 and "no image files found" in empty.stderr
+    assert empty.exit_code == 1 and f"no image files found in {tmp_path}" in empty.stderr
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "scan.webp").write_bytes(b"RIFF0000WEBPVP8 ")
+    only_others = CliRunner().invoke(cli, ["predict", str(run), str(tmp_path)])
+    assert only_others.exit_code == 1 and "skipped 2 file(s) that are not images" in only_others.stderr
 
 
 def test_export_then_predict_with_onnx(cli: typer.Typer, run: Path, images: Path, tmp_path: Path) -> None:

@@ -39,15 +39,18 @@ def _is_image_file(path: Path) -> bool:
         return False
 
 
-def iter_image_files(paths: Iterable[Path]) -> Iterator[Path]:
+def iter_image_files(paths: Iterable[Path], skipped: list[Path] | None = None) -> Iterator[Path]:
     """Files named on the command line as given; folders walked (sorted) for image files, skipping hidden files and
-    macOS archive leftovers (the Kaggle zip holds a ``__MACOSX`` copy of every image, none of them an image)."""
+    macOS archive leftovers (the Kaggle zip holds a ``__MACOSX`` copy of every image, none of them an image).
+    Other files a walk passes over (not an image by name or content) are appended to ``skipped``."""
     for path in paths:
         if path.is_dir():
-            found = (
-                p for p in path.rglob("*") if p.is_file() and not is_junk(p.relative_to(path)) and _is_image_file(p)
-            )
-            yield from sorted(found)
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not is_junk(p.relative_to(path)))
+            for p in files:
+                if _is_image_file(p):
+                    yield p
+                elif skipped is not None:
+                    skipped.append(p)
         else:
             yield path  # a missing or unreadable file is reported by the decoder, with its name
 
@@ -85,9 +88,12 @@ def predict(
     if cam is not None and predictor.explain_unavailable is not None:
         fail(f"--cam: {predictor.explain_unavailable}")
     results, n_failed, used_cam_paths = [], 0, set()
-    files = list(iter_image_files(images))
+    skipped: list[Path] = []
+    files = list(iter_image_files(images, skipped))
+    if skipped:  # a .webp or .gif in a walked folder would otherwise vanish without a word
+        typer.echo(f"skipped {len(skipped)} file(s) that are not images, e.g. {skipped[0]}", err=True)
     if not files:
-        fail("no image files found", code=1)
+        fail(f"no image files found in {', '.join(map(str, images))}", code=1)
     # A bar on stderr once there is more than one batch (stdout stays the table, JSON or CSV).
     bar = progress_bar(total=len(files), unit="img", desc="predict", disable=len(files) <= batch_size)
     for start in range(0, len(files), batch_size):
