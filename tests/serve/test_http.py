@@ -356,10 +356,7 @@ def test_uploads_beyond_the_waiting_room_get_503_at_once(tmp_path: Path) -> None
             running = pool.submit(post)
             assert entered.wait(10)  # the one inference slot is taken
             waiting = pool.submit(post)
-            deadline = time.monotonic() + 10
-            while _in_flight(app) < 2 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert _in_flight(app) == 2  # one running, one in the waiting room
+            assert _settled_in_flight(app, 2) == 2  # one running, one in the waiting room
             with httpx.Client(base_url=server.url, timeout=5) as c:
                 started = time.monotonic()
                 resp = upload(c, png_bytes())
@@ -368,10 +365,19 @@ def test_uploads_beyond_the_waiting_room_get_503_at_once(tmp_path: Path) -> None
                 assert c.get("/healthz").status_code == 200  # only uploads are counted
             release.set()
             assert running.result() == 200 and waiting.result() == 200
-        assert _in_flight(app) == 0 and post() == 200
+        assert _settled_in_flight(app, 0) == 0 and post() == 200
     finally:
         release.set()
         server.stop()
+
+
+def _settled_in_flight(app, expected: int, timeout: float = 10) -> int:
+    """The in-flight count once it reaches ``expected`` or the timeout passes: the middleware frees a slot after the
+    response has gone out, which the client may see a moment earlier."""
+    deadline = time.monotonic() + timeout
+    while _in_flight(app) != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return _in_flight(app)
 
 
 def _in_flight(app) -> int:
@@ -416,7 +422,7 @@ def test_a_stalled_upload_gets_408_and_frees_its_slot(tmp_path: Path) -> None:
             assert answer.startswith("HTTP/1.1 408") and "upload_timeout" in answer
             with httpx.Client(base_url=server.url, timeout=10) as c:
                 assert upload(c, png_bytes()).status_code == 200  # the slot is free again
-        assert _in_flight(app) == 0
+        assert _settled_in_flight(app, 0) == 0
     finally:
         server.stop()
 
