@@ -155,7 +155,8 @@ def render_model_card(
         _bullets(preprocess),
         "## Metrics\n",
         "Point estimates with 95 % percentile bootstrap confidence intervals (patients resampled where patient "
-        f"ids are known), computed on the **{metrics_split}** split unless a row says otherwise.\n",
+        f"ids are known; threshold and temperature held fixed), computed on the **{metrics_split}** split unless a "
+        "row says otherwise.\n",
         _metrics_markdown(metrics_table, metrics_split),
         "## Operating point\n",
         _operating_point(threshold, class_names),

@@ -164,7 +164,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"- machine: {m['platform']}, {m['cpu_count']} CPUs, GPU: {m['gpu'] or 'none'}; torch {m['torch']}",
         f"- every metric: the official test split of `{result['data']}`, 95 % CI from a patient-level bootstrap "
         f"({result['n_boot']} replicates); thresholds, temperatures and epochs chosen on the patient-grouped "
-        "validation split carved from train, never on test.",
+        "validation split carved from train, never on test. The CIs resample test patients with the threshold and "
+        "temperature held fixed: the uncertainty of those choices (and of training) is not in them; the spread "
+        "across seeds shows the latter.",
         f"- binary tasks: metrics at the validated operating point ({_threshold_methods(result['rows'])} on "
         "validation); three classes: argmax, and `roc_auc` is the macro average of the one-vs-rest AUCs. "
         "`sensitivity_at_specificity_90` is read off the test ROC curve, like the AUC: threshold-free, it compares "
