@@ -53,29 +53,24 @@ def thumbnail(gray: np.ndarray) -> np.ndarray:
     return v / norm if norm > 0 else v  # a flat image correlates with nothing
 
 
-def similar_pairs(thumbs: np.ndarray, threshold: float, *, block: int = 512) -> list[tuple[int, int, float]]:
-    """Index pairs ``i < j`` whose thumbnails correlate at ``threshold`` or more (blockwise: memory ``block * n``)."""
-    pairs = []
-    for start in range(0, len(thumbs), block):
-        sims = thumbs[start : start + block] @ thumbs.T
-        rows, cols = np.nonzero(sims >= threshold)
-        for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
-            if start + r < c:
-                pairs.append((start + r, c, float(sims[r, c])))
-    return pairs
-
-
-def closest_across_splits(thumbs: np.ndarray, splits: list[str], *, block: int = 512) -> tuple[int, int, float] | None:
-    """The most similar pair of images in different splits, or None with a single split."""
+def compare_thumbnails(
+    thumbs: np.ndarray, splits: list[str], threshold: float, *, block: int = 512
+) -> tuple[list[tuple[int, int, float]], tuple[int, int, float] | None]:
+    """One blockwise pass over all pairs (memory ``block * n``): the index pairs ``i < j`` that correlate at
+    ``threshold`` or more, and the most similar pair in different splits (None with a single split)."""
     labels = np.asarray(splits)
-    best: tuple[int, int, float] | None = None
+    pairs: list[tuple[int, int, float]] = []
+    closest: tuple[int, int, float] | None = None
     for start in range(0, len(thumbs), block):
         sims = thumbs[start : start + block] @ thumbs.T
+        for r, c in zip(*np.nonzero(sims >= threshold), strict=True):
+            if start + r < c:
+                pairs.append((start + int(r), int(c), float(sims[r, c])))
         sims[labels[start : start + block, None] == labels[None, :]] = -np.inf
         r, c = np.unravel_index(int(np.argmax(sims)), sims.shape)
-        if np.isfinite(sims[r, c]) and (best is None or sims[r, c] > best[2]):
-            best = (start + int(r), int(c), float(sims[r, c]))
-    return best
+        if np.isfinite(sims[r, c]) and (closest is None or sims[r, c] > closest[2]):
+            closest = (start + int(r), int(c), float(sims[r, c]))
+    return pairs, closest
 
 
 def inspect_dataset(source: str | Path, *, progress: bool = True) -> dict[str, Any]:
@@ -105,12 +100,12 @@ def inspect_dataset(source: str | Path, *, progress: bool = True) -> dict[str, A
         thumbs.append(thumbnail(gray))
     duplicates = [_group(group) for group in by_hash.values() if len(group) > 1]
     matrix = np.stack(thumbs) if thumbs else np.empty((0, NEAR_DUPLICATE_SIZE**2), np.float32)
+    similar, closest = compare_thumbnails(matrix, [r.split for r in decoded], NEAR_DUPLICATE_THRESHOLD)
     near = [
         {**_group([decoded[i], decoded[j]]), "similarity": round(sim, 4)}
-        for i, j, sim in similar_pairs(matrix, NEAR_DUPLICATE_THRESHOLD)
+        for i, j, sim in similar
         if digests[i] != digests[j]
     ]
-    closest = closest_across_splits(matrix, [r.split for r in decoded])
     cross = check_disjoint(records)
     return {
         "source": str(Path(source).resolve()),

@@ -55,7 +55,6 @@ from pneumo.evaluation.writers import (
     write_run_model_card,
 )
 from pneumo.utils.atomic import write_json
-from pneumo.utils.digest import file_sha256
 
 SPLITS = ("test", "val")
 ALPHA = 0.05
@@ -63,11 +62,6 @@ log = logging.getLogger(__name__)
 
 
 # --- operating point and temperature (validation only) -----------------------------------------------------------
-
-
-def weights_digest(run_dir: Path) -> str:
-    """SHA-256 prefix of ``best.safetensors``: stored calibration is reused only for the weights it was fitted on."""
-    return file_sha256(run_dir / "best.safetensors")[:16]
 
 
 def wanted_method(
@@ -215,6 +209,7 @@ def evaluate_run(
     ``target_specificity`` (the most sensitive one reaching this validation specificity) asks for a method, and
     replaces a stored threshold of another. ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     from pneumo.training import load_run, load_yaml, predict_logits, read_run_meta, update_run_meta
+    from pneumo.training.checkpoint import weights_digest
     from pneumo.training.run import pick_device
 
     if split not in SPLITS:

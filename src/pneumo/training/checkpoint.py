@@ -35,12 +35,21 @@ from torch import nn
 from pneumo.data.preprocess import PreprocessContract
 from pneumo.models import PneumoNet, get_model
 from pneumo.utils.atomic import save_safetensors, write_json
+from pneumo.utils.digest import file_sha256
 
 FORMAT = 1
 META_FILE = "checkpoint.json"
 STATE_TENSORS = "last.state.safetensors"
 STATE_JSON = "last.state.json"
 WEIGHT_FILES = {"best": "best.safetensors", "last": "last.safetensors"}
+
+
+def weights_digest(run_dir: Path) -> str:
+    """SHA-256 prefix of ``best.safetensors``: what is fitted on a run's weights after training (operating point,
+    temperature, OOD detector) records it, and is used only while the weights are the same."""
+    return file_sha256(run_dir / WEIGHT_FILES["best"])[:16]
+
+
 _STATE_KEY = "pneumo.state"
 
 

@@ -24,7 +24,6 @@ from pneumo.training.engine import Trainer
 from pneumo.training.runinfo import environment
 from pneumo.utils.atomic import write_json, write_text
 from pneumo.utils.device import resolve_device
-from pneumo.utils.digest import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +103,7 @@ def _fit_ood(cfg: TrainConfig, run_dir: Path, device: torch.device) -> None:
     """Every finished run gets its out-of-distribution detector (fitted on train, thresholded on validation)."""
     meta = ckpt.read_run_meta(run_dir)
     fitted_on = (meta.get("ood") or {}).get("weights_sha256")
-    if not cfg.fit_ood or fitted_on == file_sha256(run_dir / "best.safetensors")[:16]:
+    if not cfg.fit_ood or fitted_on == ckpt.weights_digest(run_dir):
         return  # off, or already fitted on these best weights (a resumed run that improved is refitted)
     from pneumo.trust.ood import fit_ood  # the trust package builds on training: import late
 

@@ -190,10 +190,10 @@ def fit_ood(
     """Fit the detector on a run's train images (best weights), threshold it on its validation split and store it
     as ``checkpoint.json["ood"]`` (via ``update_run_meta``); returns the stored parameters."""
     from pneumo.training import update_run_meta
+    from pneumo.training.checkpoint import weights_digest
     from pneumo.trust.forward import forward_arrays
     from pneumo.trust.runs import load_model, open_run, split_images
     from pneumo.utils.device import resolve_device
-    from pneumo.utils.digest import file_sha256
 
     ctx = open_run(run_dir)
     dev = resolve_device(device)
@@ -215,7 +215,7 @@ def fit_ood(
             "best_epoch": best.get("epoch"),
             "image_size": ctx.contract.image_size,
             # as the operating point's: a detector of other weights than best.safetensors is not used
-            "weights_sha256": file_sha256(ctx.run_dir / "best.safetensors")[:16],
+            "weights_sha256": weights_digest(ctx.run_dir),
         },
     )
     params = scorer.to_params()
