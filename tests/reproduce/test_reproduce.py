@@ -200,8 +200,18 @@ def test_max_seeds_takes_the_first_declared_seeds() -> None:
     row = next(e for e in load_suite("full") if e.name == "cnn-normal-pneumonia-224")
     assert row.seeds == [0, 1, 2]
     assert seeds_to_run(row, None) == [0, 1, 2] and seeds_to_run(row, 1) == [0] and seeds_to_run(row, 5) == [0, 1, 2]
+    assert seeds_to_run(row, None, [2]) == [2] and seeds_to_run(row, 2, [0, 2]) == [0]
+    assert seeds_to_run(row, 1, [2]) == []
     # the first seed's run keeps the experiment's name, so adding seeds to a finished row keeps its run
     assert [run_name(row, s) for s in row.seeds] == [row.name, f"{row.name}-seed1", f"{row.name}-seed2"]
+
+
+def test_a_seed_no_selected_experiment_declares_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    from pneumo.reproduce.runner import reproduce
+
+    with pytest.raises(ValueError, match=r"seed\(s\) \[7\]"):
+        reproduce(None, "quick", tmp_path, only_seeds=[7])
+    assert not (tmp_path / "synthetic-data").exists()
 
 
 def test_report_only_names_the_data_the_runs_used(tmp_path: Path) -> None:

@@ -21,6 +21,9 @@ def reproduce(
     max_seeds: int | None = typer.Option(
         None, "--max-seeds", min=1, help="Train only the first N seeds of each experiment (finished ones still count)."
     ),
+    seeds: list[int] = typer.Option(
+        [], "--seed", help="Train only this declared seed (repeatable): a row's seeds on several machines or processes."
+    ),
 ) -> None:
     """Run a suite of declared experiments (skipping finished ones) and write results.md / results.json."""
     from pneumo.reproduce.runner import reproduce as run_suite
@@ -37,6 +40,7 @@ def reproduce(
             only=only,
             report_only=report_only,
             max_seeds=max_seeds,
+            only_seeds=seeds,
         )
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))

@@ -10,6 +10,7 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +69,11 @@ def recorded_data(out: Path) -> Path | None:
     return None
 
 
-def seeds_to_run(exp: Experiment, max_seeds: int | None) -> list[int]:
-    """The experiment's declared seeds, the first ``max_seeds`` of them when given (run names stay the same)."""
-    return exp.seeds if max_seeds is None else exp.seeds[:max_seeds]
+def seeds_to_run(exp: Experiment, max_seeds: int | None, only_seeds: Collection[int] = ()) -> list[int]:
+    """The experiment's declared seeds, the first ``max_seeds`` of them when given, only those in ``only_seeds`` when
+    given (run names stay the same, so seeds trained apart land where one call would have put them)."""
+    chosen = exp.seeds if max_seeds is None else exp.seeds[:max_seeds]
+    return [s for s in chosen if s in only_seeds] if only_seeds else chosen
 
 
 def declaration_key(exp: Experiment, seed: int) -> str:
@@ -160,13 +163,15 @@ def reproduce(
     only: list[str] | None = None,
     report_only: bool = False,
     max_seeds: int | None = None,
+    only_seeds: Collection[int] = (),
 ) -> dict[str, Any]:
     """Run every experiment of ``suite`` not yet finished in ``out``, evaluate each on the official test split,
     and write ``out/results.md`` and ``out/results.json``. Safe to interrupt and call again.
 
     ``report_only``: train nothing; write the table of the experiments already finished in ``out``.
     ``max_seeds``: train only the first N seeds of each experiment (a short GPU lease: one seed of every row first);
-    seeds already finished in ``out`` are still tabulated.
+    seeds already finished in ``out`` are still tabulated. ``only_seeds``: train only these declared seeds (one row's
+    seeds on several machines or processes, each with its own ``--seed``, into copies of ``out`` or ``out`` itself).
 
     An experiment that raises is logged, listed under ``failed`` in the results, and the others still run; a row that
     starts from it is not trained (listed as failed too) until it has finished. A finished run that no longer matches
@@ -193,6 +198,11 @@ def reproduce(
         if unknown:
             raise ValueError(f"not in suite {suite!r}: {sorted(unknown)}")
         only = sorted(with_dependencies(set(only), experiments))
+    if only_seeds:
+        selected = [e for e in experiments if not only or e.name in only]
+        undeclared = set(only_seeds) - {s for e in selected for s in seeds_to_run(e, max_seeds)}
+        if undeclared:
+            raise ValueError(f"seed(s) {sorted(undeclared)} not among the seeds to run of the selected experiments")
     if data is None and not report_only:
         if suite != "quick":
             raise ValueError(f"suite {suite!r} needs --data (the real dataset)")
@@ -216,7 +226,8 @@ def reproduce(
             run_dir = out / "runs" / name
             run_dirs.setdefault(exp.name, {})[seed] = run_dir
             status_path = run_dir / STATUS_FILE
-            skipped = report_only or (only and exp.name not in only) or seed not in seeds_to_run(exp, max_seeds)
+            chosen = seed in seeds_to_run(exp, max_seeds, only_seeds) and (not only or exp.name in only)
+            skipped = report_only or not chosen
             if skipped and not status_path.exists():
                 continue
             if status_path.exists():
