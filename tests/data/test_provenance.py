@@ -1,78 +1,57 @@
-"""The commit recorded with runs and results: git's answer, or the PNEUMO_GIT_COMMIT override."""
+"""Generated images in a dataset folder: the patients their GAN trained on must not be validated or tested on."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-import pneumo
-from pneumo.utils.provenance import ENV_VAR, git_commit
+from pneumo.data.provenance import check_generated_images, provenance_file, write_provenance
+from pneumo.data.records import DatasetError, Record
 
 
-def test_override_wins_and_short_form(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ENV_VAR, "d1ba8f0018aac4b4f8afec970750775d8b11e841")
-    assert git_commit() == "d1ba8f0018aac4b4f8afec970750775d8b11e841"
-    assert git_commit(short=True) == "d1ba8f0"
+def _split(root: Path, generated: int = 2) -> list[Record]:
+    real = [
+        Record(root / "train/PNEUMONIA/person1_virus_1.jpeg", "train", "PNEUMONIA", "virus", "person1"),
+        Record(root / "train/PNEUMONIA/person2_virus_1.jpeg", "val", "PNEUMONIA", "virus", "person2"),
+        Record(root / "test/PNEUMONIA/person3_virus_1.jpeg", "test", "PNEUMONIA", "virus", "person3"),
+        # the Kaggle release has patient numbers in both train and test: training on one is no new leak
+        Record(root / "train/PNEUMONIA/person4_virus_1.jpeg", "train", "PNEUMONIA", "virus", "person4"),
+        Record(root / "test/PNEUMONIA/person4_virus_2.jpeg", "test", "PNEUMONIA", "virus", "person4"),
+    ]
+    fake = [
+        Record(root / f"train/PNEUMONIA/synthetic-gan1-virus-{i:05d}.png", "train", "PNEUMONIA", "virus", f"s{i}")
+        for i in range(generated)
+    ]
+    return real + fake
 
 
-def test_without_override_it_is_the_checkout_head(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    package = Path(pneumo.__file__).resolve().parent
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=package, capture_output=True, text=True)
-    if head.returncode != 0:
-        pytest.skip("pneumo is not running from a git checkout here")
-    changes = subprocess.run(["git", "status", "--porcelain", "--", str(package.parent)], cwd=package,
-                             capture_output=True, text=True).stdout.strip()  # fmt: skip
-    assert git_commit() == head.stdout.strip() + ("-dirty" if changes else "")
+def test_a_gan_that_trained_on_held_out_patients_is_refused(tmp_path: Path) -> None:
+    records = _split(tmp_path)
+    write_provenance(tmp_path / "train", "synthetic-gan1", tmp_path / "gan1", ["person1", "person2"])
+    with pytest.raises(DatasetError, match=r"2 generated images \(e.g. .*synthetic-gan1-virus-00000.png\).*1 patients.*"
+                       r"person2"):  # fmt: skip
+        check_generated_images(records)
 
 
-def _copy_package(root: Path) -> Path:
-    """A copy of provenance.py at ``root/src/pneumo/utils/``, loaded as its own module."""
-    import importlib.util
-
-    from pneumo.utils import provenance
-
-    target = root / "src" / "pneumo" / "utils" / "provenance.py"
-    target.parent.mkdir(parents=True)
-    target.write_text(Path(provenance.__file__).read_text())
-    spec = importlib.util.spec_from_file_location("provenance_copy", target)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def test_a_gan_that_trained_on_this_runs_train_patients_passes(tmp_path: Path) -> None:
+    records = _split(tmp_path)
+    write_provenance(tmp_path / "train", "synthetic-gan1", tmp_path / "gan1", ["person1", "person4"])
+    check_generated_images(records)
+    check_generated_images(_split(tmp_path, generated=0))  # no generated images: nothing to read
 
 
-def _git(root: Path, *args: str) -> str:
-    identity = {f"GIT_{who}_{field}": "t" for who in ("AUTHOR", "COMMITTER") for field in ("NAME", "EMAIL")}
-    out = subprocess.run(
-        ["git", *args], cwd=root, capture_output=True, text=True, check=True, env={**os.environ, **identity}
-    )
-    return out.stdout.strip()
-
-
-def test_changed_sources_are_marked_dirty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    module = _copy_package(tmp_path)
-    _git(tmp_path, "init", "-q")
-    _git(tmp_path, "add", "-A")
-    _git(tmp_path, "commit", "-qm", "x")
-    head = _git(tmp_path, "rev-parse", "HEAD")
-    assert module.git_commit() == head and module.git_commit(short=True) == head[:7]
-    (tmp_path / "README").write_text("outside src: not a change of the code")
-    assert module.git_commit() == head
-    (tmp_path / "src" / "pneumo" / "utils" / "provenance.py").write_text("# changed\n")
-    assert module.git_commit() == head + "-dirty" and module.git_commit(short=True) == head[:7] + "-dirty"
-
-
-def test_an_install_inside_another_projects_checkout_reports_no_commit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    _git(tmp_path, "init", "-q")
-    (tmp_path / "app.py").write_text("print()\n")
-    _git(tmp_path, "add", "app.py")
-    _git(tmp_path, "commit", "-qm", "another project")
-    module = _copy_package(tmp_path / "venv" / "lib" / "site-packages")
-    assert module.git_commit() is None
+def test_generated_images_without_provenance_are_refused_by_name(tmp_path: Path) -> None:
+    records = _split(tmp_path)
+    expected = provenance_file(records[-1].path)
+    assert expected == tmp_path / "train" / "synthetic-gan1.provenance.json"
+    with pytest.raises(DatasetError, match=r"synthetic-gan1-virus-00000.png: generated image without "
+                       r"synthetic-gan1.provenance.json"):  # fmt: skip
+        check_generated_images(records)
+    expected.parent.mkdir(parents=True)
+    expected.write_text('{"patients_trained_on": "person1"}')
+    with pytest.raises(DatasetError, match="must be a list of patient ids"):
+        check_generated_images(records)
+    expected.write_text("{not json")
+    with pytest.raises(DatasetError, match="unreadable provenance"):
+        check_generated_images(records)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo.data.records import discover, parse_file_name
+from pneumo.data.provenance import check_generated_images, provenance_file
+from pneumo.data.records import DatasetError, discover, parse_file_name
+from pneumo.data.splits import make_split, read_split_csv
 from pneumo.gan import sample_to_file, synthetic_records, write_synthetic_dataset
 from pneumo.gan.synth import run_id
 
@@ -77,6 +82,31 @@ def test_a_real_dataset_folder_is_refused_unless_asked_for(gan_run: Path, tmp_pa
     assert not (dataset / "train").exists()  # refused before anything was written
     paths = write_synthetic_dataset(gan_run, dataset, 1, into_dataset=True)
     assert len(paths) == 3 and all(p.parent.parent == dataset / "train" for p in paths)
+    # the patients the GAN trained on go with its images (checked by every later split of this dataset)
+    provenance = json.loads(provenance_file(paths[0]).read_text())
+    gan_train = {r.patient_id for r in read_split_csv(gan_run / "split.csv", Path("/")) if r.split == "train"}
+    assert set(provenance["patients_trained_on"]) == gan_train and len(gan_train) > 2
+    assert provenance["gan_run"] == str(gan_run.resolve())
     # A folder of generated images only is not a dataset: writing there again needs no opt-in.
     write_synthetic_dataset(gan_run, tmp_path / "synth", 1)
     assert len(write_synthetic_dataset(gan_run, tmp_path / "synth", 2)) == 6
+
+
+def test_images_written_into_a_dataset_are_refused_by_a_split_that_holds_out_their_gans_patients(
+    gan_run: Path, toy_data: Path, tmp_path: Path
+) -> None:
+    """`--into-dataset` images join the training split of every later run on that folder, whatever its split: one
+    that validates on patients the GAN trained on would be scored on images it has, in effect, trained on."""
+    dataset = tmp_path / "toy"
+    shutil.copytree(toy_data, dataset)
+    write_synthetic_dataset(gan_run, dataset, 2, into_dataset=True)
+    generated = [r for r in discover(dataset) if "synthetic" in r.name]
+    assert len(generated) == 6
+    # the GAN's own split: its training patients are this split's training patients
+    same = read_split_csv(gan_run / "split.csv", dataset) + [replace(r, split="train") for r in generated]
+    check_generated_images(same)
+    other = next(  # a split carved with another seed validates on some of the GAN's training patients
+        split for seed in range(1, 20) if (split := make_split(discover(dataset), seed=seed)) != same
+    )
+    with pytest.raises(DatasetError, match=r"6 generated images .* come from a GAN that trained on \d+ patients"):
+        check_generated_images(other)

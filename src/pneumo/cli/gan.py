@@ -74,7 +74,8 @@ def synth(
         False,
         "--into-dataset",
         help="Allow an --out folder that holds real images: every later run on that folder then trains on the "
-        "generated images too.",
+        "generated images too, and refuses to start if its split validates or tests on a patient this GAN trained on "
+        "(recorded in train/synthetic-<run>.provenance.json).",
     ),
 ) -> None:
     """Write SYNTHETIC training images (train/ only, never val or test) named synthetic-<run>-<class>-<i>.png."""

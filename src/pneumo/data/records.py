@@ -72,7 +72,13 @@ def parse_file_name(name: str, label: str | None = None) -> tuple[str | None, st
 
 def is_synthetic(name: str) -> bool:
     """True for the images ``pneumo gan synth`` writes (``synthetic-<run>-<class>-<i>.png``)."""
-    return bool(_SYNTHETIC.match(Path(name).stem))
+    return synthetic_prefix(name) is not None
+
+
+def synthetic_prefix(name: str) -> str | None:
+    """``synthetic-<run>`` of a generated image's name (the GAN run that made it), None for any other name."""
+    m = _SYNTHETIC.match(Path(name).stem)
+    return m.group(1).lower() if m else None
 
 
 def follows_kermany_naming(name: str) -> bool:

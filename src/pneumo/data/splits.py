@@ -114,9 +114,13 @@ def patients_seen_but_held_out(source: Sequence[Record], records: Sequence[Recor
     release shares patient numbers between train and test: a run that keeps them leaks nothing new by inheriting
     them). Empty means the source saw nothing this run is scored on.
     """
+    return {r.patient_id for r in source if r.split == "train"} & held_out_patients(records)
+
+
+def held_out_patients(records: Sequence[Record]) -> set[str]:
+    """Validation and test patients, except those the split also trains on."""
     ours = {r.patient_id for r in records if r.split == "train"}
-    held_out = {r.patient_id for r in records if r.split in ("val", "test")} - ours
-    return {r.patient_id for r in source if r.split == "train"} & held_out
+    return {r.patient_id for r in records if r.split in ("val", "test")} - ours
 
 
 def write_split_csv(records: Sequence[Record], path: Path, root: Path) -> None:

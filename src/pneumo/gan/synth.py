@@ -10,6 +10,7 @@ them to the training records *after* the train/val split is made, so generated i
 
 from __future__ import annotations
 
+import csv
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from pneumo.data.provenance import write_provenance
 from pneumo.data.records import IMAGE_SUFFIXES, Record, is_synthetic, parse_file_name
 from pneumo.data.tasks import get_task
 from pneumo.gan.acgan import Generator
@@ -161,6 +163,9 @@ def write_synthetic_dataset(
     generator = load_generator(gan_run_dir)
     rid = run_id(gan_run_dir)
     out = Path(out_dir) / "train"
+    # what the GAN trained on goes with its images, so any later split of a dataset holding them can be checked
+    out.mkdir(parents=True, exist_ok=True)
+    write_provenance(out, f"synthetic-{rid}", Path(gan_run_dir), _trained_patients(Path(gan_run_dir)))
     for folder in set(_LABEL_FOLDER.values()):
         (out / folder).mkdir(parents=True, exist_ok=True)
         for old in (out / folder).glob(f"synthetic-{rid}-*.png"):
@@ -174,6 +179,15 @@ def write_synthetic_dataset(
             save_png(Image.fromarray(pixels[0].numpy(), mode="L"), path)
             paths.append(path)
     return paths
+
+
+def _trained_patients(gan_run_dir: Path) -> list[str]:
+    """Patient ids of the GAN run's train split (its ``split.csv``)."""
+    split = gan_run_dir / "split.csv"
+    if not split.is_file():
+        raise FileNotFoundError(f"{split}: missing, so the patients this GAN trained on are unknown")
+    with split.open(newline="") as f:
+        return [row["patient_id"] for row in csv.DictReader(f) if row["split"] == "train"]
 
 
 def synthetic_records(

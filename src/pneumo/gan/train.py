@@ -30,6 +30,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from pneumo.data.dataset import build_split
 from pneumo.data.preprocess import PreprocessContract
+from pneumo.data.provenance import check_generated_images
 from pneumo.data.records import Record, dataset_root, discover
 from pneumo.data.splits import make_split, read_split_csv, write_split_csv
 from pneumo.data.tasks import get_task
@@ -76,6 +77,7 @@ def load_data(config: GanConfig, *, progress: bool = True) -> GanData:
             keep_official_val=config.keep_official_val,
             exclude_test_patients=config.exclude_test_patients,
         )
+    check_generated_images(records)  # images of another GAN in the dataset: did it train on our val patients?
     task, contract = get_task(TASK), PreprocessContract(image_size=config.image_size)
     cache_root = Path(config.cache_dir) if config.cache_dir else None
     splits = {

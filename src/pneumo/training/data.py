@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, DistributedSampler, WeightedRandomSampler
 
 from pneumo.data.dataset import SplitData, build_split
 from pneumo.data.preprocess import PreprocessContract
+from pneumo.data.provenance import check_generated_images
 from pneumo.data.records import DatasetError, Record, dataset_root, discover, parse_file_name
 from pneumo.data.splits import make_split, patients_seen_but_held_out, read_split_csv, write_split_csv
 from pneumo.data.tasks import Task
@@ -65,12 +66,14 @@ def source_runs(cfg: TrainConfig) -> list[Path]:
 
 
 def check_source_runs(cfg: TrainConfig, records: list[Record]) -> None:
-    """Refuse a source run that trained on patients this run validates or tests on.
+    """Refuse a source run (or generated images in the dataset) that trained on patients this run validates or
+    tests on.
 
     Transfer (``weights: RUN``) and GAN balancing (``synthetic.from_run``) carry what the source run learnt into this
     one; if that run's train split holds patients of this run's validation split, epoch and threshold selection are
     biased, silently. It happens easily: a different ``seed`` carves a different validation split.
     """
+    check_generated_images(records)
     sources = source_runs(cfg)
     if not sources:
         return  # the common case: nothing inherited, nothing to resolve
