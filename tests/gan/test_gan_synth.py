@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from collections import Counter
@@ -110,3 +111,17 @@ def test_images_written_into_a_dataset_are_refused_by_a_split_that_holds_out_the
     )
     with pytest.raises(DatasetError, match=r"6 generated images .* come from a GAN that trained on \d+ patients"):
         check_generated_images(other)
+
+
+def test_another_gan_run_with_the_same_id_is_named_when_its_images_are_replaced(
+    gan_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    twin = tmp_path / "elsewhere" / gan_run.name  # same folder name: same id, same file names
+    shutil.copytree(gan_run, twin)
+    out = tmp_path / "synth"
+    write_synthetic_dataset(gan_run, out, 1)
+    with caplog.at_level(logging.WARNING, logger="pneumo.gan.synth"):
+        write_synthetic_dataset(gan_run, out, 1)  # the same run again: nothing to say
+        assert not caplog.records
+        write_synthetic_dataset(twin, out, 1)
+    assert f"replacing the images of {gan_run.resolve()}, another GAN run with the same id" in caplog.text

@@ -33,6 +33,14 @@ def write_provenance(train_dir: Path, prefix: str, gan_run: Path, patients: Iter
     return path
 
 
+def read_provenance_run(path: Path) -> str | None:
+    """The GAN run recorded in ``path``, None when there is no readable record."""
+    try:
+        return str(json.loads(path.read_text())["gan_run"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def read_trained_patients(path: Path, example: Path) -> set[str]:
     """The patients the GAN behind the images of ``path`` trained on; a clear error when that is not known."""
     try:

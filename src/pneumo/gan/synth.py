@@ -11,6 +11,7 @@ them to the training records *after* the train/val split is made, so generated i
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from pneumo.data.provenance import write_provenance
+from pneumo.data.provenance import PROVENANCE_SUFFIX, read_provenance_run, write_provenance
 from pneumo.data.records import IMAGE_SUFFIXES, Record, is_synthetic, parse_file_name
 from pneumo.data.tasks import get_task
 from pneumo.gan.acgan import Generator
@@ -33,6 +34,8 @@ from pneumo.utils.atomic import atomic_path
 CLASS_NAMES: tuple[str, ...] = get_task(TASK).class_names  # ("normal", "bacteria", "virus")
 _LABEL_FOLDER = {"normal": "NORMAL", "bacteria": "PNEUMONIA", "virus": "PNEUMONIA"}
 _GRID_PAD = 2
+
+log = logging.getLogger(__name__)
 
 
 def to_uint8(x: Tensor) -> Tensor:
@@ -165,6 +168,9 @@ def write_synthetic_dataset(
     out = Path(out_dir) / "train"
     # what the GAN trained on goes with its images, so any later split of a dataset holding them can be checked
     out.mkdir(parents=True, exist_ok=True)
+    earlier = read_provenance_run(out / f"synthetic-{rid}{PROVENANCE_SUFFIX}")
+    if earlier and earlier != str(Path(gan_run_dir).resolve()):
+        log.warning("%s: replacing the images of %s, another GAN run with the same id %r", out, earlier, rid)
     write_provenance(out, f"synthetic-{rid}", Path(gan_run_dir), _trained_patients(Path(gan_run_dir)))
     for folder in set(_LABEL_FOLDER.values()):
         (out / folder).mkdir(parents=True, exist_ok=True)
