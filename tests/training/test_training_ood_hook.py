@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ from pneumo.utils.digest import file_sha256
 
 
 @pytest.mark.slow
-def test_every_finished_run_gets_an_ood_detector(synthetic_data: Path, tmp_path: Path) -> None:
+def test_every_finished_run_gets_an_ood_detector(
+    synthetic_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     flags = {"data": str(synthetic_data), "model": "cnn", "image_size": 32, "epochs": 1, "out": str(tmp_path / "r")}
     tiny = ["model_kwargs.widths=[4,8]", "model_kwargs.depths=[1,1]"]
     run = train(build_config(flags={**flags, "progress": False}, overrides=tiny))
@@ -22,7 +25,11 @@ def test_every_finished_run_gets_an_ood_detector(synthetic_data: Path, tmp_path:
 
     # interrupted while fitting the detector: the training is finished, and resuming fits the detector
     update_run_meta(run, ood=None)
-    assert resume(run) == run and read_run_meta(run)["ood"] == meta["ood"]
+    with caplog.at_level(logging.WARNING, logger="pneumo.training.run"):
+        assert resume(run) == run and read_run_meta(run)["ood"] == meta["ood"]
+    # a finished run is not extended (its LR schedule spans its epochs): the message says how to train longer
+    assert "already finished after 1 epoch(s); nothing to resume. To train longer" in caplog.text
+    assert f"pneumo train --config {run / 'config.yaml'} --set epochs=N --out NEW_FOLDER" in caplog.text
 
     off_flags = {**flags, "out": str(tmp_path / "off"), "fit_ood": False, "progress": False}
     off = train(build_config(flags=off_flags, overrides=tiny))

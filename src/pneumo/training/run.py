@@ -147,7 +147,12 @@ def resume(run_dir: str | Path) -> Path:
     cfg = cfg.model_copy(update={"out": str(run_dir), "split_file": str(run_dir / "split.csv")})
     tensors, state = ckpt.load_state(run_dir)
     if state["progress"]["finished"]:
-        log.info("the run in %s has already finished; nothing to resume", run_dir)
+        # Not extended: the learning-rate schedule spans the configured epochs, so more epochs is another run.
+        log.warning(
+            "the run in %s has already finished after %d epoch(s); nothing to resume. To train longer, start a run "
+            "with more epochs: pneumo train --config %s --set epochs=N --out NEW_FOLDER",
+            run_dir, len(state["progress"]["history"]), run_dir / "config.yaml",
+        )  # fmt: skip
         _fit_ood(cfg, run_dir, pick_device(cfg.device))  # stopped while fitting its detector: fitted now, else no-op
         return run_dir
     device, info = _prepare(cfg)
