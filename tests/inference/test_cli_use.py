@@ -93,6 +93,16 @@ def test_predict_writes_cam_overlays(cli: typer.Typer, run: Path, images: Path, 
     assert written == ["a-1.cam.png", "a.cam.png", "b.cam.png", "c.cam.png"]
     with Image.open(tmp_path / "b.cam.png") as img:
         assert img.size == (40, 48) and img.mode == "RGB"
+    # each row names its overlay (two inputs called a.png: which overlay is whose is not guessable)
+    as_csv = CliRunner().invoke(cli, [*args, "-f", "csv"])
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    cams = {r["file"]: Path(r["cam"]) for r in rows}
+    assert sorted(p.name for p in cams.values()) == written and all(p.parent == tmp_path for p in cams.values())
+    assert all(cam.name.startswith(Path(file).stem) for file, cam in cams.items())
+    assert cams[str(images / "a.png")].name == "a-1.cam.png"  # the second a: walked after sub/
+    as_json = json.loads(CliRunner().invoke(cli, [*args, "-f", "json"]).stdout)
+    assert [Path(item["cam"]).name for item in as_json] == [Path(r["cam"]).name for r in rows]
+    assert "cam" in result.stdout.splitlines()[0]  # the table too
 
 
 def test_predict_missing_model_and_no_images(cli: typer.Typer, run: Path, tmp_path: Path) -> None:

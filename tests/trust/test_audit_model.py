@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from pneumo.trust import perturb
 from pneumo.trust.forward import forward_arrays, task_probabilities
+from pneumo.trust.matching import matched_subset
 from pneumo.trust.model_audit import (
     audit_model,
     energy_shares,
@@ -90,6 +91,16 @@ def test_audit_model_writes_all_checks(
     assert 0 < len(idx) < len(y)
     assert m["auc"]["point"] == pytest.approx(roc_auc_score(y[idx], probs[idx, 1]))
     assert result["test"]["auc"]["point"] == pytest.approx(roc_auc_score(y, probs[:, 1]))
+    # The matching's own randomness: the AUC of other draws (seeds 1, 2, ...), the first of them this very subset.
+    d, values = m["draws"], np.column_stack([m["values"][c] for c in m["cues"]])
+    draws = [roc_auc_score(y[i], probs[i, 1]) for s in range(1, 21) for i in [matched_subset(
+        values, y, n_bins=m["n_bins"], num_classes=2, seed=s).index]]  # fmt: skip
+    assert d["n"] == 20 and d["mean"] == pytest.approx(np.mean(draws))
+    assert d["sd"] == pytest.approx(np.std(draws, ddof=1)) and d["min"] <= m["auc"]["point"] <= d["max"]
+    html_text = html.replace("\n", " ")
+    assert "over 20 draws (seeds 1 to 20) the AUC was" in html_text
+    # a toy test split leaves few images per class: said so
+    assert m["small"] == (min(counts) < 30) and ("Warning: the matched subset is small" in html_text) == m["small"]
 
     # The twin pairs every test image; its reference AUC is the full test AUC (same images, same outputs).
     t = result["twin"]
@@ -308,3 +319,15 @@ def test_a_model_too_small_for_gradcam_skips_that_section(
     monkeypatch.setattr(gradcam, "cam_unavailable_reason", lambda model, size: f"nothing to localise at {size} px")
     result = audit_model(run_copy, originals=None, n_boot=5, perturbations=[], cam_images=8, seed=1)
     assert result["gradcam"] == {"skipped": "nothing to localise at 32 px"} and recording_cam == []
+
+
+def test_matching_draws_measure_how_much_the_random_draw_moves_the_auc() -> None:
+    from pneumo.trust.model_audit import _matching_draws
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    values = rng.normal(size=400) + y  # a cue that differs by class, so cells keep a random part of one class
+    probs = np.column_stack([1 - (p := rng.random(400)), p])
+    d = _matching_draws(values[:, None], y, probs, [5], ["a", "b"], seed=0)
+    assert d is not None and d["n"] == 20 and d["sd"] > 0 and d["min"] < d["mean"] < d["max"]
+    assert _matching_draws(values[:, None], np.zeros(400, dtype=int), probs, [5], ["a", "b"], seed=0) is None

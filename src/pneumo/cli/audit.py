@@ -110,6 +110,14 @@ def model(
         typer.echo(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2, default=str))
         return
     typer.echo(result["table"], nl=False)
+    m = result["matched"]
+    if d := m.get("draws"):
+        typer.echo(
+            f"matched subset over {d['n']} matching draws: AUC {d['mean']:.3f} ± {d['sd']:.3f} "
+            f"(range {d['min']:.3f}-{d['max']:.3f})"
+        )
+    if m.get("small"):
+        typer.echo("warning: the matched subset is small (fewer than 30 images of a class); its AUC says little")
     g = result["gradcam"]
     if "skipped" not in g:
         typer.echo(

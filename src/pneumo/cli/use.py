@@ -88,6 +88,7 @@ def predict(
     if cam is not None and predictor.explain_unavailable is not None:
         fail(f"--cam: {predictor.explain_unavailable}")
     results, n_failed, used_cam_paths = [], 0, set()
+    cam_paths: list[Path] = []  # beside each result, with --cam
     skipped: list[Path] = []
     files = list(iter_image_files(images, skipped))
     if skipped:  # a .webp or .gif in a walked folder would otherwise vanish without a word
@@ -109,27 +110,36 @@ def predict(
         if cam is not None:
             for image in prepared:
                 overlay = predictor.explain_prepared(image).overlay_png
-                write_bytes(_cam_path(cam, Path(image.source), used_cam_paths), overlay)
+                cam_paths.append(_cam_path(cam, Path(image.source), used_cam_paths))
+                write_bytes(cam_paths[-1], overlay)
         bar.update(len(chunk))
     bar.close()
-    _print_results(results, fmt, predictor.class_names)
+    _print_results(results, fmt, predictor.class_names, cam_paths)
     if n_failed:
         typer.echo(f"{n_failed} of {len(files)} files failed", err=True)
         raise typer.Exit(1)
 
 
-def _print_results(results: list, fmt: str, class_names: tuple[str, ...]) -> None:
+def _print_results(results: list, fmt: str, class_names: tuple[str, ...], cam_paths: list[Path]) -> None:
+    """One row per result; with ``cam_paths`` (one per result) a ``cam`` column names each overlay."""
+    cams = {"cam": [str(p) for p in cam_paths]} if cam_paths else {}
     if fmt == "json":
-        typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        items = [r.to_dict() for r in results]
+        for item, path in zip(items, cams.get("cam", [None] * len(items)), strict=True):
+            if path is not None:
+                item["cam"] = path
+        typer.echo(json.dumps(items, indent=2))
         return
     rows = []
-    for r in results:
+    for i, r in enumerate(results):
         row = {"file": r.source, "label": r.label}
         row.update({f"p_{c}": r.probabilities[c] for c in class_names})
         row.update({"threshold": r.threshold, "in_distribution": r.in_distribution, "ood_score": r.ood_score})
+        row.update({k: v[i] for k, v in cams.items()})
         rows.append(row)
     if fmt == "csv":
         fields = ["file", "label", *(f"p_{c}" for c in class_names), "threshold", "in_distribution", "ood_score"]
+        fields += list(cams)
         writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)

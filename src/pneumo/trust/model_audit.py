@@ -38,6 +38,11 @@ from pneumo.utils.atomic import write_json
 from pneumo.utils.device import resolve_device
 
 AUTO = "auto"
+# The matched subset is one random draw per cell; the AUC of this many draws shows how much that draw moves it
+# (the bootstrap CI of the first draw resamples patients, not the matching).
+MATCH_DRAWS = 20
+# Below this many images of a class in the matched subset its AUC is too imprecise to read much into: said so.
+SMALL_MATCHED_CLASS = 30
 
 
 def _auc(
@@ -124,6 +129,7 @@ def matched_section(
     values = cues.matrix(names)
     match = matched_subset(values, y, n_bins=bins, num_classes=len(ctx.class_names), seed=seed)
     idx = match.index
+    class_counts = {c: int((y[idx] == i).sum()) for i, c in enumerate(ctx.class_names)}
     balance = {
         cue: {
             "full": balance_tests(values[match.usable, j], y[match.usable], match.edges[j]),
@@ -133,17 +139,36 @@ def matched_section(
     }
     return {
         "cues": names,
+        "seed": seed,
         "sources": {c: cues.sources[c] for c in names},
         "n_bins": bins,
         "n_usable": len(match.usable),
         "n": len(idx),
         "cells_used": match.cells_used,
-        "class_counts": {c: int((y[idx] == i).sum()) for i, c in enumerate(ctx.class_names)},
+        "class_counts": class_counts,
+        "small": min(class_counts.values()) < SMALL_MATCHED_CLASS,
         "auc": _auc(y[idx], probs[idx], groups[idx], ctx.class_names, n_boot, seed) if len(idx) else None,
+        "draws": _matching_draws(values, y, probs, bins, ctx.class_names, seed),
         "balance": balance,
         "index": idx.tolist(),
         "values": {c: values[:, j].tolist() for j, c in enumerate(names)},
     }
+
+
+def _matching_draws(
+    values: np.ndarray, y: np.ndarray, probs: np.ndarray, bins: list[int], names: Sequence[str], seed: int
+) -> dict[str, Any] | None:
+    """Test AUC (point estimate) of :data:`MATCH_DRAWS` matched subsets drawn with seeds ``seed, seed + 1, ...``."""
+    aucs = []
+    for d in range(MATCH_DRAWS):
+        idx = matched_subset(values, y, n_bins=bins, num_classes=len(names), seed=seed + d).index
+        if len(np.unique(y[idx])) == len(names):
+            aucs.append(float(MetricSuite(tuple(names))(y[idx], probs[idx])["roc_auc"]))
+    if len(aucs) < 2:
+        return None
+    a = np.asarray(aucs)
+    stats = {"mean": a.mean(), "sd": a.std(ddof=1), "min": a.min(), "max": a.max()}
+    return {"n": len(a), **{k: float(v) for k, v in stats.items()}}
 
 
 def twin_section(
@@ -469,6 +494,23 @@ def write_outputs(
     write_json(out / "audit-model.json", saved)
 
 
+def _draws_text(m: dict[str, Any]) -> str:
+    text = ""
+    if d := m.get("draws"):
+        text += (
+            f" Which images a cell keeps is a random draw: over {d['n']} draws (seeds {m['seed']} to "
+            f"{m['seed'] + MATCH_DRAWS - 1}) the AUC was {d['mean']:.3f} ± {d['sd']:.3f} (sd; range "
+            f"{d['min']:.3f}-{d['max']:.3f}); the CI above resamples patients of the first draw only."
+        )
+    if m.get("small"):
+        counts = ", ".join(f"{c} {n}" for c, n in m["class_counts"].items())
+        text += (
+            f" Warning: the matched subset is small ({counts}; fewer than {SMALL_MATCHED_CLASS} images of a class), "
+            "so its AUC says little either way."
+        )
+    return text
+
+
 def explanations(result: dict[str, Any]) -> dict[str, str]:
     m, t, g = result["matched"], result["twin"], result["gradcam"]
     balance = "; ".join(
@@ -480,7 +522,7 @@ def explanations(result: dict[str, Any]) -> dict[str, str]:
             f"Each class keeps min(count per class) images in every cell of {' x '.join(map(str, m['n_bins']))} "
             f"quantile bins of {', '.join(m['cues'])} ({m['n']} of {m['n_usable']} images kept, seed "
             f"{result['bootstrap']['seed']}). Class balance of the cues: {balance}. A model that relied on "
-            "acquisition size would lose most of its AUC here."
+            "acquisition size would lose most of its AUC here." + _draws_text(m)
         ),
         "Resolution-normalised twin": t.get("skipped")
         or (
