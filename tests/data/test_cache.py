@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +59,62 @@ def test_changed_and_added_files_only_are_redone(tmp_path: Path, monkeypatch: py
     Image.fromarray(np.full((12, 12), 200, np.uint8)).save(new)
     again = cache.build([*paths, new], progress=False)
     assert sorted(Path(p).name for p in decoded) == ["img1.png", "new.png"]
-    assert again.rows[1] == first.rows[1]  # a changed file keeps its row
     np.testing.assert_array_equal(again[1], np.zeros((16, 16), np.uint8))
     np.testing.assert_array_equal(again[4], np.full((16, 16), 200, np.uint8))
     np.testing.assert_array_equal(again[0], first[0])
+    # a changed file gets a new row: a view opened before (a running training) still reads what it started with
+    assert again.rows[1] not in first.rows.tolist()
+    assert first[1].std() > 0 and again[1].std() == 0
+
+
+def test_a_same_size_replacement_that_kept_the_mtime_is_redone(tmp_path: Path) -> None:
+    """cp -p, rsync -a and tar keep the mtime; an uncompressed format keeps the size: the ctime still changes."""
+    contract = PreprocessContract(image_size=8)
+    cache = ImageCache(contract, tmp_path / "cache")
+    path = tmp_path / "x.bmp"
+    Image.fromarray(np.full((8, 8), 30, np.uint8)).save(path)
+    assert cache.build([path], progress=False)[0].max() == 30
+    st = path.stat()
+    time.sleep(0.01)  # a later ctime
+    Image.fromarray(np.full((8, 8), 220, np.uint8)).save(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    assert cache.build([path], progress=False)[0].min() == 220
+
+
+def test_a_cache_written_before_ctime_was_recorded_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    contract = PreprocessContract(image_size=8)
+    cache = ImageCache(contract, tmp_path / "cache")
+    paths = _images(tmp_path, 2)
+    first = cache.build(paths, progress=False)
+    index = json.loads(cache.index_file.read_text())
+    for entry in index["entries"].values():
+        del entry["ctime_ns"], entry["ino"]
+    cache.index_file.write_text(json.dumps(index))
+    import pneumo.data.cache as cache_module
+
+    monkeypatch.setattr(cache_module, "_decode_one", lambda a: pytest.fail(f"decoded {a[0]} again"))
+    assert cache.build(paths, progress=False).rows.tolist() == first.rows.tolist()
+    assert all("ctime_ns" in e for e in json.loads(cache.index_file.read_text())["entries"].values())
+
+
+def test_a_file_that_could_not_be_read_is_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A permission or I/O error may pass (chmod, a network share back): unlike a corrupt file, it is not final."""
+    contract = PreprocessContract(image_size=8)
+    cache = ImageCache(contract, tmp_path / "cache")
+    path = _images(tmp_path, 1)[0]
+    real_read = Path.read_bytes
+
+    def denied(self: Path) -> bytes:
+        if self == path:
+            raise PermissionError(13, "Permission denied")
+        return real_read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    failed = cache.build([path], progress=False)
+    assert not failed.ok.any() and failed.failures == [(path, "cannot read file (Permission denied)")]
+    monkeypatch.setattr(Path, "read_bytes", real_read)
+    assert cache.build([path], progress=False).ok.all()
 
 
 def test_contracts_differing_in_normalisation_share_the_cache_without_clobbering(tmp_path: Path) -> None:

@@ -1,9 +1,12 @@
 """Decode-once image cache: uint8 S x S rows in one memory-mapped file per preprocessing contract.
 
 Layout of ``<cache_root>/<contract fingerprint>-<decoder key>/``: ``images.u8`` (raw uint8, rows x S x S, grown in
-place), ``index.json`` (``{path: {size, mtime_ns, row}}`` plus failures) and ``lock``. A file is identified by its
-resolved path, byte size and modification time: a changed file is re-decoded into its own row, an added file gets a
-new row, and nothing else is touched. Corrupt or non-image files are recorded with the reason and skipped.
+place), ``index.json`` (``{path: {size, mtime_ns, ctime_ns, ino, row}}`` plus failures) and ``lock``. A file is
+identified by its resolved path, byte size, modification and status-change times and inode (the ctime catches a
+same-size replacement that kept the mtime, as ``cp -p`` or ``rsync -a`` do; a chmod also re-decodes, which costs
+time, not correctness). A changed or added file is decoded into a new row: rows that other processes' open views
+read are never rewritten (a changed file's old row is left unused). Corrupt or non-image files are recorded with the
+reason and skipped; a file that could not be read (permissions, I/O) is tried again by the next build.
 
 Hand-written because no maintained library offers an incremental, multi-process-safe uint8 image cache keyed by
 file fingerprints and a preprocessing contract (torchvision datasets decode every epoch).
@@ -90,14 +93,31 @@ class CachedImages:
         return self.rows >= 0
 
 
-def _decode_one(args: tuple[str, PreprocessContract]) -> tuple[np.ndarray | None, str | None]:
+def _decode_one(args: tuple[str, PreprocessContract]) -> tuple[np.ndarray | None, str | None, bool]:
+    """``(pixels, failure reason, whether the failure was reading the file, which may pass)``."""
     path, contract = args
     try:
-        return preprocess_image(path, contract), None
+        return preprocess_image(path, contract), None, False
     except ImageDecodeError as exc:
-        return None, exc.reason
+        return None, exc.reason, isinstance(exc.__cause__, OSError)
     except Exception as exc:  # an unexpected decoder failure must not kill a whole build
-        return None, f"{type(exc).__name__}: {exc}"
+        return None, f"{type(exc).__name__}: {exc}", False
+
+
+def _fingerprint(st: os.stat_result) -> dict[str, int]:
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
+
+
+# marks a failure to be tried again: no file has this fingerprint
+_RETRY = {"size": -1, "mtime_ns": -1, "ctime_ns": -1, "ino": -1}
+
+
+def _unchanged(known: dict, now: dict[str, int]) -> bool:
+    """Whether ``known`` (an index entry) describes the file as it is ``now``. Entries of caches written before
+    ctime and inode were recorded match on size and mtime, and take ctime and inode from ``now`` (trusted once)."""
+    if "ctime_ns" not in known and known["size"] == now["size"] and known["mtime_ns"] == now["mtime_ns"]:
+        known.update(now)
+    return all(known.get(k) == v for k, v in now.items())
 
 
 class ImageCache:
@@ -150,46 +170,49 @@ class ImageCache:
         with self._locked():
             index = self._load_index()
             entries, failures = index["entries"], index["failures"]
-            todo: list[tuple[str, int, int]] = []
+            todo: list[tuple[str, dict[str, int]]] = []
+            upgraded = 0  # entries of an older index given their ctime and inode
             for p in dict.fromkeys(resolved):
                 try:
-                    st = os.stat(p)
+                    now = _fingerprint(os.stat(p))
                 except OSError as exc:
-                    failures[p] = {"size": -1, "mtime_ns": -1, "reason": f"cannot read file ({exc.strerror})"}
+                    failures[p] = {**_RETRY, "reason": f"cannot read file ({exc.strerror})"}
                     entries.pop(p, None)
                     continue
                 known = entries.get(p) or failures.get(p)
-                if not known or known["size"] != st.st_size or known["mtime_ns"] != st.st_mtime_ns:
-                    todo.append((p, st.st_size, st.st_mtime_ns))
+                upgraded += bool(known) and "ctime_ns" not in known
+                if not known or not _unchanged(known, now):
+                    todo.append((p, now))
             if todo:
                 self._decode_into(todo, index, workers=workers, progress=progress)
+            elif upgraded:
+                self._save_index(index)
             rows = np.array([entries[p]["row"] if p in entries else -1 for p in resolved], dtype=np.int64)
             failed = [(Path(p), failures[p]["reason"]) for p in dict.fromkeys(resolved) if p not in entries]
         return CachedImages(self.file, self.contract.image_size, rows, failed)
 
-    def _decode_into(self, todo: list[tuple[str, int, int]], index: dict, *, workers: int, progress: bool) -> None:
+    def _decode_into(
+        self, todo: list[tuple[str, dict[str, int]]], index: dict, *, workers: int, progress: bool
+    ) -> None:
         entries, failures = index["entries"], index["failures"]
-        new_files = sum(p not in entries for p, _, _ in todo)
-        out = self._open_for_writing(index["n_rows"] + new_files)
-        jobs = ((p, self.contract) for p, _, _ in todo)
+        out = self._open_for_writing(index["n_rows"] + len(todo))
+        jobs = ((p, self.contract) for p, _ in todo)
         pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
         results = pool.map(_decode_one, jobs, chunksize=16) if pool else map(_decode_one, jobs)
         bar = progress_bar(
             total=len(todo), desc=f"caching {self.contract.image_size}px", unit="img", disable=not progress
         )
         try:
-            for done, ((path, size, mtime_ns), (pixels, reason)) in enumerate(zip(todo, results, strict=True), 1):
+            for done, ((path, now), (pixels, reason, unreadable)) in enumerate(zip(todo, results, strict=True), 1):
                 if pixels is None:
-                    failures[path] = {"size": size, "mtime_ns": mtime_ns, "reason": reason}
+                    failures[path] = {**(_RETRY if unreadable else now), "reason": reason}
                     entries.pop(path, None)  # its old row, if any, is left unused
                 else:
-                    if path in entries:  # a changed file is re-decoded into its own row
-                        row = entries[path]["row"]
-                    else:
-                        row = index["n_rows"]
-                        index["n_rows"] += 1
+                    # always a new row: a running training may be reading the old one (left unused from now on)
+                    row = index["n_rows"]
+                    index["n_rows"] += 1
                     out[row] = pixels
-                    entries[path] = {"size": size, "mtime_ns": mtime_ns, "row": row}
+                    entries[path] = {**now, "row": row}
                     failures.pop(path, None)
                 bar.update()
                 if done % _FLUSH_EVERY == 0:
