@@ -432,6 +432,25 @@ def test_best_weights_are_those_of_the_recorded_best_epoch_after_any_interruptio
     assert best.keys() == epoch2.keys() and all(torch.equal(best[k], epoch2[k]) for k in best)
 
 
+def test_a_run_interrupted_while_saving_its_first_state_can_be_started_again(make_cfg, tmp_path: Path, monkeypatch):
+    """The epoch's metrics line is written after the state that holds it: before, a kill between the two left a
+    folder that resume refused (no state) and train refused too (it held metrics.jsonl)."""
+    real_save_last = Trainer._save_last
+
+    def save_last(self: Trainer) -> None:
+        raise _Interrupted  # killed while saving the state of epoch 1
+
+    monkeypatch.setattr(Trainer, "_save_last", save_last)
+    flags = {"epochs": 1, "max_steps_per_epoch": 1, "fit_ood": False}
+    run = tmp_path / "run"
+    with pytest.raises(_Interrupted):
+        train(make_cfg(out=str(run), **flags))
+    assert not (run / "metrics.jsonl").exists()
+    monkeypatch.setattr(Trainer, "_save_last", real_save_last)
+    assert train(make_cfg(out=str(run), **flags)) == run  # the same folder starts again
+    assert [r["epoch"] for r in read_metrics(run)] == [1]
+
+
 def test_a_bad_freeze_stage_fails_before_the_run_folder_is_written(make_cfg, tmp_path: Path) -> None:
     out = tmp_path / "never"
     with pytest.raises(ValueError, match=r"unknown stage 'layer9' for cnn; valid: block1"):

@@ -466,17 +466,6 @@ class Trainer:
         else:
             p.bad_epochs += 1
         p.history.append(record)
-        if self.main:
-            append_metrics(self.run_dir / "metrics.jsonl", record)
-            if self.writer is not None:
-                for key, value in record.items():
-                    if key != "epoch":
-                        self.writer.add_scalar(key, value, p.epoch)
-            log.info(
-                "epoch %d/%d train_loss %.4f val_loss %.4f val_auc %.4f val_acc %.3f %.0f img/s",
-                p.epoch, cfg.epochs, record["train_loss"], metrics["val_loss"], auc, metrics["val_accuracy"],
-                images_per_s,
-            )  # fmt: skip
         patience = cfg.early_stopping_patience
         if patience is not None and p.bad_epochs >= patience:
             log.info("early stopping: no validation AUC gain for %d epochs (best epoch %s)", patience, p.best_epoch)
@@ -485,6 +474,19 @@ class Trainer:
         p.step_in_epoch = 0
         p.epoch_loss_sum, p.epoch_samples = 0.0, 0
         self._save_last()
+        if self.main:
+            # after the state that holds this record: a metrics line without a state would leave a folder that can
+            # be neither resumed (no state) nor started again (it holds a run)
+            append_metrics(self.run_dir / "metrics.jsonl", record)
+            if self.writer is not None:
+                for key, value in record.items():
+                    if key != "epoch":
+                        self.writer.add_scalar(key, value, record["epoch"])
+            log.info(
+                "epoch %d/%d train_loss %.4f val_loss %.4f val_auc %.4f val_acc %.3f %.0f img/s",
+                record["epoch"], cfg.epochs, record["train_loss"], metrics["val_loss"], auc, metrics["val_accuracy"],
+                images_per_s,
+            )  # fmt: skip
         if improved:
             # Only after the state that knows this epoch is saved: written before, an interruption in between
             # would leave best.safetensors holding an epoch that resuming redoes, and on a GPU (not bit-identical)
