@@ -451,6 +451,38 @@ def test_a_run_interrupted_while_saving_its_first_state_can_be_started_again(mak
     assert [r["epoch"] for r in read_metrics(run)] == [1]
 
 
+def test_resume_refuses_a_config_edited_since_the_run_started(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    """An edited config.yaml was taken in part (epochs, batch size) and ignored in part (the optimizer state keeps
+    its lr): neither run. Settings of where and how fast (device, workers, paths) may change."""
+    import yaml
+
+    from pneumo.training import ConfigError, resume
+
+    real_validate = Trainer.validate
+
+    def validate(self: Trainer) -> dict[str, float]:
+        if self.progress.epoch == 2:
+            raise _Interrupted
+        return real_validate(self)
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+    run = tmp_path / "run"
+    with pytest.raises(_Interrupted):
+        train(make_cfg(out=str(run), epochs=3, max_steps_per_epoch=1, fit_ood=False))
+    monkeypatch.setattr(Trainer, "validate", real_validate)
+    saved = (run / "config.yaml").read_text()
+    edited = {**yaml.safe_load(saved), "lr": 0.5, "augment": {"rotation": 20.0}}
+    (run / "config.yaml").write_text(yaml.safe_dump(edited))
+    with pytest.raises(ConfigError, match=r"differs from the config the run was trained with \(augment.rotation: "
+                       r"7.0 -> 20.0; lr: 0.002 -> 0.5\)"):  # fmt: skip
+        resume(run)
+    (run / "config.yaml").write_text(yaml.safe_dump({**yaml.safe_load(saved), "device": "cpu", "num_workers": 0}))
+    assert resume(run) == run and [r["epoch"] for r in read_metrics(run)] == [1, 2, 3]
+    from pneumo.training.run import config_changes
+
+    assert config_changes(None, {"lr": 1.0}) == []  # a state saved before the config was recorded in it
+
+
 def test_a_bad_freeze_stage_fails_before_the_run_folder_is_written(make_cfg, tmp_path: Path) -> None:
     out = tmp_path / "never"
     with pytest.raises(ValueError, match=r"unknown stage 'layer9' for cnn; valid: block1"):

@@ -302,6 +302,7 @@ class Trainer:
             "optimizer": opt_info,
             "rng": rng_info,
             "world_size": self.dist.world,
+            "config": self.cfg.model_dump(mode="json"),  # what a resume must continue with (checked there)
             "data_order": "DistributedSampler/WeightedRandomSampler seeded by (seed, epoch); augmentation by "
             "(seed, epoch, step, rank)",
         }

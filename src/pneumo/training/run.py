@@ -146,6 +146,12 @@ def resume(run_dir: str | Path) -> Path:
     cfg = validate_config(raw)
     cfg = cfg.model_copy(update={"out": str(run_dir), "split_file": str(run_dir / "split.csv")})
     tensors, state = ckpt.load_state(run_dir)
+    if changed := config_changes(state.get("config"), cfg.model_dump(mode="json")):
+        raise ConfigError(
+            f"{run_dir / 'config.yaml'} differs from the config the run was trained with ({'; '.join(changed)}): "
+            "resuming would continue one run with another's settings. Put them back to resume, or start a new run: "
+            f"pneumo train --config {run_dir / 'config.yaml'} --out NEW_FOLDER"
+        )
     if state["progress"]["finished"]:
         # Not extended: the learning-rate schedule spans the configured epochs, so more epochs is another run.
         log.warning(
@@ -169,6 +175,31 @@ def resume(run_dir: str | Path) -> Path:
     if info.is_main:
         _fit_ood(cfg, run_dir, device)
     return run_dir
+
+
+# Settings a resume may change: where things are and how fast they run, not what is computed (``amp``, ``compile``
+# and ``deterministic`` change rounding only; a resume on another machine may need them changed).
+RESUME_FREE = frozenset(
+    {"data", "out", "split_file", "cache_dir", "progress", "num_workers", "device", "threads", "data_path", "compile",
+     "amp", "deterministic", "checkpoint_every_steps", "fit_ood"}
+)  # fmt: skip
+
+
+def config_changes(saved: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
+    """``key: saved -> current`` for each setting (dotted, nested ones too) that differs, outside
+    :data:`RESUME_FREE`; empty for a state saved before the config was recorded in it (``saved`` None)."""
+    if saved is None:
+        return []
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "model_kwargs" else {prefix + k: v})
+        return out
+
+    a, b = flat(saved), flat(current)
+    keys = sorted(k for k in a.keys() | b.keys() if k.split(".")[0] not in RESUME_FREE and a.get(k) != b.get(k))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
 
 
 def _json_line(record: dict[str, Any]) -> str:
