@@ -449,3 +449,75 @@ def test_declared_task_defaults_match_the_configs() -> None:
     from pneumo.training.config import TrainConfig
 
     assert GAN_TASK == TASK and TrainConfig.model_fields["task"].default == DEFAULT_TASK
+
+
+def test_a_row_another_process_is_training_is_left_to_it(tmp_path: Path, stub_runner) -> None:
+    """Two calls on one --out: the second neither clears nor trains a folder the first holds (it cleared a folder
+    without a checkpoint yet, i.e. one still caching, and trained in it at the same time)."""
+    from pneumo.reproduce.runner import claimed
+
+    call, _ = stub_runner
+    rows = tmp_path / "experiments"
+    _write_rows(rows)
+    src = tmp_path / "out" / "runs" / "src"
+    src.mkdir(parents=True)
+    (src / "config.yaml").write_text("caching, no checkpoint yet\n")
+    with claimed(src) as ours:
+        assert ours
+        busy = call(rows)
+    assert busy["trained"] == [] and "another process is training this row" in busy["failed"]["src"]
+    assert (src / "config.yaml").read_text() == "caching, no checkpoint yet\n"  # not cleared
+    assert call(rows)["tabulated"] == ["src", "dep"]  # released: trained now
+
+
+def test_a_finished_row_tested_on_another_dataset_is_refused(tmp_path: Path, stub_runner) -> None:
+    call, _ = stub_runner
+    rows = tmp_path / "experiments"
+    _write_rows(rows)
+    data = tmp_path / "data"
+    for rel in ("train/NORMAL/IM-0001-0001.jpeg", "train/PNEUMONIA/person1_virus_1.jpeg",
+                "test/NORMAL/IM-0002-0001.jpeg", "test/PNEUMONIA/person2_virus_1.jpeg"):  # fmt: skip
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        (data / rel).write_bytes(b"")
+    assert call(rows)["tabulated"] == ["src", "dep"]
+    for run in ("src", "dep"):  # what each run was tested on, as pneumo train writes it
+        (tmp_path / "out" / "runs" / run / "split.csv").write_text(
+            "path,split,label,subtype,patient_id\ntest/NORMAL/IM-0002-0001.jpeg,test,NORMAL,normal,IM-0002\n"
+            "test/PNEUMONIA/person2_virus_1.jpeg,test,PNEUMONIA,virus,person2\n"
+        )
+    assert call(rows)["tabulated"] == ["src", "dep"]  # the same test split
+    (data / "test/NORMAL/IM-0003-0001.jpeg").write_bytes(b"")  # the call's dataset has another test split now
+    other = call(rows)
+    assert other["tabulated"] == [] and "tested on other images than the test split" in other["failed"]["src"]
+    assert "(2 vs 3 files, 1 differ)" in other["failed"]["src"]
+
+
+def test_an_interrupted_row_is_not_resumed_under_an_edited_declaration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resumed with its old config and stamped with the edited YAML's key, the row would pass as the edited one."""
+    import pneumo.training as training
+    from pneumo.reproduce.runner import _train_one
+    from pneumo.training.checkpoint import STATE_TENSORS
+
+    calls: list[str] = []
+
+    def interrupted_train(cfg, command=None):
+        calls.append("train")
+        (Path(cfg.out) / STATE_TENSORS).write_bytes(b"a checkpoint")  # then the process dies
+
+    monkeypatch.setattr(training, "train", interrupted_train)
+    monkeypatch.setattr(training, "resume", lambda run_dir: calls.append("resume"))
+    rows = tmp_path / "experiments"
+    _write_rows(rows)
+    src = next(e for e in load_suite("quick", rows) if e.name == "src")
+    run_dir = tmp_path / "out" / "runs" / "src"
+    _train_one(src, 0, tmp_path / "data", run_dir, {}, "cpu")
+    _train_one(src, 0, tmp_path / "data", run_dir, {}, "cpu")  # the same declaration resumes
+    assert calls == ["train", "resume"]
+    edited_yaml = "name: src\nsuites: [quick]\ntrain: {task: normal-pneumonia, model: cnn, epochs: 9}\n"
+    (rows / "src.yaml").write_text(edited_yaml)
+    edited = next(e for e in load_suite("quick", rows) if e.name == "src")
+    with pytest.raises(ValueError, match="runs/src was started from another version of src's YAML; move it away"):
+        _train_one(edited, 0, tmp_path / "data", run_dir, {}, "cpu")
+    assert calls == ["train", "resume"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
@@ -10,14 +12,15 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import pneumo
-from pneumo.reproduce.status import STATUS_FILE, read_status
+from pneumo.reproduce.status import STARTED_FILE, STATUS_FILE, read_started, read_status
 from pneumo.reproduce.suite import RUN_REF, Experiment, load_suite, resolve_refs
 from pneumo.utils.atomic import write_json
 
@@ -91,10 +94,17 @@ def _finished_stamp(run_dir: Path) -> str | None:
     return read_status(run_dir).get("finished")
 
 
-def _unusable_result(exp: Experiment, seed: int, run_dir: Path, run_dirs: dict[str, dict[int, Path]]) -> str | None:
+def _unusable_result(
+    exp: Experiment,
+    seed: int,
+    run_dir: Path,
+    run_dirs: dict[str, dict[int, Path]],
+    data_test_files: frozenset[str] | None = None,
+) -> str | None:
     """Why the finished run in ``run_dir`` is not a result of this declaration (``None`` when it is).
 
     Statuses written before these fields existed carry no declaration or dependency stamps and are taken as they are.
+    ``data_test_files``: the test split of the data this call names; a run tested on other files is refused.
     """
     status = read_status(run_dir)
     where = f"{run_dir.parent.name}/{run_dir.name}"
@@ -107,7 +117,70 @@ def _unusable_result(exp: Experiment, seed: int, run_dir: Path, run_dirs: dict[s
         current = _finished_stamp(sources[ref]) if ref in sources else None
         if current != stamp:
             return f"{where} started from a run of {ref} that is no longer there (retrained?); move it away to retrain"
+    if data_test_files is not None and (ran := run_test_files(run_dir)) is not None and ran != data_test_files:
+        return (
+            f"{where} was tested on other images than the test split of this call's dataset ({len(ran)} vs "
+            f"{len(data_test_files)} files, {len(ran ^ data_test_files)} differ): pass the dataset it was trained on "
+            "(--data), or move it away to retrain"
+        )
     return None
+
+
+def run_test_files(run_dir: Path) -> frozenset[str] | None:
+    """The test split of a run (``split.csv``, paths relative to its dataset), None without a split file."""
+    path = run_dir / "split.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        return frozenset(row["path"] for row in csv.DictReader(f) if row["split"] == "test")
+
+
+def data_test_files(data: Path) -> frozenset[str] | None:
+    """The official test split of ``data`` as a run's ``split.csv`` names it (relative to the dataset root), so that
+    a moved copy of the same dataset matches and another dataset does not; None when ``data`` cannot be read (the
+    finished rows are then tabulated unchecked, with a warning)."""
+    from pneumo.data.records import DatasetError, dataset_root, discover
+
+    try:
+        records = discover(data)
+    except DatasetError as exc:
+        log.warning("finished rows not checked against the dataset's test split: %s", exc)
+        return None
+    root = dataset_root(data).resolve()
+    files = set()
+    for r in records:
+        if r.split == "test":
+            path = r.path.resolve()
+            files.add(path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path))
+    return frozenset(files)
+
+
+@contextmanager
+def claimed(run_dir: Path) -> Iterator[bool]:
+    """Hold ``runs/.<row>.lock`` while a row trains and is evaluated; yields False (and holds nothing) when another
+    process holds it, so that two calls on one ``--out`` never train, clear or resume the same folder at once."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.parent / f".{run_dir.name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _check_started(exp: Experiment, seed: int, run_dir: Path, depends: dict[str, Path]) -> None:
+    """Refuse to resume a row started from another declaration or other source runs than today's."""
+    started = read_started(run_dir)
+    where = f"{run_dir.parent.name}/{run_dir.name}"
+    if started.get("declaration", declaration_key(exp, seed)) != declaration_key(exp, seed):
+        raise ValueError(f"{where} was started from another version of {exp.name}'s YAML; move it away to retrain")
+    stamps = {ref: _finished_stamp(d) for ref, d in depends.items()}
+    if started.get("depends_on", stamps) != stamps:
+        raise ValueError(f"{where} was started from a run of a source row that has since changed; move it away")
 
 
 def _resumable(run_dir: Path) -> bool:
@@ -128,11 +201,19 @@ def _train_one(
     exp: Experiment, seed: int, data: Path, run_dir: Path, run_dirs: dict[str, dict[int, Path]], device: str
 ) -> Path:
     """Train (or resume) one experiment; returns the folder of the classifier run to evaluate."""
+    depends = dependency_runs(exp, seed, run_dirs)
+    resuming = _resumable(run_dir)
+    if resuming:
+        _check_started(exp, seed, run_dir, depends)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        stamps = {ref: _finished_stamp(d) for ref, d in depends.items()}
+        write_json(run_dir / STARTED_FILE, {"declaration": declaration_key(exp, seed), "depends_on": stamps})
     if exp.kind == "gan":
         from pneumo.gan.config import load_config
         from pneumo.gan.train import resume_gan, train_gan
 
-        if _resumable(run_dir):
+        if resuming:
             resume_gan(run_dir, progress=False)
         else:
             overlay = resolve_refs(exp.gan, run_dirs, seed)
@@ -142,7 +223,7 @@ def _train_one(
     from pneumo.training import build_config, resume, train
     from pneumo.training.config import deep_merge
 
-    if _resumable(run_dir):
+    if resuming:
         resume(run_dir)  # a finished run returns at once
         return run_dir
     overlay = resolve_refs(exp.train, run_dirs, seed)
@@ -150,6 +231,46 @@ def _train_one(
     cfg = build_config(flags=deep_merge(overlay, flags))
     train(cfg, command=["pneumo", "reproduce", exp.name])
     return run_dir
+
+
+def _train_and_evaluate(
+    exp: Experiment,
+    seed: int,
+    data: Path,
+    run_dir: Path,
+    run_dirs: dict[str, dict[int, Path]],
+    device: str,
+    n_boot: int,
+) -> str | None:
+    """Train (or resume) and evaluate one row, then write its status; returns why it failed, None when it did not."""
+    from pneumo.evaluation.run import evaluate_run
+
+    depends = dependency_runs(exp, seed, run_dirs)
+    unfinished = [f"{ref} ({d.name})" for ref, d in depends.items() if _finished_stamp(d) is None]
+    if unfinished:  # never train from a partial run (e.g. the best epoch so far of a failed source)
+        return f"needs {', '.join(unfinished)}, which has not finished"
+    log.info("experiment %s: training", run_dir.name)
+    start = time.perf_counter()
+    try:
+        eval_dir = _train_one(exp, seed, data, run_dir, run_dirs, device)
+        train_s = time.perf_counter() - start
+        result = evaluate_run(eval_dir, split="test", n_boot=n_boot, device=device, progress=False)
+    except Exception as exc:  # one broken row (e.g. weights offline) must not stop the others
+        log.exception("experiment %s failed", run_dir.name)
+        return f"{type(exc).__name__}: {exc}"
+    status = {
+        "experiment": exp.name,
+        "seed": seed,
+        "declaration": declaration_key(exp, seed),
+        "depends_on": {ref: _finished_stamp(d) for ref, d in depends.items()},
+        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "wall_s_this_session": round(train_s, 1),
+        "evaluated_run": os.path.relpath(eval_dir, run_dir),  # relative: the out folder can move
+        "eval_dir": os.path.relpath(result["eval_dir"], run_dir),
+        "device": "cuda" if torch.cuda.is_available() and device != "cpu" else "cpu",
+    }
+    write_json(run_dir / STATUS_FILE, status)
+    return None
 
 
 def reproduce(
@@ -176,7 +297,6 @@ def reproduce(
     An experiment that raises is logged, listed under ``failed`` in the results, and the others still run; a row that
     starts from it is not trained (listed as failed too) until it has finished. A finished run that no longer matches
     its declaration (another seed, an edited YAML, a retrained source) is listed as failed, not tabulated."""
-    from pneumo.evaluation.run import evaluate_run
     from pneumo.reproduce.results import write_results
 
     out = out.expanduser().resolve()
@@ -218,6 +338,8 @@ def reproduce(
         data = recorded_data(out)
     data = data.expanduser().resolve() if data else out / "synthetic-data" / "chest_xray"
     run_dirs: dict[str, dict[int, Path]] = {}
+    test_files: frozenset[str] | None = None  # the data's test split, read once, when a finished row needs it
+    test_files_read = False
     entries = []
     failures: list[dict[str, Any]] = []
     for exp in experiments:
@@ -231,41 +353,21 @@ def reproduce(
             if skipped and not status_path.exists():
                 continue
             if status_path.exists():
-                problem = _unusable_result(exp, seed, run_dir, run_dirs)
+                if not test_files_read:
+                    test_files, test_files_read = data_test_files(data), True
+                problem = _unusable_result(exp, seed, run_dir, run_dirs, test_files)
                 if problem:
                     log.error("experiment %s: %s", name, problem)
                     failures.append({"experiment": exp.name, "seed": seed, "error": problem})
                     continue
             else:
-                depends = dependency_runs(exp, seed, run_dirs)
-                unfinished = [f"{ref} ({d.name})" for ref, d in depends.items() if _finished_stamp(d) is None]
-                if unfinished:  # never train from a partial run (e.g. the best epoch so far of a failed source)
-                    error = f"needs {', '.join(unfinished)}, which has not finished"
+                with claimed(run_dir) as ours:
+                    error = None if ours else "another process is training this row (its lock is held); left to it"
+                    error = error or _train_and_evaluate(exp, seed, data, run_dir, run_dirs, device, n_boot)
+                if error:
                     log.error("experiment %s: %s", name, error)
                     failures.append({"experiment": exp.name, "seed": seed, "error": error})
                     continue
-                log.info("experiment %s: training", name)
-                start = time.perf_counter()
-                try:
-                    eval_dir = _train_one(exp, seed, data, run_dir, run_dirs, device)
-                    train_s = time.perf_counter() - start
-                    result = evaluate_run(eval_dir, split="test", n_boot=n_boot, device=device, progress=False)
-                except Exception as exc:  # one broken row (e.g. weights offline) must not stop the others
-                    log.exception("experiment %s failed", name)
-                    failures.append({"experiment": exp.name, "seed": seed, "error": f"{type(exc).__name__}: {exc}"})
-                    continue
-                status = {
-                    "experiment": exp.name,
-                    "seed": seed,
-                    "declaration": declaration_key(exp, seed),
-                    "depends_on": {ref: _finished_stamp(d) for ref, d in depends.items()},
-                    "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                    "wall_s_this_session": round(train_s, 1),
-                    "evaluated_run": os.path.relpath(eval_dir, run_dir),  # relative: the out folder can move
-                    "eval_dir": os.path.relpath(result["eval_dir"], run_dir),
-                    "device": "cuda" if torch.cuda.is_available() and device != "cpu" else "cpu",
-                }
-                write_json(status_path, status)
             entries.append((exp, seed, run_dir))
     return write_results(
         out, suite, data, entries, n_boot=n_boot, machine=machine_summary(), failures=failures, command=command

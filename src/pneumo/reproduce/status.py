@@ -7,11 +7,19 @@ from pathlib import Path
 from typing import Any
 
 STATUS_FILE = "reproduce.json"
+# written when a row starts: what it was started from, checked before it is resumed
+STARTED_FILE = "reproduce.started.json"
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
     """``run_dir/reproduce.json``, written when the experiment finished (``{}`` before)."""
     path = run_dir / STATUS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def read_started(run_dir: Path) -> dict[str, Any]:
+    """``run_dir/reproduce.started.json`` (``{}`` for a row started by an earlier version, which wrote none)."""
+    path = run_dir / STARTED_FILE
     return json.loads(path.read_text()) if path.exists() else {}
 
 
