@@ -222,6 +222,25 @@ def test_geometries(geometry: str) -> None:
         assert out[:4].max() == 0 and out[-4:].max() == 0  # black bars top and bottom
 
 
+def test_letterbox_never_builds_a_canvas_larger_than_the_model_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Padding to max(w, h)^2 before resizing cost 1.6 GB for a 40000 x 25 image (1 megapixel, under any limit)."""
+    from PIL import Image as PILImage
+
+    made: list[tuple[int, int]] = []
+    real_new = PILImage.new
+    monkeypatch.setattr(
+        PILImage, "new", lambda mode, size, *a, **k: (made.append(size), real_new(mode, size, *a, **k))[1]
+    )
+    strip = np.full((25, 40000), 255, np.uint8)
+    out = resize_gray(strip, PreprocessContract(image_size=32, geometry="letterbox"))
+    assert made and all(w * h <= 32 * 32 for w, h in made)
+    assert out.shape == (32, 32) and out[15].min() == 255 and out[:15].max() == 0 and out[16:].max() == 0
+    # a square image fills the canvas; a 2:1 one keeps its aspect between bars of a quarter each
+    np.testing.assert_array_equal(resize_gray(np.full((64, 64), 9, np.uint8), PreprocessContract(32, "letterbox")), 9)
+    wide = resize_gray(np.full((32, 64), 200, np.uint8), PreprocessContract(image_size=32, geometry="letterbox"))
+    assert wide[8:24].min() == 200 and wide[:8].max() == 0 and wide[24:].max() == 0
+
+
 def test_squash_matches_how_the_shared_copy_was_made(tmp_path: Path) -> None:
     """The shared data README: Image.open -> convert RGB -> resize((224, 224), BILINEAR)."""
     rng = np.random.default_rng(1)

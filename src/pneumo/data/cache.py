@@ -39,7 +39,8 @@ _FLUSH_EVERY = 512
 # The pixels of a row depend on the contract and on the code that decodes and resizes (decode.py, preprocess.py) and
 # Pillow's filters. Bump DECODER_REVISION with any change to those pixels: caches built by other code are then not
 # reused (the file fingerprints alone would accept them).
-DECODER_REVISION = 1
+# 2: letterbox resizes before padding (the bars' edges and the image's position moved by up to a pixel).
+DECODER_REVISION = 2
 
 
 def decoder_key() -> str:

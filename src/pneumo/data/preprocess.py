@@ -81,9 +81,14 @@ def resize_gray(gray: np.ndarray, contract: PreprocessContract) -> np.ndarray:
         left, top = (w - side) // 2, (h - side) // 2
         img = img.crop((left, top, left + side, top + side))
     elif contract.geometry == "letterbox":
-        side = max(w, h)
-        canvas = Image.new("L", (side, side), 0)
-        canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+        # the longer side to S first, then black bars: padding first made a max(w, h)^2 canvas, gigabytes for a
+        # 40000 x 25 image that the pixel limit lets through
+        scale = size / max(w, h)
+        inner = (max(1, round(w * scale)), max(1, round(h * scale)))
+        canvas = Image.new("L", (size, size), 0)
+        canvas.paste(
+            img.resize(inner, _FILTERS[contract.interpolation]), ((size - inner[0]) // 2, (size - inner[1]) // 2)
+        )
         img = canvas
     if img.size != (size, size):
         img = img.resize((size, size), _FILTERS[contract.interpolation])
