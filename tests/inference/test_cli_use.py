@@ -85,6 +85,26 @@ def test_predict_all_good_exits_zero_in_every_format(cli: typer.Typer, run: Path
     assert bad.exit_code == 2 and "--format must be one of" in bad.stderr
 
 
+def test_an_unexpected_decoder_error_loses_its_file_not_the_batch(
+    cli: typer.Typer, run: Path, images: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pneumo.inference import predictor as predictor_module
+
+    real = predictor_module.Predictor.prepare
+
+    def prepare(self, source, **kwargs):
+        if str(source).endswith("b.jpg"):
+            raise ValueError("UID is not a transfer syntax.")  # what pydicom raised for an unknown one
+        return real(self, source, **kwargs)
+
+    monkeypatch.setattr(predictor_module.Predictor, "prepare", prepare)
+    result = CliRunner().invoke(cli, ["predict", str(run), str(images / "a.png"), str(images / "sub"), "-f", "csv"])
+    assert result.exit_code == 1
+    assert f"error: {images / 'sub' / 'b.jpg'}: ValueError: UID is not a transfer syntax." in result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert str(images / "a.png") in {r["file"] for r in rows} and len(rows) == 3
+
+
 def test_predict_writes_cam_overlays(cli: typer.Typer, run: Path, images: Path, tmp_path: Path) -> None:
     args = ["predict", str(run), str(images / "sub"), str(images / "a.png"), "--cam", str(tmp_path)]
     result = CliRunner().invoke(cli, args)

@@ -99,6 +99,40 @@ def test_a_compressed_frame_is_decoded_only_at_the_size_its_header_announces() -
         decode_bytes(_encapsulated(_jpeg(2000, 2000), 16, 16, JPEGBaseline8Bit), "big.dcm", max_pixels=10_000)
 
 
+def test_a_compressed_frame_gets_the_jpeg_scan_guard_of_a_bare_jpeg(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 73 KB DICOM holding a progressive JPEG with its last scan repeated decoded for 10 s (50 s at 109 KB), while
+    the same JPEG as a file was refused at once."""
+    from PIL import Image
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from pneumo.data import decode
+
+    buf = io.BytesIO()
+    Image.new("L", (64, 64), 128).save(buf, "JPEG", progressive=True, quality=5)
+    last = buf.getvalue().rindex(b"\xff\xda")
+    crafted = buf.getvalue()[:last] + buf.getvalue()[last:-2] * 300 + b"\xff\xd9"
+    data = _encapsulated(crafted, 64, 64, JPEGBaseline8Bit)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoding started")
+
+    monkeypatch.setattr(decode.Image, "open", no_decoding)
+    with pytest.raises(ImageDecodeError, match=r"scans\.dcm: JPEG with 30\d scans \(limit 256\)"):
+        decode_bytes(data, "scans.dcm")
+
+
+def test_an_unknown_transfer_syntax_and_an_unreadable_frame_are_decode_errors() -> None:
+    from pydicom.uid import JPEGBaseline8Bit
+
+    raw = dicom_bytes(np.zeros((8, 8), np.uint16))
+    odd = raw.replace(b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.1.2.9\0")  # a UID pydicom does not know
+    with pytest.raises(ImageDecodeError, match=r"odd\.dcm: unknown DICOM transfer syntax 1\.2\.840\.10008\.1\.2\.9"):
+        decode_bytes(odd, "odd.dcm")
+    with pytest.raises(ImageDecodeError) as caught:  # not an image codestream: no object address in the message
+        decode_bytes(_encapsulated(b"not a jpeg at all", 8, 8, JPEGBaseline8Bit), "junk.dcm")
+    assert "0x" not in str(caught.value) and "UnidentifiedImageError" in str(caught.value)
+
+
 def test_a_deflated_dicom_is_refused_before_anything_is_inflated(monkeypatch: pytest.MonkeyPatch) -> None:
     import zlib
 

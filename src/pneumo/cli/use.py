@@ -106,6 +106,9 @@ def predict(
             except ImageDecodeError as exc:
                 typer.echo(f"error: {exc}", err=True)
                 n_failed += 1
+            except Exception as exc:  # a decoder's unexpected error loses this file, not the whole batch
+                typer.echo(f"error: {path}: {type(exc).__name__}: {exc}", err=True)
+                n_failed += 1
         results.extend(predictor.predict_prepared(prepared))
         if cam is not None:
             for image in prepared:

@@ -142,17 +142,28 @@ def _check_compressed_frame(ds: Any, name: str, rows: int, cols: int, max_pixels
     check that size (from the codestream header, nothing decoded) before pydicom decodes it. RLE is decoded into
     the header's size and needs no check."""
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if syntax is None or not syntax.is_encapsulated or str(syntax) == RLE_TRANSFER_SYNTAX:
+    try:
+        encapsulated = syntax is not None and syntax.is_encapsulated
+    except ValueError:  # pydicom's "UID is not a transfer syntax" for one it does not know
+        raise ImageDecodeError(name, f"unknown DICOM transfer syntax {syntax}") from None
+    if not encapsulated or str(syntax) == RLE_TRANSFER_SYNTAX:
         return
     from pydicom.encaps import generate_frames
 
     try:
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except Exception as exc:
+        raise ImageDecodeError(name, f"cannot read the compressed frame (transfer syntax {syntax})") from exc
+    if frame.startswith(_JPEG_MAGIC):
+        _check_jpeg_scans(frame, name)  # the same guard as for a bare JPEG: pydicom hands the frame to Pillow
+    try:
         with Image.open(io.BytesIO(frame)) as img:
             width, height = img.size
-    except Exception as exc:
+    except Exception as exc:  # not str(exc): Pillow's message names a BytesIO object and its address
         raise ImageDecodeError(
-            name, f"cannot check the size of the compressed frame (transfer syntax {syntax}) before decoding ({exc})"
+            name,
+            f"cannot check the size of the compressed frame (transfer syntax {syntax}) before decoding "
+            f"({type(exc).__name__})",
         ) from exc
     if (width, height) != (cols, rows) or width * height > max_pixels:
         raise ImageDecodeError(
@@ -245,11 +256,7 @@ def decode_bytes(data: bytes, name: str = "<bytes>", *, max_pixels: int = DEFAUL
     if is_dicom(data, name):
         return _check_pixels(_decode_dicom(data, name, max_pixels), name, max_pixels)
     if data.startswith(_JPEG_MAGIC):
-        # start-of-scan markers: inside entropy-coded data a 0xFF byte is followed by 0x00, so only markers match
-        scans = data.count(b"\xff\xda")
-        if scans > MAX_JPEG_SCANS:
-            reason = f"JPEG with {scans} scans (limit {MAX_JPEG_SCANS}): its decoding time has no bound"
-            raise ImageDecodeError(name, reason)
+        _check_jpeg_scans(data, name)
     try:
         with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as img:
             width, height = img.size
@@ -265,6 +272,15 @@ def decode_bytes(data: bytes, name: str = "<bytes>", *, max_pixels: int = DEFAUL
         if isinstance(exc, ImageDecodeError):
             raise
         raise ImageDecodeError(name, f"truncated or corrupt image ({exc})") from exc
+
+
+def _check_jpeg_scans(data: bytes, name: str) -> None:
+    """Refuse a JPEG whose scan count makes its decoding time unbounded (each repeated progressive scan is decoded)."""
+    # start-of-scan markers: inside entropy-coded data a 0xFF byte is followed by 0x00, so only markers match
+    scans = data.count(b"\xff\xda")
+    if scans > MAX_JPEG_SCANS:
+        reason = f"JPEG with {scans} scans (limit {MAX_JPEG_SCANS}): its decoding time has no bound"
+        raise ImageDecodeError(name, reason)
 
 
 def _check_pixels(arr: np.ndarray, name: str, max_pixels: int) -> np.ndarray:
