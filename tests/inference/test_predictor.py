@@ -316,6 +316,9 @@ def test_ood_parameters_this_version_cannot_use_are_found_at_load(
         ({"class_names": ["normal"]}, "need at least 2 class names"),
         ({"preprocess": {"image_size": 32, "geometry": "pad-and-crop"}}, "unknown geometry"),
         ({"task": None, "class_names": None}, "NoneType"),
+        ({"operating_point": {"method": "youden"}}, r"operating_point needs a threshold in \[0, 1\]"),
+        ({"operating_point": {"threshold": "0.4"}}, "operating_point needs a threshold"),
+        ({"operating_point": {"threshold": 1.5}}, "operating_point needs a threshold"),
     ],
 )
 def test_unusable_model_metadata_names_the_file(tmp_path: Path, change: dict, message: str) -> None:

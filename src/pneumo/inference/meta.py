@@ -51,6 +51,10 @@ class ModelMeta:
             raise ModelLoadError(f"need at least 2 class names, got {list(self.class_names)}")
         if self.temperature is not None and not self.temperature > 0:
             raise ModelLoadError(f"temperature must be > 0, got {self.temperature}")
+        if self.operating_point is not None and len(self.class_names) == 2:
+            threshold = self.operating_point.get("threshold") if isinstance(self.operating_point, dict) else None
+            if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+                raise ModelLoadError(f"operating_point needs a threshold in [0, 1], got {self.operating_point!r}")
 
     @property
     def n_task(self) -> int:
