@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import struct
@@ -438,3 +439,37 @@ def test_serving_a_predictor_leaves_the_callers_object_alone(tmp_path: Path) -> 
     before = predictor.max_pixels
     app = create_app(predictor, max_pixels=1234)
     assert app.state.predictor.max_pixels == 1234 and predictor.max_pixels == before
+
+
+def test_requests_that_time_out_waiting_leave_nothing_queued_in_the_pool() -> None:
+    """Submitted at once, each timed-out upload stayed in the executor's queue with its bytes (30 uploads of
+    3.8 MB: 115 MB held past the in-flight limit); now work reaches the pool only when a thread is free."""
+    import asyncio
+
+    from pneumo.serve.guards import ApiError, InferenceRunner
+
+    release = threading.Event()
+
+    async def scenario() -> tuple[list[int], int, str]:
+        runner = InferenceRunner(max_concurrency=1, timeout_s=0.2)
+        blocked = asyncio.ensure_future(runner(lambda: release.wait(5)))  # holds the only thread
+
+        async def upload(data: bytes) -> int:
+            try:
+                await runner(len, data)
+            except ApiError as exc:
+                return exc.status
+            return 200
+
+        codes = await asyncio.gather(*(upload(bytes(1 << 20)) for _ in range(20)))
+        queued = runner.pool._work_queue.qsize()
+        release.set()
+        with contextlib.suppress(ApiError):
+            await blocked  # timed out too; its thread ends now and gives the slot back
+        await asyncio.sleep(0.05)
+        answer = await runner(str.upper, "free again")
+        runner.shutdown()
+        return codes, queued, answer
+
+    codes, queued, answer = asyncio.run(scenario())
+    assert codes == [503] * 20 and queued == 0 and answer == "FREE AGAIN"

@@ -7,6 +7,7 @@ Every refusal is an :class:`ApiError`, answered as ``{"error": <code>, "detail":
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 from collections.abc import Callable
@@ -210,8 +211,11 @@ def check_pixels(data: bytes, name: str, max_pixels: int) -> None:
 class InferenceRunner:
     """Runs blocking work off the event loop in a fixed pool (at most ``max_concurrency`` at once).
 
-    A request that waits or runs longer than ``timeout_s`` gets 503; its work is cancelled if it has not started
-    (work already running finishes in its thread, still counted against the pool, so the bound holds).
+    A request that waits or runs longer than ``timeout_s`` gets 503. Work is handed to the pool only when a thread
+    is free (a slot of a semaphore, given back when the work ends), so nothing queues inside the executor: a request
+    that timed out while waiting leaves nothing behind, while work already running finishes in its thread, still
+    holding its slot, so the bound holds. (Submitted at once, timed-out uploads stayed queued in the executor with
+    their bytes, past the service's in-flight limit.)
     """
 
     def __init__(self, max_concurrency: int, timeout_s: float) -> None:
@@ -219,16 +223,33 @@ class InferenceRunner:
             raise ValueError("max_concurrency must be >= 1 and timeout_s > 0")
         self.timeout_s = timeout_s
         self.pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="pneumo-inference")
+        self.slots = asyncio.Semaphore(max_concurrency)
+
+    def _timeout(self) -> ApiError:
+        return ApiError(503, "timeout", f"the model did not answer within {self.timeout_s:g} s; try again later")
 
     async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
-        future = self.pool.submit(fn, *args)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s)
+            await asyncio.wait_for(self.slots.acquire(), self.timeout_s)
         except TimeoutError:
-            future.cancel()
-            raise ApiError(
-                503, "timeout", f"the model did not answer within {self.timeout_s:g} s; try again later"
-            ) from None
+            raise self._timeout() from None
+
+        def give_back(_: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed (shutdown): nobody waits for the slot
+                loop.call_soon_threadsafe(self.slots.release)
+
+        try:
+            future = self.pool.submit(fn, *args)
+        except BaseException:
+            self.slots.release()
+            raise
+        future.add_done_callback(give_back)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            raise self._timeout() from None
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
