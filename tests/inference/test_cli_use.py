@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -204,3 +205,24 @@ def test_a_folder_walk_skips_archive_leftovers_and_finds_dicoms_without_a_suffix
     (root / "dicomdir" / "NOTES").write_text("not an image, no suffix")
     found = [p.relative_to(root).as_posix() for p in iter_image_files([root])]
     assert found == ["dicomdir/IM000001", "test/NORMAL/IM-1.jpeg"]
+
+
+def test_serve_with_workers_checks_the_model_in_a_child_and_loads_none_in_the_supervisor(
+    cli: typer.Typer, run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The supervisor kept a whole model (PyTorch, perhaps a CUDA context) for as long as its workers ran."""
+    import uvicorn
+
+    import pneumo.serve.app as serve_app
+
+    started = []
+    monkeypatch.setattr(serve_app, "create_app", lambda *a, **k: pytest.fail("the supervisor loaded the model"))
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kwargs: started.append((target, kwargs["workers"])))
+    result = CliRunner().invoke(cli, ["serve", str(run), "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert started == [("pneumo.serve.app:create_app_from_env", 2)]
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    (broken / "checkpoint.json").write_text("{}")
+    refused = CliRunner().invoke(cli, ["serve", str(broken), "--workers", "2"])
+    assert refused.exit_code == 2 and "unsupported checkpoint format" in refused.stderr and len(started) == 1

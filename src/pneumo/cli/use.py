@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -170,6 +171,18 @@ def export(
     typer.echo(f"wrote {out}")
 
 
+def service_problem(model: str, limits: dict) -> str | None:
+    """Why the service could not start with this model and these settings (None: it can). Run in a child process."""
+    from pneumo.inference import ModelLoadError
+    from pneumo.serve.app import create_app
+
+    try:
+        create_app(Path(model), **limits)
+    except (ModelLoadError, OSError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
 def serve(
     model: Path = typer.Argument(..., help="Run folder or .onnx export."),
     host: str = typer.Option("127.0.0.1", "--host"),
@@ -205,11 +218,18 @@ def serve(
         "device": device,
     }
     limits = {k: v for k, v in limits.items() if v is not None}  # unset: the service's own default
-    try:
-        app = create_app(model, **limits)
-    except (ModelLoadError, OSError, ValueError) as exc:
-        fail(str(exc))
-    if workers == 1:
+    if workers > 1:
+        # The supervisor serves nothing: it checks model, device and settings in a short-lived child process, so
+        # that it does not hold a model, PyTorch and perhaps a CUDA context for as long as the workers run.
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            problem = pool.apply(service_problem, (str(model), limits))
+        if problem:
+            fail(problem)
+    else:
+        try:
+            app = create_app(model, **limits)
+        except (ModelLoadError, OSError, ValueError) as exc:
+            fail(str(exc))
         uvicorn.run(app, host=host, port=port)
         return
     # Several processes need an importable factory; the settings travel in the environment.
