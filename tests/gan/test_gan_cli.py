@@ -58,3 +58,9 @@ def test_quality_command_scores_a_run_without_touching_test(gan_run: Path) -> No
         app, ["quality", str(gan_run), "--classifier", str(gan_run / "classifier"), "--split", "test"]
     )
     assert result.exit_code == 2 and "test split stays untouched" in result.output
+    # the EMA generator with standing BatchNorm statistics: scored apart, written beside the plain score
+    args = ["quality", str(gan_run), "--classifier", str(gan_run / "classifier"), "--standing-batches", "3"]
+    assert runner.invoke(app, args).exit_code == 0
+    standing = json.loads((gan_run / "quality-classifier-val-standing3.json").read_text())
+    assert standing["standing_batches"] == 3 and standing["n_images"] == written["n_images"]
+    assert standing["frechet_distance"] != written["frechet_distance"]  # other statistics, other images

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -208,3 +209,44 @@ def test_the_split_follows_the_seed_like_pneumo_train(toy_data: Path) -> None:
 
     assert val_paths(seed=1) == carved(1) != carved(0)
     assert val_paths(seed=1, split_seed=0) == carved(0)
+
+
+def test_standing_batchnorm_statistics_of_the_ema_generator(gan_run: Path) -> None:
+    """The EMA weights are an average while its BatchNorm statistics are copied from the live generator: off by default
+    (no consistent gain measured), ``ema_standing_batches`` recomputes them from the EMA generator's own outputs."""
+    from pneumo.gan.synth import standing_statistics
+    from pneumo.gan.train import ACGANSteps
+
+    ema = load_generator(gan_run)
+    live_stats = load_file(gan_run / "generator.safetensors")
+    norm = next(name for name, m in ema.named_modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert torch.equal(ema.get_submodule(norm).running_mean, live_stats[f"{norm}.running_mean"])  # default: copied
+    config = read_config(gan_run / "config.yaml")
+    for batches, standing_expected in ((0, False), (2, True)):
+        steps = ACGANSteps(
+            config.model_copy(update={"ema_standing_batches": batches}), torch.tensor([0.2, 0.5, 0.3]),
+            torch.device("cpu"), torch.Generator().manual_seed(0),
+        )  # fmt: skip
+        exported = steps.exported_ema_generator()
+        assert (exported is not steps.ema_generator) == standing_expected
+        copied = steps.ema_generator.get_submodule(norm).running_mean
+        assert torch.equal(exported.get_submodule(norm).running_mean, copied) != standing_expected
+
+    probs = torch.tensor([0.2, 0.5, 0.3])
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    standing = standing_statistics(ema, probs, batches=1, batch_size=16, seed=7)
+    assert all(torch.equal(before[k], v) for k, v in ema.state_dict().items())  # the original is left as it was
+    assert not standing.training and standing.get_submodule(norm).momentum == 0.1
+    # one batch: the running mean is that batch's mean at the first BatchNorm's input, the variance its unbiased one
+    rng = torch.Generator().manual_seed(7)
+    z, labels = torch.randn(16, ema.z_dim, generator=rng), torch.multinomial(probs, 16, replacement=True, generator=rng)
+    seen = []
+    probe = copy.deepcopy(ema).train()
+    probe.get_submodule(norm).register_forward_hook(lambda m, inputs, out: seen.append(inputs[0]))
+    with torch.no_grad():
+        probe(z, labels)
+    x = seen[0].transpose(0, 1).flatten(1)
+    torch.testing.assert_close(standing.get_submodule(norm).running_mean, x.mean(1))
+    torch.testing.assert_close(standing.get_submodule(norm).running_var, x.var(1, unbiased=True))
+    again = standing_statistics(ema, probs, batches=1, batch_size=16, seed=7)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in standing.state_dict().items())

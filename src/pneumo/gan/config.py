@@ -54,6 +54,9 @@ class GanConfig(BaseModel):
     aux_weight: float = Field(1.0, ge=0.0)
     d_steps: int = Field(1, ge=1, description="discriminator steps per generator step")
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="EMA of generator weights, used for sampling")
+    ema_standing_batches: int = Field(
+        0, ge=0, description="batches that recompute the EMA generator's BatchNorm statistics at export (0: copy)"
+    )
     fake_labels: Literal["data", "uniform"] = Field("data", description="class draw for generated images")
 
     # bookkeeping

@@ -9,6 +9,7 @@ numbers are not Inception FIDs.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from pneumo.data.tasks import get_task
 from pneumo.gan.checkpoint import load_generator
 from pneumo.gan.config import TASK, read_config
 from pneumo.gan.fid import class_agreement, extract_features, frechet_distance, kid
-from pneumo.gan.synth import generate
+from pneumo.gan.synth import generate, standing_statistics
 from pneumo.utils.atomic import write_json
 
 NOTE = (
@@ -41,8 +42,12 @@ def sample_quality(
     seed: int = 0,
     device: str = "cpu",
     write: bool = True,
+    standing_batches: int = 0,
 ) -> dict[str, Any]:
-    """Score a GAN run; with ``write`` the result also goes to ``GAN_RUN/quality-<classifier>-<split>.json``."""
+    """Score a GAN run; with ``write`` the result also goes to ``GAN_RUN/quality-<classifier>-<split>.json``.
+
+    ``standing_batches``: score the EMA generator with its BatchNorm statistics recomputed from that many batches of
+    its own outputs (:func:`~pneumo.gan.synth.standing_statistics`) instead of the exported ones."""
     from pneumo.training import load_run
 
     if split not in ("train", "val"):
@@ -57,7 +62,15 @@ def sample_quality(
     order = np.random.default_rng(seed).permutation(len(real))[: max_images or len(real)]
     real_images, labels = real.as_tensor()[torch.from_numpy(order)], real.targets[order]
 
-    generated = generate(load_generator(gan_run_dir, device=device), labels, seed=seed)
+    generator = load_generator(gan_run_dir, device=device)
+    if standing_batches:  # what the run would have exported with ema_standing_batches: N
+        train = Counter(r.subtype for r in records if r.split == "train")
+        counts = torch.tensor([float(train[c]) for c in task.class_names])
+        probs = torch.ones(len(counts)) if config.fake_labels == "uniform" or not counts.sum() else counts
+        generator = standing_statistics(
+            generator, probs / probs.sum(), batches=standing_batches, batch_size=config.batch_size, seed=config.seed
+        )
+    generated = generate(generator, labels, seed=seed)
     classifier, meta = load_run(classifier_run_dir, device=device)
     contract = classifier.preprocess_contract
     feats_real = extract_features(classifier, real_images, contract)
@@ -73,6 +86,7 @@ def sample_quality(
         "classifier_run": str(classifier_run_dir.resolve()),
         "classifier_task": meta["task"],
         "split": split,
+        "standing_batches": standing_batches,
         "n_images": len(labels),
         "frechet_distance": frechet_distance(feats_real, feats_fake),
         "kid": {"mean": kid_mean, "std": kid_std},
@@ -80,5 +94,6 @@ def sample_quality(
         "note": NOTE,
     }
     if write:
-        write_json(gan_run_dir / f"quality-{classifier_run_dir.resolve().name}-{split}.json", out)
+        suffix = f"-standing{standing_batches}" if standing_batches else ""
+        write_json(gan_run_dir / f"quality-{classifier_run_dir.resolve().name}-{split}{suffix}.json", out)
     return out

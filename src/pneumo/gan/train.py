@@ -39,7 +39,7 @@ from pneumo.gan.checkpoint import build_generator, export_networks, load_trainin
 from pneumo.gan.classifier import class_logits, exported_epoch, set_last_epoch, write_classifier_run
 from pneumo.gan.config import TASK, GanConfig, read_config, save_config
 from pneumo.gan.losses import discriminator_loss, generator_loss
-from pneumo.gan.synth import class_grid, save_png, to_gan_range
+from pneumo.gan.synth import class_grid, save_png, standing_statistics, to_gan_range
 from pneumo.training.predict import val_metrics
 from pneumo.training.runinfo import append_metrics, environment, read_metrics
 from pneumo.utils.atomic import write_json, write_text
@@ -183,6 +183,16 @@ class ACGANSteps:
     def ema_generator(self) -> Generator:
         return self.ema.module  # type: ignore[return-value]
 
+    def exported_ema_generator(self) -> Generator:
+        """The EMA generator as exported: with ``ema_standing_batches`` > 0 its BatchNorm statistics recomputed for
+        its own weights (:func:`standing_statistics`); the training copy stays as it is."""
+        c = self.config
+        if c.ema_standing_batches == 0:
+            return self.ema_generator
+        return standing_statistics(
+            self.ema_generator, self.label_probs, batches=c.ema_standing_batches, batch_size=c.batch_size, seed=c.seed
+        )
+
     @property
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"g": self.opt_g, "d": self.opt_d}
@@ -207,10 +217,10 @@ def _export_epoch(
 ) -> None:
     """Everything derived from the state of ``epoch``: weight files, the class head when it is the best epoch so
     far, and the sample grid. Idempotent, so a resume can redo it."""
+    ema = steps.exported_ema_generator()
     export_networks(
-        run_dir, epoch=epoch, generator=steps.generator, generator_ema=steps.ema_generator,
-        discriminator=steps.discriminator,
-    )  # fmt: skip
+        run_dir, epoch=epoch, generator=steps.generator, generator_ema=ema, discriminator=steps.discriminator
+    )
     if new_best and exported_epoch(run_dir) != epoch:
         auc = math.nan if best["val_auc"] is None else best["val_auc"]
         write_classifier_run(
@@ -220,7 +230,7 @@ def _export_epoch(
     set_last_epoch(run_dir, epoch)
     samples = run_dir / "samples" / f"epoch_{epoch:04d}.png"
     if (epoch % config.sample_every == 0 or epoch == config.epochs) and not samples.is_file():
-        save_png(class_grid(steps.ema_generator, config.samples_per_class, seed=config.seed), samples)
+        save_png(class_grid(ema, config.samples_per_class, seed=config.seed), samples)
 
 
 def default_run_dir() -> Path:
