@@ -279,3 +279,13 @@ def test_dicom_pixel_limit_is_checked_before_decoding(tmp_path: Path) -> None:
     path.write_bytes(dicom_announcing(3000, 3000))  # the header claims 9 MP; the pixel data is far too short for that
     with pytest.raises(ImageDecodeError, match=r"3000x3000 pixels exceeds the limit of 1000000"):
         decode_image(path, max_pixels=1_000_000)
+
+
+def test_another_pydicom_gets_another_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DICOM pixels depend on pydicom's LUT handling: a cache made with one version is not read with another."""
+    import pneumo.data.cache as cache_module
+
+    contract = PreprocessContract(image_size=8)
+    before = ImageCache(contract, tmp_path).dir
+    monkeypatch.setattr(cache_module, "_version", lambda package: "9.9" if package == "pydicom" else "x")
+    assert ImageCache(contract, tmp_path).dir != before and "pydicom9.9" in ImageCache(contract, tmp_path).dir.name

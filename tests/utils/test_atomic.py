@@ -52,3 +52,16 @@ def test_a_replaced_file_keeps_its_permissions_and_new_files_follow_the_umask_of
     finally:
         os.umask(old)
     assert _mode(tmp_path / "later.txt") == 0o600
+
+
+def test_the_rename_is_made_durable_by_syncing_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_text(tmp_path / "checkpoint.json", "{}")
+    assert synced == ["file", "folder"]  # the data, then the rename

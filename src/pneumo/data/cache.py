@@ -15,6 +15,7 @@ file fingerprints and a preprocessing contract (torchvision datasets decode ever
 from __future__ import annotations
 
 import fcntl
+import importlib.metadata
 import json
 import logging
 import os
@@ -44,7 +45,16 @@ DECODER_REVISION = 2
 
 
 def decoder_key() -> str:
-    return f"d{DECODER_REVISION}-pil{PIL.__version__}"
+    """The decoding code's revision and the libraries whose versions can change pixels: Pillow's filters and
+    pydicom's pixel handling (its VOI LUT behaviour changed between 2.x and 3.x)."""
+    return f"d{DECODER_REVISION}-pil{PIL.__version__}-pydicom{_version('pydicom')}"
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
 
 
 def default_cache_root() -> Path:

@@ -1,4 +1,5 @@
-"""Atomic file writes: a temp file in the same folder, fsync, then ``os.replace``; readers never see half a file."""
+"""Atomic file writes: a temp file in the same folder, fsync, ``os.replace``, fsync of the folder; readers never see
+half a file."""
 
 from __future__ import annotations
 
@@ -36,6 +37,22 @@ def _mode_for(path: Path) -> int:
         return 0o666 & ~_umask()
 
 
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename durable: without it, after a power loss the renames of several files (the best weights, the
+    training state, checkpoint.json) may reach the disk in any order. Where a folder cannot be opened (Windows),
+    nothing is done."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed."""
@@ -50,6 +67,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
