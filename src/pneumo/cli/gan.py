@@ -96,13 +96,19 @@ def quality(
     max_images: int | None = typer.Option(None, "--max-images", min=2, help="Use at most this many real images."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    standing_batches: int = typer.Option(
+        0, "--standing-batches", min=0, help="Recompute the EMA generator's BatchNorm statistics from N batches first."
+    ),
 ) -> None:
     """Frechet distance / KID on the classifier's features (NOT Inception FID) and class agreement."""
     from pneumo.gan.quality import sample_quality
 
     check_device(device)
     try:
-        result = sample_quality(run_dir, classifier, split=split, max_images=max_images, seed=seed, device=device)
+        result = sample_quality(
+            run_dir, classifier, split=split, max_images=max_images, seed=seed, device=device,
+            standing_batches=standing_batches,
+        )  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     typer.echo(f"{result['n_images']} real ({split}) vs as many generated images, same classes")

@@ -218,11 +218,12 @@ def write_synthetic_dataset(
     return paths
 
 
-def _trained_patients(gan_run_dir: Path) -> list[str]:
-    """Patient ids of the GAN run's train split (its ``split.csv``)."""
+def _trained_patients(gan_run_dir: Path) -> list[str] | None:
+    """Patient ids of the GAN run's train split (its ``split.csv``); None for a folder without one (unknown: images
+    written into a dataset are then refused by its later splits)."""
     split = gan_run_dir / "split.csv"
     if not split.is_file():
-        raise FileNotFoundError(f"{split}: missing, so the patients this GAN trained on are unknown")
+        return None
     with split.open(newline="") as f:
         return [row["patient_id"] for row in csv.DictReader(f) if row["split"] == "train"]
 
