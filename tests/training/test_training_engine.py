@@ -481,6 +481,11 @@ def test_resume_refuses_a_config_edited_since_the_run_started(make_cfg, tmp_path
     from pneumo.training.run import config_changes
 
     assert config_changes(None, {"lr": 1.0}) == []  # a state saved before the config was recorded in it
+    # a setting a later version added (with its default) is no edit; model_kwargs compare as a whole
+    assert config_changes({"lr": 1.0}, {"lr": 1.0, "new_setting": 3}) == []
+    assert config_changes({"model_kwargs": {"w": [4]}}, {"model_kwargs": {"w": [8]}}) == [
+        "model_kwargs: {'w': [4]} -> {'w': [8]}"
+    ]
 
 
 def test_a_bad_freeze_stage_fails_before_the_run_folder_is_written(make_cfg, tmp_path: Path) -> None:

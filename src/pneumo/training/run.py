@@ -187,7 +187,8 @@ RESUME_FREE = frozenset(
 
 def config_changes(saved: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
     """``key: saved -> current`` for each setting (dotted, nested ones too) that differs, outside
-    :data:`RESUME_FREE`; empty for a state saved before the config was recorded in it (``saved`` None)."""
+    :data:`RESUME_FREE`; empty for a state saved before the config was recorded in it (``saved`` None). Settings a
+    later pneumo added or dropped are not compared; ``model_kwargs`` is compared whole."""
     if saved is None:
         return []
 
@@ -198,7 +199,8 @@ def config_changes(saved: dict[str, Any] | None, current: dict[str, Any]) -> lis
         return out
 
     a, b = flat(saved), flat(current)
-    keys = sorted(k for k in a.keys() | b.keys() if k.split(".")[0] not in RESUME_FREE and a.get(k) != b.get(k))
+    # settings both know: one a later pneumo added (or dropped) is no edit of this run's
+    keys = sorted(k for k in a.keys() & b.keys() if k.split(".")[0] not in RESUME_FREE and a[k] != b[k])
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
 
 
