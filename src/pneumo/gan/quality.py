@@ -9,7 +9,6 @@ numbers are not Inception FIDs.
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from pneumo.data.tasks import get_task
 from pneumo.gan.checkpoint import load_generator
 from pneumo.gan.config import TASK, read_config
 from pneumo.gan.fid import class_agreement, extract_features, frechet_distance, kid
-from pneumo.gan.synth import generate, standing_statistics
+from pneumo.gan.synth import generate, label_distribution, standing_statistics
 from pneumo.utils.atomic import write_json
 
 NOTE = (
@@ -64,11 +63,10 @@ def sample_quality(
 
     generator = load_generator(gan_run_dir, device=device)
     if standing_batches:  # what the run would have exported with ema_standing_batches: N
-        train = Counter(r.subtype for r in records if r.split == "train")
-        counts = torch.tensor([float(train[c]) for c in task.class_names])
-        probs = torch.ones(len(counts)) if config.fake_labels == "uniform" or not counts.sum() else counts
+        train = [task.class_names.index(r.subtype) for r in records if r.split == "train" and r.subtype]
+        probs = label_distribution(torch.tensor(train), task.num_classes, config.fake_labels)
         generator = standing_statistics(
-            generator, probs / probs.sum(), batches=standing_batches, batch_size=config.batch_size, seed=config.seed
+            generator, probs, batches=standing_batches, batch_size=config.batch_size, seed=config.seed
         )
     generated = generate(generator, labels, seed=seed)
     classifier, meta = load_run(classifier_run_dir, device=device)

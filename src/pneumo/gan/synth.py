@@ -39,6 +39,14 @@ _GRID_PAD = 2
 log = logging.getLogger(__name__)
 
 
+def label_distribution(targets: Tensor, num_classes: int, mode: str) -> Tensor:
+    """The class draw for generated images: the training targets' frequencies (``data``) or ``uniform``."""
+    if mode == "uniform":
+        return torch.full((num_classes,), 1.0 / num_classes)
+    counts = torch.bincount(targets, minlength=num_classes).float()
+    return counts / counts.sum()
+
+
 def standing_statistics(
     generator: Generator, label_probs: Tensor, *, batches: int, batch_size: int, seed: int
 ) -> Generator:

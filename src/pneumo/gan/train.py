@@ -39,7 +39,7 @@ from pneumo.gan.checkpoint import build_generator, export_networks, load_trainin
 from pneumo.gan.classifier import class_logits, exported_epoch, set_last_epoch, write_classifier_run
 from pneumo.gan.config import TASK, GanConfig, read_config, save_config
 from pneumo.gan.losses import discriminator_loss, generator_loss
-from pneumo.gan.synth import class_grid, save_png, standing_statistics, to_gan_range
+from pneumo.gan.synth import class_grid, label_distribution, save_png, standing_statistics, to_gan_range
 from pneumo.training.predict import val_metrics
 from pneumo.training.runinfo import append_metrics, environment, read_metrics
 from pneumo.utils.atomic import write_json, write_text
@@ -196,13 +196,6 @@ class ACGANSteps:
     @property
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"g": self.opt_g, "d": self.opt_d}
-
-
-def label_distribution(targets: Tensor, num_classes: int, mode: str) -> Tensor:
-    if mode == "uniform":
-        return torch.full((num_classes,), 1.0 / num_classes)
-    counts = torch.bincount(targets, minlength=num_classes).float()
-    return counts / counts.sum()
 
 
 def _truncate_metrics(path: Path, last_epoch: int) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 import pneumo
-from pneumo.reproduce.status import STARTED_FILE, STATUS_FILE, read_started, read_status
+from pneumo.reproduce.status import STARTED_FILE, STATUS_FILE, read_status
 from pneumo.reproduce.suite import RUN_REF, Experiment, load_suite, resolve_refs
 from pneumo.utils.atomic import write_json
 
@@ -174,7 +174,7 @@ def claimed(run_dir: Path) -> Iterator[bool]:
 
 def _check_started(exp: Experiment, seed: int, run_dir: Path, depends: dict[str, Path]) -> None:
     """Refuse to resume a row started from another declaration or other source runs than today's."""
-    started = read_started(run_dir)
+    started = read_status(run_dir, STARTED_FILE)
     where = f"{run_dir.parent.name}/{run_dir.name}"
     if started.get("declaration", declaration_key(exp, seed)) != declaration_key(exp, seed):
         raise ValueError(f"{where} was started from another version of {exp.name}'s YAML; move it away to retrain")

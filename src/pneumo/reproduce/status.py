@@ -11,15 +11,10 @@ STATUS_FILE = "reproduce.json"
 STARTED_FILE = "reproduce.started.json"
 
 
-def read_status(run_dir: Path) -> dict[str, Any]:
-    """``run_dir/reproduce.json``, written when the experiment finished (``{}`` before)."""
-    path = run_dir / STATUS_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def read_started(run_dir: Path) -> dict[str, Any]:
-    """``run_dir/reproduce.started.json`` (``{}`` for a row started by an earlier version, which wrote none)."""
-    path = run_dir / STARTED_FILE
+def read_status(run_dir: Path, name: str = STATUS_FILE) -> dict[str, Any]:
+    """``run_dir/reproduce.json``, written when the experiment finished (``{}`` before); with ``name=STARTED_FILE``
+    what the row was started from (``{}`` for a row started by an earlier version, which wrote none)."""
+    path = run_dir / name
     return json.loads(path.read_text()) if path.exists() else {}
 
 
