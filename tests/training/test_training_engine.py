@@ -488,6 +488,52 @@ def test_resume_refuses_a_config_edited_since_the_run_started(make_cfg, tmp_path
     ]
 
 
+def test_resume_refuses_images_changed_since_the_run_started(
+    make_cfg, synthetic_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A run killed, its dataset edited, then resumed trained its last epochs on other images than its first. The
+    check is on pixels: the same images copied elsewhere (new paths, new file times, a new cache) resume."""
+    import shutil
+
+    import yaml
+    from PIL import Image
+
+    from pneumo.training import resume
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data, data)
+    real_validate = Trainer.validate
+
+    def validate(self: Trainer) -> dict[str, float]:
+        if self.progress.epoch == 2:
+            raise _Interrupted
+        return real_validate(self)
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+    run = tmp_path / "run"
+    flags = {"epochs": 3, "max_steps_per_epoch": 1, "fit_ood": False, "cache_dir": str(tmp_path / "cache")}
+    with pytest.raises(_Interrupted):
+        train(make_cfg(data=str(data), out=str(run), **flags))
+    monkeypatch.setattr(Trainer, "validate", real_validate)
+    train_files = [r for r in read_split_csv(run / "split.csv", data) if r.split == "train"]
+    edited, removed = train_files[0].path, train_files[1].path
+    original = edited.read_bytes()
+    Image.fromarray(np.full((40, 40), 200, dtype=np.uint8)).save(edited)
+    removed.unlink()
+    with pytest.raises(ValueError, match=rf"changed since its training started \(train: removed 1 \({removed.name}\); "
+                       rf"other pixels or class 1 \({edited.name}\)\)"):  # fmt: skip
+        resume(run)
+
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    (moved / edited.relative_to(data)).write_bytes(original)
+    (moved / removed.relative_to(data)).write_bytes((synthetic_data / removed.relative_to(data)).read_bytes())
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config.update(data=str(moved), cache_dir=str(tmp_path / "new-cache"))
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert resume(run) == run and [r["epoch"] for r in read_metrics(run)] == [1, 2, 3]
+
+
 def test_a_bad_freeze_stage_fails_before_the_run_folder_is_written(make_cfg, tmp_path: Path) -> None:
     out = tmp_path / "never"
     with pytest.raises(ValueError, match=r"unknown stage 'layer9' for cnn; valid: block1"):

@@ -49,6 +49,7 @@ from pneumo.training.data import (
     TrainData,
     class_weights,
     collate_batch,
+    image_digests,
     resident_bytes,
     shard,
     source_has_same_outputs,
@@ -136,6 +137,7 @@ class Trainer:
             self._restore(*resume_from)
             self._repair_best()
         self.net = self._wrap(self.model)
+        self._image_digests = image_digests(data) if self.main else None
 
         self.resident = self._use_resident()
         if self.resident:
@@ -303,6 +305,7 @@ class Trainer:
             "rng": rng_info,
             "world_size": self.dist.world,
             "config": self.cfg.model_dump(mode="json"),  # what a resume must continue with (checked there)
+            "images": self._image_digests,  # and on which images (checked there too)
             "data_order": "DistributedSampler/WeightedRandomSampler seeded by (seed, epoch); augmentation by "
             "(seed, epoch, step, rank)",
         }

@@ -19,7 +19,15 @@ from pneumo.data.tasks import get_task
 from pneumo.training import checkpoint as ckpt
 from pneumo.training import distributed as ddp
 from pneumo.training.config import ConfigError, TrainConfig, load_yaml, validate_config
-from pneumo.training.data import build_train_data, check_source_runs, resolve_split, save_split, with_synthetic
+from pneumo.training.data import (
+    build_train_data,
+    check_source_runs,
+    image_changes,
+    image_digests,
+    resolve_split,
+    save_split,
+    with_synthetic,
+)
 from pneumo.training.engine import Trainer
 from pneumo.training.runinfo import environment
 from pneumo.utils.atomic import write_json, write_text
@@ -166,6 +174,12 @@ def resume(run_dir: str | Path) -> Path:
         with ddp.main_first(info):
             records = with_synthetic(cfg, resolve_split(cfg), get_task(cfg.task), run_dir, generate=False)
             data = build_train_data(cfg, records, get_task(cfg.task), progress=cfg.progress and info.is_main)
+        if changed := image_changes(state.get("images"), image_digests(data)):
+            raise ValueError(
+                f"the images of {run_dir} changed since its training started ({' | '.join(changed)}): resuming "
+                "would continue one run on other data. Restore them to resume, or start a new run: "
+                f"pneumo train --config {run_dir / 'config.yaml'} --out NEW_FOLDER"
+            )
         if info.is_main:  # drop epoch records written after the checkpoint (the epoch is redone)
             history = state["progress"]["history"]
             write_text(run_dir / "metrics.jsonl", "".join(_json_line(r) for r in history))
