@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -185,6 +186,34 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(toy_data: Path, t
     save_file(stale, str(legacy / "generator.safetensors"), metadata={"epoch": "1", "format": "1"})
     with pytest.raises(ValueError, match="disagree"):
         resume_gan(legacy, epochs=3, progress=False)
+
+
+def test_resume_refuses_an_edited_config_or_changed_images(toy_data: Path, tmp_path: Path) -> None:
+    """Resuming took an edited config.yaml as it was (other learning rates, another loss from the next epoch on) and
+    trained on whatever images the folder held by then: one run would continue with another's settings or data."""
+    import yaml
+
+    data = tmp_path / "data"
+    shutil.copytree(toy_data, data)
+    tiny = ["image_size=16", "g_channels=8", "d_channels=8", "z_dim=8", "embed_dim=4", "batch_size=16", "epochs=1"]
+    run = train_gan(load_config(None, tiny, data=str(data)), tmp_path / "run", progress=False)
+    saved = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(yaml.safe_dump({**yaml.safe_load(saved), "g_lr": 0.01, "loss": "nonsaturating"}))
+    with pytest.raises(ValueError, match=r"differs from the config the run was trained with \(g_lr: 0.0001 -> 0.01; "
+                       r"loss: 'hinge' -> 'nonsaturating'\)"):  # fmt: skip
+        resume_gan(run, epochs=2, progress=False)
+    assert read_config(run / "config.yaml").epochs == 1  # a refused resume does not record the new epochs
+    (run / "config.yaml").write_text(saved)
+
+    image = next(r.path for r in read_split_csv(run / "split.csv", dataset_root(data)) if r.split == "train")
+    original = image.read_bytes()
+    Image.fromarray(np.zeros((40, 40), dtype=np.uint8)).save(image, format="JPEG")
+    with pytest.raises(ValueError, match=rf"changed since its training started \(train: other pixels or class 1 "
+                       rf"\({image.name}\)\)"):  # fmt: skip
+        resume_gan(run, epochs=2, progress=False)
+    image.write_bytes(original)  # the same pixels again (a new file time): resumes
+    resume_gan(run, epochs=2, progress=False)
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").open()] == [1, 2]
 
 
 def test_tiny_config_constant_is_valid() -> None:

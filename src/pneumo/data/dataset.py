@@ -6,8 +6,9 @@ device that trains), so the same cache serves CPU and GPU pipelines.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,3 +92,41 @@ def build_split(
         np.asarray(targets, dtype=np.int64)[keep],
         images,
     )
+
+
+def image_digests(splits: Iterable[SplitData]) -> dict[str, list[list[str]]]:
+    """Per split, ``[file name, digest of its cached pixels and class]`` for each image, in split order.
+
+    Saved with a run's resumable state and compared on resume, so a run does not continue on images that changed, or
+    were added or removed, since it started. Pixels rather than file names, sizes or times: the dataset folder may move
+    and be copied, and a newer pneumo may cache it anew, as long as the model sees the same images."""
+    digests: dict[str, list[list[str]]] = {}
+    for split in splits:
+        pixels = split.images.array
+        digests[split.name] = [
+            [record.name, hashlib.blake2b(pixels[row].tobytes() + bytes([int(target)]), digest_size=8).hexdigest()]
+            for record, row, target in zip(split.records, split.images.rows, split.targets, strict=True)
+        ]
+    return digests
+
+
+def image_changes(saved: dict[str, list[list[str]]] | None, current: dict[str, list[list[str]]]) -> list[str]:
+    """What differs between two :func:`image_digests`, a line per split (a few file names each); empty when equal or
+    when the state predates the digests (``saved`` None)."""
+    if saved is None:
+        return []
+    changes = []
+    for name, now in current.items():
+        before = saved.get(name, [])
+        if before == now:
+            continue
+        old, new = dict(map(tuple, before)), dict(map(tuple, now))
+        gone, added = sorted(old.keys() - new.keys()), sorted(new.keys() - old.keys())
+        changed = sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
+        parts = [
+            f"{label} {len(files)} ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''})"
+            for label, files in (("removed", gone), ("added", added), ("other pixels or class", changed))
+            if files
+        ]
+        changes.append(f"{name}: {'; '.join(parts) or 'the same images in another order'}")
+    return changes

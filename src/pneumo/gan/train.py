@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.optim import Adam
 from torch.optim.swa_utils import AveragedModel
 
-from pneumo.data.dataset import build_split
+from pneumo.data.dataset import build_split, image_changes, image_digests
 from pneumo.data.preprocess import PreprocessContract
 from pneumo.data.provenance import check_generated_images
 from pneumo.data.records import Record, dataset_root, discover
@@ -40,8 +40,9 @@ from pneumo.gan.classifier import class_logits, exported_epoch, set_last_epoch, 
 from pneumo.gan.config import TASK, GanConfig, read_config, save_config
 from pneumo.gan.losses import discriminator_loss, generator_loss
 from pneumo.gan.synth import class_grid, label_distribution, save_png, standing_statistics, to_gan_range
+from pneumo.training.checkpoint import read_state_info
 from pneumo.training.predict import val_metrics
-from pneumo.training.runinfo import append_metrics, environment, read_metrics
+from pneumo.training.runinfo import append_metrics, config_changes, environment, read_metrics
 from pneumo.utils.atomic import write_json, write_text
 from pneumo.utils.device import resolve_device
 from pneumo.utils.progress import progress_bar
@@ -60,6 +61,7 @@ class GanData:
     records: list[Record]
     root: Path
     contract: PreprocessContract
+    digests: dict[str, list[list[str]]]  # :func:`image_digests` of train and val, checked on resume
 
 
 def load_data(config: GanConfig, *, progress: bool = True) -> GanData:
@@ -96,6 +98,7 @@ def load_data(config: GanConfig, *, progress: bool = True) -> GanData:
         list(records),
         root,
         contract,
+        image_digests(splits.values()),
     )
 
 
@@ -249,14 +252,37 @@ def train_gan(config: GanConfig, out_dir: str | Path | None = None, *, progress:
     return _fit(run_dir, config, data, resume=False, progress=progress)
 
 
+# Settings a resume may change: where the data is and how it is read, the device, and what is exported (the learning
+# rates are constant, so ``epochs`` may grow: ``--epochs N``).
+RESUME_FREE = frozenset({"data", "split_csv", "cache_dir", "workers", "device", "epochs", "sample_every",
+                         "samples_per_class"})  # fmt: skip
+
+
 def resume_gan(run_dir: str | Path, *, epochs: int | None = None, progress: bool = True) -> Path:
-    """Continue a run from its last checkpoint, optionally to a new total number of ``epochs``."""
+    """Continue a run from its last checkpoint, optionally to a new total number of ``epochs``.
+
+    Refused when ``config.yaml`` was edited (beyond :data:`RESUME_FREE`) or the training images changed since the run
+    started: one run would continue with another's settings or data."""
     run_dir = Path(run_dir).expanduser().resolve()
     config = read_config(run_dir / "config.yaml").model_copy(update={"split_csv": str(run_dir / "split.csv")})
     if epochs is not None:
         config = config.model_copy(update={"epochs": epochs})
+    state = read_state_info(run_dir)
+    restart = f"start a new run: pneumo gan train --config {run_dir / 'config.yaml'} --out NEW_FOLDER"
+    if changed := config_changes(state.get("config"), config.model_dump(mode="json"), RESUME_FREE):
+        raise ValueError(
+            f"{run_dir / 'config.yaml'} differs from the config the run was trained with ({'; '.join(changed)}): "
+            f"put the settings back to resume, or {restart}"
+        )
+    data = load_data(config, progress=progress)
+    if changed := image_changes(state.get("images"), data.digests):
+        raise ValueError(
+            f"the images of {run_dir} changed since its training started ({' | '.join(changed)}): restore them to "
+            f"resume, or {restart}"
+        )
+    if epochs is not None:
         save_config(config, run_dir / "config.yaml")
-    return _fit(run_dir, config, load_data(config, progress=progress), resume=True, progress=progress)
+    return _fit(run_dir, config, data, resume=True, progress=progress)
 
 
 def _fit(run_dir: Path, config: GanConfig, data: GanData, *, resume: bool, progress: bool) -> Path:
@@ -334,7 +360,13 @@ def _fit(run_dir: Path, config: GanConfig, data: GanData, *, resume: bool, progr
             discriminator=steps.discriminator,
             optimizers=steps.optimizers,
             rng=rng,
-            info={"step": step, "best": best, "ema_n_averaged": int(steps.ema.n_averaged)},
+            info={
+                "step": step,
+                "best": best,
+                "ema_n_averaged": int(steps.ema.n_averaged),
+                "config": config.model_dump(mode="json"),  # what a resume must continue with, on which images
+                "images": data.digests,
+            },
         )
         _export_epoch(run_dir, config, data, steps, epoch, best, new_best=new_best)
         log.info(

@@ -252,10 +252,15 @@ def save_state(run_dir: str | Path, tensors: dict[str, torch.Tensor], info: dict
     write_json(run_dir / STATE_JSON, info)
 
 
-def load_state(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_state_info(run_dir: str | Path) -> dict[str, Any]:
+    """The JSON part of the resumable state (progress, config, image digests), without reading its tensors."""
     path = Path(run_dir) / STATE_TENSORS
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no {STATE_TENSORS}; nothing to resume")
     with safe_open(str(path), framework="pt") as f:
-        info = json.loads((f.metadata() or {})[_STATE_KEY])
-    return load_file(path, device="cpu"), info
+        return json.loads((f.metadata() or {})[_STATE_KEY])
+
+
+def load_state(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    info = read_state_info(run_dir)
+    return load_file(Path(run_dir) / STATE_TENSORS, device="cpu"), info

@@ -8,7 +8,6 @@ seeded from (seed, epoch), whose draws are then sharded over ranks the way ``Dis
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -239,44 +238,6 @@ def build_train_data(cfg: TrainConfig, records: list[Record], task: Task, *, pro
     if cfg.dummy_class and not dummy_from_data:
         log.info("dummy class: no out-of-task images for %s; using patch-shuffled training images", task.name)
     return TrainData(train, val, contract, dummy_from_data)
-
-
-def image_digests(data: TrainData) -> dict[str, list[list[str]]]:
-    """Per split, ``[file name, digest of its cached pixels and class]`` for each image, in split order.
-
-    Saved with a run's resumable state and compared on resume, so a run does not continue on images that changed, or
-    were added or removed, since it started. Pixels rather than file names, sizes or times: the dataset folder may move
-    and be copied, and a newer pneumo may cache it anew, as long as the model sees the same images."""
-    digests: dict[str, list[list[str]]] = {}
-    for split in (data.train, data.val):
-        pixels = split.images.array
-        digests[split.name] = [
-            [record.name, hashlib.blake2b(pixels[row].tobytes() + bytes([int(target)]), digest_size=8).hexdigest()]
-            for record, row, target in zip(split.records, split.images.rows, split.targets, strict=True)
-        ]
-    return digests
-
-
-def image_changes(saved: dict[str, list[list[str]]] | None, current: dict[str, list[list[str]]]) -> list[str]:
-    """What differs between two :func:`image_digests`, a line per split (a few file names each); empty when equal or
-    when the state predates the digests (``saved`` None)."""
-    if saved is None:
-        return []
-    changes = []
-    for name, now in current.items():
-        before = saved.get(name, [])
-        if before == now:
-            continue
-        old, new = dict(map(tuple, before)), dict(map(tuple, now))
-        gone, added = sorted(old.keys() - new.keys()), sorted(new.keys() - old.keys())
-        changed = sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
-        parts = [
-            f"{label} {len(files)} ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''})"
-            for label, files in (("removed", gone), ("added", added), ("other pixels or class", changed))
-            if files
-        ]
-        changes.append(f"{name}: {'; '.join(parts) or 'the same images in another order'}")
-    return changes
 
 
 def class_weights(targets: np.ndarray, num_classes: int) -> np.ndarray:

@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 import pneumo
+from pneumo.data.dataset import image_digests
 from pneumo.data.preprocess import normalize
 from pneumo.data.tasks import get_task
 from pneumo.models import PneumoNet, apply_freeze, get_model, unfreeze_stages
@@ -49,7 +50,6 @@ from pneumo.training.data import (
     TrainData,
     class_weights,
     collate_batch,
-    image_digests,
     resident_bytes,
     shard,
     source_has_same_outputs,
@@ -137,7 +137,7 @@ class Trainer:
             self._restore(*resume_from)
             self._repair_best()
         self.net = self._wrap(self.model)
-        self._image_digests = image_digests(data) if self.main else None
+        self._image_digests = image_digests((data.train, data.val)) if self.main else None
 
         self.resident = self._use_resident()
         if self.resident:

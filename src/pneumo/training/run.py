@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from pneumo.data.dataset import image_changes, image_digests
 from pneumo.data.tasks import get_task
 from pneumo.training import checkpoint as ckpt
 from pneumo.training import distributed as ddp
@@ -22,14 +23,12 @@ from pneumo.training.config import ConfigError, TrainConfig, load_yaml, validate
 from pneumo.training.data import (
     build_train_data,
     check_source_runs,
-    image_changes,
-    image_digests,
     resolve_split,
     save_split,
     with_synthetic,
 )
 from pneumo.training.engine import Trainer
-from pneumo.training.runinfo import environment
+from pneumo.training.runinfo import config_changes, environment
 from pneumo.utils.atomic import write_json, write_text
 from pneumo.utils.device import resolve_device
 
@@ -154,7 +153,7 @@ def resume(run_dir: str | Path) -> Path:
     cfg = validate_config(raw)
     cfg = cfg.model_copy(update={"out": str(run_dir), "split_file": str(run_dir / "split.csv")})
     tensors, state = ckpt.load_state(run_dir)
-    if changed := config_changes(state.get("config"), cfg.model_dump(mode="json")):
+    if changed := config_changes(state.get("config"), cfg.model_dump(mode="json"), RESUME_FREE):
         raise ConfigError(
             f"{run_dir / 'config.yaml'} differs from the config the run was trained with ({'; '.join(changed)}): "
             "resuming would continue one run with another's settings. Put them back to resume, or start a new run: "
@@ -174,7 +173,7 @@ def resume(run_dir: str | Path) -> Path:
         with ddp.main_first(info):
             records = with_synthetic(cfg, resolve_split(cfg), get_task(cfg.task), run_dir, generate=False)
             data = build_train_data(cfg, records, get_task(cfg.task), progress=cfg.progress and info.is_main)
-        if changed := image_changes(state.get("images"), image_digests(data)):
+        if changed := image_changes(state.get("images"), image_digests((data.train, data.val))):
             raise ValueError(
                 f"the images of {run_dir} changed since its training started ({' | '.join(changed)}): resuming "
                 "would continue one run on other data. Restore them to resume, or start a new run: "
@@ -197,25 +196,6 @@ RESUME_FREE = frozenset(
     {"data", "out", "split_file", "cache_dir", "progress", "num_workers", "device", "threads", "data_path", "compile",
      "amp", "deterministic", "checkpoint_every_steps", "fit_ood"}
 )  # fmt: skip
-
-
-def config_changes(saved: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
-    """``key: saved -> current`` for each setting (dotted, nested ones too) that differs, outside
-    :data:`RESUME_FREE`; empty for a state saved before the config was recorded in it (``saved`` None). Settings a
-    later pneumo added or dropped are not compared; ``model_kwargs`` is compared whole."""
-    if saved is None:
-        return []
-
-    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "model_kwargs" else {prefix + k: v})
-        return out
-
-    a, b = flat(saved), flat(current)
-    # settings both know: one a later pneumo added (or dropped) is no edit of this run's
-    keys = sorted(k for k in a.keys() & b.keys() if k.split(".")[0] not in RESUME_FREE and a[k] != b[k])
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
 
 
 def _json_line(record: dict[str, Any]) -> str:

@@ -55,3 +55,24 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def config_changes(
+    saved: dict[str, Any] | None, current: dict[str, Any], free: frozenset[str] = frozenset()
+) -> list[str]:
+    """``key: saved -> current`` for each setting (dotted, nested ones too) that differs, outside ``free`` (the
+    top-level settings a resume may change); empty for a state saved before the config was recorded in it (``saved``
+    None). Settings a later pneumo added or dropped are not compared; ``model_kwargs`` is compared whole."""
+    if saved is None:
+        return []
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "model_kwargs" else {prefix + k: v})
+        return out
+
+    a, b = flat(saved), flat(current)
+    # settings both know: one a later pneumo added (or dropped) is no edit of this run's
+    keys = sorted(k for k in a.keys() & b.keys() if k.split(".")[0] not in free and a[k] != b[k])
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
