@@ -173,6 +173,31 @@ def test_stored_calibration_is_reused_and_refitted_for_another_method(
         evaluate_run(run_copy, target_sensitivity=0.9, target_specificity=0.9, **FAST)
 
 
+def test_the_model_card_and_served_metrics_hold_for_the_stored_operating_point(run_copy: Path) -> None:
+    """A refit on validation (another method) replaced the threshold the model predicts with, while the model card
+    and the metrics a served model reports still showed the test evaluation scored at the old one."""
+    from pneumo.inference.meta import read_eval_metrics
+
+    first = evaluate_run(run_copy, **FAST)
+    test_eval = Path(first["eval_dir"]).name
+    assert f"**{first['threshold']:.4f}**" in (run_copy / "MODEL_CARD.md").read_text()
+    screening = evaluate_run(run_copy, split="val", target_sensitivity=0.99, **FAST)
+    assert screening["threshold"] != first["threshold"]
+    val_eval = Path(screening["eval_dir"]).name
+    card = (run_copy / "MODEL_CARD.md").read_text()
+    assert f"**{screening['threshold']:.4f}**" in card and f"{first['threshold']:.4f}" not in card
+    assert list(read_eval_metrics(run_copy, read_run_meta(run_copy))) == [val_eval]  # the test numbers are stale
+
+    again = evaluate_run(run_copy, **FAST)  # the test split scored again, at the stored screening threshold
+    assert again["threshold"] == screening["threshold"] and Path(again["eval_dir"]).name == test_eval
+    assert sorted(read_eval_metrics(run_copy, read_run_meta(run_copy))) == sorted([test_eval, val_eval])
+    card = (run_copy / "MODEL_CARD.md").read_text()  # from the own test evaluation again
+    assert f"| {again['dataset']['name']} test |" in card and f"| {again['dataset']['name']} val |" not in card
+    # a ranking metric depends on no threshold; the ECE is measured on the evaluated split, not where T was fitted
+    assert "| roc_auc (temperature-scaled probabilities) |" in card and "roc_auc (validated" not in card
+    assert f"ECE on {again['dataset']['name']} test, after scaling" in card
+
+
 def _must_not_be_called(*args, **kwargs):
     raise AssertionError("calibration was refitted")
 

@@ -65,11 +65,15 @@ def test_target_specificity_is_reached_with_the_smallest_such_threshold(target):
         assert rates(y, p, lower.max())[1] < target
 
 
-def test_target_specificity_above_the_top_negative_predicts_nothing_positive():
+@pytest.mark.parametrize("top", [0.9, 1.0])
+def test_a_target_specificity_only_never_positive_reaches_is_refused(top):
+    """The threshold went just above the top score: a model that calls nothing positive (validation sensitivity 0),
+    and above 1 where that score had saturated to 1.0, which no run could then load."""
     y = np.array([1, 0, 1, 0])
-    p = np.array([0.6, 0.9, 0.3, 0.2])  # the largest score is a negative
-    t = choose_threshold(y, p, "target_specificity", target_specificity=1.0)
-    assert t > 0.9 and rates(y, p, t) == (0.0, 1.0)
+    p = np.array([0.6, top, 0.3, 0.2])  # the largest score is a negative
+    with pytest.raises(ValueError, match=r"no threshold reaches validation specificity >= 1 while calling any image "
+                       r"positive: .* one false positive among 2 negatives gives specificity 0.5000"):  # fmt: skip
+        choose_threshold(y, p, "target_specificity", target_specificity=1.0)
     # Specificity 0.5 holds down to 0.3 (only 0.9 is a false positive there), which catches both positives.
     assert choose_threshold(y, p, "target_specificity", target_specificity=0.5) == pytest.approx(0.3)
 

@@ -30,7 +30,8 @@ def choose_threshold(
       (the most specific operating point meeting the target: screening, where a missed case costs most).
     - ``"target_specificity"``: the smallest threshold whose validation specificity is ``>= target_specificity``
       (the most sensitive operating point meeting the target: confirmation, where false alarms cost most). When
-      even the largest validation score is a negative that breaks the target, the threshold lies just above it.
+      even the largest validation score is a negative that breaks the target, only a model that never calls an image
+      positive reaches it: a ValueError says so.
     """
     y = np.asarray(y_val)
     p = np.asarray(p_val, dtype=np.float64)
@@ -61,7 +62,13 @@ def choose_threshold(
             raise ValueError("target_specificity must lie in (0, 1]")
         reached = np.flatnonzero((n_neg - fp) / n_neg >= target_specificity)
         if reached.size == 0:
-            return float(np.nextafter(thresholds[0], np.inf))  # nothing predicted positive: specificity 1
+            # Only "never positive" reaches it (sensitivity 0; a threshold above a top score of 1.0 is no probability).
+            raise ValueError(
+                f"no threshold reaches validation specificity >= {target_specificity:g} while calling any image "
+                f"positive: the highest-scored validation image is a negative, and one false positive among {n_neg} "
+                f"negatives gives specificity {(n_neg - 1) / n_neg:.4f}. Ask for a lower target, or validate on more "
+                "images"
+            )
         return float(thresholds[reached[-1]])
     raise ValueError(f"unknown method {method!r}; use 'youden', 'target_sensitivity' or 'target_specificity'")
 

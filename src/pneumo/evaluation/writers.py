@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import importlib
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ BINARY_METRICS = (
 )
 THRESHOLD_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
 MULTICLASS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "log_loss")
+
+log = logging.getLogger(__name__)
 
 
 # --- scored operating points (made by pneumo.evaluation.run.score) -------------------------------------------------
@@ -287,25 +290,39 @@ def card_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
             ci = section["ci"].get(name)
             if ci is not None:
                 point, low, high = (math.nan if ci[k] is None else ci[k] for k in ("point", "low", "high"))
-                rows.append({"metric": f"{name} ({section['label']})", "split": split, "point": point, "low": low,
+                # a threshold (or argmax) decides the first kind; rankings and probability scores need none
+                decided = name in THRESHOLD_METRICS or name == "macro_f1"
+                label = section["label"] if decided else f"{section.get('probabilities', 'model')} probabilities"
+                rows.append({"metric": f"{name} ({label})", "split": split, "point": point, "low": low,
                              "high": high})  # fmt: skip
     return rows
 
 
 def write_run_model_card(run_dir: str | Path) -> Path | None:
-    """(Re)write ``RUN_DIR/MODEL_CARD.md`` from the own-dataset test evaluation, else from the newest evaluation;
-    returns None when the run has no evaluation yet."""
+    """(Re)write ``RUN_DIR/MODEL_CARD.md`` from the own-dataset test evaluation, else from the newest evaluation, of
+    those that hold for the stored model (its operating point, temperature and weights); returns None when there is
+    none. An own test evaluation that no longer holds is named in a warning, with the command that redoes it."""
+    from pneumo.inference.meta import evaluation_is_current
     from pneumo.training import load_yaml, read_run_meta
 
     run_dir = Path(run_dir)
     meta = read_run_meta(run_dir)
     config = load_yaml(run_dir / "config.yaml")
-    own_test = read_eval(run_dir / eval_dir_name(config["data"], "test"))
-    result = own_test
+    own_test_dir = run_dir / eval_dir_name(config["data"], "test")
+    result = read_eval(own_test_dir)
+    if result is not None and not evaluation_is_current(result, meta):
+        log.warning(
+            "%s was scored at another operating point, temperature or weights than %s stores now; the model card "
+            "leaves it out. Score the test split again: pneumo evaluate %s",
+            own_test_dir / METRICS_FILE, run_dir / "checkpoint.json", run_dir,
+        )  # fmt: skip
+        result = None
     if result is None:
         found = sorted(run_dir.glob(f"{EVAL_PREFIX}*/{METRICS_FILE}"), key=lambda p: p.stat().st_mtime)
-        result = read_eval(found[-1].parent) if found else None
+        current = [r for r in map(read_eval, (p.parent for p in found)) if r and evaluation_is_current(r, meta)]
+        result = current[-1] if current else None
     if result is None:
+        (run_dir / "MODEL_CARD.md").unlink(missing_ok=True)  # a card of another model's numbers is worse than none
         return None
     split_counts: dict[str, int] = {}
     records = run_records(run_dir, config)
@@ -314,6 +331,7 @@ def write_run_model_card(run_dir: str | Path) -> Path | None:
     op = result["operating_point"]
     threshold = None if op.get("threshold") is None else {"value": op["threshold"], **op}
     cal = result["calibration"]
+    split_name = f"{result['dataset']['name']} {result['split']}"
     return write_model_card(
         run_dir / "MODEL_CARD.md",
         run_name=run_dir.name,
@@ -342,7 +360,11 @@ def write_run_model_card(run_dir: str | Path) -> Path | None:
         preprocess=meta["preprocess"],
         metrics_table=card_rows(result),
         threshold=threshold,
-        temperature={"temperature": cal["temperature"], "ece_before": cal["ece_before"], "ece_after": cal["ece_after"]},
+        temperature={
+            "temperature": cal["temperature"],
+            f"ECE on {split_name}, before scaling": cal["ece_before"],
+            f"ECE on {split_name}, after scaling": cal["ece_after"],
+        },
         limitations=result.get("limitations", []),
         metrics_split=result["split"],
         data_kind=data_kind(config["data"], records, evaluated_on=result["dataset"]["source"]),

@@ -110,7 +110,7 @@ class ModelMeta:
                 pneumo_version=str(meta.get("pneumo_version", "")),
                 model_id=f"{run_dir.resolve().name}-{digest[:12] or 'noweights'}",
                 best=dict(meta.get("best") or {}),
-                metrics=read_eval_metrics(run_dir, digest),
+                metrics=read_eval_metrics(run_dir, meta),
             )
         except ModelLoadError as exc:
             raise ModelLoadError(f"{run_dir / META_FILE}: {exc}") from exc
@@ -168,19 +168,25 @@ class ModelMeta:
 _PRIVATE_EVAL_FIELDS = ("run_dir", "plots")
 
 
-def read_eval_metrics(run_dir: Path, weights_sha256: str = "") -> dict[str, Any]:
+def evaluation_is_current(result: dict[str, Any], meta: dict[str, Any]) -> bool:
+    """Whether an evaluation's numbers hold for the model as the run stores it now (``meta``: checkpoint.json): scored
+    with the same operating point (threshold, method, weights) and calibration temperature. A later ``pneumo evaluate``
+    with another method, or a resume that changed the weights, leaves older evaluations describing another model."""
+    temperature = (result.get("calibration") or {}).get("temperature")
+    return result.get("operating_point") == meta.get("operating_point") and temperature == meta.get("temperature")
+
+
+def read_eval_metrics(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """``{"eval-chest-xray-test": {...}, ...}`` from the run's ``eval-*/metrics.json`` files, without paths.
 
-    Evaluations of other weights than ``weights_sha256`` (a run resumed after it was evaluated) are left out, and
-    so are unreadable files."""
+    Only evaluations that hold for the stored model (:func:`evaluation_is_current`); unreadable files are left out."""
     out: dict[str, Any] = {}
     for path in sorted(run_dir.glob("eval-*/metrics.json")):
         try:
             result = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
-        fitted_on = (result.get("operating_point") or {}).get("weights_sha256")
-        if fitted_on and weights_sha256 and not weights_sha256.startswith(fitted_on):
+        if not isinstance(result, dict) or not evaluation_is_current(result, meta):
             continue
         public = {k: v for k, v in result.items() if k not in _PRIVATE_EVAL_FIELDS}
         if isinstance(result.get("dataset"), dict):
