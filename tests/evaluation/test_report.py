@@ -186,3 +186,46 @@ def test_model_card_data_kind_follows_the_dataset(tmp_path: Path) -> None:
     assert "Guangzhou" not in cards["synthetic"] and cards["synthetic"].count("SYNTHETIC") >= 2
     assert "Guangzhou" not in cards["other"] and "Kermany et al." not in cards["other"]
     assert all("NOT a medical device" in card for card in cards.values())
+
+
+def test_card_rows_label_each_metric_by_what_it_depends_on_and_name_short_intervals() -> None:
+    """A ranking metric was labelled with the threshold it does not use; an interval that rests on fewer resamples
+    (the metric undefined in the others, e.g. a class not drawn) did not say so."""
+    from pneumo.evaluation.writers import card_rows
+
+    def ci(n_valid: int) -> dict:
+        return {"point": 0.9, "low": 0.8, "high": 0.95, "n_valid": n_valid}
+
+    result = {
+        "class_names": ["NORMAL", "PNEUMONIA"],
+        "dataset": {"name": "chest-xray"},
+        "split": "test",
+        "bootstrap": {"n_boot": 1000},
+        "primary": "at_validated_threshold",
+        "metrics": {
+            "at_validated_threshold": {
+                "label": "validated t = 0.374 (youden)",
+                "probabilities": "temperature-scaled",
+                "ci": {"sensitivity": ci(1000), "roc_auc": ci(1000), "npv": ci(987)},
+            },
+        },
+    }
+    labels = [row["metric"] for row in card_rows(result)]
+    assert labels == [
+        "sensitivity (validated t = 0.374 (youden))",
+        "npv (validated t = 0.374 (youden); CI from 987 of 1000 resamples)",
+        "roc_auc (temperature-scaled probabilities)",
+    ]
+
+
+def test_report_rows_add_a_resamples_column_only_when_an_interval_rests_on_fewer() -> None:
+    from pneumo.evaluation.writers import Scored, report_rows
+
+    def scored(n_valid: int) -> Scored:
+        cis = {"roc_auc": CI(0.9, 0.8, 0.95, 1000), "npv": CI(0.9, 0.8, 0.95, n_valid)}
+        return Scored("at_0.5", "t = 0.50", 0.5, "raw", {}, cis)
+
+    full = report_rows([scored(1000)], ["npv", "roc_auc"], 1000)
+    assert [sorted(row) for row in full] == [["high", "low", "metric", "operating_point", "point", "probabilities"]] * 2
+    short = report_rows([scored(987)], ["npv", "roc_auc"], 1000)
+    assert [(row["metric"], row["resamples"]) for row in short] == [("npv", 987), ("roc_auc", 1000)]

@@ -327,7 +327,7 @@ def evaluate_run(
         title=f"pneumo evaluation: {run_dir.name} on {source.slug} ({split})",
         config=config,
         data_summary=data_summary(result),
-        metrics_table=report_rows(sections, metric_names(task, class_names)),
+        metrics_table=report_rows(sections, metric_names(task, class_names), n_boot),
         plots=plot_paths,
         limitations=result["limitations"],
         extra_sections=report_sections,

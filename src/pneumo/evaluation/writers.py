@@ -198,7 +198,7 @@ def run_limitations(result: Mapping[str, Any]) -> list[str]:
     n, patients = result["n_images"], result["n_patients"]
     if n < 200:
         items.append(f"Small evaluation set ({n} images, {patients} patients): confidence intervals are wide.")
-    if result["split"] == "val":
+    if result["split"] == "val" and result["dataset"]["own"]:
         items.append(
             "Evaluated on the validation split, which chose the threshold, the temperature and the best epoch: "
             "these metrics are optimistic; report test metrics."
@@ -220,10 +220,17 @@ def run_limitations(result: Mapping[str, Any]) -> list[str]:
     return items
 
 
-def report_rows(sections: Sequence[Scored], names: Sequence[str]) -> list[dict[str, Any]]:
+def report_rows(sections: Sequence[Scored], names: Sequence[str], n_boot: int) -> list[dict[str, Any]]:
+    """The report's metric rows; with a ``resamples`` column when an interval rests on fewer than ``n_boot``
+    resamples (the metric was undefined in the others, e.g. a class not drawn)."""
     rows = []
     for s in sections:
-        rows += ci_rows(s.cis, names, operating_point=s.label, probabilities=s.probabilities)
+        rows += [
+            {**row, "resamples": s.cis[row["metric"]].n_valid}
+            for row in ci_rows(s.cis, names, operating_point=s.label, probabilities=s.probabilities)
+        ]
+    if all(row["resamples"] >= n_boot for row in rows):
+        rows = [{k: v for k, v in row.items() if k != "resamples"} for row in rows]
     return rows
 
 
@@ -282,6 +289,7 @@ def card_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     of the primary operating point, plus the threshold-dependent ones of the others (AUCs do not change)."""
     binary = len(result["class_names"]) == 2
     split = f"{result['dataset']['name']} {result['split']}"
+    n_boot = (result.get("bootstrap") or {}).get("n_boot", 0)
     rows = []
     primary_first = sorted(result["metrics"].items(), key=lambda item: item[0] != result["primary"])
     for key, section in primary_first:
@@ -293,6 +301,8 @@ def card_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
                 # a threshold (or argmax) decides the first kind; rankings and probability scores need none
                 decided = name in THRESHOLD_METRICS or name == "macro_f1"
                 label = section["label"] if decided else f"{section.get('probabilities', 'model')} probabilities"
+                if 0 < (n_valid := ci.get("n_valid", n_boot)) < n_boot:  # resamples where it was undefined: say so
+                    label += f"; CI from {n_valid} of {n_boot} resamples"
                 rows.append({"metric": f"{name} ({label})", "split": split, "point": point, "low": low,
                              "high": high})  # fmt: skip
     return rows
