@@ -298,6 +298,9 @@ def evaluate_run(
             "nll_after": nll(logits, y, temperature),
         },
         "bootstrap": {"n_boot": n_boot, "seed": seed, "confidence": 1 - ALPHA, "resampled": "patients"},
+        # a class probability within 2**-53 of 1 is stored as 1.0 (logit margin over about 37 T): such images tie
+        # in the ROC curves and AUCs, whatever their margins
+        "n_saturated": int(max((probs == 1.0).any(axis=1).sum() for probs in (probs_raw, probs_cal))),
         "primary": sections[-1].key,
         "metrics": {s.key: s.to_dict() for s in sections},
     }

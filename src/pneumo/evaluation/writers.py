@@ -198,6 +198,11 @@ def run_limitations(result: Mapping[str, Any]) -> list[str]:
     n, patients = result["n_images"], result["n_patients"]
     if n < 200:
         items.append(f"Small evaluation set ({n} images, {patients} patients): confidence intervals are wide.")
+    if saturated := result.get("n_saturated"):
+        items.append(
+            f"{saturated} image(s) have a class probability that rounds to exactly 1.0 (a logit margin over about 37 "
+            "times the temperature): they tie in the ROC curves and AUCs, which may understate the ranking a little."
+        )
     if result["split"] == "val" and result["dataset"]["own"]:
         items.append(
             "Evaluated on the validation split, which chose the threshold, the temperature and the best epoch: "
