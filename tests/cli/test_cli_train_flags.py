@@ -32,3 +32,20 @@ def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", "--data", str(tmp_path), "--set", "augment.rotaton=3"])
     assert result.exit_code == 2
     assert "did you mean 'rotation'" in result.output
+
+
+def test_resume_takes_data_where_the_dataset_moved_and_refuses_other_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = {}
+
+    def fake_resume(run_dir, data=None):
+        seen.update(run_dir=run_dir, data=data)
+        return tmp_path / "run"
+
+    monkeypatch.setattr(pneumo.training, "resume", fake_resume)
+    result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "run"), "--data", str(tmp_path / "moved")])
+    assert result.exit_code == 0, result.output
+    assert seen == {"run_dir": tmp_path / "run", "data": tmp_path / "moved"}
+    refused = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "run"), "--epochs", "9"])
+    assert refused.exit_code != 0 and "drop --epochs" in refused.output

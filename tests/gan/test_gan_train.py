@@ -211,9 +211,14 @@ def test_resume_refuses_an_edited_config_or_changed_images(toy_data: Path, tmp_p
     with pytest.raises(ValueError, match=rf"changed since its training started \(train: other pixels or class 1 "
                        rf"\({image.name}\)\)"):  # fmt: skip
         resume_gan(run, epochs=2, progress=False)
-    image.write_bytes(original)  # the same pixels again (a new file time): resumes
-    resume_gan(run, epochs=2, progress=False)
+    image.write_bytes(original)  # the same pixels again, in a dataset that moved: resumes from there
+    moved = Path(shutil.move(data, tmp_path / "moved"))
+    with pytest.raises(FileNotFoundError, match=rf"not at {data} any more; if it moved, resume with `pneumo gan "
+                       rf"train --resume {run} --data NEW_PATH`"):  # fmt: skip
+        resume_gan(run, epochs=2, progress=False)
+    resume_gan(run, epochs=2, data=moved, progress=False)
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").open()] == [1, 2]
+    assert read_config(run / "config.yaml").data == str(moved) and read_config(run / "config.yaml").epochs == 2
 
 
 def test_tiny_config_constant_is_valid() -> None:

@@ -528,10 +528,15 @@ def test_resume_refuses_images_changed_since_the_run_started(
     shutil.copytree(data, moved)
     (moved / edited.relative_to(data)).write_bytes(original)
     (moved / removed.relative_to(data)).write_bytes((synthetic_data / removed.relative_to(data)).read_bytes())
+    shutil.rmtree(data)
+    with pytest.raises(FileNotFoundError, match=rf"not at {data} any more; if it moved, resume with `pneumo train "
+                       rf"--resume {run} --data NEW_PATH`"):  # fmt: skip
+        resume(run)
     config = yaml.safe_load((run / "config.yaml").read_text())
-    config.update(data=str(moved), cache_dir=str(tmp_path / "new-cache"))
+    config.update(cache_dir=str(tmp_path / "new-cache"))  # a new cache: the pixels are compared, not cache rows
     (run / "config.yaml").write_text(yaml.safe_dump(config))
-    assert resume(run) == run and [r["epoch"] for r in read_metrics(run)] == [1, 2, 3]
+    assert resume(run, data=moved) == run and [r["epoch"] for r in read_metrics(run)] == [1, 2, 3]
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"] == str(moved)  # later commands look there
 
 
 def test_a_bad_freeze_stage_fails_before_the_run_folder_is_written(make_cfg, tmp_path: Path) -> None:

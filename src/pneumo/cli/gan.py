@@ -22,7 +22,9 @@ def train(
     ),
     config: Path | None = typer.Option(None, "--config", help="YAML config file (keys of pneumo.gan.GanConfig)."),
     overrides: list[str] = typer.Option([], "--set", help="Config override key=value (repeatable)."),
-    resume: Path | None = typer.Option(None, "--resume", help="Continue this run folder from its last epoch."),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue this run folder from its last epoch (with --data: its dataset moved)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Train the ACGAN on the train split; the discriminator's class head is exported to RUN/classifier."""
@@ -34,9 +36,10 @@ def train(
 
     try:
         if resume is not None:
-            if data or image_size or config or overrides or out or seed is not None:
-                fail("with --resume only --epochs may be given (the run's config.yaml is used)")
-            run = resume_gan(resume, epochs=epochs, progress=not quiet)
+            if image_size or config or overrides or out or seed is not None:
+                fail("with --resume only --epochs and --data (where the dataset moved) may be given: the run's "
+                     "config.yaml is used")  # fmt: skip
+            run = resume_gan(resume, epochs=epochs, data=data, progress=not quiet)
         else:
             cfg = load_config(config, overrides, data=data, image_size=image_size, epochs=epochs, seed=seed)
             run = train_gan(cfg, out, progress=not quiet)

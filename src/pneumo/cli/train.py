@@ -46,7 +46,9 @@ def train(
     synthetic_per_class: str | None = typer.Option(
         None, "--synthetic-per-class", help="Generated images per class (N) or 'balance' (top up to the largest)."
     ),
-    resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this folder from its last state."),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue the run in this folder from its last state (with --data: its dataset moved)."
+    ),
 ) -> None:
     """Train a classifier; settings resolve as defaults < --config < flags < --set, saved to RUN_DIR/config.yaml."""
     from pneumo.data.records import DatasetError
@@ -76,10 +78,13 @@ def train(
         flags["synthetic"] = {"from_run": str(synthetic_from) if synthetic_from else None, "per_class": per_class}
     try:
         if resume is not None:
-            given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
+            given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None and k != "data"]
             if given or config or overrides:
-                fail(f"--resume continues a run with its saved config; drop {', '.join(given) or '--config/--set'}")
-            run_dir = resume_run(resume)
+                fail(
+                    f"--resume continues a run with its saved config (--data may say where its dataset moved); drop "
+                    f"{', '.join(given) or '--config/--set'}"
+                )
+            run_dir = resume_run(resume, data=data)
         else:
             as_text = {k: str(v) if isinstance(v, Path) else v for k, v in flags.items()}
             cfg = build_config(config_file=config, flags=as_text, overrides=overrides or ())

@@ -258,15 +258,26 @@ RESUME_FREE = frozenset({"data", "split_csv", "cache_dir", "workers", "device", 
                          "samples_per_class"})  # fmt: skip
 
 
-def resume_gan(run_dir: str | Path, *, epochs: int | None = None, progress: bool = True) -> Path:
-    """Continue a run from its last checkpoint, optionally to a new total number of ``epochs``.
+def resume_gan(
+    run_dir: str | Path, *, epochs: int | None = None, data: str | Path | None = None, progress: bool = True
+) -> Path:
+    """Continue a run from its last checkpoint, optionally to a new total number of ``epochs``; ``data``: where its
+    dataset is now, when it moved.
 
     Refused when ``config.yaml`` was edited (beyond :data:`RESUME_FREE`) or the training images changed since the run
     started: one run would continue with another's settings or data."""
     run_dir = Path(run_dir).expanduser().resolve()
     config = read_config(run_dir / "config.yaml").model_copy(update={"split_csv": str(run_dir / "split.csv")})
+    saved = config
     if epochs is not None:
         config = config.model_copy(update={"epochs": epochs})
+    if data is not None:
+        config = config.model_copy(update={"data": str(Path(data).expanduser().resolve())})
+    if config.data and not Path(config.data).exists():
+        raise FileNotFoundError(
+            f"the dataset of {run_dir} is not at {config.data} any more; if it moved, resume with "
+            f"`pneumo gan train --resume {run_dir} --data NEW_PATH`"
+        )
     state = read_state_info(run_dir)
     restart = f"start a new run: pneumo gan train --config {run_dir / 'config.yaml'} --out NEW_FOLDER"
     if changed := config_changes(state.get("config"), config.model_dump(mode="json"), RESUME_FREE):
@@ -274,15 +285,15 @@ def resume_gan(run_dir: str | Path, *, epochs: int | None = None, progress: bool
             f"{run_dir / 'config.yaml'} differs from the config the run was trained with ({'; '.join(changed)}): "
             f"put the settings back to resume, or {restart}"
         )
-    data = load_data(config, progress=progress)
-    if changed := image_changes(state.get("images"), data.digests):
+    images = load_data(config, progress=progress)
+    if changed := image_changes(state.get("images"), images.digests):
         raise ValueError(
             f"the images of {run_dir} changed since its training started ({' | '.join(changed)}): restore them to "
             f"resume, or {restart}"
         )
-    if epochs is not None:
+    if config != saved:  # more epochs, or the same images found elsewhere: later resumes look there
         save_config(config, run_dir / "config.yaml")
-    return _fit(run_dir, config, data, resume=True, progress=progress)
+    return _fit(run_dir, config, images, resume=True, progress=progress)
 
 
 def _fit(run_dir: Path, config: GanConfig, data: GanData, *, resume: bool, progress: bool) -> Path:

@@ -144,14 +144,25 @@ def _new_run_dir(cfg: TrainConfig) -> tuple[Path, bool]:
     return run_dir, created
 
 
-def resume(run_dir: str | Path) -> Path:
-    """Continue a run from its last checkpoint (``last.state.safetensors``), with the config it was started with."""
+def resume(run_dir: str | Path, *, data: str | Path | None = None) -> Path:
+    """Continue a run from its last checkpoint (``last.state.safetensors``), with the config it was started with.
+
+    ``data``: where the run's dataset is now, when it moved (the images must be the same: checked, then recorded in
+    ``config.yaml``)."""
     run_dir = Path(run_dir).expanduser().resolve()
     raw = load_yaml(run_dir / "config.yaml")
     if "z_dim" in raw and not (run_dir / "checkpoint.json").is_file():  # a GAN's config, read as a classifier's
         raise ConfigError(f"{run_dir} is a GAN run: resume it with `pneumo gan train --resume {run_dir}`")
     cfg = validate_config(raw)
-    cfg = cfg.model_copy(update={"out": str(run_dir), "split_file": str(run_dir / "split.csv")})
+    moved_to = None if data is None else str(Path(data).expanduser().resolve())
+    cfg = cfg.model_copy(
+        update={"out": str(run_dir), "split_file": str(run_dir / "split.csv"), "data": moved_to or cfg.data}
+    )
+    if not Path(cfg.data).exists():
+        raise FileNotFoundError(
+            f"the dataset of {run_dir} is not at {cfg.data} any more; if it moved, resume with "
+            f"`pneumo train --resume {run_dir} --data NEW_PATH`"
+        )
     tensors, state = ckpt.load_state(run_dir)
     if changed := config_changes(state.get("config"), cfg.model_dump(mode="json"), RESUME_FREE):
         raise ConfigError(
@@ -179,6 +190,8 @@ def resume(run_dir: str | Path) -> Path:
                 "would continue one run on other data. Restore them to resume, or start a new run: "
                 f"pneumo train --config {run_dir / 'config.yaml'} --out NEW_FOLDER"
             )
+        if info.is_main and moved_to is not None and moved_to != raw.get("data"):
+            cfg.save(run_dir / "config.yaml")  # the same images, moved: later resumes and evaluations look there
         if info.is_main:  # drop epoch records written after the checkpoint (the epoch is redone)
             history = state["progress"]["history"]
             write_text(run_dir / "metrics.jsonl", "".join(_json_line(r) for r in history))
