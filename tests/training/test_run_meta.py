@@ -69,6 +69,8 @@ def test_a_source_run_for_other_classes_gives_no_head(tmp_path: Path, caplog: py
     assert "unknown" not in caplog.text
     assert source_has_same_outputs(bare, ("bacteria", "virus"), False)  # no metadata: the shapes decide
     assert f"{bare}: no checkpoint.json beside it, so its classes are unknown" in caplog.text  # and it says so
+    caplog.clear()  # ImageNet weights: a 1000-class head, never a starting point, and nothing to warn about
+    assert not source_has_same_outputs("imagenet", ("NORMAL", "PNEUMONIA"), False) and "unknown" not in caplog.text
 
 
 def test_cuda_rng_state_is_saved_and_restored_for_the_device_this_rank_trains_on(

@@ -169,7 +169,9 @@ def with_synthetic(
 def source_has_same_outputs(weights: str | Path, class_names: Sequence[str], dummy_class: bool) -> bool:
     """Whether a source run was trained for these outputs (same classes, same dummy class), so that its head is a
     starting point; a bare weights file without ``checkpoint.json`` beside it counts as the same (its head loads
-    when its shape fits)."""
+    when its shape fits). ImageNet weights never count: their 1000-class head is no starting point."""
+    if str(weights) == "imagenet":
+        return False
     meta_path = _run_folder(weights) / "checkpoint.json"
     if not meta_path.is_file():
         log.warning(
