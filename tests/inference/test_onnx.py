@@ -24,9 +24,10 @@ OOD = {"method": "energy", "threshold": -3.5, "stats": [1.0, 2.0]}
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("onnx")
     run = make_fake_run(root, dummy_class=True, operating_point=OP, temperature=1.7, geometry="letterbox")
-    eval_dir = run / "eval-test"
-    eval_dir.mkdir()
-    (eval_dir / "metrics.json").write_text(json.dumps({"auroc": 0.91, "n": 624}))
+    scored_at = {"operating_point": OP, "calibration": {"temperature": 1.7}}
+    for name, result in (("eval-test", {"auroc": 0.91, "n": 624, **scored_at}), ("eval-old", {"auroc": 0.5})):
+        (run / name).mkdir()  # eval-old was scored at another operating point: it describes another model
+        (run / name / "metrics.json").write_text(json.dumps(result))
     return run, export_onnx(run, root / "model.onnx")
 
 
@@ -53,7 +54,9 @@ def test_metadata_round_trip(exported: tuple[Path, Path]) -> None:
     assert props["pneumo.ood"] is None
     assert props["pneumo.preprocess"]["geometry"] == "letterbox"
     assert props["pneumo.pneumo_version"] == "0.1.0"
-    assert props["pneumo.metrics"] == {"eval-test": {"auroc": 0.91, "n": 624}}
+    assert props["pneumo.metrics"] == {
+        "eval-test": {"auroc": 0.91, "n": 624, "operating_point": OP, "calibration": {"temperature": 1.7}}
+    }
     torch_meta, onnx_meta = Predictor.load(run).meta, Predictor.load(path).meta
     assert onnx_meta == torch_meta  # every field, the model id included
 
