@@ -247,12 +247,16 @@ def test_calibration_of_other_weights_is_refused(tmp_path: Path) -> None:
 def test_model_card_shows_evaluations_of_these_weights_without_paths(tmp_path: Path) -> None:
     run = make_fake_run(tmp_path)
     digest = file_sha256(run / "best.safetensors")[:16]
+    meta = json.loads((run / "checkpoint.json").read_text())
+    op = {"threshold": 0.4, "positive_class": "PNEUMONIA", "weights_sha256": digest}
+    (run / "checkpoint.json").write_text(json.dumps({**meta, "operating_point": op, "temperature": 1.2}))
     for folder, fitted_on in (("eval-own-test", digest), ("eval-old-test", "f" * 16)):
         (run / folder).mkdir()
         result = {
             "run_dir": str(run),
             "dataset": {"source": "/secret/data", "name": "own", "own": True, "split_file": "/secret/split.csv"},
-            "operating_point": {"threshold": 0.4, "weights_sha256": fitted_on},
+            "operating_point": {**op, "weights_sha256": fitted_on},
+            "calibration": {"temperature": 1.2},
             "metrics": {"at_0.5": {"point": {"roc_auc": 0.9}}},
             "plots": {"ROC curve": "roc.png"},
         }

@@ -85,7 +85,18 @@ def test_audit_model_writes_all_checks(
     assert m["cues"] == ["stored_bytes", "stored_aspect"]
     counts = list(m["class_counts"].values())
     assert counts[0] == counts[1] == m["n"] // 2
-    assert all(b["matched"]["chi2_p"] > 0.05 for b in m["balance"].values())
+    assert all(b["matched"]["ks_p"] > 0.05 for b in m["balance"].values())
+    # What cues alone still do on the subset (matching balances the matched ones only), beside the full test: each
+    # cue oriented on train, and the data audit's models fitted on train.
+    residual = m["residual"]
+    sizes = np.asarray(m["values"]["stored_bytes"])
+    for split, rows in (("test", np.arange(len(y))), ("matched", np.asarray(m["index"]))):
+        auc = roc_auc_score(y[rows], sizes[rows])
+        assert residual["cues"]["stored_bytes"][split]["point"] == pytest.approx(auc) or residual["cues"][
+            "stored_bytes"][split]["point"] == pytest.approx(1 - auc)  # fmt: skip
+    assert {"logistic on all cues", "gradient boosting on all cues"} <= residual["models"].keys()
+    assert all(0 <= aucs["matched"]["point"] <= 1 for aucs in residual["models"].values())
+    assert "The best model on cues alone" in html.replace("\n", " ")
     # Its AUC is that of the matched rows, not of the full test split.
     idx = np.asarray(m["index"])
     assert 0 < len(idx) < len(y)
@@ -331,3 +342,15 @@ def test_matching_draws_measure_how_much_the_random_draw_moves_the_auc() -> None
     d = _matching_draws(values[:, None], y, probs, [5], ["a", "b"], seed=0)
     assert d is not None and d["n"] == 20 and d["sd"] > 0 and d["min"] < d["mean"] < d["max"]
     assert _matching_draws(values[:, None], np.zeros(400, dtype=int), probs, [5], ["a", "b"], seed=0) is None
+
+
+def test_a_threshold_fitted_on_other_weights_is_refused(run_copy: Path) -> None:
+    """predict and serve refuse such a checkpoint.json; the audit used its threshold for the decisions as deployed."""
+    from pneumo.training import read_run_meta, update_run_meta
+
+    op = {"threshold": 0.4, "method": "youden", "positive_class": "PNEUMONIA", "weights_sha256": "0" * 16}
+    update_run_meta(run_copy, operating_point=op, temperature=1.0)
+    assert read_run_meta(run_copy)["operating_point"]["weights_sha256"] == "0" * 16
+    with pytest.raises(ValueError, match=r"fitted on other weights than best.safetensors; fit them again with "
+                       r"`pneumo evaluate"):  # fmt: skip
+        audit_model(run_copy, n_boot=10, perturbations=[], cam_images=0)

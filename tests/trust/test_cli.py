@@ -40,3 +40,13 @@ def test_errors_are_reported_not_raised(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "error:" in result.output
     result = CliRunner().invoke(_app(), ["audit", "ood-fit", str(tmp_path), "--device", "cpu"])
     assert result.exit_code == 2 and "not a pneumo run folder" in result.output
+
+
+def test_audit_model_command_prints_what_cues_alone_do_on_the_matched_subset(run_copy: Path, tmp_path: Path) -> None:
+    args = ["audit", "model", str(run_copy), "--n-boot", "10", "--cam-images", "0", "--perturbation", "noise"]
+    result = CliRunner().invoke(_app(), [*args, "--originals", "none", "--out", str(tmp_path), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "audit-model.json").read_text())
+    models = saved["matched"]["residual"]["models"]
+    best = max(models, key=lambda k: models[k]["matched"]["point"])
+    assert f"acquisition cues alone ({best}, fitted on train): AUC " in result.output

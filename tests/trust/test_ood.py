@@ -104,7 +104,7 @@ def test_fitted_run_passes_its_own_data_and_flags_foreign_inputs(
 
 
 def test_rates_and_report_section_without_and_with_a_detector(run_copy: Path) -> None:
-    from pneumo.training import update_run_meta
+    from pneumo.training import read_run_meta, update_run_meta
 
     ctx = open_run(run_copy)
     model = load_model(ctx)
@@ -117,6 +117,13 @@ def test_rates_and_report_section_without_and_with_a_detector(run_copy: Path) ->
     rates = ood_rates(run_copy, test, model=model)
     section = next(iter(ood.report_sections(run_dir=run_copy, model=model, split=test, result={}).values()))
     assert f"{rates['n_flagged']} of {rates['n']} evaluated images" in section
+    # a detector of other weights (the best epoch changed after it was fitted) is not used, as predict and serve do
+    params = read_run_meta(run_copy)["ood"]
+    update_run_meta(run_copy, ood={**params, "weights_sha256": "0" * 16})
+    stale = ood_rates(run_copy, test, model=model)
+    assert stale["available"] is False and "fitted on other weights" in stale["reason"]
+    section = next(iter(ood.report_sections(run_dir=run_copy, model=model, split=test, result={}).values()))
+    assert "fitted on other weights" in section and "evaluated images" not in section
     update_run_meta(run_copy, ood=None)
     assert ood_rates(run_copy, "test")["available"] is False
 

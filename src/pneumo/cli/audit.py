@@ -87,7 +87,7 @@ def model(
     """How much of a run's test AUC survives a metadata-matched subset, the resolution-normalised twin and
     perturbations; Grad-CAM energy in the centre vs the border. Writes RUN_DIR/audit/audit-model.{json,html}."""
     from pneumo.data.records import DatasetError
-    from pneumo.trust.model_audit import audit_model
+    from pneumo.trust.model_audit import audit_model, residual_summary
 
     check_device(device)
     try:
@@ -118,6 +118,11 @@ def model(
         )
     if m.get("small"):
         typer.echo("warning: the matched subset is small (fewer than 30 images of a class); its AUC says little")
+    if best := residual_summary(m.get("residual")):
+        typer.echo(
+            f"acquisition cues alone ({best[0]}, fitted on train): AUC {best[1]}; matching balances the matched cues "
+            "only, so read the matched AUC beside this"
+        )
     g = result["gradcam"]
     if "skipped" not in g:
         typer.echo(

@@ -235,13 +235,22 @@ def ood_rates(
 
     Returns ``{"available": False, ...}`` when the run has no fitted detector."""
     from pneumo.training import read_run_meta
+    from pneumo.training.checkpoint import weights_digest
     from pneumo.trust.forward import forward_arrays
     from pneumo.trust.runs import load_model, open_run, split_images
     from pneumo.utils.device import resolve_device
 
-    scorer = OODScorer.from_meta(read_run_meta(run_dir))
-    if scorer is None:
+    params = read_run_meta(run_dir).get("ood")
+    if not params:
         return {"available": False, "reason": f"no OOD detector fitted: run `pneumo audit ood-fit {run_dir}`"}
+    scorer = OODScorer.from_params(params)
+    fitted_on = params.get("weights_sha256")
+    if fitted_on and fitted_on != weights_digest(Path(run_dir)):  # predict and serve drop such a detector too
+        return {
+            "available": False,
+            "reason": f"the OOD detector was fitted on other weights than best.safetensors: run "
+            f"`pneumo audit ood-fit {run_dir}`",
+        }
     ctx = open_run(run_dir)
     dev = resolve_device(device)
     data = ctx.split(split) if isinstance(split, str) else split
@@ -304,6 +313,8 @@ def report_sections(*, run_dir: Path, model: Any, split: Any, result: Mapping[st
     if not params:
         return {title: f"No OOD detector fitted for this run; `pneumo audit ood-fit {run_dir}` adds one."}
     r = ood_rates(run_dir, split, model=model, device=next(model.parameters()).device)
+    if not r["available"]:
+        return {title: r["reason"]}
     return {
         title: (
             f"{r['n_flagged']} of {r['n']} evaluated images ({100 * r['flagged_rate']:.1f} %) score above the "
