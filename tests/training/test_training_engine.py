@@ -451,13 +451,8 @@ def test_a_run_interrupted_while_saving_its_first_state_can_be_started_again(mak
     assert [r["epoch"] for r in read_metrics(run)] == [1]
 
 
-def test_resume_refuses_a_config_edited_since_the_run_started(make_cfg, tmp_path: Path, monkeypatch) -> None:
-    """An edited config.yaml was taken in part (epochs, batch size) and ignored in part (the optimizer state keeps
-    its lr): neither run. Settings of where and how fast (device, workers, paths) may change."""
-    import yaml
-
-    from pneumo.training import ConfigError, resume
-
+def _train_until_epoch_2(cfg, monkeypatch) -> None:
+    """Train ``cfg`` and interrupt it in epoch 2's validation (epoch 1 checkpointed), as a kill would."""
     real_validate = Trainer.validate
 
     def validate(self: Trainer) -> dict[str, float]:
@@ -465,11 +460,21 @@ def test_resume_refuses_a_config_edited_since_the_run_started(make_cfg, tmp_path
             raise _Interrupted
         return real_validate(self)
 
-    monkeypatch.setattr(Trainer, "validate", validate)
+    with monkeypatch.context() as patched:
+        patched.setattr(Trainer, "validate", validate)
+        with pytest.raises(_Interrupted):
+            train(cfg)
+
+
+def test_resume_refuses_a_config_edited_since_the_run_started(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    """An edited config.yaml was taken in part (epochs, batch size) and ignored in part (the optimizer state keeps
+    its lr): neither run. Settings of where and how fast (device, workers, paths) may change."""
+    import yaml
+
+    from pneumo.training import ConfigError, resume
+
     run = tmp_path / "run"
-    with pytest.raises(_Interrupted):
-        train(make_cfg(out=str(run), epochs=3, max_steps_per_epoch=1, fit_ood=False))
-    monkeypatch.setattr(Trainer, "validate", real_validate)
+    _train_until_epoch_2(make_cfg(out=str(run), epochs=3, max_steps_per_epoch=1, fit_ood=False), monkeypatch)
     saved = (run / "config.yaml").read_text()
     edited = {**yaml.safe_load(saved), "lr": 0.5, "augment": {"rotation": 20.0}}
     (run / "config.yaml").write_text(yaml.safe_dump(edited))
@@ -502,19 +507,9 @@ def test_resume_refuses_images_changed_since_the_run_started(
 
     data = tmp_path / "data"
     shutil.copytree(synthetic_data, data)
-    real_validate = Trainer.validate
-
-    def validate(self: Trainer) -> dict[str, float]:
-        if self.progress.epoch == 2:
-            raise _Interrupted
-        return real_validate(self)
-
-    monkeypatch.setattr(Trainer, "validate", validate)
     run = tmp_path / "run"
     flags = {"epochs": 3, "max_steps_per_epoch": 1, "fit_ood": False, "cache_dir": str(tmp_path / "cache")}
-    with pytest.raises(_Interrupted):
-        train(make_cfg(data=str(data), out=str(run), **flags))
-    monkeypatch.setattr(Trainer, "validate", real_validate)
+    _train_until_epoch_2(make_cfg(data=str(data), out=str(run), **flags), monkeypatch)
     train_files = [r for r in read_split_csv(run / "split.csv", data) if r.split == "train"]
     edited, removed = train_files[0].path, train_files[1].path
     original = edited.read_bytes()
