@@ -8,6 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from pneumo.cli.gan import app
+from pneumo.data.splits import read_split_csv
 
 runner = CliRunner()
 
@@ -64,3 +65,31 @@ def test_quality_command_scores_a_run_without_touching_test(gan_run: Path) -> No
     standing = json.loads((gan_run / "quality-classifier-val-standing3.json").read_text())
     assert standing["standing_batches"] == 3 and standing["n_images"] == written["n_images"]
     assert standing["frechet_distance"] != written["frechet_distance"]  # other statistics, other images
+
+    # another noise seed is another result: its own file, the default one left as it was, the settings recorded
+    args = ["quality", str(gan_run), "--classifier", str(gan_run / "classifier"), "--seed", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    seeded = json.loads((gan_run / "quality-classifier-val-seed1.json").read_text())
+    assert (seeded["seed"], written["seed"], written["max_images"]) == (1, 0, None)
+    assert json.loads((gan_run / "quality-classifier-val.json").read_text()) == written
+    # the reachable level: the classifier on the real images at the GAN size, beside the generated ones
+    assert 0 <= written["class_agreement_real"]["overall"] <= 1 and "real images at the GAN size" in result.output
+    # the GAN's own class head chose its epoch on these very patients, and trained on none of them: counted
+    val_patients = {r.patient_id for r in read_split_csv(gan_run / "split.csv", gan_run) if r.split == "val"}
+    assert written["reference_patients_in_classifier_split"] == {"train": 0, "val": len(val_patients)}
+
+
+def test_reference_patients_are_counted_by_the_classifier_split_that_saw_them(tmp_path: Path) -> None:
+    from pneumo.data.records import Record
+    from pneumo.data.splits import write_split_csv
+    from pneumo.gan.quality import patients_seen_by
+
+    def record(patient: str, split: str) -> Record:
+        return Record(tmp_path / f"{patient}_virus_1.jpeg", split, "PNEUMONIA", "virus", patient)
+
+    write_split_csv(
+        [record("p1", "train"), record("p2", "val"), record("p3", "test")], tmp_path / "split.csv", tmp_path
+    )
+    assert patients_seen_by(tmp_path, {"p1", "p2", "p3", "p4"}) == {"train": 1, "val": 1}
+    assert patients_seen_by(tmp_path / "no-run", {"p1"}) == {"train": 0, "val": 0}

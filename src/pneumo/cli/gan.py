@@ -121,4 +121,6 @@ def quality(
         agreement = result["class_agreement"]
         per_class = ", ".join(f"{k} {v:.3f}" for k, v in agreement["per_class"].items())
         typer.echo(f"class agreement: {agreement['overall']:.3f} ({per_class})")
+        real = result["class_agreement_real"]
+        typer.echo(f"class agreement of the real images at the GAN size: {real['overall']:.3f} (the reachable level)")
     typer.echo(result["note"])

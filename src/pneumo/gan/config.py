@@ -53,7 +53,13 @@ class GanConfig(BaseModel):
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="one-sided, nonsaturating loss only")
     aux_weight: float = Field(1.0, ge=0.0)
     d_steps: int = Field(1, ge=1, description="discriminator steps per generator step")
-    ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="EMA of generator weights, used for sampling")
+    ema_decay: float = Field(
+        0.999,
+        ge=0.0,
+        lt=1.0,
+        description="EMA of generator weights, used for sampling; a cap: step n decays by min(ema_decay, (1 + n) / "
+        "(10 + n)), about 0.988 after 730 steps and 0.9988 after 7,300",
+    )
     ema_standing_batches: int = Field(
         0, ge=0, description="batches that recompute the EMA generator's BatchNorm statistics at export (0: copy)"
     )

@@ -9,6 +9,7 @@ numbers are not Inception FIDs.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from pneumo.gan.config import TASK, read_config
 from pneumo.gan.fid import class_agreement, extract_features, frechet_distance, kid
 from pneumo.gan.synth import generate, label_distribution, standing_statistics
 from pneumo.utils.atomic import write_json
+
+log = logging.getLogger(__name__)
 
 NOTE = (
     "Frechet distance and KID on the penultimate features of the given pneumo classifier, NOT Inception-v3: "
@@ -43,7 +46,7 @@ def sample_quality(
     write: bool = True,
     standing_batches: int = 0,
 ) -> dict[str, Any]:
-    """Score a GAN run; with ``write`` the result also goes to ``GAN_RUN/quality-<classifier>-<split>.json``.
+    """Score a GAN run; with ``write`` the result also goes to ``GAN_RUN/`` :func:`quality_file_name`.
 
     ``standing_batches``: score the EMA generator with its BatchNorm statistics recomputed from that many batches of
     its own outputs (:func:`~pneumo.gan.synth.standing_statistics`) instead of the exported ones."""
@@ -75,23 +78,58 @@ def sample_quality(
     feats_fake = extract_features(classifier, generated, contract)
     # subsets of at most half the images, so that their spread (the reported std) means something for small sets
     kid_mean, kid_std = kid(feats_real, feats_fake, subset_size=min(1000, max(2, len(labels) // 2)), seed=seed)
-    agreement = None
+    agreement = agreement_real = None
     if list(meta["class_names"]) == list(task.class_names):
-        result = class_agreement(classifier, generated, labels, contract=contract, num_classes=task.num_classes)
-        agreement = result.as_dict(task.class_names)
+
+        def agree(images: torch.Tensor) -> dict[str, Any]:
+            result = class_agreement(classifier, images, labels, contract=contract, num_classes=task.num_classes)
+            return result.as_dict(task.class_names)
+
+        # the real images at the GAN size: the most a generator can reach at that resolution, not 1.0
+        agreement, agreement_real = agree(generated), agree(real_images)
+    patients = {r.patient_id for r in real.records}
+    seen = patients_seen_by(classifier_run_dir, patients)
+    if seen["train"]:
+        log.warning(
+            "%d of the %d patients of the GAN run's %s split are in %s's train split: its features and class agreement "
+            "are measured on images it was trained on",
+            seen["train"], len(patients), split, classifier_run_dir,
+        )  # fmt: skip
     out: dict[str, Any] = {
         "gan_run": str(gan_run_dir.resolve()),
         "classifier_run": str(classifier_run_dir.resolve()),
         "classifier_task": meta["task"],
         "split": split,
+        "seed": seed,
+        "max_images": max_images,
         "standing_batches": standing_batches,
         "n_images": len(labels),
+        "reference_patients_in_classifier_split": seen,  # train: it learnt from them; val: it chose its epoch on them
         "frechet_distance": frechet_distance(feats_real, feats_fake),
         "kid": {"mean": kid_mean, "std": kid_std},
         "class_agreement": agreement,
+        "class_agreement_real": agreement_real,
         "note": NOTE,
     }
     if write:
-        suffix = f"-standing{standing_batches}" if standing_batches else ""
-        write_json(gan_run_dir / f"quality-{classifier_run_dir.resolve().name}-{split}{suffix}.json", out)
+        write_json(gan_run_dir / quality_file_name(classifier_run_dir, split, seed, max_images, standing_batches), out)
     return out
+
+
+def quality_file_name(
+    classifier_run_dir: Path, split: str, seed: int, max_images: int | None, standing_batches: int
+) -> str:
+    """``quality-<classifier>-<split>[-seedS][-maxN][-standingB].json``: one file per setting that changes the result
+    (seed 0 and all images, the defaults, add nothing), so that scoring with another seed leaves the others."""
+    parts = [f"quality-{classifier_run_dir.resolve().name}-{split}"]
+    parts += [f"seed{seed}"] if seed else []
+    parts += [f"max{max_images}"] if max_images else []
+    parts += [f"standing{standing_batches}"] if standing_batches else []
+    return "-".join(parts) + ".json"
+
+
+def patients_seen_by(classifier_run_dir: Path, patients: set[str]) -> dict[str, int]:
+    """How many of ``patients`` are in the classifier run's train and val splits (0 without a ``split.csv``)."""
+    path = classifier_run_dir / "split.csv"
+    records = read_split_csv(path, classifier_run_dir) if path.is_file() else []
+    return {name: len(patients & {r.patient_id for r in records if r.split == name}) for name in ("train", "val")}
