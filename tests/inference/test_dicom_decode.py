@@ -170,3 +170,24 @@ def test_the_content_decides_the_format_not_the_name() -> None:
     buf = io.BytesIO()
     Image.new("L", (10, 6), 200).save(buf, "PNG")
     assert decode_bytes(buf.getvalue(), "scan.dcm").shape == (6, 10)
+
+
+@pytest.mark.parametrize("photometric", ["RGB", "YBR_FULL"])
+def test_a_colour_dicom_is_reduced_to_luma_like_a_colour_png(photometric: str) -> None:
+    """A colour secondary capture was refused while the same picture as a colour PNG was accepted."""
+    from PIL import Image
+    from pydicom.pixels import convert_color_space
+
+    rgb = np.random.default_rng(3).integers(0, 256, (20, 30, 3)).astype(np.uint8)
+    stored = rgb if photometric == "RGB" else convert_color_space(rgb, "RGB", "YBR_FULL")
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.zeros((20, 30), np.uint16))))
+    ds.PhotometricInterpretation, ds.SamplesPerPixel, ds.PlanarConfiguration = photometric, 3, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = stored.tobytes()
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    png = io.BytesIO()
+    Image.fromarray(rgb).save(png, format="PNG")
+    decoded, as_png = decode_bytes(out.getvalue(), "colour.dcm"), decode_bytes(png.getvalue(), "colour.png")
+    # YBR -> RGB rounds: at most one grey level apart from the PNG
+    assert np.abs(decoded.astype(int) - as_png.astype(int)).max() <= (0 if photometric == "RGB" else 1)

@@ -41,7 +41,8 @@ _FLUSH_EVERY = 512
 # Pillow's filters. Bump DECODER_REVISION with any change to those pixels: caches built by other code are then not
 # reused (the file fingerprints alone would accept them).
 # 2: letterbox resizes before padding (the bars' edges and the image's position moved by up to a pixel).
-DECODER_REVISION = 2
+# 3: colour DICOM files decode (to luma) instead of failing; a cache remembers failures, so they are tried again.
+DECODER_REVISION = 3
 
 
 def decoder_key() -> str:

@@ -193,8 +193,12 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) 
         arr = ds.pixel_array
     except Exception as exc:
         raise ImageDecodeError(name, f"cannot decode DICOM pixel data ({exc})") from exc
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        # a colour secondary capture (a scanned film, a screenshot): pydicom returns RGB (YBR converted), which is
+        # reduced to luma like a colour PNG; the modality and VOI LUTs apply to monochrome data only
+        return array_to_gray(arr, name)
     if arr.ndim != 2:
-        raise ImageDecodeError(name, f"expected a single grayscale frame, got pixel array of shape {arr.shape}")
+        raise ImageDecodeError(name, f"expected a single grayscale or RGB frame, got pixel array of shape {arr.shape}")
 
     def to_display(values: np.ndarray) -> np.ndarray:
         # modality LUT (rescale slope/intercept), then the VOI LUT or window centre/width when the file has one
