@@ -21,6 +21,9 @@ from pneumo.data.tasks import get_task
         ("IM-0115-0001.jpeg", "NORMAL", ("normal", "IM-0115")),
         ("NORMAL2-IM-1427-0001.jpeg", "NORMAL", ("normal", "NORMAL2-IM-1427")),
         ("NORMAL2-IM-0173-0001-0002.jpeg", "NORMAL", ("normal", "NORMAL2-IM-0173")),
+        ("BACTERIA-1008087-0001.jpeg", "PNEUMONIA", ("bacteria", "1008087")),  # Mendeley v3 names
+        ("VIRUS-1014468-0002.jpeg", "PNEUMONIA", ("virus", "1014468")),
+        ("NORMAL-1003233-0001.jpeg", "NORMAL", ("normal", "1003233")),
         ("scan_42.png", "NORMAL", ("normal", "scan_42")),
         ("scan_42.png", "PNEUMONIA", (None, "scan_42")),
     ],
@@ -165,3 +168,51 @@ def test_tasks_map_records(tmp_path: Path) -> None:
     assert nbv.out_of_task([unknown]) == []
     with pytest.raises(ValueError, match="unknown task"):
         get_task("covid")
+
+
+def test_names_that_carry_no_patient_are_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Each such image is its own patient: a child's images could straddle train and validation unseen."""
+    for name in ("scan_1.png", "scan_2.png"):
+        _write(tmp_path / "train" / "NORMAL" / name)
+    _write(tmp_path / "test" / "NORMAL" / "IM-0001-0001.jpeg")
+    discover(tmp_path)
+    assert "2 of 3 file names follow no known naming (e.g. scan_1.png)" in caplog.text
+    caplog.clear()
+    _make_tree(tmp_path / "kermany")
+    discover(tmp_path / "kermany")
+    assert "no known naming" not in caplog.text
+
+
+def test_folders_differing_only_in_case_are_refused_and_skipped_folders_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _write(tmp_path / "a" / "train" / "NORMAL" / "IM-0001-0001.jpeg")
+    _write(tmp_path / "a" / "test" / "NORMAL" / "IM-0002-0001.jpeg")
+    _write(tmp_path / "a" / "test" / "Normal" / "IM-0003-0001.jpeg")  # one of the two was dropped silently
+    with pytest.raises(DatasetError, match=r"folders 'NORMAL' and 'Normal' differ only in case"):
+        discover(tmp_path / "a")
+    _write(tmp_path / "b" / "train" / "NORMAL" / "IM-0001-0001.jpeg")
+    _write(tmp_path / "b" / "validation" / "NORMAL" / "IM-0004-0001.jpeg")
+    _write(tmp_path / "b" / "train" / "COVID" / "IM-0005-0001.jpeg")
+    assert [r.name for r in discover(tmp_path / "b")] == ["IM-0001-0001.jpeg"]
+    assert "validation: its images are skipped, not a split folder" in caplog.text
+    assert "COVID: its images are skipped, not a class folder" in caplog.text
+
+
+def test_a_manifest_cannot_list_an_image_twice_or_contradict_its_name(tmp_path: Path) -> None:
+    """A path listed as test and again as train trained on a test image; a manifest subtype overrode the name's."""
+    twice = [
+        {"path": "person5_virus_9.jpeg", "label": "PNEUMONIA", "split": "test"},
+        {"path": str(tmp_path / "person5_virus_9.jpeg"), "label": "PNEUMONIA", "split": "train"},
+    ]
+    with pytest.raises(DatasetError, match=r"m.csv:3: .*person5_virus_9.jpeg is listed again \(first on line 2\)"):
+        discover(_manifest(tmp_path / "m.csv", twice))
+    other = [{"path": "person5_virus_9.jpeg", "label": "PNEUMONIA", "subtype": "bacteria", "split": "train"}]
+    with pytest.raises(DatasetError, match=r"subtype 'bacteria' contradicts the file name's 'virus'"):
+        discover(_manifest(tmp_path / "n.csv", other))
+    # the same patient spelled otherwise is the same patient (grouping and exclude_test_patients compare ids)
+    spelled = [
+        {"path": "person7_virus_1.jpeg", "label": "PNEUMONIA", "patient_id": "Person7", "split": "test"},
+        {"path": "person7_virus_2.jpeg", "label": "PNEUMONIA", "split": "train"},
+    ]
+    assert {r.patient_id for r in discover(_manifest(tmp_path / "o.csv", spelled))} == {"person7"}

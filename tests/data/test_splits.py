@@ -73,6 +73,27 @@ def test_split_csv_round_trip(tmp_path: Path) -> None:
     assert read_split_csv(tmp_path / "split.csv", Path("/d")) == split
 
 
+def test_split_csv_keeps_symlinked_names_and_refuses_edited_rows(tmp_path: Path) -> None:
+    """A symlinked image was written as its target (another name: the name carries patient and class); an edited
+    split file with an unknown split or a path twice was read without a word."""
+    root = tmp_path / "d"
+    (root / "train" / "NORMAL").mkdir(parents=True)
+    (tmp_path / "blob000").write_bytes(b"x")
+    link = root / "train" / "NORMAL" / "IM-0200-0001.jpeg"
+    link.symlink_to(tmp_path / "blob000")
+    records = [Record(link, "train", "NORMAL", "normal", "IM-0200")]
+    write_split_csv(records, tmp_path / "split.csv", root)
+    assert read_split_csv(tmp_path / "split.csv", root) == records
+    header = "path,split,label,subtype,patient_id\n"
+    for rows, problem in (
+        ("a.jpeg,Validation,NORMAL,normal,a\n", "split 'Validation' / label 'NORMAL' is not one of"),
+        ("a.jpeg,train,NORMAL,normal,a\na.jpeg,test,NORMAL,normal,a\n", "a.jpeg is listed again"),
+    ):
+        (tmp_path / "edited.csv").write_text(header + rows)
+        with pytest.raises(DatasetError, match=problem):
+            read_split_csv(tmp_path / "edited.csv", root)
+
+
 def test_synthetic_split_shares_no_patient(synthetic_data: Path) -> None:
     split = make_split(discover(synthetic_data), seed=0)
     assert check_disjoint(split) == {}

@@ -127,3 +127,22 @@ def test_a_start_that_fails_before_training_leaves_no_empty_run(make_cfg, tmp_pa
     with pytest.raises(DatasetError):
         train(make_cfg(data=str(empty_data), out=str(mine)))
     assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_a_split_file_with_a_patient_in_train_and_val_is_refused(
+    make_cfg, synthetic_data: Path, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from pneumo.data import dataset_root, discover
+    from pneumo.data.records import DatasetError
+    from pneumo.data.splits import make_split, write_split_csv
+    from pneumo.training.data import resolve_split
+
+    records = make_split(discover(synthetic_data), seed=0)
+    trained = next(r.patient_id for r in records if r.split == "train")
+    first_val = next(i for i, r in enumerate(records) if r.split == "val")
+    records[first_val] = replace(records[first_val], patient_id=trained)  # an edited or hand-made split file
+    write_split_csv(records, tmp_path / "split.csv", dataset_root(synthetic_data))
+    with pytest.raises(DatasetError, match=rf"1 patient\(s\) in both train and val \(e.g. \['{trained}'\]\)"):
+        resolve_split(make_cfg(split_file=str(tmp_path / "split.csv")))

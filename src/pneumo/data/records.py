@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 _PERSON = re.compile(r"^(person\d+)_(bacteria|virus)_\d+", re.IGNORECASE)
 # IM-0115-0001, NORMAL2-IM-1427-0001, NORMAL2-IM-0173-0001-0001: the patient is the prefix up to the IM number.
 _IM = re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+", re.IGNORECASE)
+# Mendeley v3 ("CellData/chest_xray") names: NORMAL-1003233-0001, BACTERIA-1008087-0001, VIRUS-1014468-0001. The
+# number is the patient, grouped across classes (grouping can only merge patients, never split one).
+_NUMBERED = re.compile(r"^(NORMAL|BACTERIA|VIRUS)-(\d+)-\d+", re.IGNORECASE)
 _SYNTHETIC = re.compile(r"^(synthetic-[a-z0-9]+)-(normal|bacteria|virus)-\d+", re.IGNORECASE)
 
 
@@ -56,8 +60,9 @@ def parse_file_name(name: str, label: str | None = None) -> tuple[str | None, st
 
     ``person123_bacteria_456.jpeg`` -> ``("bacteria", "person123")``;
     ``IM-0115-0001.jpeg`` -> ``("normal", "IM-0115")``;
-    ``NORMAL2-IM-1427-0001.jpeg`` -> ``("normal", "NORMAL2-IM-1427")``.
-    A name that follows neither pattern becomes its own patient (its stem), with subtype ``normal`` for NORMAL images
+    ``NORMAL2-IM-1427-0001.jpeg`` -> ``("normal", "NORMAL2-IM-1427")``;
+    ``BACTERIA-1008087-0001.jpeg`` (Mendeley v3) -> ``("bacteria", "1008087")``.
+    A name that follows none of these becomes its own patient (its stem), with subtype ``normal`` for NORMAL images
     and unknown (None) otherwise.
     """
     stem = Path(name).stem
@@ -67,6 +72,8 @@ def parse_file_name(name: str, label: str | None = None) -> tuple[str | None, st
         return m.group(2).lower(), stem
     if m := _IM.match(stem):
         return "normal", m.group(1).upper()
+    if m := _NUMBERED.match(stem):
+        return m.group(1).lower(), m.group(2)
     return ("normal" if label == "NORMAL" else None), stem
 
 
@@ -82,9 +89,10 @@ def synthetic_prefix(name: str) -> str | None:
 
 
 def follows_kermany_naming(name: str) -> bool:
-    """True for ``personN_bacteria|virus_M`` and ``[NORMAL2-]IM-N-M`` names, whose patient id the name carries."""
+    """True for ``personN_bacteria|virus_M``, ``[NORMAL2-]IM-N-M`` and ``NORMAL|BACTERIA|VIRUS-N-M`` names, whose
+    patient id the name carries."""
     stem = Path(name).stem
-    return bool(_PERSON.match(stem) or _IM.match(stem))
+    return bool(_PERSON.match(stem) or _IM.match(stem) or _NUMBERED.match(stem))
 
 
 def contradiction(label: str, subtype: str | None) -> str | None:
@@ -100,7 +108,15 @@ def is_junk(path: Path) -> bool:
 
 
 def _child_dirs(folder: Path) -> dict[str, Path]:
-    return {p.name.lower(): p for p in sorted(folder.iterdir()) if p.is_dir() and not is_junk(Path(p.name))}
+    """Sub-folders by lower-case name; two that differ only in case (``train/`` and ``Train/``) are an error, since
+    one of them would be dropped."""
+    children: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_dir() and not is_junk(Path(p.name)):
+            if (other := children.get(p.name.lower())) is not None:
+                raise DatasetError(f"{folder}: folders {other.name!r} and {p.name!r} differ only in case; merge them")
+            children[p.name.lower()] = p
+    return children
 
 
 def _find_split_root(root: Path) -> Path | None:
@@ -121,10 +137,12 @@ def _records_from_layout(split_root: Path) -> list[Record]:
     records = []
     for split_name, split_dir in _child_dirs(split_root).items():
         if split_name not in SPLITS:
+            _warn_if_skipped_images(split_dir, f"not a split folder ({', '.join(SPLITS)})")
             continue
         for label_name, label_dir in _child_dirs(split_dir).items():
             label = label_name.upper()
             if label not in LABELS:
+                _warn_if_skipped_images(label_dir, f"not a class folder ({', '.join(LABELS)})")
                 continue
             for path in sorted(label_dir.rglob("*")):
                 rel = path.relative_to(label_dir)
@@ -137,6 +155,24 @@ def _records_from_layout(split_root: Path) -> list[Record]:
     return records
 
 
+def _warn_if_skipped_images(folder: Path, why: str) -> None:
+    if any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if not is_junk(p.relative_to(folder))):
+        log.warning("%s: its images are skipped, %s", folder, why)
+
+
+def warn_if_names_carry_no_patient(records: list[Record], source: Path) -> None:
+    """Warn when file names follow no known naming: each such image is its own patient, so one child's images can
+    land in both train and validation without any check noticing."""
+    unknown = [r for r in records if not follows_kermany_naming(r.name) and not is_synthetic(r.name)]
+    if unknown:
+        log.warning(
+            "%s: %d of %d file names follow no known naming (e.g. %s): each is taken as its own patient, so a child's "
+            "images may be split between train and validation. Give patient ids in a CSV manifest "
+            "(path,label,subtype,patient_id,split)",
+            source, len(unknown), len(records), unknown[0].name,
+        )  # fmt: skip
+
+
 def read_manifest(csv_path: Path) -> list[Record]:
     """Records from a CSV manifest (``path,label[,subtype,patient_id,split]``, paths relative to the CSV)."""
     base = csv_path.parent
@@ -146,16 +182,23 @@ def read_manifest(csv_path: Path) -> list[Record]:
         if missing:
             raise DatasetError(f"{csv_path}: manifest lacks column(s) {sorted(missing)}")
         records = []
+        lines: dict[Path, int] = {}
         for line_no, row in enumerate(reader, start=2):
             label = (row["label"] or "").strip().upper()
             if label not in LABELS:
                 raise DatasetError(f"{csv_path}:{line_no}: label {row['label']!r} is not one of {LABELS}")
             path = Path(row["path"])
             path = path if path.is_absolute() else base / path
+            if (first := lines.setdefault(Path(os.path.abspath(path)), line_no)) != line_no:
+                raise DatasetError(f"{csv_path}:{line_no}: {path} is listed again (first on line {first})")
             parsed_subtype, parsed_patient = parse_file_name(path.name, label)
             subtype = (row.get("subtype") or "").strip().lower() or parsed_subtype
             if subtype is not None and subtype not in SUBTYPES:
                 raise DatasetError(f"{csv_path}:{line_no}: subtype {subtype!r} is not one of {SUBTYPES}")
+            if follows_kermany_naming(path.name) and subtype != parsed_subtype:
+                raise DatasetError(
+                    f"{csv_path}:{line_no}: subtype {subtype!r} contradicts the file name's {parsed_subtype!r}"
+                )
             if reason := contradiction(label, subtype):
                 raise DatasetError(f"{csv_path}:{line_no}: {reason}")
             patient = (row.get("patient_id") or "").strip()
@@ -164,6 +207,8 @@ def read_manifest(csv_path: Path) -> list[Record]:
             # images between train and validation.
             if not patient or (patient.isdigit() and follows_kermany_naming(path.name)):
                 patient = parsed_patient
+            elif patient.lower() == parsed_patient.lower():
+                patient = parsed_patient  # "Person7" and person7 are one patient: the name's spelling, for grouping
             split = (row.get("split") or "").strip().lower() or "test"
             if split not in SPLITS:
                 raise DatasetError(f"{csv_path}:{line_no}: split {split!r} is not one of {SPLITS}")
@@ -188,6 +233,7 @@ def discover(source: str | Path) -> list[Record]:
                 "{NORMAL,PNEUMONIA}/ or {train,test}/{NORMAL,PNEUMONIA}/, or pass a CSV manifest)"
             )
         records = _records_from_layout(split_root)
+        warn_if_names_carry_no_patient(records, source)
     if not records:
         raise DatasetError(f"{source}: no images found")
     return sorted(records, key=lambda r: str(r.path))

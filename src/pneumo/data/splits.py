@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from pneumo.data.records import DatasetError, Record, is_synthetic
+from pneumo.data.records import LABELS, SPLITS, DatasetError, Record, is_synthetic
 from pneumo.utils.atomic import atomic_open
 
 log = logging.getLogger(__name__)
@@ -128,11 +129,14 @@ def write_split_csv(records: Sequence[Record], path: Path, root: Path) -> None:
     with atomic_open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(SPLIT_COLUMNS)
+        base = Path(os.path.abspath(root))
         for r in records:
+            # abspath, not resolve: a symlinked image keeps its own name (the name carries the patient and class)
+            full = Path(os.path.abspath(r.path))
             try:
-                rel = r.path.resolve().relative_to(root.resolve())
+                rel = full.relative_to(base)
             except ValueError:
-                rel = r.path.resolve()
+                rel = full
             writer.writerow([rel.as_posix(), r.split, r.label, r.subtype or "", r.patient_id])
 
 
@@ -143,8 +147,16 @@ def read_split_csv(path: Path, root: Path) -> list[Record]:
         if tuple(reader.fieldnames or ()) != SPLIT_COLUMNS:
             raise DatasetError(f"{path}: expected columns {SPLIT_COLUMNS}, got {reader.fieldnames}")
         out = []
-        for row in reader:
+        seen: dict[str, int] = {}
+        for line_no, row in enumerate(reader, start=2):
             p = Path(row["path"])
+            if row["split"] not in SPLITS or row["label"] not in LABELS:
+                raise DatasetError(
+                    f"{path}:{line_no}: split {row['split']!r} / label {row['label']!r} is not one of {SPLITS} / "
+                    f"{LABELS}"
+                )
+            if (first := seen.setdefault(row["path"], line_no)) != line_no:
+                raise DatasetError(f"{path}:{line_no}: {row['path']} is listed again (first on line {first})")
             out.append(
                 Record(
                     p if p.is_absolute() else root / p,

@@ -39,7 +39,15 @@ def contract_for(cfg: TrainConfig) -> PreprocessContract:
 def resolve_split(cfg: TrainConfig) -> list[Record]:
     """The records with their split: read from ``split_file`` when given, else carved by patient."""
     if cfg.split_file:
-        return read_split_csv(Path(cfg.split_file), dataset_root(cfg.data))
+        records = read_split_csv(Path(cfg.split_file), dataset_root(cfg.data))
+        if shared := {r.patient_id for r in records if r.split == "train"} & {
+            r.patient_id for r in records if r.split == "val"
+        }:
+            raise DatasetError(
+                f"{cfg.split_file}: {len(shared)} patient(s) in both train and val (e.g. {sorted(shared)[:3]}): "
+                "validation would score images of patients the model trained on"
+            )
+        return records
     return make_split(
         discover(cfg.data),
         val_fraction=cfg.val_fraction,
