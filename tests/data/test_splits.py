@@ -148,3 +148,10 @@ def test_generated_images_in_a_dataset_folder_train_only(caplog: pytest.LogCaptu
     in_test = Record(Path("test/NORMAL/synthetic-acgan-normal-0.png"), "test", "NORMAL", "normal", "t")
     with pytest.raises(DatasetError, match=r"1 generated image\(s\) in the test split"):
         make_split([*real, in_test], val_fraction=0.2)
+
+
+def test_a_val_fraction_that_is_no_one_fold_of_k_says_what_it_carves(caplog: pytest.LogCaptureFixture) -> None:
+    make_split(_records(), val_fraction=0.1, seed=0)
+    assert "carves one fold" not in caplog.text
+    make_split(_records(), val_fraction=0.45, seed=0)
+    assert "val_fraction 0.45 carves one fold of 2, about 50.0 % of the patients" in caplog.text

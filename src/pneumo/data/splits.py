@@ -87,6 +87,9 @@ def make_split(
     strata = [r.subtype or r.label for r in pool]
     groups = [r.patient_id for r in pool]
     n_splits = max(2, round(1.0 / val_fraction))
+    if abs(1.0 / n_splits - val_fraction) > 0.01:  # one fold of k: 0.45 carves half, 0.15 carves a seventh
+        log.warning("val_fraction %g carves one fold of %d, about %.1f %% of the patients", val_fraction, n_splits,
+                    100.0 / n_splits)  # fmt: skip
     if len(set(groups)) < n_splits:
         raise DatasetError(
             f"val_fraction {val_fraction} needs at least {n_splits} train patients to carve a validation split by "
