@@ -20,13 +20,7 @@ from pneumo.data.tasks import get_task
 from pneumo.training import checkpoint as ckpt
 from pneumo.training import distributed as ddp
 from pneumo.training.config import ConfigError, TrainConfig, load_yaml, validate_config
-from pneumo.training.data import (
-    build_train_data,
-    check_source_runs,
-    resolve_split,
-    save_split,
-    with_synthetic,
-)
+from pneumo.training.data import build_train_data, check_source_runs, resolve_split, save_split, with_synthetic
 from pneumo.training.engine import Trainer
 from pneumo.training.runinfo import config_changes, environment
 from pneumo.utils.atomic import write_json, write_text
