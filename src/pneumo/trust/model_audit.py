@@ -590,6 +590,8 @@ def _residual_text(residual: dict[str, Any] | None) -> str:
     )[:4]
     cues = "; ".join(f"{cue} {_point(a['test'])} -> {_point(a['matched'])}" for cue, a in strongest)
     best = residual_summary(residual)
+    if not strongest and not best:
+        return "no other acquisition cue could be scored on the subset (a class missing)."
     model = f" The best model on cues alone ({best[0]}, fitted on train) scores {best[1]}." if best else ""
     return (
         f"other cues still separate the classes inside the subset (AUC on the full test -> matched: {cues}).{model} "
