@@ -11,7 +11,8 @@ from pneumo.inference.predictor import Predictor
 def load(path: str | Path, *, device: str = "cpu", **kwargs: Any) -> Predictor:
     """A :class:`~pneumo.inference.Predictor` for a run folder (PyTorch) or a ``.onnx`` export (onnxruntime).
 
-    ``kwargs``: ``batch_size`` (default 32), ``max_pixels`` (decompression-bomb guard).
+    ``kwargs``: ``batch_size`` (default 32), ``max_pixels`` (decompression-bomb guard); for ``.onnx`` files also
+    ``threads`` (onnxruntime's intra-op threads; default ``OMP_NUM_THREADS`` when set).
     Research use only, not a medical device.
     """
     return Predictor.load(path, device=device, **kwargs)

@@ -38,6 +38,10 @@ def test_exif_orientation_turns_the_image_upright() -> None:
     buf = io.BytesIO()
     img.save(buf, "JPEG", exif=exif.tobytes(), quality=95)
     assert decode_image(buf.getvalue()).shape == (80, 40)
+    # a PIL image of that file is turned upright too (it was predicted on its side: another label for one X-ray)
+    buf.seek(0)
+    with Image.open(buf) as opened:
+        np.testing.assert_array_equal(decode_image(opened), decode_image(buf.getvalue()))
 
 
 def test_formats_other_than_the_supported_rasters_are_refused() -> None:

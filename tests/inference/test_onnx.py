@@ -166,3 +166,25 @@ def test_export_warnings_name_the_run_not_a_temporary_file(tmp_path: Path, caplo
     export_onnx(run, tmp_path / "m.onnx")
     warnings = [r.getMessage() for r in caplog.records if "no threshold" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].startswith(str(run)) and ".tmp" not in warnings[0]
+
+
+def test_onnxruntime_threads_follow_the_option_or_omp_num_threads(
+    exported: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnxruntime ignores OMP_NUM_THREADS and starts a thread per core; pneumo.load could not set them at all."""
+    path = exported[1]
+    threads = lambda p: p.backend.session.get_session_options().intra_op_num_threads  # noqa: E731
+    assert threads(pneumo.api.load(path, threads=1)) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert threads(pneumo.api.load(path)) == 2
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert threads(pneumo.api.load(path)) == 0  # onnxruntime's own choice
+
+
+def test_non_finite_outputs_are_an_error_not_a_label(exported: tuple[Path, Path]) -> None:
+    """NaN >= threshold is False: broken weights labelled every image NORMAL without a word."""
+    predictor = pneumo.api.load(exported[1])
+    real = predictor.backend
+    predictor.backend = lambda x: type(out := real(x))(out.raw_logits * np.nan, out.features)
+    with pytest.raises(FloatingPointError, match="non-finite outputs for <array>"):
+        predictor.predict(xray_like(50, 40, seed=0))

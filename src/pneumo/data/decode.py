@@ -297,8 +297,8 @@ def decode_image(source: ImageInput | Any, *, max_pixels: int = DEFAULT_MAX_PIXE
     """Any supported input (path, bytes, PIL image, numpy array) as a grayscale uint8 HxW array."""
     if isinstance(source, np.ndarray):
         return _check_pixels(array_to_gray(source), "<array>", max_pixels)
-    if isinstance(source, Image.Image):
-        return _check_pixels(pil_to_gray(source), "<PIL image>", max_pixels)
+    if isinstance(source, Image.Image):  # turned upright like a file (a no-op without an orientation tag)
+        return _check_pixels(pil_to_gray(ImageOps.exif_transpose(source)), "<PIL image>", max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return decode_bytes(bytes(source), max_pixels=max_pixels)
     if isinstance(source, (str, Path)):

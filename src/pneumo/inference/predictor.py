@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -111,9 +112,14 @@ class Predictor:
         return cls(TorchBackend(model, meta.n_task, device), meta, run_dir, **kwargs)
 
     @classmethod
-    def from_onnx(cls, path: str | Path, **kwargs: Any) -> Predictor:
+    def from_onnx(cls, path: str | Path, *, threads: int | None = None, **kwargs: Any) -> Predictor:
+        """``threads``: onnxruntime's intra-op threads; default ``OMP_NUM_THREADS`` when set (onnxruntime itself
+        ignores it and starts a thread per physical core, which oversubscribes a shared machine or ``serve
+        --workers``), else onnxruntime's choice."""
         path = Path(path)
-        backend = OnnxBackend(path)
+        if threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+            threads = int(os.environ["OMP_NUM_THREADS"]) or None
+        backend = OnnxBackend(path, threads=threads)
         return cls(backend, backend.meta(path), path, **kwargs)
 
     @classmethod
@@ -194,6 +200,9 @@ class Predictor:
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             out = self.run(self.model_input([im.resized for im in chunk]))
+            if not np.isfinite(out.raw_logits).all():  # NaN would compare False against the threshold: a silent label
+                bad = [im.source for im, row in zip(chunk, out.raw_logits, strict=True) if not np.isfinite(row).all()]
+                raise FloatingPointError(f"the model gave non-finite outputs for {', '.join(map(str, bad))}")
             probs = self.probabilities(out.raw_logits[:, : self.meta.n_task])
             verdicts = ood_verdicts(self._ood_scorer, self.meta.ood, out.raw_logits, out.features)
             for im, p, (score, inside) in zip(chunk, probs, verdicts, strict=True):
