@@ -188,3 +188,19 @@ def test_non_finite_outputs_are_an_error_not_a_label(exported: tuple[Path, Path]
     predictor.backend = lambda x: type(out := real(x))(out.raw_logits * np.nan, out.features)
     with pytest.raises(FloatingPointError, match="non-finite outputs for <array>"):
         predictor.predict(xray_like(50, 40, seed=0))
+
+
+def test_export_verifies_the_features_the_ood_check_uses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the logits were compared: a graph whose pooled features differ would pass, and its OOD verdicts not."""
+    import pneumo.inference.onnx as onnx_export
+    from pneumo.inference.backends import OnnxBackend
+
+    class DriftingFeatures(OnnxBackend):
+        def __call__(self, x: np.ndarray):
+            out = super().__call__(x)
+            return type(out)(out.raw_logits, out.features + 1e-3)
+
+    monkeypatch.setattr(onnx_export, "OnnxBackend", DriftingFeatures)
+    with pytest.raises(ExportError, match=r"ONNX features differ from PyTorch by 1.00e-03"):
+        export_onnx(make_fake_run(tmp_path), tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()
