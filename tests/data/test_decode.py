@@ -148,3 +148,15 @@ def test_pillows_bomb_guard_reports_pneumos_limit() -> None:
     png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
     with pytest.raises(ImageDecodeError, match=f"exceeds the limit of {DEFAULT_MAX_PIXELS} pixels"):
         decode_bytes(png, "huge.png")
+
+
+def test_a_multi_page_tiff_is_refused_like_a_multi_frame_dicom() -> None:
+    """Its first page was used without a word, while a multi-frame DICOM is refused."""
+    pages = [Image.fromarray(np.full((16, 16), v, np.uint8)) for v in (10, 200)]
+    buf = io.BytesIO()
+    pages[0].save(buf, "TIFF", save_all=True, append_images=pages[1:])
+    with pytest.raises(ImageDecodeError, match=r"scan.tif: multi-page TIFF \(2 pages\) is not supported"):
+        decode_bytes(buf.getvalue(), "scan.tif")
+    single = io.BytesIO()
+    pages[0].save(single, "TIFF")
+    assert decode_bytes(single.getvalue(), "one.tif").shape == (16, 16)

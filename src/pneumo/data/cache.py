@@ -41,7 +41,8 @@ _FLUSH_EVERY = 512
 # Pillow's filters. Bump DECODER_REVISION with any change to those pixels: caches built by other code are then not
 # reused (the file fingerprints alone would accept them).
 # 2: letterbox resizes before padding (the bars' edges and the image's position moved by up to a pixel).
-# 3: colour DICOM files decode (to luma) instead of failing; a cache remembers failures, so they are tried again.
+# 3: colour DICOM files decode (to luma) instead of failing (a cache remembers failures: they are tried again), and
+#    multi-page TIFFs fail instead of giving their first page.
 DECODER_REVISION = 3
 
 

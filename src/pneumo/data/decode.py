@@ -266,6 +266,8 @@ def decode_bytes(data: bytes, name: str = "<bytes>", *, max_pixels: int = DEFAUL
             width, height = img.size
             if width * height > max_pixels:
                 raise ImageDecodeError(name, f"image of {width}x{height} pixels exceeds the limit of {max_pixels}")
+            if img.format == "TIFF" and (pages := getattr(img, "n_frames", 1)) > 1:  # as multi-frame DICOM is
+                raise ImageDecodeError(name, f"multi-page TIFF ({pages} pages) is not supported; export one page")
             img.load()
             return pil_to_gray(ImageOps.exif_transpose(img), name)
     except UnidentifiedImageError as exc:
