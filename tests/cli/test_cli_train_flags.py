@@ -49,3 +49,18 @@ def test_resume_takes_data_where_the_dataset_moved_and_refuses_other_settings(
     assert seen == {"run_dir": tmp_path / "run", "data": tmp_path / "moved"}
     refused = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "run"), "--epochs", "9"])
     assert refused.exit_code != 0 and "drop --epochs" in refused.output
+
+
+def test_demo_output_labels_the_auc_threshold_free(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pneumo.demo
+
+    ci = {"point": 0.8, "low": 0.7, "high": 0.9}
+    names = ("accuracy", "sensitivity", "specificity", "roc_auc")
+    section = {"label": "validated t = 0.706 (youden)", "ci": dict.fromkeys(names, ci)}
+    fake = {"metrics": {"primary": section}, "primary": "primary", "data": tmp_path, "run_dir": tmp_path}
+    fake["eval_dir"] = tmp_path
+    monkeypatch.setattr(pneumo.demo, "run_demo", lambda out=None, epochs=8: fake)
+    result = CliRunner().invoke(app, ["demo"])
+    assert result.exit_code == 0, result.output
+    assert "sensitivity  0.800 [0.700, 0.900]  (validated t = 0.706 (youden))" in result.output
+    assert "roc_auc      0.800 [0.700, 0.900]  (threshold-free)" in result.output

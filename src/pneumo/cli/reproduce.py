@@ -64,6 +64,7 @@ def demo(
     typer.echo(f"run: {result['run_dir']}")
     for name in ("accuracy", "sensitivity", "specificity", "roc_auc"):
         ci = section["ci"][name]
-        typer.echo(f"  {name:<12} {ci['point']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]  ({section['label']})")
+        at = section["label"] if name != "roc_auc" else "threshold-free"  # a ranking uses no threshold
+        typer.echo(f"  {name:<12} {ci['point']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]  ({at})")
     typer.echo(f"report: {result['eval_dir']}/report.html")
     typer.echo(f"model card: {result['run_dir']}/MODEL_CARD.md")
