@@ -378,3 +378,21 @@ def test_an_ood_detector_of_other_weights_is_not_used(
     stale = Predictor.load(run)
     assert stale.predict(gray).in_distribution is None and stale.model_card()["ood"]["enabled"] is False
     assert "fitted on other weights" in caplog.text and "pneumo audit ood-fit" in caplog.text
+
+
+def test_a_run_is_loaded_with_the_digest_of_the_weights_it_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The weights file was hashed apart from reading it: a training replacing it in between paired these weights with
+    another file's digest, so with another file's threshold check and model id."""
+    import pneumo.inference.meta as meta_module
+
+    run = make_fake_run(tmp_path)
+    digest = file_sha256(run / "best.safetensors")
+
+    def no_second_read(path: Path) -> str:
+        raise AssertionError(f"{path} hashed again after loading")
+
+    monkeypatch.setattr(meta_module, "file_sha256", no_second_read)
+    predictor = Predictor.load(run)
+    assert predictor.model_id.endswith(digest[:12])

@@ -76,11 +76,12 @@ class ModelMeta:
 
     # --- run folders ------------------------------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, meta: dict[str, Any], run_dir: Path) -> ModelMeta:
+    def from_checkpoint(cls, meta: dict[str, Any], run_dir: Path, weights_sha256: str | None = None) -> ModelMeta:
+        """``weights_sha256``: the digest of the weights actually loaded (default: hash the file now)."""
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise ModelLoadError(f"{run_dir / META_FILE}: unsupported format {meta.get('format')!r}")
         weights = run_dir / WEIGHTS_FILE
-        digest = file_sha256(weights) if weights.is_file() else ""
+        digest = weights_sha256 or (file_sha256(weights) if weights.is_file() else "")
         fitted_on = (meta.get("operating_point") or {}).get("weights_sha256")
         if fitted_on and digest and not digest.startswith(fitted_on):
             raise ModelLoadError(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import hashlib
 import json
 import random
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 from torch import nn
 
@@ -145,7 +147,11 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
     model = get_model(
         spec["name"], num_classes=spec["num_outputs"], in_chans=spec["in_chans"], weights=None, **spec["kwargs"]
     )
-    model.load_state_dict(load_file(path, device="cpu"), strict=True)
+    # One read for the weights and their digest: a training that replaces the file in between would otherwise pair
+    # these weights with the digest (and so the threshold and model id) of others.
+    data = path.read_bytes()
+    model.load_state_dict(load_safetensors(data), strict=True)
+    model.weights_sha256 = hashlib.sha256(data).hexdigest()
     # Read by predict_logits (and anyone else) so that callers need not thread these through.
     model.num_task_classes = len(meta["class_names"])
     model.preprocess_contract = PreprocessContract.from_dict(meta["preprocess"])
