@@ -209,7 +209,6 @@ def evaluate_run(
     ``target_specificity`` (the most sensitive one reaching this validation specificity) asks for a method, and
     replaces a stored threshold of another. ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     from pneumo.training import load_run, load_yaml, predict_logits, read_run_meta, update_run_meta
-    from pneumo.training.checkpoint import weights_digest
     from pneumo.training.run import pick_device
 
     if split not in SPLITS:
@@ -222,9 +221,9 @@ def evaluate_run(
     contract = PreprocessContract.from_dict(meta["preprocess"])
     cache_root = Path(config["cache_dir"]) if config.get("cache_dir") else None
     wanted = wanted_method(task, target_sensitivity, target_specificity, youden)
-    digest = weights_digest(run_dir)
     dev = pick_device(device)
     model, _ = load_run(run_dir, "best", device=dev)
+    digest = model.weights_sha256[:16]  # of the weights loaded (weights_digest's prefix), not a second read
 
     def load(name: str, records: Sequence[Record]) -> SplitData:
         if not any(r.split == name for r in records):

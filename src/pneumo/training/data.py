@@ -25,7 +25,7 @@ from pneumo.data.dataset import SplitData, build_split
 from pneumo.data.preprocess import PreprocessContract
 from pneumo.data.provenance import check_generated_images
 from pneumo.data.records import DatasetError, Record, dataset_root, discover, parse_file_name
-from pneumo.data.splits import make_split, patients_seen_but_held_out, read_split_csv, write_split_csv
+from pneumo.data.splits import check_disjoint, make_split, patients_seen_but_held_out, read_split_csv, write_split_csv
 from pneumo.data.tasks import Task
 from pneumo.training.config import TrainConfig
 
@@ -40,11 +40,9 @@ def resolve_split(cfg: TrainConfig) -> list[Record]:
     """The records with their split: read from ``split_file`` when given, else carved by patient."""
     if cfg.split_file:
         records = read_split_csv(Path(cfg.split_file), dataset_root(cfg.data))
-        if shared := {r.patient_id for r in records if r.split == "train"} & {
-            r.patient_id for r in records if r.split == "val"
-        }:
+        if shared := [p for p, splits in check_disjoint(records).items() if {"train", "val"} <= set(splits)]:
             raise DatasetError(
-                f"{cfg.split_file}: {len(shared)} patient(s) in both train and val (e.g. {sorted(shared)[:3]}): "
+                f"{cfg.split_file}: {len(shared)} patient(s) in both train and val (e.g. {shared[:3]}): "
                 "validation would score images of patients the model trained on"
             )
         return records

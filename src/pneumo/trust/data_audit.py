@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,23 +199,46 @@ def audit_task(
         "cues": {},
         "models": {},
     }
-    for cue, values in sub.values.items():
-        if cue in constant or not np.isfinite(values).any():
+    result["cues"], result["models"] = score_cues(
+        sub, y, groups, split_of, splits, names, skip=constant, n_boot=n_boot, seed=seed, models=models
+    )
+    return result
+
+
+def score_cues(
+    table: CueTable,
+    y: np.ndarray,
+    groups: np.ndarray,
+    split_of: np.ndarray,
+    splits: Sequence[str],
+    class_names: Sequence[str],
+    *,
+    skip: Container[str],
+    n_boot: int,
+    seed: int,
+    models: bool = True,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """``(cues, models)``: each cue of ``table`` known somewhere and not in ``skip``, oriented on train and scored on
+    every split; and, with ``models``, the models on all complete cues and on the image-only ones, fitted on train."""
+    cues: dict[str, dict[str, Any]] = {}
+    for cue, values in table.values.items():
+        if cue in skip or not np.isfinite(values).any():
             continue
-        entry = {"description": CUES[cue][0], "source": sub.sources.get(cue, "")}
-        entry.update(score_cue(values, y, groups, split_of, splits, names, n_boot=n_boot, seed=seed))
-        result["cues"][cue] = entry
-    complete = [c for c in result["cues"] if np.isfinite(sub.values[c]).all()]
+        entry = {"description": CUES[cue][0], "source": table.sources.get(cue, "")}
+        entry.update(score_cue(values, y, groups, split_of, splits, class_names, n_boot=n_boot, seed=seed))
+        cues[cue] = entry
+    fitted: dict[str, dict[str, Any]] = {}
+    complete = [c for c in cues if np.isfinite(table.values[c]).all()]
     feature_sets = {"all cues": complete, "image-only cues": [c for c in complete if c not in ORIGINAL_ONLY]}
     if models:
         for set_name, features in feature_sets.items():
             if set_name != "all cues" and features == feature_sets["all cues"]:
                 continue
             for model_name, entry in score_models(
-                sub, features, y, groups, split_of, splits, names, n_boot=n_boot, seed=seed
+                table, features, y, groups, split_of, splits, class_names, n_boot=n_boot, seed=seed
             ).items():
-                result["models"][f"{model_name} on {set_name}"] = entry
-    return result
+                fitted[f"{model_name} on {set_name}"] = entry
+    return cues, fitted
 
 
 def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:

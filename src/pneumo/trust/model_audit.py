@@ -173,7 +173,7 @@ def residual_cues(
 
     Matching balances the matched cues only; others (original resolution, file size per pixel, pixel statistics) can
     still separate the classes inside the subset. The model's matched AUC is read against these."""
-    from pneumo.trust.data_audit import ORIGINAL_ONLY, collect_cues, constant_value, score_cue, score_models
+    from pneumo.trust.data_audit import collect_cues, constant_value, score_cues
 
     train_records, train_y = ctx.task.select([r for r in ctx.records if r.split == "train"])
     records = [*train_records, *test_records, *(test_records[i] for i in idx)]
@@ -188,22 +188,16 @@ def residual_cues(
         cache_root=ctx.cache_root,
         progress=False,
     )
-    splits, names = ["test", "matched"], ctx.class_names
-    cues = {}
-    for cue, values in table.values.items():
-        if np.isfinite(values).any() and constant_value(values) is None:
-            scored = score_cue(values, targets, patients, split_of, ["train", *splits], names, n_boot=n_boot, seed=seed)
-            cues[cue] = {s: scored["splits"][s]["auc"] for s in splits}
-    complete = [c for c in cues if np.isfinite(table.values[c]).all()]
-    models = {}
-    for set_name, features in (
-        ("all cues", complete),
-        ("image-only cues", [c for c in complete if c not in ORIGINAL_ONLY]),
-    ):
-        fitted = score_models(table, features, targets, patients, split_of, splits, names, n_boot=n_boot, seed=seed)
-        for model_name, entry in fitted.items():
-            models[f"{model_name} on {set_name}"] = {s: entry["splits"][s]["auc"] for s in splits}
-    return {"cues": cues, "models": models}
+    constant = {cue for cue, values in table.values.items() if constant_value(values) is not None}
+    cues, models = score_cues(
+        table, targets, patients, split_of, ["train", "test", "matched"], ctx.class_names, skip=constant,
+        n_boot=n_boot, seed=seed,
+    )  # fmt: skip
+
+    def aucs(entry: dict[str, Any]) -> dict[str, Any]:
+        return {s: entry["splits"][s]["auc"] for s in ("test", "matched")}
+
+    return {"cues": {c: aucs(e) for c, e in cues.items()}, "models": {m: aucs(e) for m, e in models.items()}}
 
 
 def _matching_draws(
