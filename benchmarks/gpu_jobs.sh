@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# A time-boxed GPU lease, second form: one bench alone, then several `pneumo reproduce` jobs side by side.
+#
+#   benchmarks/gpu_jobs.sh DATA OUT BUDGET_SECONDS
+#
+# Small models at 128 px leave a big GPU mostly idle (kernel-launch bound), so the seeds of a suite train as
+# separate processes sharing the card: `reproduce --seed N` claims its run folders with a lock, and jobs of one suite
+# share one --out. Every job is cut when the budget runs out; running the script again with the same WORK resumes
+# them from their run folders (finished rows are kept), and the phase log gives each job's wall time.
+#
+# Environment:
+#   PYTHON     default python3
+#   WORK       run folders, cache and logs (default OUT/work); keep it between calls to resume
+#   BENCH_ARGS options of `pneumo bench` (its --out is added), empty for no bench; BENCH_CAP its seconds (default 200)
+#   JOB_THREADS  OMP_NUM_THREADS of each job (default 4: four jobs share 16 cores)
+#   JOBS       ";"-separated jobs, each "SUITE:reproduce options", run side by side, e.g.
+#              "cpu:--seed 0;cpu:--seed 1;full:--max-seeds 1 --only acgan-64"
+#   PNEUMO_GIT_COMMIT  where the source travels without its .git, so that runs record the right commit
+#
+# OUT receives lease.tar.gz (logs, tables, per-epoch metrics, evaluations, GAN sample grids; no weights, no dataset
+# images), session.log, bench-gpu.json and each ACGAN's EMA generator (so GAN-balanced rows can train elsewhere).
+set -u
+data=${1:?usage: gpu_jobs.sh DATA OUT BUDGET_SECONDS}
+out=${2:?usage: gpu_jobs.sh DATA OUT BUDGET_SECONDS}
+budget=${3:?usage: gpu_jobs.sh DATA OUT BUDGET_SECONDS}
+py=${PYTHON:-python3}
+work=${WORK:-$out/work}
+bench_args=${BENCH_ARGS-}
+bench_cap=${BENCH_CAP:-200}
+jobs=${JOBS-}
+mkdir -p "$work/logs" "$out"
+export PNEUMO_CACHE_DIR=${PNEUMO_CACHE_DIR:-$work/cache}
+start=$SECONDS
+log() { echo "[$((SECONDS - start))s] $*" | tee -a "$work/logs/session.log"; }
+left() { echo $((budget - (SECONDS - start) - 20)); }  # 20 s kept for the report and the pack
+
+pack() {
+  tar -czf "$out/lease.tar.gz.tmp" -C "$work" --exclude='*.safetensors' --exclude='*.u8' --exclude='*.onnx' \
+    --exclude='synthetic*' --exclude='cache' . 2>/dev/null  # files that vanish mid-write: exit 1, pack still usable
+  mv -f "$out/lease.tar.gz.tmp" "$out/lease.tar.gz"
+  cp -f "$work/logs/session.log" "$out/"
+  for g in "$work"/*/runs/acgan*/generator_ema.safetensors; do
+    [ -f "$g" ] && cp -f "$g" "$out/$(basename "$(dirname "$g")")-generator_ema.safetensors"
+  done
+  true
+}
+
+log "data $data, budget ${budget}s, work $work"
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
+  "$py" -c "import torch, torchvision, sys; print(sys.version); print('torch', torch.__version__, 'torchvision', \
+torchvision.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
+  nproc
+} >"$work/logs/env.txt" 2>&1
+
+if [ -n "$bench_args" ]; then
+  cap=$bench_cap
+  (($(left) < cap)) && cap=$(left)
+  log "start bench (at most ${cap}s): pneumo bench $bench_args"
+  timeout --signal=INT --kill-after=15 "$cap" "$py" -m pneumo bench --data "$data" $bench_args \
+    --out "$out/bench-gpu.json" >"$work/logs/bench.log" 2>&1
+  log "end bench: exit $?"
+  # a bench cut by its cap leaves its figures so far in bench-gpu.partial.json
+  [ -f "$out/bench-gpu.partial.json" ] && mv -f "$out/bench-gpu.partial.json" "$out/bench-gpu.json"
+  pack
+fi
+
+pids=()
+names=()
+i=0
+IFS=';' read -ra job_list <<<"$jobs"
+cap=$(left)
+for spec in "${job_list[@]}"; do
+  [ -z "${spec// /}" ] && continue
+  i=$((i + 1))
+  suite=${spec%%:*}
+  name="job$i-$suite"
+  if ((cap < 30)); then
+    log "skip $name: ${cap}s of the budget left"
+    continue
+  fi
+  log "start $name (at most ${cap}s): pneumo reproduce --suite $suite ${spec#*:}"
+  (
+    begin=$SECONDS
+    # shellcheck disable=SC2086  # the job's options are words
+    OMP_NUM_THREADS=${JOB_THREADS:-4} timeout --signal=INT --kill-after=15 "$cap" "$py" -m pneumo reproduce --data "$data" --suite "$suite" \
+      --out "$work/$suite" ${spec#*:} >"$work/logs/$name.log" 2>&1
+    log "end $name: exit $? after $((SECONDS - begin))s"
+  ) &
+  pids+=($!)
+  names+=("$name")
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+
+# Each job wrote its suite's table when it ended; one more pass tabulates all the finished rows of every suite.
+for suite in $(for spec in "${job_list[@]}"; do [ -n "${spec// /}" ] && echo "${spec%%:*}"; done | sort -u); do
+  [ -d "$work/$suite/runs" ] || continue
+  "$py" -m pneumo reproduce --suite "$suite" --out "$work/$suite" --report-only >"$work/logs/report-$suite.log" 2>&1
+  log "report $suite: exit $?"
+done
+pack
+log "done"
