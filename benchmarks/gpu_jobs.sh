@@ -6,11 +6,13 @@
 # Small models at 128 px leave a big GPU mostly idle (kernel-launch bound), so the seeds of a suite train as
 # separate processes sharing the card: `reproduce --seed N` claims its run folders with a lock, and jobs of one suite
 # share one --out. Every job is cut when the budget runs out; running the script again with the same WORK resumes
-# them from their run folders (finished rows are kept), and the phase log gives each job's wall time.
+# them from their run folders (finished rows are kept), and the phase log gives each job's wall time. OUT gets a new
+# pack whenever the bench or a job ends, so a lease cut short still returns what finished.
 #
 # Environment:
 #   PYTHON     default python3
-#   WORK       run folders, cache and logs (default OUT/work); keep it between calls to resume
+#   WORK       run folders, cache and logs (default /tmp/pneumo-lease); keep it between calls to resume. Not under
+#              OUT, nor in a working tree that the device tool replaces on each call (both lose it)
 #   BENCH_ARGS options of `pneumo bench` (its --out is added), empty for no bench; BENCH_CAP its seconds (default 200)
 #   JOB_THREADS  OMP_NUM_THREADS of each job (default 4: four jobs share 16 cores)
 #   JOBS       ";"-separated jobs, each "SUITE:reproduce options", run side by side, e.g.
@@ -24,7 +26,7 @@ data=${1:?usage: gpu_jobs.sh DATA OUT BUDGET_SECONDS}
 out=${2:?usage: gpu_jobs.sh DATA OUT BUDGET_SECONDS}
 budget=${3:?usage: gpu_jobs.sh DATA OUT BUDGET_SECONDS}
 py=${PYTHON:-python3}
-work=${WORK:-$out/work}
+work=${WORK:-/tmp/pneumo-lease}
 bench_args=${BENCH_ARGS-}
 bench_cap=${BENCH_CAP:-200}
 jobs=${JOBS-}
@@ -32,12 +34,13 @@ mkdir -p "$work/logs" "$out"
 export PNEUMO_CACHE_DIR=${PNEUMO_CACHE_DIR:-$work/cache}
 start=$SECONDS
 log() { echo "[$((SECONDS - start))s] $*" | tee -a "$work/logs/session.log"; }
-left() { echo $((budget - (SECONDS - start) - 20)); }  # 20 s kept for the report and the pack
+left() { echo $((budget - (SECONDS - start) - 45)); }  # kept for a job killed late and the last pack
 
-pack() {
-  tar -czf "$out/lease.tar.gz.tmp" -C "$work" --exclude='*.safetensors' --exclude='*.u8' --exclude='*.onnx' \
+pack() {  # jobs pack as they end, side by side: each through its own temporary file
+  local tmp="$out/lease.tar.gz.$BASHPID"
+  tar -czf "$tmp" -C "$work" --exclude='*.safetensors' --exclude='*.u8' --exclude='*.onnx' \
     --exclude='synthetic*' --exclude='cache' . 2>/dev/null  # files that vanish mid-write: exit 1, pack still usable
-  mv -f "$out/lease.tar.gz.tmp" "$out/lease.tar.gz"
+  mv -f "$tmp" "$out/lease.tar.gz"
   cp -f "$work/logs/session.log" "$out/"
   for g in "$work"/*/runs/acgan*/generator_ema.safetensors; do
     [ -f "$g" ] && cp -f "$g" "$out/$(basename "$(dirname "$g")")-generator_ema.safetensors"
@@ -86,6 +89,7 @@ for spec in "${job_list[@]}"; do
     OMP_NUM_THREADS=${JOB_THREADS:-4} timeout --signal=INT --kill-after=15 "$cap" "$py" -m pneumo reproduce --data "$data" --suite "$suite" \
       --out "$work/$suite" ${spec#*:} >"$work/logs/$name.log" 2>&1
     log "end $name: exit $? after $((SECONDS - begin))s"
+    pack
   ) &
   pids+=($!)
   names+=("$name")
@@ -95,7 +99,13 @@ for pid in "${pids[@]}"; do wait "$pid"; done
 # Each job wrote its suite's table when it ended; one more pass tabulates all the finished rows of every suite.
 for suite in $(for spec in "${job_list[@]}"; do [ -n "${spec// /}" ] && echo "${spec%%:*}"; done | sort -u); do
   [ -d "$work/$suite/runs" ] || continue
-  "$py" -m pneumo reproduce --suite "$suite" --out "$work/$suite" --report-only >"$work/logs/report-$suite.log" 2>&1
+  cap=$(left)
+  if ((cap < 10)); then
+    log "skip report $suite: ${cap}s of the budget left"
+    continue
+  fi
+  timeout --kill-after=5 "$cap" "$py" -m pneumo reproduce --suite "$suite" --out "$work/$suite" --report-only \
+    >"$work/logs/report-$suite.log" 2>&1
   log "report $suite: exit $?"
 done
 pack

@@ -239,6 +239,29 @@ def test_loader_steps_synchronise_only_where_they_profile(monkeypatch: pytest.Mo
     assert all(t > 0 for t in times.total) and all(0 <= w <= t for w, t in zip(times.wait, times.total, strict=True))
 
 
+def test_profiled_shares_are_taken_within_the_profiled_steps() -> None:
+    # A naive loader on CUDA: the timed steps ate batches prefetched during the warm-up (instant), the profiled steps
+    # then waited for the workers. Its wait once came out at 175 % of the (unprofiled) step time.
+    import time as time_module
+
+    import pneumo.bench.train as bench_train
+
+    setup = bench_train._setup("cnn", 32, 4, Variant("pneumo", "cached"), torch.device("cpu"))
+    warmup, steps, profile_steps = 1, 3, 3
+
+    def batches():
+        for i in range(warmup + steps + profile_steps):
+            if i >= warmup + steps:
+                time_module.sleep(0.2)  # the prefetched batches are gone
+            yield torch.randn(4, 1, 32, 32), torch.randint(0, 2, (4,))
+
+    times = bench_train._loader_steps(
+        batches(), lambda x: x, setup, Variant("pneumo", "cached"), torch.device("cpu"), warmup, steps, profile_steps
+    )
+    share = sum(times.wait) / sum(times.total)
+    assert 0.5 < share <= 1.0  # the profiled steps mostly waited; a share is never above the whole step
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_loader_throughput_leaves_out_what_workers_prefetched(workers: int) -> None:
     from torch.utils.data import DataLoader, TensorDataset
