@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -377,9 +378,9 @@ def stub_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(evaluation_run, "evaluate_run", lambda run, **kw: {"eval_dir": str(run / "eval-test")})
     monkeypatch.setattr(results, "write_results", lambda out, suite, data, entries, **kw: {"entries": entries, **kw})
 
-    def call(experiments: Path) -> dict:
+    def call(experiments: Path, **options) -> dict:
         state["trained"] = []
-        result = runner.reproduce(tmp_path / "data", "quick", tmp_path / "out", experiments_dir=experiments)
+        result = runner.reproduce(tmp_path / "data", "quick", tmp_path / "out", experiments_dir=experiments, **options)
         return {"trained": state["trained"], "tabulated": [d.name for _, _, d in result["entries"]],
                 "failed": {f["experiment"]: f["error"] for f in result["failures"]}}  # fmt: skip
 
@@ -521,3 +522,46 @@ def test_an_interrupted_row_is_not_resumed_under_an_edited_declaration(
     with pytest.raises(ValueError, match="runs/src was started from another version of src's YAML; move it away"):
         _train_one(edited, 0, tmp_path / "data", run_dir, {}, "cpu")
     assert calls == ["train", "resume"]
+
+
+def test_a_seed_process_trains_the_one_seed_source_its_rows_need(tmp_path: Path, stub_runner) -> None:
+    # the full suite's acgan-64 has one seed and feeds the GAN-balanced rows of seeds 0-2: `--seed 1` alone (a copy
+    # of --out, or the first of several processes) failed them for want of it
+    call, _ = stub_runner
+    rows = tmp_path / "experiments"
+    _write_rows(rows)
+    (rows / "dep.yaml").write_text(
+        "name: dep\nsuites: [quick]\nseeds: [0, 1]\n"
+        "train: {task: bacteria-virus, model: cnn, epochs: 1, weights: 'run:src'}\n"
+    )
+    result = call(rows, only_seeds=[1])
+    assert result["trained"] == ["src", "dep-seed1"] and not result["failed"]
+    assert result["tabulated"] == ["src", "dep-seed1"]
+
+
+def test_a_row_another_process_finished_while_this_one_waited_for_its_lock_is_not_redone(
+    tmp_path: Path, stub_runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # evaluating it again restamped it, and every row that had started from it was refused from then on
+    import pneumo.reproduce.runner as runner
+
+    call, _ = stub_runner
+    rows = tmp_path / "experiments"
+    _write_rows(rows)
+    assert call(rows)["tabulated"] == ["src", "dep"]
+    status = tmp_path / "out" / "runs" / "src" / "reproduce.json"
+    finished = status.read_text()
+    status.unlink()  # not finished when this process looks ...
+    real_claimed = runner.claimed
+
+    @contextlib.contextmanager
+    def claimed_after_the_other_finished(run_dir: Path):
+        if run_dir.name == "src" and not status.exists():
+            status.write_text(finished)  # ... finished by the other process before the lock is free
+        with real_claimed(run_dir) as ours:
+            yield ours
+
+    monkeypatch.setattr(runner, "claimed", claimed_after_the_other_finished)
+    again = call(rows)
+    assert again["trained"] == [] and again["tabulated"] == ["src", "dep"] and not again["failed"]
+    assert status.read_text() == finished

@@ -65,3 +65,22 @@ def test_the_rename_is_made_durable_by_syncing_the_folder(tmp_path: Path, monkey
     monkeypatch.setattr(os, "fsync", fsync)
     write_text(tmp_path / "checkpoint.json", "{}")
     assert synced == ["file", "folder"]  # the data, then the rename
+
+
+def test_the_same_tensors_and_metadata_always_give_the_same_bytes(tmp_path: Path) -> None:
+    # safetensors writes its metadata in hash order; file digests name models and tie fitted thresholds to weights
+    from safetensors import safe_open
+
+    from pneumo.utils.digest import file_sha256
+
+    tensors = {"b.weight": torch.arange(6.0).reshape(2, 3), "a.bias": torch.ones(3, dtype=torch.float16)}
+    metadata = {"format": "pneumo", "meta": '{"x": 1}', "epoch": "3", "zeta": "z"}
+    digests = set()
+    for i in range(12):
+        path = tmp_path / f"w{i}.safetensors"
+        save_safetensors(path, tensors, metadata=dict(metadata))
+        digests.add(file_sha256(path))
+    assert len(digests) == 1
+    with safe_open(str(tmp_path / "w0.safetensors"), framework="pt") as f:
+        assert f.metadata() == metadata
+        assert all(torch.equal(f.get_tensor(k), v) for k, v in tensors.items())

@@ -53,6 +53,25 @@ def with_dependencies(names: set[str], experiments: list[Experiment]) -> set[str
     return found
 
 
+def with_source_seeds(runs: set[tuple[str, int]], experiments: list[Experiment]) -> set[tuple[str, int]]:
+    """``runs`` (experiment, seed) plus the runs they start from, transitively, with the seed :func:`resolve_refs`
+    picks for each: the same seed where the source declares it, else its first (a one-seed GAN serves every seed).
+
+    So ``--seed 1`` also trains seed 0 of a one-seed source that its rows need, instead of failing them for want of
+    it (several ``--seed`` processes on one ``--out`` share it through its lock)."""
+    by_name = {e.name: e for e in experiments}
+    todo, found = list(runs), set(runs)
+    while todo:
+        name, seed = todo.pop()
+        for ref in by_name[name].references():
+            source = by_name[ref]
+            run = (ref, seed if seed in source.seeds else source.seeds[0])
+            if run not in found:
+                found.add(run)
+                todo.append(run)
+    return found
+
+
 def run_name(exp: Experiment, seed: int) -> str:
     """``runs/<experiment>`` for the first declared seed, ``runs/<experiment>-seed<N>`` for the others.
 
@@ -318,8 +337,8 @@ def reproduce(
         if unknown:
             raise ValueError(f"not in suite {suite!r}: {sorted(unknown)}")
         only = sorted(with_dependencies(set(only), experiments))
+    selected = [e for e in experiments if not only or e.name in only]
     if only_seeds:
-        selected = [e for e in experiments if not only or e.name in only]
         undeclared = set(only_seeds) - {s for e in selected for s in seeds_to_run(e, max_seeds)}
         if undeclared:
             raise ValueError(f"seed(s) {sorted(undeclared)} not among the seeds to run of the selected experiments")
@@ -337,6 +356,8 @@ def reproduce(
     if data is None and report_only:
         data = recorded_data(out)
     data = data.expanduser().resolve() if data else out / "synthetic-data" / "chest_xray"
+    chosen = {(e.name, s) for e in selected for s in seeds_to_run(e, max_seeds, only_seeds)}
+    to_train = with_source_seeds(chosen, experiments)
     run_dirs: dict[str, dict[int, Path]] = {}
     test_files: frozenset[str] | None = None  # the data's test split, read once, when a finished row needs it
     test_files_read = False
@@ -348,25 +369,29 @@ def reproduce(
             run_dir = out / "runs" / name
             run_dirs.setdefault(exp.name, {})[seed] = run_dir
             status_path = run_dir / STATUS_FILE
-            chosen = seed in seeds_to_run(exp, max_seeds, only_seeds) and (not only or exp.name in only)
-            skipped = report_only or not chosen
+            skipped = report_only or (exp.name, seed) not in to_train
             if skipped and not status_path.exists():
                 continue
-            if status_path.exists():
+            trained_here = False
+            if not status_path.exists():
+                with claimed(run_dir) as ours:
+                    error = None if ours else "another process is training this row (its lock is held); left to it"
+                    # checked again under the lock: another process may have finished the row since the check above,
+                    # and evaluating it again would restamp it and invalidate the rows that started from it
+                    if ours and not status_path.exists():
+                        trained_here = True
+                        error = _train_and_evaluate(exp, seed, data, run_dir, run_dirs, device, n_boot)
+                if error:
+                    log.error("experiment %s: %s", name, error)
+                    failures.append({"experiment": exp.name, "seed": seed, "error": error})
+                    continue
+            if not trained_here:
                 if not test_files_read:
                     test_files, test_files_read = data_test_files(data), True
                 problem = _unusable_result(exp, seed, run_dir, run_dirs, test_files)
                 if problem:
                     log.error("experiment %s: %s", name, problem)
                     failures.append({"experiment": exp.name, "seed": seed, "error": problem})
-                    continue
-            else:
-                with claimed(run_dir) as ours:
-                    error = None if ours else "another process is training this row (its lock is held); left to it"
-                    error = error or _train_and_evaluate(exp, seed, data, run_dir, run_dirs, device, n_boot)
-                if error:
-                    log.error("experiment %s: %s", name, error)
-                    failures.append({"experiment": exp.name, "seed": seed, "error": error})
                     continue
             entries.append((exp, seed, run_dir))
     return write_results(

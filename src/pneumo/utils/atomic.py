@@ -94,9 +94,21 @@ def write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:
 
 
 def save_safetensors(path: str | Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
-    """safetensors.torch.save_file, atomically (tensors made contiguous, shared storage cloned)."""
-    from safetensors.torch import save_file
+    """safetensors.torch.save, atomically (tensors made contiguous, shared storage cloned), with a canonical header.
+
+    safetensors writes its metadata map in hash order, which varies between calls: identical weights got different
+    file digests, and those digests name models and tie fitted thresholds and OOD detectors to weights. The header is
+    therefore rewritten with sorted keys (same JSON content, padded to 8 bytes as the format does; the tensor data and
+    its offsets are untouched), so the same tensors and metadata always give the same bytes.
+    """
+    from safetensors.torch import save
 
     tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    blob = memoryview(save(tensors, metadata=metadata))
+    n = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(bytes(blob[8 : 8 + n])), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    with atomic_open(path, "wb") as f:
+        f.write(len(header).to_bytes(8, "little"))
+        f.write(header)
+        f.write(blob[8 + n :])
