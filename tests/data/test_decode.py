@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 import pytest
@@ -155,8 +156,44 @@ def test_a_multi_page_tiff_is_refused_like_a_multi_frame_dicom() -> None:
     pages = [Image.fromarray(np.full((16, 16), v, np.uint8)) for v in (10, 200)]
     buf = io.BytesIO()
     pages[0].save(buf, "TIFF", save_all=True, append_images=pages[1:])
-    with pytest.raises(ImageDecodeError, match=r"scan.tif: multi-page TIFF \(2 pages\) is not supported"):
+    with pytest.raises(ImageDecodeError, match=r"scan.tif: multi-page TIFF is not supported"):
         decode_bytes(buf.getvalue(), "scan.tif")
     single = io.BytesIO()
     pages[0].save(single, "TIFF")
     assert decode_bytes(single.getvalue(), "one.tif").shape == (16, 16)
+
+
+def _tiff(pages: list[bool]) -> bytes:
+    """A little-endian TIFF of 8x8 grayscale pages chained by their next-page offsets; a False page is malformed
+    (a header with only its photometric tag, no dimensions)."""
+    pixels = bytes(range(64))
+    out = bytearray(b"II*\x00" + struct.pack("<I", 8 + len(pixels)) + pixels)  # pixels at offset 8
+    for i, valid in enumerate(pages):
+        tags = [(262, 3, 1, 1)]
+        if valid:
+            tags = [(256, 3, 1, 8), (257, 3, 1, 8), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1), (273, 4, 1, 8),
+                    (277, 3, 1, 1), (278, 3, 1, 8), (279, 4, 1, 64)]  # fmt: skip
+        ifd_size = 2 + 12 * len(tags) + 4
+        next_ifd = len(out) + ifd_size if i < len(pages) - 1 else 0
+        out += struct.pack("<H", len(tags))
+        for tag, kind, count, value in tags:
+            out += struct.pack("<HHII", tag, kind, count, value)
+        out += struct.pack("<I", next_ifd)
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("pages", "reason"),
+    [
+        ([True], None),
+        ([True, False], "multi-page TIFF with a malformed second page"),  # was a TypeError (a 500 in the service)
+        ([True, True, False], "multi-page TIFF is not supported"),  # every page was parsed, the third raised
+    ],
+)
+def test_a_tiff_is_read_up_to_its_second_page_only(pages: list[bool], reason: str | None) -> None:
+    data = _tiff(pages)
+    if reason is None:
+        assert decode_bytes(data, "one.tif").tolist() == np.arange(64, dtype=np.uint8).reshape(8, 8).tolist()
+        return
+    with pytest.raises(ImageDecodeError, match=f"pages.tif: {reason}"):
+        decode_bytes(data, "pages.tif")

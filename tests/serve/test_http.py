@@ -473,3 +473,15 @@ def test_requests_that_time_out_waiting_leave_nothing_queued_in_the_pool() -> No
 
     codes, queued, answer = asyncio.run(scenario())
     assert codes == [503] * 20 and queued == 0 and answer == "FREE AGAIN"
+
+
+def test_one_app_serves_again_after_its_lifespan_ended(tmp_path: Path) -> None:
+    # the pool was shut down for good and the slots stayed bound to the first event loop: 500s from then on
+    app = create_app(make_fake_run(tmp_path), max_concurrency=1)
+    for _ in range(2):
+        server = start_server(app)
+        try:
+            with httpx.Client(base_url=server.url, timeout=30) as c:
+                assert [upload(c, png_bytes(seed)).status_code for seed in range(3)] == [200] * 3
+        finally:
+            server.stop()

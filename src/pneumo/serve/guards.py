@@ -222,28 +222,43 @@ class InferenceRunner:
         if max_concurrency < 1 or timeout_s <= 0:
             raise ValueError("max_concurrency must be >= 1 and timeout_s > 0")
         self.timeout_s = timeout_s
-        self.pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="pneumo-inference")
+        self.max_concurrency = max_concurrency
+        self.pool: ThreadPoolExecutor | None = None
         self.slots = asyncio.Semaphore(max_concurrency)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> ThreadPoolExecutor:
+        """The pool, started on first use (again after a shutdown), and slots belonging to the running loop: an
+        asyncio semaphore binds to one loop, so one app served again (a second lifespan, another test client) gave
+        500s ("bound to a different event loop", "cannot schedule new futures after shutdown")."""
+        if loop is not self._loop:
+            self._loop = loop
+            self.slots = asyncio.Semaphore(self.max_concurrency)
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="pneumo-inference")
+        return self.pool
 
     def _timeout(self) -> ApiError:
         return ApiError(503, "timeout", f"the model did not answer within {self.timeout_s:g} s; try again later")
 
     async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
+        pool = self._bind(loop)
+        slots = self.slots
         deadline = loop.time() + self.timeout_s
         try:
-            await asyncio.wait_for(self.slots.acquire(), self.timeout_s)
+            await asyncio.wait_for(slots.acquire(), self.timeout_s)
         except TimeoutError:
             raise self._timeout() from None
 
         def give_back(_: Any) -> None:
             with contextlib.suppress(RuntimeError):  # the loop has closed (shutdown): nobody waits for the slot
-                loop.call_soon_threadsafe(self.slots.release)
+                loop.call_soon_threadsafe(slots.release)
 
         try:
-            future = self.pool.submit(fn, *args)
+            future = pool.submit(fn, *args)
         except BaseException:
-            self.slots.release()
+            slots.release()
             raise
         future.add_done_callback(give_back)
         try:
@@ -252,4 +267,6 @@ class InferenceRunner:
             raise self._timeout() from None
 
     def shutdown(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
