@@ -393,6 +393,37 @@ def test_early_stopping_counts_epochs_without_gain_across_a_resume(make_cfg, tmp
     assert read_run_meta(run)["best"]["epoch"] == 2
 
 
+def test_an_interruption_after_the_stopping_epochs_state_keeps_its_metrics_line(
+    make_cfg, tmp_path: Path, monkeypatch
+) -> None:
+    """The state that says "finished" is saved before the epoch's metrics line; interrupted in between, the resume
+    returned at once for a finished run, and the line (an epoch of the results table's count) was lost for good."""
+    import pneumo.training.engine as engine
+    from pneumo.training import resume
+
+    scripted = {1: 0.70, 2: 0.60, 3: 0.65}
+    real_validate = Trainer.validate
+    monkeypatch.setattr(
+        Trainer, "validate", lambda self: {**real_validate(self), "val_auc": scripted[self.progress.epoch]}
+    )
+    real_append = engine.append_metrics
+
+    def append(path: Path, record: dict) -> None:
+        if record["epoch"] == 2:
+            raise _Interrupted
+        real_append(path, record)
+
+    monkeypatch.setattr(engine, "append_metrics", append)
+    run = tmp_path / "run"
+    flags = {"epochs": 3, "early_stopping_patience": 1, "max_steps_per_epoch": 1, "fit_ood": False}
+    with pytest.raises(_Interrupted):
+        train(make_cfg(out=str(run), **flags))
+    assert [r["epoch"] for r in read_metrics(run)] == [1]
+    monkeypatch.setattr(engine, "append_metrics", real_append)
+    resume(run)
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
+
+
 def test_best_weights_are_those_of_the_recorded_best_epoch_after_any_interruption(
     make_cfg, tmp_path: Path, monkeypatch
 ) -> None:

@@ -138,6 +138,14 @@ def _new_run_dir(cfg: TrainConfig) -> tuple[Path, bool]:
     return run_dir, created
 
 
+def _write_metrics(run_dir: Path, history: list[dict]) -> None:
+    """``metrics.jsonl`` as the checkpoint's epoch records say (written only where it differs)."""
+    path = run_dir / "metrics.jsonl"
+    text = "".join(_json_line(r) for r in history)
+    if not path.is_file() or path.read_text() != text:
+        write_text(path, text)
+
+
 def resume(run_dir: str | Path, *, data: str | Path | None = None) -> Path:
     """Continue a run from its last checkpoint (``last.state.safetensors``), with the config it was started with.
 
@@ -164,7 +172,10 @@ def resume(run_dir: str | Path, *, data: str | Path | None = None) -> Path:
             "resuming would continue one run with another's settings. Put them back to resume, or start a new run: "
             f"pneumo train --config {run_dir / 'config.yaml'} --out NEW_FOLDER"
         )
+    history = state["progress"]["history"]
     if state["progress"]["finished"]:
+        # interrupted after the final state was saved, before its epoch's metrics line: the line is restored here
+        _write_metrics(run_dir, history)
         # Not extended: the learning-rate schedule spans the configured epochs, so more epochs is another run.
         log.warning(
             "the run in %s has already finished after %d epoch(s); nothing to resume. To train longer, start a run "
@@ -187,8 +198,7 @@ def resume(run_dir: str | Path, *, data: str | Path | None = None) -> Path:
         if info.is_main and moved_to is not None and moved_to != raw.get("data"):
             cfg.save(run_dir / "config.yaml")  # the same images, moved: later resumes and evaluations look there
         if info.is_main:  # drop epoch records written after the checkpoint (the epoch is redone)
-            history = state["progress"]["history"]
-            write_text(run_dir / "metrics.jsonl", "".join(_json_line(r) for r in history))
+            _write_metrics(run_dir, history)
         Trainer(cfg, run_dir, data, info, device, resume_from=(tensors, state)).fit()
     finally:
         ddp.shutdown()
