@@ -172,13 +172,19 @@ def test_quick_suite_end_to_end_and_resumable(tmp_path: Path, monkeypatch: pytes
         r["experiment"] for r in result["rows"]
     ]
     assert reproduce(None, "quick", tmp_path / "empty", n_boot=50, report_only=True)["rows"] == []
+    # a report that does not repeat --n-boot states the replicates its rows were evaluated with (it said 1000)
+    reported = reproduce(None, "quick", tmp_path, report_only=True)
+    assert reported["n_boot"] == 50 and reported["command"].endswith("--n-boot 50")
+    assert "(50 replicates)" in (tmp_path / "results.md").read_text()
 
     # a copied out folder reports its own runs: with the original's gone, the same table
     moved = tmp_path.parent / f"{tmp_path.name}-moved"
     shutil.copytree(tmp_path, moved)
     shutil.rmtree(tmp_path / "runs")
+    shutil.rmtree(tmp_path / "synthetic-data")  # the runs' recorded data path is gone too
     copied = reproduce(None, "quick", moved, n_boot=50, report_only=True)
     assert [r["roc_auc"] for r in copied["rows"]] == [r["roc_auc"] for r in result["rows"]]
+    assert copied["synthetic_data"] and copied["anchors"] == []  # was presented as real data, beside the anchors
 
 
 def test_only_brings_its_dependencies() -> None:

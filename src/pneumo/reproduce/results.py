@@ -44,16 +44,19 @@ def write_results(
         row = compare_runs([evaluated], metrics=sorted(set(BINARY) | set(MULTICLASS)))[0]
         row.update(experiment=exp.name, seed=seed, seeds_declared=len(exp.seeds), kind=exp.kind,
                    description=exp.description, device=status.get("device"), baseline=exp.baseline,
-                   commit=trained_at)  # fmt: skip
+                   commit=trained_at, n_boot=evaluated_n_boot(run_dir))  # fmt: skip
         if exp.baseline:
             found = _baseline_run(entries, exp.baseline, seed)
             if found is not None and row.get("eval"):
                 base_seed, base = found
                 paired = paired_difference(
-                    evaluated / row["eval"] / "predictions.csv", base / row["eval"] / "predictions.csv", n_boot=n_boot
+                    evaluated / row["eval"] / "predictions.csv",
+                    base / row["eval"] / "predictions.csv",
+                    n_boot=row["n_boot"] or n_boot,  # as many as the row's own CIs
                 )
                 row["paired_vs_baseline"] = {**paired, "baseline_seed": base_seed}
         rows.append(row)
+    replicates = sorted({r["n_boot"] for r in rows if r["n_boot"]})
     info = {
         "suite": suite,
         "data": str(data),
@@ -61,7 +64,8 @@ def write_results(
         "commit": git_commit(short=True),  # of this report; each row's own is in row["commit"]
         "run_commits": dict(Counter(r["commit"] or "unknown" for r in rows).most_common()),
         "machine": machine,
-        "n_boot": n_boot,
+        "n_boot": replicates[0] if len(replicates) == 1 else n_boot,
+        "n_boot_rows": replicates,  # the replicates the rows' CIs rest on (several values: rows of several calls)
         "command": command or f"pneumo reproduce --data {data} --suite {suite} --out {out}",
     }
     synthetic = is_synthetic_dataset(data)
@@ -71,6 +75,22 @@ def write_results(
     write_json(out / "results.json", result)
     write_text(out / "results.md", render_markdown(result))
     return result
+
+
+def evaluated_n_boot(run_dir: Path) -> int | None:
+    """The bootstrap replicates of the test evaluation a finished row reports (its ``metrics.json``)."""
+    eval_dir = read_status(run_dir).get("eval_dir")
+    metrics = run_dir / eval_dir / "metrics.json" if eval_dir else None
+    if metrics is None or not metrics.is_file():
+        return None
+    return (json.loads(metrics.read_text()).get("bootstrap") or {}).get("n_boot")
+
+
+def _replicates(result: dict[str, Any]) -> str:
+    rows = result.get("n_boot_rows") or []
+    if len(rows) > 1:
+        return f"replicates differ between rows: {', '.join(map(str, rows))}; each row's are in its metrics.json"
+    return f"{rows[0] if rows else result['n_boot']} replicates"
 
 
 def _run_commit(run_dir: Path) -> str | None:
@@ -163,7 +183,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"- code: {_commits(result)}; report created {result['created']} at `{result['commit']}`",
         f"- machine: {m['platform']}, {m['cpu_count']} CPUs, GPU: {m['gpu'] or 'none'}; torch {m['torch']}",
         f"- every metric: the official test split of `{result['data']}`, 95 % CI from a patient-level bootstrap "
-        f"({result['n_boot']} replicates); thresholds, temperatures and epochs chosen on the patient-grouped "
+        f"({_replicates(result)}); thresholds, temperatures and epochs chosen on the patient-grouped "
         "validation split carved from train, never on test. The CIs resample test patients with the threshold and "
         "temperature held fixed: the uncertainty of those choices (and of training) is not in them; the spread "
         "across seeds shows the latter.",

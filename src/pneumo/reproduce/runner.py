@@ -316,21 +316,10 @@ def reproduce(
     An experiment that raises is logged, listed under ``failed`` in the results, and the others still run; a row that
     starts from it is not trained (listed as failed too) until it has finished. A finished run that no longer matches
     its declaration (another seed, an edited YAML, a retrained source) is listed as failed, not tabulated."""
-    from pneumo.reproduce.results import write_results
+    from pneumo.reproduce.results import evaluated_n_boot, write_results
 
     out = out.expanduser().resolve()
-    # what reproduces the table (every row, every seed): the arguments that change a number, as the user gave them
-    command = " ".join(
-        [
-            "pneumo reproduce",
-            *([f"--data {data}"] if data is not None else []),
-            f"--suite {suite}",
-            f"--out {out}",
-            *([f"--experiments {experiments_dir}"] if experiments_dir is not None else []),
-            *([f"--device {device}"] if device != "auto" else []),
-            *([f"--n-boot {n_boot}"] if n_boot != 1000 else []),
-        ]
-    )
+    given_data = data
     experiments = load_suite(suite, experiments_dir)
     if only:
         unknown = set(only) - {e.name for e in experiments}
@@ -355,6 +344,8 @@ def reproduce(
         data = partial if partial.is_dir() else generate_dataset(data_root, n=QUICK_DATA_IMAGES, seed=0, progress=False)
     if data is None and report_only:
         data = recorded_data(out)
+        if (data is None or not data.exists()) and (out / "synthetic-data" / "chest_xray").is_dir():
+            data = None  # a moved out folder of the quick suite: its runs' recorded path is the old one
     data = data.expanduser().resolve() if data else out / "synthetic-data" / "chest_xray"
     chosen = {(e.name, s) for e in selected for s in seeds_to_run(e, max_seeds, only_seeds)}
     to_train = with_source_seeds(chosen, experiments)
@@ -394,6 +385,21 @@ def reproduce(
                     failures.append({"experiment": exp.name, "seed": seed, "error": problem})
                     continue
             entries.append((exp, seed, run_dir))
+    if report_only:  # the table states the replicates its rows were evaluated with, not this call's default
+        found = {evaluated_n_boot(run_dir) for _, _, run_dir in entries} - {None}
+        n_boot = found.pop() if len(found) == 1 else n_boot
+    # what reproduces the table (every row, every seed): the arguments that change a number, as the user gave them
+    command = " ".join(
+        [
+            "pneumo reproduce",
+            *([f"--data {given_data}"] if given_data is not None else []),
+            f"--suite {suite}",
+            f"--out {out}",
+            *([f"--experiments {experiments_dir}"] if experiments_dir is not None else []),
+            *([f"--device {device}"] if device != "auto" else []),
+            *([f"--n-boot {n_boot}"] if n_boot != 1000 else []),
+        ]
+    )
     return write_results(
         out, suite, data, entries, n_boot=n_boot, machine=machine_summary(), failures=failures, command=command
     )
