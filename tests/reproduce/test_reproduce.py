@@ -450,6 +450,52 @@ def test_an_interrupted_generation_of_the_quick_data_is_redone(tmp_path: Path, m
     assert result["rows"] == [] and all("not now" in f["error"] for f in result["failed"])
 
 
+def test_quick_data_interrupted_before_its_readme_is_not_taken_for_real_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the README (the synthetic mark) came after the manifest (the "complete" mark): interrupted in between, the
+    # folder was used as it was and tabulated as real data, beside the published anchors
+    import pneumo.data.synth as synth
+    import pneumo.reproduce.runner as runner
+
+    real_write = synth._write_atomic
+
+    def interrupted_at_the_readme(path: Path, data: bytes) -> None:
+        if Path(path).name == "README.md":
+            raise KeyboardInterrupt
+        real_write(path, data)
+
+    monkeypatch.setattr(runner, "_train_one", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("not now")))
+    monkeypatch.setattr(runner, "QUICK_DATA_IMAGES", 60)
+    monkeypatch.setattr(synth, "_write_atomic", interrupted_at_the_readme)
+    with pytest.raises(KeyboardInterrupt):
+        runner.reproduce(None, "quick", tmp_path, n_boot=10)
+    monkeypatch.setattr(synth, "_write_atomic", real_write)
+    result = runner.reproduce(None, "quick", tmp_path, n_boot=10)
+    assert result["synthetic_data"] and result["anchors"] == []
+
+
+def test_processes_side_by_side_generate_the_quick_data_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the second took the first's half-written folder for an interrupted one and removed it under it
+    import fcntl
+    import threading
+
+    import pneumo.reproduce.runner as runner
+
+    monkeypatch.setattr(runner, "_train_one", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("not now")))
+    monkeypatch.setattr(runner, "QUICK_DATA_IMAGES", 60)
+    (tmp_path / "synthetic-data").mkdir()
+    with open(tmp_path / "synthetic-data" / ".generating.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process is generating
+        second = threading.Thread(target=runner.reproduce, args=(None, "quick", tmp_path), kwargs={"n_boot": 10})
+        second.start()
+        second.join(timeout=1.0)
+        assert second.is_alive() and not (tmp_path / "synthetic-data" / "chest_xray").exists()  # it waits
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    second.join(timeout=120)
+    assert not second.is_alive() and (tmp_path / "synthetic-data" / "chest_xray" / "MANIFEST.csv").is_file()
+
+
 def test_declared_task_defaults_match_the_configs() -> None:
     from pneumo.gan.config import TASK
     from pneumo.reproduce.suite import DEFAULT_TASK, GAN_TASK

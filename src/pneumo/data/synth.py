@@ -402,6 +402,7 @@ def generate_dataset(out: Path, n: int = 600, seed: int = 0, *, progress: bool =
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["path", "split", "label", "subtype", "patient_id"])
     writer.writerows([r.path, r.split, r.label, r.subtype, r.patient_id] for r in rows)
-    _write_atomic(root / "MANIFEST.csv", text.getvalue().encode())
+    # the README (which marks the folder synthetic) before the manifest, which callers take as "complete"
     _write_atomic(root / "README.md", _README.format(seed=seed, n=n).encode())
+    _write_atomic(root / "MANIFEST.csv", text.getvalue().encode())
     return root

@@ -338,10 +338,17 @@ def reproduce(
 
         data_root = out / "synthetic-data"
         partial = data_root / "chest_xray"
-        if partial.is_dir() and not (partial / "MANIFEST.csv").exists():  # the manifest is written last
-            log.warning("%s: interrupted while being generated; generating it again", partial)
-            shutil.rmtree(partial)
-        data = partial if partial.is_dir() else generate_dataset(data_root, n=QUICK_DATA_IMAGES, seed=0, progress=False)
+        data_root.mkdir(parents=True, exist_ok=True)
+        # one generator at a time: processes side by side on one --out took each other's half-written folder for an
+        # interrupted one and removed it
+        with open(data_root / ".generating.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if partial.is_dir() and not (partial / "MANIFEST.csv").exists():  # the manifest is written last
+                log.warning("%s: interrupted while being generated; generating it again", partial)
+                shutil.rmtree(partial)
+            if not partial.is_dir():
+                generate_dataset(data_root, n=QUICK_DATA_IMAGES, seed=0, progress=False)
+        data = partial
     if data is None and report_only:
         data = recorded_data(out)
         if (data is None or not data.exists()) and (out / "synthetic-data" / "chest_xray").is_dir():
