@@ -36,15 +36,20 @@ start=$SECONDS
 log() { echo "[$((SECONDS - start))s] $*" | tee -a "$work/logs/session.log"; }
 left() { echo $((budget - (SECONDS - start) - 45)); }  # kept for a job killed late and the last pack
 
-pack() {  # jobs pack as they end, side by side: each through its own temporary file
-  local tmp="$out/lease.tar.gz.$BASHPID"
-  tar -czf "$tmp" -C "$work" --exclude='*.safetensors' --exclude='*.u8' --exclude='*.onnx' \
-    --exclude='synthetic*' --exclude='cache' . 2>/dev/null  # files that vanish mid-write: exit 1, pack still usable
-  mv -f "$tmp" "$out/lease.tar.gz"
-  cp -f "$work/logs/session.log" "$out/"
-  for g in "$work"/*/runs/acgan*/generator_ema.safetensors; do
-    [ -f "$g" ] && cp -f "$g" "$out/$(basename "$(dirname "$g")")-generator_ema.safetensors"
-  done
+pack() {  # jobs pack as they end, side by side: one at a time, so an older pack never replaces a newer one
+  (
+    flock 9
+    tar -czf "$out/lease.tar.gz.tmp" -C "$work" --exclude='*.safetensors' --exclude='*.u8' --exclude='*.onnx' \
+      --exclude='synthetic*' --exclude='cache' . 2>/dev/null  # files that vanish mid-write: exit 1, still usable
+    mv -f "$out/lease.tar.gz.tmp" "$out/lease.tar.gz"
+    cp -f "$work/logs/session.log" "$out/"
+    for g in "$work"/*/runs/acgan*/generator_ema.safetensors; do
+      [ -f "$g" ] || continue
+      run=${g%/generator_ema.safetensors}      # WORK/SUITE/runs/RUN
+      suite=${run%/runs/*}                      # named by suite and run: cpu and full both have an acgan row
+      cp -f "$g" "$out/${suite##*/}-${run##*/}-generator_ema.safetensors"
+    done
+  ) 9>"$work/.pack.lock"
   true
 }
 
@@ -59,6 +64,10 @@ torchvision.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cud
 if [ -n "$bench_args" ]; then
   cap=$bench_cap
   (($(left) < cap)) && cap=$(left)
+fi
+if [ -n "$bench_args" ] && ((cap < 30)); then
+  log "skip bench: ${cap}s of the budget left"
+elif [ -n "$bench_args" ]; then
   log "start bench (at most ${cap}s): pneumo bench $bench_args"
   timeout --signal=INT --kill-after=15 "$cap" "$py" -m pneumo bench --data "$data" $bench_args \
     --out "$out/bench-gpu.json" >"$work/logs/bench.log" 2>&1
