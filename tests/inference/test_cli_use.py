@@ -226,3 +226,21 @@ def test_serve_with_workers_checks_the_model_in_a_child_and_loads_none_in_the_su
     (broken / "checkpoint.json").write_text("{}")
     refused = CliRunner().invoke(cli, ["serve", str(broken), "--workers", "2"])
     assert refused.exit_code == 2 and "unsupported checkpoint format" in refused.stderr and len(started) == 1
+
+
+def test_serve_workers_get_the_defaults_for_settings_not_given(
+    cli: typer.Typer, run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a PNEUMO_SERVE_* value left in the environment reached the workers, not the supervisor's check of the settings
+    import os
+
+    import uvicorn
+
+    monkeypatch.setenv("PNEUMO_SERVE_MAX_PIXELS", "123")
+    seen: list[dict[str, str]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kwargs: seen.append(dict(os.environ)))
+    result = CliRunner().invoke(cli, ["serve", str(run), "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert "PNEUMO_SERVE_MAX_PIXELS" not in seen[0] and seen[0]["PNEUMO_SERVE_MODEL"] == str(run.resolve())
+    for key in [k for k in os.environ if k.startswith("PNEUMO_SERVE_")]:
+        monkeypatch.delenv(key)  # what the command set, gone after the test

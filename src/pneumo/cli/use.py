@@ -234,6 +234,8 @@ def serve(
         return
     # Several processes need an importable factory; the settings travel in the environment.
     settings = {"MODEL": model.resolve(), **{k.upper(): v for k, v in limits.items()}}
+    for stale in [k for k in os.environ if k.startswith(ENV_PREFIX)]:  # a setting not given is the default in the
+        del os.environ[stale]  # workers too, as in the supervisor's check, not a value left in the environment
     os.environ.update({f"{ENV_PREFIX}{k}": str(v) for k, v in settings.items()})
     # Each worker loads the model (and PyTorch, for a run folder) before answering uvicorn's health check: give it time.
     uvicorn.run(
