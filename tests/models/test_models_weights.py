@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import typing
 from pathlib import Path
 
 import pytest
@@ -216,3 +217,35 @@ def test_offline_imagenet_error_names_the_file_to_copy(tmp_path: Path, monkeypat
     message = str(caught.value)
     assert url in message and str(tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[1]) in message
     assert "name resolution" in message and isinstance(caught.value, FileNotFoundError)
+
+
+class _Payload:
+    """A pickle that runs code when unpickled (it only records that it ran)."""
+
+    ran: typing.ClassVar[list[bool]] = []
+
+    def __reduce__(self):
+        return (_Payload.ran.append, (True,))
+
+
+@pytest.mark.parametrize("hash_matches", [False, True])
+def test_a_cached_imagenet_file_is_checked_and_never_unpickled_with_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hash_matches: bool
+) -> None:
+    # torch hub checks the hash only when it downloads and unpickles with code execution by default: a file copied
+    # into the cache (as the offline message says to) ran whatever it held
+    import pneumo.models.weights as weights_module
+    import pneumo.utils.digest as digest
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url = resolve_imagenet_weights("resnet18").url
+    cached = tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
+    cached.parent.mkdir(parents=True)
+    torch.save({"conv1.weight": _Payload()}, cached)
+    if hash_matches:  # a hash prefix collision stands in for a file that passes the name check
+        prefix = weights_module._HASH_IN_NAME.search(cached.name).group(1)
+        monkeypatch.setattr(digest, "file_sha256", lambda path: prefix + "0" * 56)
+    _Payload.ran.clear()
+    with pytest.raises(ValueError, match="does not start with" if not hash_matches else "not a plain weights file"):
+        get_model("resnet18", num_classes=2, weights="imagenet")
+    assert _Payload.ran == []

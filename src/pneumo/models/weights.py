@@ -75,16 +75,40 @@ def imagenet_state_dict(arch: str) -> dict[str, Tensor]:
     """torchvision's ImageNet weights for ``arch``: from the torch hub cache, else downloaded into it (internet).
 
     Offline, the error names the file to copy into the cache, so a machine without internet can still use them.
+    A cached file is checked against the SHA-256 prefix in its name and read with ``weights_only=True``: torch hub
+    checks the hash only when it downloads, and unpickles with code execution by default, so a file copied into
+    the cache (as the offline message says to) would otherwise be trusted whatever it holds.
     """
     weights = resolve_imagenet_weights(arch)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    if cached.is_file():
+        _check_hash_in_name(cached, weights.url)
     try:
-        return weights.get_state_dict(progress=True, check_hash=True)
+        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except OSError as exc:  # urllib's URLError is an OSError
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
         raise WeightsUnavailableError(
             f"ImageNet weights for {arch} are not in the torch hub cache and could not be downloaded ({exc}); "
             f"copy {weights.url} to {cached} (or set TORCH_HOME), or pass --weights PATH"
         ) from exc
+    except Exception as exc:  # weights_only refused it (pickle.UnpicklingError), or it is not a checkpoint at all
+        raise ValueError(
+            f"{cached}: not a plain weights file ({type(exc).__name__}: {exc}); delete it, then download "
+            f"{weights.url} again"
+        ) from exc
+
+
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")  # torchvision's file names end in the SHA-256 prefix
+
+
+def _check_hash_in_name(path: Path, url: str) -> None:
+    from pneumo.utils.digest import file_sha256
+
+    expected = _HASH_IN_NAME.search(path.name)
+    if expected and not file_sha256(path).startswith(expected.group(1)):
+        raise ValueError(
+            f"{path}: its SHA-256 does not start with {expected.group(1)}, as its name says (a corrupt, truncated or "
+            f"substituted file); delete it, then download {url} again"
+        )
 
 
 def resolve_weights_file(source: str | Path) -> Path:
