@@ -204,3 +204,39 @@ def test_export_verifies_the_features_the_ood_check_uses(tmp_path: Path, monkeyp
     with pytest.raises(ExportError, match=r"ONNX features differ from PyTorch by 1.00e-03"):
         export_onnx(make_fake_run(tmp_path), tmp_path / "model.onnx")
     assert not (tmp_path / "model.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("logit_drift", "feature_drift", "refused"),
+    [
+        (np.zeros(3), 2e-4, None),  # 2e-4 on features of 300 is float32 rounding (a healthy ResNet-50 was refused)
+        (np.zeros(3), 0.3, "features"),  # 1e-3 of their size is not
+        (np.array([0.0, 0.0, 1e-3]), 0.0, "logits"),  # a dummy column feeds the OOD check: it was not compared
+    ],
+)
+def test_export_verification_tolerances(
+    monkeypatch: pytest.MonkeyPatch, logit_drift: np.ndarray, feature_drift: float, refused: str | None
+) -> None:
+    import types
+
+    import pneumo.inference.onnx as onnx_export
+
+    logits, features = np.zeros((3, 3), np.float32), np.full((3, 2048), 300.0, np.float32)
+
+    class Backend:
+        def __init__(self, path: Path) -> None:
+            pass
+
+        def meta(self, path: Path) -> None:
+            return None
+
+        def __call__(self, x: np.ndarray) -> types.SimpleNamespace:
+            return types.SimpleNamespace(raw_logits=logits + logit_drift, features=features + feature_drift)
+
+    monkeypatch.setattr(onnx_export, "OnnxBackend", Backend)
+    predictor = types.SimpleNamespace(run=lambda x: types.SimpleNamespace(raw_logits=logits, features=features))
+    if refused is None:
+        onnx_export._verify(predictor, Path("model.onnx"), 8)
+    else:
+        with pytest.raises(ExportError, match=f"ONNX {refused} differ"):
+            onnx_export._verify(predictor, Path("model.onnx"), 8)

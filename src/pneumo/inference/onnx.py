@@ -111,17 +111,22 @@ def copy_to_cpu(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()
 
 
-def _verify(predictor: Predictor, path: Path, size: int, atol: float = 1e-4) -> None:
+def _verify(predictor: Predictor, path: Path, size: int, atol: float = 1e-4, rtol: float = 1e-5) -> None:
     # the backend, not a Predictor: a Predictor's load-time warnings would name the temporary file
     backend = OnnxBackend(path)
-    n_task = backend.meta(path).n_task  # the metadata must read back too
+    backend.meta(path)  # the metadata must read back too
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((3, 1, size, size), dtype=np.float32))
     ours, theirs = predictor.run(x), backend(x.numpy())
-    # the logits decide; the pooled features feed the out-of-distribution check, so they must match too
-    for name, a, b in (
-        ("logits", ours.raw_logits[:, :n_task], theirs.raw_logits[:, :n_task]),
-        ("features", ours.features, theirs.features),
+    # The logits decide (all columns: a dummy class's feed the out-of-distribution check), within atol. The pooled
+    # features feed that check too; they can be in the hundreds (ResNet-50), where float32 rounding alone is above
+    # 1e-4 (PyTorch differs from itself by that between memory layouts), so they are compared relative to their size.
+    for name, a, b, rel in (
+        ("logits", ours.raw_logits, theirs.raw_logits, 0.0),
+        ("features", ours.features, theirs.features, rtol),
     ):
-        diff = float(np.abs(np.asarray(a) - np.asarray(b)).max())
-        if not diff <= atol:
-            raise ExportError(f"ONNX {name} differ from PyTorch by {diff:.2e} (> {atol:.0e}); export discarded")
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        excess = np.abs(a - b) - (atol + rel * np.abs(a))
+        if not float(excess.max()) <= 0:
+            diff = float(np.abs(a - b).max())
+            limit = f"{atol:.0e}" + (f" + {rel:.0e} x |value|" if rel else "")
+            raise ExportError(f"ONNX {name} differ from PyTorch by {diff:.2e} (> {limit}); export discarded")
