@@ -580,3 +580,23 @@ def test_an_image_size_the_model_cannot_take_fails_before_the_run_folder_is_writ
     with pytest.raises(ValueError, match=rf"{model}: {size} px images are too small for this model"):
         train(make_cfg(out=str(out), model=model, image_size=size))
     assert not out.exists()
+
+
+def test_model_kwargs_cannot_set_what_pneumo_sets(make_cfg) -> None:
+    # drop_rate given twice passed the architecture check and failed after the split and the cache were written
+    from pneumo.training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model_kwargs cannot set drop_rate"):
+        make_cfg("model_kwargs.drop_rate=0.5")
+
+
+def test_weights_of_another_architecture_leave_no_run_folder(make_cfg, tmp_path: Path) -> None:
+    # found only when the trainer loaded them, outside the cleanup: a folder with config, env and split stayed
+    from pneumo.models import get_model, save_weights
+
+    source = tmp_path / "resnet18.safetensors"
+    save_weights(get_model("resnet18", num_classes=2), source)
+    run = tmp_path / "cnn-from-resnet"
+    with pytest.raises(ValueError, match="no backbone weight matched"):
+        train(make_cfg(out=str(run), weights=str(source), fit_ood=False))
+    assert not run.exists()

@@ -200,6 +200,15 @@ class TrainConfig(_Strict):
             return v.lower()
         return v
 
+    @field_validator("model_kwargs")
+    @classmethod
+    def _model_kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # keywords the trainer sets itself, from settings of their own: given twice, training failed after caching
+        reserved = sorted(set(v) & {"num_classes", "in_chans", "weights", "drop_rate", "load_head", "pretrained"})
+        if reserved:
+            raise ValueError(f"model_kwargs cannot set {', '.join(reserved)}: pneumo sets them from its own settings")
+        return v
+
     @field_validator("freeze")
     @classmethod
     def _freeze(cls, v: str) -> str:

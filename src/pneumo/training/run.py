@@ -86,13 +86,14 @@ def train(cfg: TrainConfig, *, command: list[str] | None = None) -> Path:
                 records = resolve_split(cfg)  # every rank reads the saved split: one source of truth
                 records = with_synthetic(cfg, records, get_task(cfg.task), run_dir, generate=info.is_main)
                 data = build_train_data(cfg, records, get_task(cfg.task), progress=cfg.progress and info.is_main)
+            trainer = Trainer(cfg, run_dir, data, info, device)  # loads the weights: a mismatch fails here
         except BaseException:
             # Nothing trained yet, so nothing to resume: a folder this call created goes again rather than stand
             # in `runs/` as an empty run (a folder that existed before is the user's and stays).
             if created:
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
-        Trainer(cfg, run_dir, data, info, device).fit()
+        trainer.fit()
     finally:
         ddp.shutdown()
     if info.is_main:
@@ -118,7 +119,8 @@ def check_architecture(cfg: TrainConfig) -> None:
     from pneumo.models import apply_freeze, check_input_size, get_model
 
     with torch.device("meta"):
-        model = get_model(cfg.model, num_classes=cfg.num_outputs, in_chans=1, weights=None, **cfg.model_kwargs)
+        kwargs = {"in_chans": 1, "weights": None, "drop_rate": cfg.drop_rate, **cfg.model_kwargs}  # as the trainer
+        model = get_model(cfg.model, num_classes=cfg.num_outputs, **kwargs)
     apply_freeze(model, cfg.freeze)
     check_input_size(model, cfg.image_size)
 
