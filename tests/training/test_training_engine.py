@@ -600,3 +600,17 @@ def test_weights_of_another_architecture_leave_no_run_folder(make_cfg, tmp_path:
     with pytest.raises(ValueError, match="no backbone weight matched"):
         train(make_cfg(out=str(run), weights=str(source), fit_ood=False))
     assert not run.exists()
+
+
+def test_evaluation_logits_replicate_gray_input_for_a_three_channel_model(make_cfg) -> None:
+    # predict, serve and ONNX export replicated the gray channel for an in_chans=3 model; evaluation did not
+    from pneumo.models import get_model
+
+    cfg = make_cfg()
+    records = resolve_split(cfg)
+    data = build_train_data(cfg, records, get_task(cfg.task), progress=False)
+    model = get_model("cnn", num_classes=2, in_chans=3)
+    model.num_task_classes = 2
+    model.preprocess_contract = data.contract
+    logits = predict_logits(model, data.val, batch_size=16)
+    assert logits.shape == (len(data.val), 2) and np.isfinite(logits).all()

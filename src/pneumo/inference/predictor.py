@@ -249,7 +249,7 @@ class Predictor:
             overlay_png,
             shrink_for_overlay,
         )
-        from pneumo.inference.torch_backend import match_channels
+        from pneumo.models import match_channels
 
         if target is None:
             target = self.predict_prepared([image])[0].label

@@ -11,12 +11,7 @@ from torch import nn
 
 from pneumo.inference.backends import Outputs
 from pneumo.inference.meta import ModelLoadError
-
-
-def match_channels(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
-    """The contract yields 1-channel input; a model built with ``in_chans=3`` gets it replicated to (g, g, g)."""
-    in_chans = int(getattr(model, "in_chans", 1))  # a Python int, so ONNX tracing sees no data-dependent branch
-    return x if in_chans == 1 else x.expand(-1, in_chans, -1, -1)
+from pneumo.models import match_channels
 
 
 class FeatureHead(nn.Module):

@@ -10,7 +10,7 @@ from .acgan_discriminator import ACGANDiscriminatorNet
 from .base import PneumoNet
 from .cnn import PneumoCNN
 from .freeze import add_unfrozen_params, apply_freeze, param_groups, stages_for_policy, unfreeze_stages
-from .heads import ClassifierHead, task_logits, task_probs
+from .heads import ClassifierHead, match_channels, task_logits, task_probs
 from .registry import check_input_size, get_model, list_models, register_model
 from .torchvision_nets import TorchvisionDenseNet, TorchvisionResNet, build_torchvision
 from .weights import (
@@ -43,6 +43,7 @@ __all__ = [
     "imagenet_state_dict",
     "list_models",
     "load_weights",
+    "match_channels",
     "param_groups",
     "read_state_dict",
     "register_model",

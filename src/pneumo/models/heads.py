@@ -44,3 +44,11 @@ def task_logits(logits: Tensor, n_task: int) -> Tensor:
 def task_probs(logits: Tensor, n_task: int) -> Tensor:
     """Softmax over the task logits only: probabilities that sum to 1 over the task classes."""
     return torch.softmax(task_logits(logits, n_task), dim=-1)
+
+
+def match_channels(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """The contract yields 1-channel input; a model built with ``in_chans=3`` gets it replicated to (g, g, g).
+
+    Every forward pass outside training goes through this (evaluation, inference, ONNX export, the trust checks)."""
+    in_chans = int(getattr(model, "in_chans", 1))  # a Python int, so ONNX tracing sees no data-dependent branch
+    return x if in_chans == 1 else x.expand(-1, in_chans, -1, -1)

@@ -14,7 +14,7 @@ from torch import nn
 
 from pneumo.data.dataset import SplitData
 from pneumo.data.preprocess import PreprocessContract, normalize
-from pneumo.models import task_logits
+from pneumo.models import match_channels, task_logits
 from pneumo.training.data import BatchedSplit
 
 
@@ -55,7 +55,7 @@ def predict_rows(
     try:
         for start in range(0, len(indices), batch_size):
             images, _, _ = dataset.__getitems__(list(indices[start : start + batch_size]))
-            x = normalize(images.to(device, non_blocking=True), contract)
+            x = match_channels(normalize(images.to(device, non_blocking=True), contract), model)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast_for(device, amp):

@@ -12,12 +12,7 @@ import torch
 from torch import nn
 
 from pneumo.data.preprocess import PreprocessContract, normalize
-from pneumo.models import task_probs
-
-
-def _match_channels(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
-    in_chans = int(getattr(model, "in_chans", 1))
-    return x if in_chans == 1 else x.expand(-1, in_chans, -1, -1)
+from pneumo.models import match_channels, task_probs
 
 
 @torch.inference_mode()
@@ -38,7 +33,7 @@ def forward_arrays(
     try:
         for start in range(0, len(images), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-            x = _match_channels(normalize(batch.to(device), contract), model)
+            x = match_channels(normalize(batch.to(device), contract), model)
             f = model.forward_features(x)
             outs.append(model.forward_head(f).float().cpu())
             if features:
