@@ -249,3 +249,14 @@ def test_a_cached_imagenet_file_is_checked_and_never_unpickled_with_code(
     with pytest.raises(ValueError, match="does not start with" if not hash_matches else "not a plain weights file"):
         get_model("resnet18", num_classes=2, weights="imagenet")
     assert _Payload.ran == []
+
+
+def test_input_size_check_works_on_a_model_with_real_weights() -> None:
+    # a public function: on a CPU model it blamed the image size for the meta input it made itself
+    from pneumo.models import check_input_size
+
+    model = get_model("resnet18", num_classes=2)
+    check_input_size(model, 224)
+    with pytest.raises(ValueError, match="8 px images are too small"):
+        check_input_size(get_model("densenet121", num_classes=2), 8)
+    assert next(model.parameters()).device.type == "cpu"  # the model itself stays where it was

@@ -76,10 +76,15 @@ def get_model(
 
 
 def check_input_size(model: PneumoNet, image_size: int) -> None:
-    """``ValueError`` when ``model``, built on the meta device, cannot take ``image_size`` px images: its pooling would
-    shrink them to nothing. The forward pass runs on the meta device: shapes only, no memory, no arithmetic."""
+    """``ValueError`` when ``model`` cannot take ``image_size`` px images: its pooling would shrink them to nothing.
+    The forward pass runs on the meta device (a copy there, for a model with real weights): shapes only, no memory,
+    no arithmetic."""
+    import copy
+
     import torch
 
+    if any(not p.is_meta for p in model.parameters()):  # a meta input and real weights would not run together
+        model = copy.deepcopy(model).to("meta")
     was_training = model.training
     try:
         model.eval()(torch.empty(2, model.in_chans, image_size, image_size, device="meta"))
