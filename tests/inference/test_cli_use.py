@@ -244,3 +244,21 @@ def test_serve_workers_get_the_defaults_for_settings_not_given(
     assert "PNEUMO_SERVE_MAX_PIXELS" not in seen[0] and seen[0]["PNEUMO_SERVE_MODEL"] == str(run.resolve())
     for key in [k for k in os.environ if k.startswith("PNEUMO_SERVE_")]:
         monkeypatch.delenv(key)  # what the command set, gone after the test
+
+
+def test_a_cam_folder_that_cannot_be_made_is_refused_before_any_work(
+    cli: typer.Typer, run: Path, images: Path, tmp_path: Path
+) -> None:
+    # a file in its place failed with a traceback after the first batch, and no result was printed
+    taken = tmp_path / "a-file"
+    taken.write_text("not a folder")
+    result = CliRunner().invoke(cli, ["predict", str(run), str(images / "a.png"), "--cam", str(taken)])
+    assert result.exit_code == 2 and f"--cam {taken}: cannot create this folder" in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
+def test_the_api_refuses_a_batch_size_below_one(run: Path, images: Path, batch_size: object) -> None:
+    # -1 returned no result for any input, without a word
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        Predictor.load(run, batch_size=batch_size)

@@ -617,3 +617,13 @@ def test_a_row_another_process_finished_while_this_one_waited_for_its_lock_is_no
     again = call(rows)
     assert again["trained"] == [] and again["tabulated"] == ["src", "dep"] and not again["failed"]
     assert status.read_text() == finished
+
+
+def test_a_missing_dataset_is_refused_once_before_any_row(tmp_path: Path) -> None:
+    # each row failed on its own, with a traceback and a run folder left behind
+    from pneumo.data.records import DatasetError
+    from pneumo.reproduce.runner import reproduce
+
+    with pytest.raises(DatasetError, match="no such file or folder"):
+        reproduce(tmp_path / "nowhere", "cpu", tmp_path / "out")
+    assert not (tmp_path / "out" / "runs").exists()

@@ -88,8 +88,13 @@ def predict(
         fail(str(exc))
     if cam is not None and predictor.explain_unavailable is not None:
         fail(f"--cam: {predictor.explain_unavailable}")
+    if cam is not None:  # before any work: a file there, or no parent, failed after the first batch with a traceback
+        try:
+            cam.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            fail(f"--cam {cam}: cannot create this folder ({exc.strerror or exc})")
     results, n_failed, used_cam_paths = [], 0, set()
-    cam_paths: list[Path] = []  # beside each result, with --cam
+    cam_paths: list[Path | None] = []  # beside each result, with --cam (None: its overlay failed)
     skipped: list[Path] = []
     files = list(iter_image_files(images, skipped))
     if skipped:  # a .webp or .gif in a walked folder would otherwise vanish without a word
@@ -113,9 +118,13 @@ def predict(
         results.extend(predictor.predict_prepared(prepared))
         if cam is not None:
             for image in prepared:
-                overlay = predictor.explain_prepared(image).overlay_png
                 cam_paths.append(_cam_path(cam, Path(image.source), used_cam_paths))
-                write_bytes(cam_paths[-1], overlay)
+                try:
+                    write_bytes(cam_paths[-1], predictor.explain_prepared(image).overlay_png)
+                except Exception as exc:  # this overlay is lost, not the results of every image
+                    typer.echo(f"error: {image.source}: Grad-CAM overlay: {type(exc).__name__}: {exc}", err=True)
+                    cam_paths[-1] = None
+                    n_failed += 1
         bar.update(len(chunk))
     bar.close()
     _print_results(results, fmt, predictor.class_names, cam_paths)
@@ -124,9 +133,9 @@ def predict(
         raise typer.Exit(1)
 
 
-def _print_results(results: list, fmt: str, class_names: tuple[str, ...], cam_paths: list[Path]) -> None:
-    """One row per result; with ``cam_paths`` (one per result) a ``cam`` column names each overlay."""
-    cams = {"cam": [str(p) for p in cam_paths]} if cam_paths else {}
+def _print_results(results: list, fmt: str, class_names: tuple[str, ...], cam_paths: list[Path | None]) -> None:
+    """One row per result; with ``cam_paths`` (one per result) a ``cam`` column names each overlay (empty: failed)."""
+    cams = {"cam": [str(p) if p else "" for p in cam_paths]} if cam_paths else {}
     if fmt == "json":
         items = [r.to_dict() for r in results]
         for item, path in zip(items, cams.get("cam", [None] * len(items)), strict=True):
@@ -166,8 +175,10 @@ def export(
 
     try:
         out = export_onnx(model, onnx_path, opset=opset, verify=verify)
-    except (ModelLoadError, ExportError, OSError) as exc:
+    except (ModelLoadError, ExportError) as exc:
         fail(str(exc))
+    except OSError as exc:  # its message alone names a path, not what was being done
+        fail(f"--onnx {onnx_path}: cannot write the export ({exc.strerror or exc})")
     typer.echo(f"wrote {out}")
 
 

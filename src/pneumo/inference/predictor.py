@@ -75,6 +75,10 @@ class Predictor:
         batch_size: int = 32,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")  # -1 dropped every input
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+            raise ValueError(f"max_pixels must be an integer >= 1, got {max_pixels!r}")
         self.backend = backend
         self.meta = meta
         self.path = path

@@ -331,6 +331,10 @@ def reproduce(
         undeclared = set(only_seeds) - {s for e in selected for s in seeds_to_run(e, max_seeds)}
         if undeclared:
             raise ValueError(f"seed(s) {sorted(undeclared)} not among the seeds to run of the selected experiments")
+    if data is not None and not report_only:
+        from pneumo.data.records import discover
+
+        discover(data)  # a missing or unreadable dataset fails once, here, not once per row with run folders left
     if data is None and not report_only:
         if suite != "quick":
             raise ValueError(f"suite {suite!r} needs --data (the real dataset)")
