@@ -381,6 +381,7 @@ def stub_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         return run_dir
 
     monkeypatch.setattr(runner, "_train_one", train_one)
+    monkeypatch.setattr(runner, "check_dataset", lambda data: None)  # no images: training is stubbed
     monkeypatch.setattr(evaluation_run, "evaluate_run", lambda run, **kw: {"eval_dir": str(run / "eval-test")})
     monkeypatch.setattr(results, "write_results", lambda out, suite, data, entries, **kw: {"entries": entries, **kw})
 

@@ -154,6 +154,13 @@ def run_test_files(run_dir: Path) -> frozenset[str] | None:
         return frozenset(row["path"] for row in csv.DictReader(f) if row["split"] == "test")
 
 
+def check_dataset(data: Path) -> None:
+    """A missing or unreadable dataset fails once, before any row (not once per row, each leaving a run folder)."""
+    from pneumo.data.records import discover
+
+    discover(data)
+
+
 def data_test_files(data: Path) -> frozenset[str] | None:
     """The official test split of ``data`` as a run's ``split.csv`` names it (relative to the dataset root), so that
     a moved copy of the same dataset matches and another dataset does not; None when ``data`` cannot be read (the
@@ -332,9 +339,7 @@ def reproduce(
         if undeclared:
             raise ValueError(f"seed(s) {sorted(undeclared)} not among the seeds to run of the selected experiments")
     if data is not None and not report_only:
-        from pneumo.data.records import discover
-
-        discover(data)  # a missing or unreadable dataset fails once, here, not once per row with run folders left
+        check_dataset(data)
     if data is None and not report_only:
         if suite != "quick":
             raise ValueError(f"suite {suite!r} needs --data (the real dataset)")
