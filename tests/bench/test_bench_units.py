@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -237,6 +238,27 @@ def test_loader_steps_synchronise_only_where_they_profile(monkeypatch: pytest.Mo
     assert len(syncs) == in_step + 2  # + the end of the warm-up and the end of the timed steps
     assert len(times.total) == len(times.wait) == len(times.prep) == steps
     assert all(t > 0 for t in times.total) and all(0 <= w <= t for w, t in zip(times.wait, times.total, strict=True))
+
+
+def test_batches_the_workers_prefetched_are_used_up_before_timing(
+    image_folder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # they arrived in no time in the first timed steps and flattered the naive pipeline on a GPU machine
+    import pneumo.bench.train as bench_train
+
+    split, _ = build_cached_split(image_folder, PreprocessContract(image_size=32), tmp_path / "cache")
+    seen: list[int] = []
+    monkeypatch.setattr(bench_train, "loader_workers", lambda device: 2)
+    monkeypatch.setattr(bench_train, "naive_loader", lambda *a, **k: iter(()))
+    monkeypatch.setattr(
+        bench_train, "_loader_steps", lambda batches, prepare, s, variant, device, warmup, *a: seen.append(warmup)
+    )
+    with contextlib.suppress(AttributeError):  # the stand-in returns no step times
+        bench_train.measure_training(
+            "cnn", 32, Variant("naive", "naive", channels_last=False), split=split, data=image_folder, fullres=None,
+            device=torch.device("cpu"), batch_size=4, warmup=3, steps=2,
+        )  # fmt: skip
+    assert seen == [3 + 2 * 2]  # the warm-up, then the 2 batches each of the 2 workers prefetches
 
 
 def test_profiled_shares_are_taken_within_the_profiled_steps() -> None:

@@ -29,6 +29,7 @@ from pneumo.bench.data import (
     loader_workers,
     naive_dataset,
     naive_loader,
+    warmup_batches,
 )
 from pneumo.bench.machine import count_train_flops, sync
 from pneumo.data.dataset import SplitData
@@ -412,6 +413,9 @@ def measure_training(
         else:
             workers = loader_workers(device)
             profile_steps = min(steps, 10) if device.type == "cuda" else 0
+            # the batches the workers prefetch are used up in the warm-up: in the timed steps they arrived in no time
+            # and flattered the naive pipeline (its first timed steps did not wait for decoding)
+            warmup += warmup_batches(workers) - 1
             n_batches = warmup + steps + profile_steps
             if variant.pipeline == "naive":
                 source = fullres if variant.fullres and fullres is not None else data
