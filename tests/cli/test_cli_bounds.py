@@ -32,3 +32,19 @@ def test_synthetic_data_into_a_used_folder_is_a_message(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["data", "synth", str(tmp_path), "--n", "40"])
     assert result.exit_code == 2 and "exists and is not empty" in result.output
     assert isinstance(result.exception, SystemExit)
+
+
+def test_a_full_disk_while_caching_is_a_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # it was a traceback (or, on a real full disk, a SIGBUS with no message at all)
+    import errno
+    import os
+
+    def no_space(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "cache" / "images.u8"))
+
+    assert CliRunner().invoke(app, ["data", "synth", str(tmp_path), "--n", "40"]).exit_code == 0
+    monkeypatch.setattr(os, "posix_fallocate", no_space, raising=False)
+    args = ["data", "cache", str(tmp_path / "chest_xray"), "--size", "16", "--cache-dir", str(tmp_path / "cache")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "No space left on device" in result.output and "images.u8" in result.output
+    assert isinstance(result.exception, SystemExit)

@@ -289,3 +289,39 @@ def test_another_pydicom_gets_another_cache(tmp_path: Path, monkeypatch: pytest.
     before = ImageCache(contract, tmp_path).dir
     monkeypatch.setattr(cache_module, "_version", lambda package: "9.9" if package == "pydicom" else "x")
     assert ImageCache(contract, tmp_path).dir != before and "pydicom9.9" in ImageCache(contract, tmp_path).dir.name
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ['{"contract": ', '{"contract": {"image_size": 16}, "n_rows": 3}', '{"entries": [], "failures": {}, "n_rows": 2}'],
+)
+def test_a_new_index_never_writes_over_rows_others_may_read(tmp_path: Path, damage: str) -> None:
+    # a damaged index restarted at row 0: the next build wrote other images' pixels into rows a running process
+    # still read through the index it had loaded (its open view changed under it); valid JSON of another shape
+    # failed every later build with a KeyError
+    contract = PreprocessContract(image_size=16)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first_paths, other_paths = _images(tmp_path / "a", 3), _images(tmp_path / "b", 7)[3:]
+    cache = ImageCache(contract, tmp_path / "cache")
+    view = cache.build(first_paths, progress=False)
+    before = [view[i].copy() for i in range(3)]
+    cache.index_file.write_text(damage)
+    again = ImageCache(contract, tmp_path / "cache").build(other_paths, progress=False)
+    assert again.ok.all() and min(again.rows) >= 3  # after the rows already in the file
+    for i in range(3):
+        np.testing.assert_array_equal(view[i], before[i])
+    for i, p in enumerate(other_paths):
+        np.testing.assert_array_equal(again[i], preprocess_image(p, contract))
+
+
+def test_a_full_disk_is_an_error_before_any_pixel_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the file grew sparse, and the first write through the map on a full disk killed the process with SIGBUS
+    import errno
+
+    def no_space(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space, raising=False)
+    with pytest.raises(OSError, match="No space left"):
+        ImageCache(PreprocessContract(image_size=16), tmp_path / "cache").build(_images(tmp_path, 2), progress=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from pneumo.cli.output import fail, print_table
+from pneumo.cli.output import fail, os_error, print_table
 
 app = typer.Typer(help="Inspect, cache and synthesise datasets.", no_args_is_help=True)
 
@@ -81,7 +81,10 @@ def cache(
         contract = PreprocessContract(image_size=size, geometry=geometry)  # type: ignore[arg-type]
     except (DatasetError, ValueError) as exc:
         fail(str(exc))
-    cached = ImageCache(contract, cache_dir).build([r.path for r in records], workers=workers)
+    try:
+        cached = ImageCache(contract, cache_dir).build([r.path for r in records], workers=workers)
+    except OSError as exc:
+        fail(os_error(exc))
     typer.echo(f"cached {int(cached.ok.sum())} of {len(records)} images at {size}px in {cached.file.parent}")
     for bad, reason in cached.failures:
         typer.echo(f"skipped {bad}: {reason}", err=True)

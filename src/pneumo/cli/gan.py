@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from pneumo.cli.output import DEVICE_HELP, check_device, fail
+from pneumo.cli.output import DEVICE_HELP, check_device, fail, os_error
 
 app = typer.Typer(help="ACGAN: train, sample, and write synthetic training images.", no_args_is_help=True)
 
@@ -45,6 +45,8 @@ def train(
             run = train_gan(cfg, out, progress=not quiet)
     except (ValidationError, ValueError, DatasetError, FileNotFoundError, FileExistsError) as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(os_error(exc))
     typer.echo(f"GAN run: {run}")
     typer.echo(f"samples: {run / 'samples'}; classifier (discriminator class head): {run / 'classifier'}")
 

@@ -15,6 +15,12 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def os_error(exc: OSError) -> str:
+    """A one-line message for a file-system failure (a full disk while caching or checkpointing), naming the file."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc} (free space, or set PNEUMO_CACHE_DIR / --out elsewhere)"
+
+
 def check_device(device: str) -> None:
     """Refuse a ``--device`` the run could not use (a bad name, CUDA without a GPU) before any work starts."""
     from pneumo.utils.device import resolve_device

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from pneumo.cli.output import fail
+from pneumo.cli.output import fail, os_error
 
 
 def train(
@@ -91,6 +91,8 @@ def train(
             run_dir = train_run(cfg, command=sys.argv)
     except (ConfigError, DatasetError, FileExistsError, FileNotFoundError, ValueError, TrainingDivergedError) as exc:
         fail(str(exc))
+    except OSError as exc:  # a full disk while caching or writing checkpoints: a traceback said no more
+        fail(os_error(exc))
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks
         return
     try:

@@ -160,19 +160,23 @@ class ImageCache:
         fingerprinted fields must match: resetting on a mean/std difference would renumber rows that open views of
         another contract still read. An index whose pixel file is missing or shorter than its rows is stale (the
         file was deleted or truncated), and reading it would give black images: it is reset too.
+
+        A new index numbers its rows after those already in the pixel file: processes may still read them through
+        an index they loaded before (a damaged index restarted at row 0 and overwrote their pixels with others).
         """
+        size = self.file.stat().st_size if self.file.exists() else -1
         if self.index_file.exists():
             try:
                 index = json.loads(self.index_file.read_text())
                 stored = PreprocessContract.from_dict(index.get("contract") or {})
-                n_rows = int(index["n_rows"])
+                n_rows = _check_index(index)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a damaged index: start a new one
                 log.warning("%s is unreadable (%s): the cache is rebuilt", self.index_file, exc)
             else:
-                size = self.file.stat().st_size if self.file.exists() else -1
                 if stored.fingerprint() == self.contract.fingerprint() and size >= n_rows * self._row_bytes:
                     return index
-        return {"contract": self.contract.to_dict(), "entries": {}, "failures": {}, "n_rows": 0}
+        kept = max(size, 0) // self._row_bytes  # rows other processes may still read: never written again
+        return {"contract": self.contract.to_dict(), "entries": {}, "failures": {}, "n_rows": kept}
 
     def _save_index(self, index: dict) -> None:
         write_json(self.index_file, index, indent=None)
@@ -237,11 +241,17 @@ class ImageCache:
                 pool.shutdown(cancel_futures=True)
 
     def _open_for_writing(self, n_rows: int) -> np.memmap:
-        """Grow the file (sparse, in place: old rows and open readers stay valid) and map it for writing."""
+        """Grow the file (in place: old rows and open readers stay valid) and map it for writing.
+
+        The disk space is reserved first (``posix_fallocate``): a sparse file on a full disk let the first write
+        through the map kill the process with SIGBUS, without a message; now the full disk is an ``OSError``."""
         needed = max(n_rows, 1) * self._row_bytes
         if not self.file.exists() or self.file.stat().st_size < needed:
             with open(self.file, "ab") as f:
-                f.truncate(needed)
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(f.fileno(), 0, needed)
+                else:  # no such call (macOS): sparse growth
+                    f.truncate(needed)
         capacity = self.file.stat().st_size // self._row_bytes
         s = self.contract.image_size
         return np.memmap(self.file, dtype=np.uint8, mode="r+", shape=(capacity, s, s))
@@ -249,3 +259,16 @@ class ImageCache:
     def _commit(self, out: np.memmap, index: dict) -> None:
         out.flush()  # pixels reach the file before the index that points at them
         self._save_index(index)
+
+
+def _check_index(index: dict) -> int:
+    """``n_rows`` of an index whose shape is sound; ``ValueError`` otherwise (valid JSON of another shape failed
+    every later build with a KeyError)."""
+    n_rows = index["n_rows"]
+    entries, failures = index["entries"], index["failures"]
+    if not isinstance(n_rows, int) or n_rows < 0 or not isinstance(entries, dict) or not isinstance(failures, dict):
+        raise ValueError("n_rows, entries or failures of the wrong type")
+    if any(not isinstance(e, dict) or not isinstance(e.get("row"), int) or not 0 <= e["row"] < n_rows
+           for e in entries.values()):  # fmt: skip
+        raise ValueError("an entry without a row of the file")
+    return n_rows
