@@ -245,8 +245,10 @@ def test_shards_cover_the_set_with_padding() -> None:
 
 
 @pytest.fixture
-def tiny_gan_run(tmp_path: Path) -> Path:
-    """A GAN run folder with an untrained 16 px generator: enough to exercise the synthetic-image plumbing."""
+def tiny_gan_run(tmp_path: Path, make_cfg) -> Path:
+    """A GAN run folder with an untrained 16 px generator, trained (as its split.csv says) on the train split the
+    default test config carves: enough to exercise the synthetic-image plumbing."""
+    from pneumo.data.splits import write_split_csv
     from pneumo.gan.checkpoint import GENERATOR_EMA, build_generator
     from pneumo.gan.config import GanConfig, save_config
     from pneumo.utils.atomic import save_safetensors
@@ -256,6 +258,8 @@ def tiny_gan_run(tmp_path: Path) -> Path:
     run.mkdir()
     save_config(config, run / "config.yaml")
     save_safetensors(run / GENERATOR_EMA, build_generator(config).state_dict())
+    cfg = make_cfg()
+    write_split_csv(resolve_split(cfg), run / "split.csv", dataset_root(cfg.data))
     return run
 
 
@@ -355,6 +359,17 @@ def test_a_source_run_trained_on_this_runs_validation_patients_is_refused(make_c
         with pytest.raises(DatasetError, match="source-run trained on"):
             check_source_runs(transfer, resolve_split(transfer))
     check_source_runs(make_cfg(weights=str(source), seed=1), resolve_split(make_cfg(weights=str(source), seed=1)))
+
+
+def test_a_gan_run_whose_patients_are_unknown_is_refused(make_cfg, tiny_gan_run: Path) -> None:
+    # without split.csv it was left out of the leak check without a word, and its images were trained on
+    from pneumo.data.records import DatasetError
+    from pneumo.training.data import check_source_runs
+
+    (tiny_gan_run / "split.csv").unlink()
+    cfg = make_cfg(f"synthetic.from_run={tiny_gan_run}", "synthetic.per_class=balance")
+    with pytest.raises(DatasetError, match=r"without split\.csv, so the patients it trained on are unknown"):
+        check_source_runs(cfg, resolve_split(cfg))
 
 
 class _Interrupted(Exception):

@@ -65,10 +65,17 @@ def source_runs(cfg: TrainConfig) -> list[Path]:
     """The pneumo run folders this run inherits from: ``weights`` (a run folder or a file in one) and the GAN run."""
     found = []
     if cfg.weights not in ("none", "imagenet"):
-        found.append(_run_folder(cfg.weights))
+        found.append(_run_folder(cfg.weights))  # a bare weights file (no split) is taken as it is
+    found = [run for run in found if (run / "split.csv").is_file()]
     if cfg.synthetic.enabled:
-        found.append(Path(str(cfg.synthetic.from_run)))
-    return [run for run in found if (run / "split.csv").is_file()]
+        gan = Path(str(cfg.synthetic.from_run))
+        if not (gan / "split.csv").is_file():  # its images would carry patients nobody could check
+            raise DatasetError(
+                f"{gan}: a GAN run without split.csv, so the patients it trained on are unknown: generated images "
+                "from it could carry patients this run validates or tests on"
+            )
+        found.append(gan)
+    return found
 
 
 def check_source_runs(cfg: TrainConfig, records: list[Record]) -> None:
