@@ -361,6 +361,14 @@ def test_a_source_run_trained_on_this_runs_validation_patients_is_refused(make_c
     check_source_runs(make_cfg(weights=str(source), seed=1), resolve_split(make_cfg(weights=str(source), seed=1)))
 
 
+def test_a_relative_gan_run_is_saved_absolute(make_cfg, tiny_gan_run: Path, monkeypatch) -> None:
+    # saved as given ("gan", "."), a resume from another folder looked for the GAN there
+    monkeypatch.chdir(tiny_gan_run.parent)
+    run = train(make_cfg("synthetic.from_run=gan", "synthetic.per_class=2", fit_ood=False))
+    saved = validate_config(load_yaml(run / "config.yaml"))
+    assert saved.synthetic.from_run == str(tiny_gan_run.resolve())
+
+
 def test_a_gan_run_whose_patients_are_unknown_is_refused(make_cfg, tiny_gan_run: Path) -> None:
     # without split.csv it was left out of the leak check without a word, and its images were trained on
     from pneumo.data.records import DatasetError
