@@ -296,3 +296,26 @@ def test_loader_throughput_leaves_out_what_workers_prefetched(workers: int) -> N
     row = loader_throughput(loader, PreprocessContract(image_size=8), torch.device("cpu"))
     assert warmup_batches(workers) == 1 + 2 * workers
     assert row["images"] == (9 - warmup_batches(workers)) * 4
+
+
+def test_the_onnx_target_is_not_judged_on_another_model() -> None:
+    # a --models cnn run passed the resnet18 ONNX target on the CNN's figure, unlike the training targets
+    from pneumo.bench.report import evaluate_targets
+
+    row = {"model": "cnn", "size": 32, "onnx_speedup_batch1": 4.08, "max_abs_diff": {"logits": 1e-7}}
+    targets = {t["target"]: t for t in evaluate_targets({"inference": {"results": [row]}, "machine": {"gpu": None}})}
+    onnx = targets["ONNX Runtime vs PyTorch eager, batch 1 (outputs within 1e-4)"]
+    assert onnx["passed"] is None and "not judged" in onnx["note"] and onnx["value"] == "4.08x, diff 1.0e-07"
+    judged = {**row, "model": "resnet18"}
+    targets = {t["target"]: t for t in evaluate_targets({"inference": {"results": [judged]}, "machine": {"gpu": None}})}
+    assert targets["ONNX Runtime vs PyTorch eager, batch 1 (outputs within 1e-4)"]["passed"] is True
+
+
+def test_compiled_variants_are_compiled_with_static_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a later size in the same process was compiled with symbolic sizes: figures depended on the measuring order
+    import pneumo.bench.train as bench_train
+
+    calls: list[dict] = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(kwargs) or model)
+    bench_train._setup("cnn", 32, 4, Variant("resident", "resident", compile=True), torch.device("cpu"))
+    assert calls == [{"dynamic": False}]

@@ -203,7 +203,7 @@ def measure_inference(
     Image.fromarray(split.as_tensor()[0, 0].numpy()).save(image_path)
     startup = measure_startup(onnx_path, image_path, runs=startup_runs)
 
-    onnx = OnnxBackend(onnx_path)
+    onnx = OnnxBackend(onnx_path, threads=torch.get_num_threads())  # configured as the timed session was
     noise = torch.from_numpy(np.random.default_rng(0).standard_normal(tuple(x32.shape), dtype=np.float32))
     diffs = {"logits": 0.0, "features": 0.0}
     for x in (x32, noise):

@@ -81,7 +81,9 @@ def evaluate_targets(results: dict) -> list[dict]:
         out.append(_target("resnet18 training vs naive baseline", ">= 1.5x", None, None, note="not measured"))
 
     inference = (results.get("inference") or {}).get("results", [])
-    inf = _find(inference, model="resnet18") or (inference[0] if inference else None)
+    inf = _find(inference, model="resnet18")
+    onnx_stand_in = inf is None and bool(inference)
+    inf = inf or (inference[0] if inference else None)
     if inf:
         diff = inf["max_abs_diff"]["logits"]
         speed = inf["onnx_speedup_batch1"]
@@ -90,8 +92,9 @@ def evaluate_targets(results: dict) -> list[dict]:
                 "ONNX Runtime vs PyTorch eager, batch 1 (outputs within 1e-4)",
                 ">= 1.5x, diff <= 1e-4",
                 f"{speed:.2f}x, diff {diff:.1e}",
-                speed >= 1.5 and diff <= ONNX_TOLERANCE,
+                None if onnx_stand_in else speed >= 1.5 and diff <= ONNX_TOLERANCE,  # a target set for resnet18
                 f"{inf['model']} {inf['size']} px",
+                note="resnet18 not measured: another model, not judged" if onnx_stand_in else "",
             )
         )
     else:
@@ -208,7 +211,8 @@ def render_markdown(results: dict) -> str:
             "",
             "## Training",
             "",
-            f"{training['steps']} timed steps after {training['warmup_steps']} warm-up; seconds per epoch for "
+            f"{training['steps']} timed steps after {training['warmup_steps']} warm-up (loader-fed rows: plus the "
+            "batches their workers prefetch); seconds per epoch for "
             f"{training['epoch_images']} images.",
             "",
         ]
