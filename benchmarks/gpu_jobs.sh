@@ -61,10 +61,8 @@ torchvision.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cud
   nproc
 } >"$work/logs/env.txt" 2>&1
 
-if [ -n "$bench_args" ]; then
-  cap=$bench_cap
-  (($(left) < cap)) && cap=$(left)
-fi
+cap=$bench_cap
+(($(left) < cap)) && cap=$(left)
 if [ -n "$bench_args" ] && ((cap < 30)); then
   log "skip bench: ${cap}s of the budget left"
 elif [ -n "$bench_args" ]; then
@@ -78,7 +76,6 @@ elif [ -n "$bench_args" ]; then
 fi
 
 pids=()
-names=()
 i=0
 IFS=';' read -ra job_list <<<"$jobs"
 cap=$(left)
@@ -101,7 +98,6 @@ for spec in "${job_list[@]}"; do
     pack
   ) &
   pids+=($!)
-  names+=("$name")
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
 

@@ -271,17 +271,19 @@ class StepTimes:
     prep: list[float] = field(default_factory=list)
     warmup_seconds: float = 0.0
 
-    def set_shares(self, per_step: float, steps: int, wait: float, prep: float, profiled_total: float) -> None:
-        """Steps timed without synchronising, their waiting and preparing shares from synchronised (profiled) steps.
+    def set_shares(self, per_step: float, steps: int, wait_share: float, prep_share: float) -> None:
+        """``steps`` steps timed without synchronising (``per_step`` seconds each), split by shares of a step.
 
-        The shares are taken within the profiled steps: dividing their waits by the unsynchronised step time mixed two
-        measurements (a naive loader on CUDA, whose timed steps ate batches its workers had prefetched during the
-        warm-up, showed a data wait of 175 % of its step).
-        """
-        total = profiled_total if profiled_total > 0 else float("nan")
+        Shares, not seconds, carry over from the steps they were measured in: seconds of synchronised (profiled)
+        steps divided by the unsynchronised step time mixed two measurements (a naive loader on CUDA showed a data
+        wait of 175 % of its step)."""
         self.total = [per_step] * steps
-        self.wait = [per_step * wait / total] * steps
-        self.prep = [per_step * prep / total] * steps
+        self.wait = [per_step * wait_share] * steps
+        self.prep = [per_step * prep_share] * steps
+
+
+def _share(part: float, whole: float) -> float:
+    return part / whole if whole > 0 else float("nan")
 
 
 def _loader_steps(
@@ -336,9 +338,8 @@ def _loader_steps(
         # needed to see it): synchronised steps give the workers more time per batch and wait less. Only the split of
         # the rest into preparation and compute needs the synchronised steps.
         profiled = [step(profile=True) for _ in range(profile_steps)]
-        wait = sum(t[0] for t in timed) / steps
-        times.set_shares(per_step, steps, 0.0, sum(p[1] for p in profiled), sum(p[2] for p in profiled))
-        times.wait = [min(wait, per_step)] * steps
+        wait_share = min(_share(sum(t[0] for t in timed) / steps, per_step), 1.0)
+        times.set_shares(per_step, steps, wait_share, _share(sum(p[1] for p in profiled), sum(p[2] for p in profiled)))
     else:
         times.wait, times.prep, times.total = ([t[k] for t in timed] for k in range(3))
     return times
@@ -388,9 +389,10 @@ def _resident_steps(
     timed = run(steps, profile=cpu)
     per_step = sum(e.seconds for e in timed) / steps
     profiled = timed if cpu else run(min(steps, 10), profile=True)
+    profiled_s = sum(e.seconds for e in profiled)
     gather = sum(e.gather_seconds or 0.0 for e in profiled)
     prep = sum(e.prep_seconds or 0.0 for e in profiled)
-    times.set_shares(per_step, steps, gather, prep, sum(e.seconds for e in profiled))
+    times.set_shares(per_step, steps, _share(gather, profiled_s), _share(prep, profiled_s))
     return times
 
 

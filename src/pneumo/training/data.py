@@ -185,9 +185,9 @@ def source_has_same_outputs(weights: str | Path, class_names: Sequence[str], dum
     when its shape fits). ImageNet weights never count: their 1000-class head is no starting point."""
     if str(weights) == "imagenet":
         return False
-    meta_path = _run_folder(weights) / "checkpoint.json"
     if not Path(weights).exists():
         return True  # nothing to describe: loading it fails next, naming the path
+    meta_path = _run_folder(weights) / "checkpoint.json"
     if not meta_path.is_file():
         log.warning(
             "%s: no checkpoint.json beside it, so its classes are unknown; its head is loaded wherever its shape fits "
