@@ -513,15 +513,49 @@ def test_a_row_another_process_is_training_is_left_to_it(tmp_path: Path, stub_ru
     call, _ = stub_runner
     rows = tmp_path / "experiments"
     _write_rows(rows)
-    src = tmp_path / "out" / "runs" / "src"
-    src.mkdir(parents=True)
-    (src / "config.yaml").write_text("caching, no checkpoint yet\n")
-    with claimed(src) as ours:
+    dep = tmp_path / "out" / "runs" / "dep"
+    dep.mkdir(parents=True)
+    (dep / "config.yaml").write_text("caching, no checkpoint yet\n")
+    with claimed(dep) as ours:
         assert ours
         busy = call(rows)
-    assert busy["trained"] == [] and "another process is training this row" in busy["failed"]["src"]
-    assert (src / "config.yaml").read_text() == "caching, no checkpoint yet\n"  # not cleared
+    assert busy["trained"] == ["src"] and "another process is training this row" in busy["failed"]["dep"]
+    assert (dep / "config.yaml").read_text() == "caching, no checkpoint yet\n"  # not cleared
     assert call(rows)["tabulated"] == ["src", "dep"]  # released: trained now
+
+
+@pytest.mark.parametrize("other_finishes", [True, False])
+def test_a_source_another_process_is_training_is_waited_for(tmp_path: Path, stub_runner, other_finishes: bool) -> None:
+    # `--seed 0` and `--seed 1` side by side: the second found the one-seed GAN locked by the first, left it, and so
+    # failed its GAN-balanced row at once (an H100 lease lost two rows that way)
+    import threading
+
+    from pneumo.reproduce.runner import claimed
+
+    call, _ = stub_runner
+    rows = tmp_path / "experiments"
+    _write_rows(rows)
+    (rows / "dep.yaml").write_text(
+        "name: dep\nsuites: [quick]\nseeds: [0, 1]\n"
+        "train: {task: bacteria-virus, model: cnn, epochs: 1, weights: 'run:src'}\n"
+    )
+    status = tmp_path / "out" / "runs" / "src" / "reproduce.json"
+    if other_finishes:
+        assert call(rows, only_seeds=[0])["trained"] == ["src", "dep"]
+        finished = status.read_text()
+        status.unlink()  # src as the first process leaves it: being trained
+    result: dict = {}
+    with claimed(status.parent) as ours:  # the first process trains src
+        assert ours
+        second = threading.Thread(target=lambda: result.update(call(rows, only_seeds=[1])))
+        second.start()
+        second.join(timeout=1.0)
+        assert second.is_alive() and not result  # it waits instead of failing dep-seed1
+        if other_finishes:
+            status.write_text(finished)
+    second.join(timeout=60)
+    assert not second.is_alive() and not result["failed"]
+    assert result["trained"] == (["dep-seed1"] if other_finishes else ["src", "dep-seed1"])
 
 
 def test_a_finished_row_tested_on_another_dataset_is_refused(tmp_path: Path, stub_runner) -> None:
@@ -608,10 +642,10 @@ def test_a_row_another_process_finished_while_this_one_waited_for_its_lock_is_no
     real_claimed = runner.claimed
 
     @contextlib.contextmanager
-    def claimed_after_the_other_finished(run_dir: Path):
+    def claimed_after_the_other_finished(run_dir: Path, **options):
         if run_dir.name == "src" and not status.exists():
             status.write_text(finished)  # ... finished by the other process before the lock is free
-        with real_claimed(run_dir) as ours:
+        with real_claimed(run_dir, **options) as ours:
             yield ours
 
     monkeypatch.setattr(runner, "claimed", claimed_after_the_other_finished)

@@ -53,22 +53,24 @@ def with_dependencies(names: set[str], experiments: list[Experiment]) -> set[str
     return found
 
 
+def source_runs(run: tuple[str, int], experiments: list[Experiment]) -> set[tuple[str, int]]:
+    """The runs (experiment, seed) that ``run`` starts from directly, with the seed :func:`resolve_refs` picks for
+    each: the same seed where the source declares it, else its first (a one-seed GAN serves every seed)."""
+    by_name = {e.name: e for e in experiments}
+    name, seed = run
+    return {(ref, seed if seed in by_name[ref].seeds else by_name[ref].seeds[0]) for ref in by_name[name].references()}
+
+
 def with_source_seeds(runs: set[tuple[str, int]], experiments: list[Experiment]) -> set[tuple[str, int]]:
-    """``runs`` (experiment, seed) plus the runs they start from, transitively, with the seed :func:`resolve_refs`
-    picks for each: the same seed where the source declares it, else its first (a one-seed GAN serves every seed).
+    """``runs`` (experiment, seed) plus the runs they start from, transitively (:func:`source_runs`).
 
     So ``--seed 1`` also trains seed 0 of a one-seed source that its rows need, instead of failing them for want of
-    it (several ``--seed`` processes on one ``--out`` share it through its lock)."""
-    by_name = {e.name: e for e in experiments}
+    it (several ``--seed`` processes on one ``--out`` share it: the others wait for the one training it)."""
     todo, found = list(runs), set(runs)
     while todo:
-        name, seed = todo.pop()
-        for ref in by_name[name].references():
-            source = by_name[ref]
-            run = (ref, seed if seed in source.seeds else source.seeds[0])
-            if run not in found:
-                found.add(run)
-                todo.append(run)
+        for run in source_runs(todo.pop(), experiments) - found:
+            found.add(run)
+            todo.append(run)
     return found
 
 
@@ -182,16 +184,20 @@ def data_test_files(data: Path) -> frozenset[str] | None:
 
 
 @contextmanager
-def claimed(run_dir: Path) -> Iterator[bool]:
-    """Hold ``runs/.<row>.lock`` while a row trains and is evaluated; yields False (and holds nothing) when another
-    process holds it, so that two calls on one ``--out`` never train, clear or resume the same folder at once."""
+def claimed(run_dir: Path, *, wait: bool = False) -> Iterator[bool]:
+    """Hold ``runs/.<row>.lock`` while a row trains and is evaluated, so that two calls on one ``--out`` never train,
+    clear or resume the same folder at once. When another process holds it: yields False (and holds nothing), or,
+    with ``wait``, waits until it is released (for a row that other rows of this call start from)."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(run_dir.parent / f".{run_dir.name}.lock", "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
-            return
+            if not wait:
+                yield False
+                return
+            log.info("%s: another process is training it and rows of this call start from it: waiting", run_dir.name)
+            fcntl.flock(lock, fcntl.LOCK_EX)  # holding no other row's lock: no two processes can wait on each other
         try:
             yield True
         finally:
@@ -365,6 +371,9 @@ def reproduce(
     data = data.expanduser().resolve() if data else out / "synthetic-data" / "chest_xray"
     chosen = {(e.name, s) for e in selected for s in seeds_to_run(e, max_seeds, only_seeds)}
     to_train = with_source_seeds(chosen, experiments)
+    # rows that others of this call start from are waited for while another process trains them: left to it, they
+    # failed every row that needs them (the one-seed GAN of `--seed N` processes side by side)
+    needed = {source for run in to_train for source in source_runs(run, experiments)}
     run_dirs: dict[str, dict[int, Path]] = {}
     test_files: frozenset[str] | None = None  # the data's test split, read once, when a finished row needs it
     test_files_read = False
@@ -381,7 +390,7 @@ def reproduce(
                 continue
             trained_here = False
             if not status_path.exists():
-                with claimed(run_dir) as ours:
+                with claimed(run_dir, wait=(exp.name, seed) in needed) as ours:
                     error = None if ours else "another process is training this row (its lock is held); left to it"
                     # checked again under the lock: another process may have finished the row since the check above,
                     # and evaluating it again would restamp it and invalidate the rows that started from it
