@@ -20,7 +20,9 @@
 #   PNEUMO_GIT_COMMIT  where the source travels without its .git, so that runs record the right commit
 #
 # OUT receives lease.tar.gz (logs, tables, per-epoch metrics, evaluations, GAN sample grids; no weights, no dataset
-# images), session.log, bench-gpu.json and each ACGAN's EMA generator (so GAN-balanced rows can train elsewhere).
+# images), session.log, bench-gpu.json and each ACGAN's EMA generator (so GAN-balanced rows can train elsewhere, and
+# its sample quality can be measured); a generator over 15 MiB (the 64 px one: 23 MiB) comes in parts NAME.part00,
+# NAME.part01 (the tool returns files up to 16 MiB): `cat NAME.part* > NAME` joins them.
 set -u
 data=${1:?usage: gpu_jobs.sh DATA OUT BUDGET_SECONDS}
 out=${2:?usage: gpu_jobs.sh DATA OUT BUDGET_SECONDS}
@@ -47,7 +49,13 @@ pack() {  # jobs pack as they end, side by side: one at a time, so an older pack
       [ -f "$g" ] || continue
       run=${g%/generator_ema.safetensors}      # WORK/SUITE/runs/RUN
       suite=${run%/runs/*}                      # named by suite and run: cpu and full both have an acgan row
-      cp -f "$g" "$out/${suite##*/}-${run##*/}-generator_ema.safetensors"
+      name="$out/${suite##*/}-${run##*/}-generator_ema.safetensors"
+      rm -f "$name" "$name".part*
+      if (($(stat -c %s "$g") > 15 * 1024 * 1024)); then  # the device tool returns files up to 16 MiB: in parts
+        split -b 15M -d "$g" "$name.part"                 # here: cat NAME.part* > NAME
+      else
+        cp -f "$g" "$name"
+      fi
     done
   ) 9>"$work/.pack.lock"
   true
