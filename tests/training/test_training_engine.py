@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -318,6 +320,25 @@ def test_synthetic_images_join_the_train_split_only(make_cfg, tiny_gan_run: Path
     assert len(data.train) == n_normal + n_pneumonia + len(generated)
     assert np.bincount(data.train.targets).tolist() == [max(n_normal, n_pneumonia)] * 2
     assert len(data.val) == sum(r.split == "val" for r in real)
+
+
+def test_balance_counts_the_train_images_that_decode(
+    make_cfg, tiny_gan_run: Path, synthetic_data: Path, tmp_path
+) -> None:
+    # counted before the cache skipped an undecodable image, the class of that image came out one short
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data, data)
+    cfg = make_cfg(f"synthetic.from_run={tiny_gan_run}", "synthetic.per_class=balance", data=str(data))
+    task = get_task(cfg.task)
+    real = resolve_split(cfg)
+    train_labels = Counter(r.label for r in real if r.split == "train")
+    minority = min(train_labels, key=train_labels.get)
+    broken = next(r for r in real if r.split == "train" and r.label == minority)
+    broken.path.write_bytes(b"not an image")
+    records = with_synthetic(cfg, real, task, tmp_path / "run", generate=True)
+    train_data = build_train_data(cfg, records, task, progress=False)
+    assert broken.name not in {r.name for r in train_data.train.records}
+    assert np.bincount(train_data.train.targets).tolist() == [max(train_labels.values())] * 2
 
 
 def test_images_an_earlier_attempt_left_in_the_run_folder_are_not_trained_on(make_cfg, tiny_gan_run: Path) -> None:

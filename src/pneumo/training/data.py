@@ -151,15 +151,26 @@ def synthetic_counts(per_class: int | str, records: list[Record], task: Task, du
     return counts
 
 
+def decodable_train_records(cfg: TrainConfig, records: list[Record], task: Task, *, progress: bool) -> list[Record]:
+    """The train records that training will use: the task's (and the dummy class's), minus the images the cache
+    cannot decode, which :func:`build_train_data` skips. Caches them on the way (the later build finds them)."""
+    split = build_split(
+        "train", records, task, contract_for(cfg), cache_root=Path(cfg.cache_dir) if cfg.cache_dir else None,
+        progress=progress, include_out_of_task=cfg.dummy_class,
+    )  # fmt: skip
+    return split.records
+
+
 def with_synthetic(
-    cfg: TrainConfig, records: list[Record], task: Task, run_dir: Path, *, generate: bool
+    cfg: TrainConfig, records: list[Record], task: Task, run_dir: Path, *, generate: bool, progress: bool = False
 ) -> list[Record]:
     """Add ACGAN images (``synthetic.*``) to the **train** split only, after the split is made.
 
     ``generate`` writes them into ``RUN_DIR/synthetic`` (rank 0, new run), after clearing what an earlier attempt
     in the same folder left there (perhaps from another GAN, whose images were never checked for leaks); otherwise
     the images of this run's GAN already there are used (other ranks, resume), so every process and a resumed run
-    see the same files in the same order.
+    see the same files in the same order. ``balance`` counts the train images that decode: one that the cache
+    skips would otherwise leave its class short by one.
     """
     if not cfg.synthetic.enabled:
         return records
@@ -167,7 +178,10 @@ def with_synthetic(
 
     folder = run_dir / SYNTHETIC_DIR
     if generate:
-        per_class = synthetic_counts(cfg.synthetic.per_class, records, task, cfg.dummy_class)
+        counted = records
+        if cfg.synthetic.per_class == "balance":
+            counted = decodable_train_records(cfg, records, task, progress=progress)
+        per_class = synthetic_counts(cfg.synthetic.per_class, counted, task, cfg.dummy_class)
         log.info("adding synthetic training images from %s: %s", cfg.synthetic.from_run, per_class)
         shutil.rmtree(folder, ignore_errors=True)
         extra = synthetic_records(cfg.synthetic.from_run, per_class, folder, seed=cfg.seed)

@@ -90,7 +90,9 @@ def train(cfg: TrainConfig, *, command: list[str] | None = None) -> Path:
                     cfg.save(run_dir / "config.yaml")
                     write_json(run_dir / "env.json", environment(device, command, info.world))
                 records = resolve_split(cfg)  # every rank reads the saved split: one source of truth
-                records = with_synthetic(cfg, records, get_task(cfg.task), run_dir, generate=info.is_main)
+                records = with_synthetic(
+                    cfg, records, get_task(cfg.task), run_dir, generate=info.is_main, progress=cfg.progress
+                )
                 data = build_train_data(cfg, records, get_task(cfg.task), progress=cfg.progress and info.is_main)
             trainer = Trainer(cfg, run_dir, data, info, device)  # loads the weights: a mismatch fails here
         except BaseException:
