@@ -341,6 +341,32 @@ def test_balance_counts_the_train_images_that_decode(
     assert np.bincount(train_data.train.targets).tolist() == [max(train_labels.values())] * 2
 
 
+def test_generated_images_record_their_generator_and_a_retrained_gan_is_noticed(
+    make_cfg, tiny_gan_run: Path, tmp_path, caplog
+) -> None:
+    # nothing said which weights made a run's images: a GAN retrained in place went unnoticed on resume
+    from pneumo.gan.checkpoint import GENERATOR_EMA, build_generator
+    from pneumo.gan.config import read_config
+    from pneumo.utils.atomic import save_safetensors
+    from pneumo.utils.digest import file_sha256
+
+    cfg = make_cfg(f"synthetic.from_run={tiny_gan_run}", "synthetic.per_class=2")
+    task, real, run = get_task(cfg.task), resolve_split(cfg), tmp_path / "run"
+    started = with_synthetic(cfg, real, task, run, generate=True)
+    record = json.loads(next((run / "synthetic" / "train").glob("*.provenance.json")).read_text())
+    assert record["generator_sha256"] == file_sha256(tiny_gan_run / GENERATOR_EMA)
+    with caplog.at_level("WARNING"):
+        assert with_synthetic(cfg, real, task, run, generate=False) == started
+    assert "generator changed" not in caplog.text
+    torch.manual_seed(123)  # the GAN trained again: other weights in the same run folder
+    save_safetensors(
+        tiny_gan_run / GENERATOR_EMA, build_generator(read_config(tiny_gan_run / "config.yaml")).state_dict()
+    )
+    with caplog.at_level("WARNING"):
+        assert with_synthetic(cfg, real, task, run, generate=False) == started  # the run keeps its images
+    assert "its generator changed since this run generated its images" in caplog.text
+
+
 def test_images_an_earlier_attempt_left_in_the_run_folder_are_not_trained_on(make_cfg, tiny_gan_run: Path) -> None:
     """An attempt stopped before its first checkpoint leaves RUN/synthetic behind; a new run in the same folder, from
     another GAN, must neither add those images at its start nor pick them up when it resumes."""

@@ -27,12 +27,26 @@ def provenance_file(image: Path) -> Path:
     return image.parent.parent / f"{synthetic_prefix(image.name)}{PROVENANCE_SUFFIX}"
 
 
-def write_provenance(train_dir: Path, prefix: str, gan_run: Path, patients: Iterable[str] | None) -> Path:
-    """``patients``: those the GAN trained on, None when its run folder does not say (no ``split.csv``)."""
+def write_provenance(
+    train_dir: Path, prefix: str, gan_run: Path, patients: Iterable[str] | None, generator_sha256: str | None = None
+) -> Path:
+    """``patients``: those the GAN trained on, None when its run folder does not say (no ``split.csv``);
+    ``generator_sha256``: of the weights file that made the images (a GAN retrained later has other weights)."""
     path = train_dir / f"{prefix}{PROVENANCE_SUFFIX}"
     known = None if patients is None else sorted(set(patients))
-    write_json(path, {"gan_run": str(gan_run.resolve()), "patients_trained_on": known})
+    write_json(
+        path, {"gan_run": str(gan_run.resolve()), "generator_sha256": generator_sha256, "patients_trained_on": known}
+    )
     return path
+
+
+def read_generator_digest(path: Path) -> str | None:
+    """The SHA-256 of the generator recorded in ``path``; None when not recorded (or no readable record)."""
+    try:
+        digest = json.loads(path.read_text()).get("generator_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return digest if isinstance(digest, str) else None
 
 
 def read_provenance_run(path: Path) -> str | None:

@@ -28,9 +28,10 @@ from pneumo.data.provenance import PROVENANCE_SUFFIX, read_provenance_run, write
 from pneumo.data.records import IMAGE_SUFFIXES, Record, is_synthetic, parse_file_name
 from pneumo.data.tasks import get_task
 from pneumo.gan.acgan import Generator
-from pneumo.gan.checkpoint import load_generator
+from pneumo.gan.checkpoint import GENERATOR_EMA, load_generator
 from pneumo.gan.config import TASK
 from pneumo.utils.atomic import atomic_path
+from pneumo.utils.digest import file_sha256
 
 CLASS_NAMES: tuple[str, ...] = get_task(TASK).class_names  # ("normal", "bacteria", "virus")
 _LABEL_FOLDER = {"normal": "NORMAL", "bacteria": "PNEUMONIA", "virus": "PNEUMONIA"}
@@ -154,6 +155,12 @@ def sample_to_file(
     return save_png(labelled_grid(images, rows, per_row), out)
 
 
+def generator_digest(run_dir: str | Path) -> str | None:
+    """SHA-256 of the EMA generator weights of a GAN run (the images' maker); None when the file is missing."""
+    path = Path(run_dir) / GENERATOR_EMA
+    return file_sha256(path) if path.is_file() else None
+
+
 def run_id(run_dir: str | Path) -> str:
     """Lowercase alphanumeric id of a GAN run (its folder name), as the synthetic file-name pattern requires."""
     rid = re.sub(r"[^a-z0-9]", "", Path(run_dir).resolve().name.lower())
@@ -210,7 +217,9 @@ def write_synthetic_dataset(
     earlier = read_provenance_run(out / f"synthetic-{rid}{PROVENANCE_SUFFIX}")
     if earlier and earlier != str(Path(gan_run_dir).resolve()):
         log.warning("%s: replacing the images of %s, another GAN run with the same id %r", out, earlier, rid)
-    write_provenance(out, f"synthetic-{rid}", Path(gan_run_dir), _trained_patients(Path(gan_run_dir)))
+    write_provenance(
+        out, f"synthetic-{rid}", Path(gan_run_dir), _trained_patients(Path(gan_run_dir)), generator_digest(gan_run_dir)
+    )
     for folder in set(_LABEL_FOLDER.values()):
         (out / folder).mkdir(parents=True, exist_ok=True)
         for old in (out / folder).glob(f"synthetic-{rid}-*.png"):

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, DistributedSampler, WeightedRandomSampler
 
 from pneumo.data.dataset import SplitData, build_split
 from pneumo.data.preprocess import PreprocessContract
-from pneumo.data.provenance import check_generated_images
+from pneumo.data.provenance import PROVENANCE_SUFFIX, check_generated_images, read_generator_digest
 from pneumo.data.records import DatasetError, Record, dataset_root, discover, parse_file_name
 from pneumo.data.splits import check_disjoint, make_split, patients_seen_but_held_out, read_split_csv, write_split_csv
 from pneumo.data.tasks import Task
@@ -186,11 +186,26 @@ def with_synthetic(
         shutil.rmtree(folder, ignore_errors=True)
         extra = synthetic_records(cfg.synthetic.from_run, per_class, folder, seed=cfg.seed)
     else:
+        _warn_if_generator_changed(folder, cfg.synthetic.from_run)
         extra = []
         for path in folder.glob(f"train/*/synthetic-{run_id(cfg.synthetic.from_run)}-*.png"):
             subtype, patient = parse_file_name(path.name)
             extra.append(Record(path, "train", path.parent.name, subtype, patient))
     return records + sorted(extra, key=lambda r: str(r.path))
+
+
+def _warn_if_generator_changed(folder: Path, gan_run: str | Path) -> None:
+    """A resumed run keeps the images it generated; say so when its GAN has other weights now (retrained)."""
+    from pneumo.gan.synth import generator_digest, run_id
+
+    made_by = read_generator_digest(folder / "train" / f"synthetic-{run_id(gan_run)}{PROVENANCE_SUFFIX}")
+    now = generator_digest(gan_run)
+    if made_by and now and made_by != now:
+        log.warning(
+            "%s: its generator changed since this run generated its images (weights %s..., now %s...); the run "
+            "goes on with the images it has, made by the earlier weights",
+            gan_run, made_by[:12], now[:12],
+        )  # fmt: skip
 
 
 def source_has_same_outputs(weights: str | Path, class_names: Sequence[str], dummy_class: bool) -> bool:
