@@ -654,6 +654,33 @@ def test_a_row_another_process_finished_while_this_one_waited_for_its_lock_is_no
     assert status.read_text() == finished
 
 
+def test_a_row_whose_source_finished_again_while_it_trained_is_not_passed_off_as_trained_from_the_new_one(
+    tmp_path: Path, stub_runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the finish stamp recorded the source as it was at the end, not the run the row started from
+    import pneumo.reproduce.runner as runner
+
+    call, _ = stub_runner
+    rows = tmp_path / "experiments"
+    _write_rows(rows)
+    state = tmp_path / "out" / "runs" / "src" / "reproduce.json"
+    stubbed = runner._train_one
+
+    def dep_trains_while_src_is_retrained(exp, seed, data, run_dir, run_dirs, device):
+        if exp.name == "dep":
+            stamps = {"src": json.loads(state.read_text())["finished"]}
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / runner.STARTED_FILE).write_text(json.dumps({"depends_on": stamps}))  # as the real one does
+            status = json.loads(state.read_text())
+            state.write_text(json.dumps(status | {"finished": "2099-01-01T00:00:00+00:00"}))  # src again, elsewhere
+        return stubbed(exp, seed, data, run_dir, run_dirs, device)
+
+    monkeypatch.setattr(runner, "_train_one", dep_trains_while_src_is_retrained)
+    result = call(rows)
+    assert result["tabulated"] == ["src"] and "src finished again while this row trained" in result["failed"]["dep"]
+    assert not (tmp_path / "out" / "runs" / "dep" / "reproduce.json").exists()
+
+
 def test_a_missing_dataset_is_refused_once_before_any_row(tmp_path: Path) -> None:
     # each row failed on its own, with a traceback and a run folder left behind
     from pneumo.data.records import DatasetError

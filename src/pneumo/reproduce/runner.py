@@ -290,11 +290,21 @@ def _train_and_evaluate(
     except Exception as exc:  # one broken row (e.g. weights offline) must not stop the others
         log.exception("experiment %s failed", run_dir.name)
         return f"{type(exc).__name__}: {exc}"
+    # the sources as they were when this row started (stamped now, a source finished again meanwhile, say by a
+    # process on a copy of its folder, would pass this row off as trained from the new one)
+    now = {ref: _finished_stamp(d) for ref, d in depends.items()}
+    started_from = read_status(run_dir, STARTED_FILE).get("depends_on", now)
+    if started_from != now:
+        changed = sorted(ref for ref in now if started_from.get(ref) != now[ref])
+        return (
+            f"{', '.join(changed)} finished again while this row trained from the earlier run; move "
+            f"{run_dir.name} away to train it again"
+        )
     status = {
         "experiment": exp.name,
         "seed": seed,
         "declaration": declaration_key(exp, seed),
-        "depends_on": {ref: _finished_stamp(d) for ref, d in depends.items()},
+        "depends_on": started_from,
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "wall_s_this_session": round(train_s, 1),
         "evaluated_run": os.path.relpath(eval_dir, run_dir),  # relative: the out folder can move
