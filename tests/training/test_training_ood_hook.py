@@ -30,6 +30,10 @@ def test_every_finished_run_gets_an_ood_detector(
     # a finished run is not extended (its LR schedule spans its epochs): the message says how to train longer
     assert "already finished after 1 epoch(s); nothing to resume. To train longer" in caplog.text
     assert f"pneumo train --config {run / 'config.yaml'} --set epochs=N --out NEW_FOLDER" in caplog.text
+    caplog.clear()  # pneumo reproduce, evaluating a row that finished training, asked for nothing longer
+    with caplog.at_level(logging.INFO, logger="pneumo.training.run"):
+        assert resume(run, finished_ok=True) == run
+    assert "has finished training (1 epoch(s))" in caplog.text and "To train longer" not in caplog.text
 
     off_flags = {**flags, "out": str(tmp_path / "off"), "fit_ood": False, "progress": False}
     off = train(build_config(flags=off_flags, overrides=tiny))

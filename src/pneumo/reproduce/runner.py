@@ -256,7 +256,7 @@ def _train_one(
     from pneumo.training.config import deep_merge
 
     if resuming:
-        resume(run_dir)  # a finished run returns at once
+        resume(run_dir, finished_ok=True)  # a run that finished training (not yet evaluated) returns at once
         return run_dir
     overlay = resolve_refs(exp.train, run_dirs, seed)
     flags = {"data": str(data), "out": str(run_dir), "seed": seed, "device": device}

@@ -156,11 +156,12 @@ def _write_metrics(run_dir: Path, history: list[dict]) -> None:
         write_text(path, text)
 
 
-def resume(run_dir: str | Path, *, data: str | Path | None = None) -> Path:
+def resume(run_dir: str | Path, *, data: str | Path | None = None, finished_ok: bool = False) -> Path:
     """Continue a run from its last checkpoint (``last.state.safetensors``), with the config it was started with.
 
     ``data``: where the run's dataset is now, when it moved (the images must be the same: checked, then recorded in
-    ``config.yaml``)."""
+    ``config.yaml``). A run that has finished returns at once, with a warning on how to train longer, unless
+    ``finished_ok`` (a caller that only needs it finished, such as ``pneumo reproduce``)."""
     run_dir = Path(run_dir).expanduser().resolve()
     raw = load_yaml(run_dir / "config.yaml")
     if "z_dim" in raw and not (run_dir / "checkpoint.json").is_file():  # a GAN's config, read as a classifier's
@@ -187,11 +188,14 @@ def resume(run_dir: str | Path, *, data: str | Path | None = None) -> Path:
         # interrupted after the final state was saved, before its epoch's metrics line: the line is restored here
         _write_metrics(run_dir, history)
         # Not extended: the learning-rate schedule spans the configured epochs, so more epochs is another run.
-        log.warning(
-            "the run in %s has already finished after %d epoch(s); nothing to resume. To train longer, start a run "
-            "with more epochs: pneumo train --config %s --set epochs=N --out NEW_FOLDER",
-            run_dir, len(state["progress"]["history"]), run_dir / "config.yaml",
-        )  # fmt: skip
+        if finished_ok:
+            log.info("the run in %s has finished training (%d epoch(s))", run_dir, len(history))
+        else:
+            log.warning(
+                "the run in %s has already finished after %d epoch(s); nothing to resume. To train longer, start a "
+                "run with more epochs: pneumo train --config %s --set epochs=N --out NEW_FOLDER",
+                run_dir, len(history), run_dir / "config.yaml",
+            )  # fmt: skip
         _fit_ood(cfg, run_dir, pick_device(cfg.device))  # stopped while fitting its detector: fitted now, else no-op
         return run_dir
     device, info = _prepare(cfg)
