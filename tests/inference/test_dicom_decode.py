@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from pneumo.data.decode import ImageDecodeError, decode_bytes
+from pneumo.data.decode import ImageDecodeError, decode_bytes, decode_image
 
 from .conftest import dicom_bytes
 
@@ -191,3 +193,32 @@ def test_a_colour_dicom_is_reduced_to_luma_like_a_colour_png(photometric: str) -
     decoded, as_png = decode_bytes(out.getvalue(), "colour.dcm"), decode_bytes(png.getvalue(), "colour.png")
     # YBR -> RGB rounds: at most one grey level apart from the PNG
     assert np.abs(decoded.astype(int) - as_png.astype(int)).max() <= (0 if photometric == "RGB" else 1)
+
+
+def test_a_path_is_read_only_up_to_what_an_image_within_the_pixel_limit_can_take(tmp_path: Path) -> None:
+    # a path was read whole before any check: `pneumo predict /dev/zero`, or a huge file, filled memory
+    import os
+    import threading
+
+    huge = tmp_path / "huge.png"
+    with open(huge, "wb") as f:
+        f.truncate(8 * 1000 + (1 << 20) + 1)  # sparse: no disk used; one byte over the bound for 1,000 pixels
+    with pytest.raises(ImageDecodeError, match=r"huge\.png: file over 1056576 bytes, more than any image within"):
+        decode_image(huge, max_pixels=1000)
+    pipe = tmp_path / "pipe.png"
+    os.mkfifo(pipe)  # opened for reading, it would wait for a writer for ever
+    errors: list[Exception] = []
+
+    def read_pipe() -> None:
+        try:
+            decode_image(pipe)
+        except ImageDecodeError as exc:
+            errors.append(exc)
+
+    reader = threading.Thread(target=read_pipe, daemon=True)
+    reader.start()
+    reader.join(timeout=5)
+    assert not reader.is_alive() and "pipe.png: not a regular file" in str(errors[0])
+    small = tmp_path / "small.png"
+    Image.new("L", (10, 6), 200).save(small)
+    assert decode_image(small, max_pixels=60).shape == (6, 10)  # within the limits: decoded as before

@@ -311,6 +311,12 @@ def _check_pixels(arr: np.ndarray, name: str, max_pixels: int) -> np.ndarray:
     return arr
 
 
+def max_file_bytes(max_pixels: int) -> int:
+    """The most bytes a file of at most ``max_pixels`` pixels needs: uncompressed, four 16-bit channels, plus 1 MiB of
+    headers. A path is read up to this, so a huge or endless file (``/dev/zero``) is refused without filling memory."""
+    return 8 * max_pixels + (1 << 20)
+
+
 def decode_image(source: ImageInput | Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Any supported input (path, bytes, PIL image, numpy array) as a grayscale uint8 HxW array."""
     if isinstance(source, np.ndarray):
@@ -321,9 +327,16 @@ def decode_image(source: ImageInput | Any, *, max_pixels: int = DEFAULT_MAX_PIXE
         return decode_bytes(bytes(source), max_pixels=max_pixels)
     if isinstance(source, (str, Path)):
         path = Path(source)
+        if path.exists() and not path.is_file():  # a folder, or a device or pipe that would be read without end
+            raise ImageDecodeError(str(path), "not a regular file")
+        limit = max_file_bytes(max_pixels)
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                data = f.read(limit + 1)
         except OSError as exc:
             raise ImageDecodeError(str(path), f"cannot read file ({exc.strerror or exc})") from exc
+        if len(data) > limit:
+            reason = f"file over {limit} bytes, more than any image within the limit of {max_pixels} pixels takes"
+            raise ImageDecodeError(str(path), reason)
         return decode_bytes(data, str(path), max_pixels=max_pixels)
     raise TypeError(f"cannot decode an image from {type(source).__name__}")
