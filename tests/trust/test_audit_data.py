@@ -88,6 +88,42 @@ def test_cue_orientation_is_chosen_on_train_only() -> None:
     assert result["splits"]["test"]["auc"]["point"] < 0.1
 
 
+def test_without_a_train_split_a_cue_is_oriented_and_scored_on_different_patients() -> None:
+    # a manifest of test images only: oriented on test and scored on test, pure noise never scored below 0.5
+    y = np.tile([0, 1], 50)
+    split_of = np.array(["test"] * 100)
+    groups = np.arange(100).astype(object)
+    aucs = []
+    for seed in range(40):
+        noise = np.random.default_rng(seed).normal(size=100)
+        result = score_cue(noise, y, groups, split_of, ["test"], ("NORMAL", "PNEUMONIA"), n_boot=20, seed=seed)
+        assert result["oriented_on"] == "half of the patients (no train split)" and result["splits"]["test"]["n"] == 50
+        aucs.append(result["splits"]["test"]["auc"]["point"])
+    assert min(aucs) < 0.5 < max(aucs)  # chance both ways
+    planted = np.where(y == 1, 1.0, -1.0) + np.random.default_rng(0).normal(0, 0.3, 100)
+    found = score_cue(planted, y, groups, split_of, ["test"], ("NORMAL", "PNEUMONIA"), n_boot=20, seed=0)
+    assert found["splits"]["test"]["auc"]["point"] > 0.95
+
+
+def test_an_empty_split_is_reported_not_scored() -> None:
+    # a cue that separates the classes leaves no matched subset: scoring the empty "matched" split crashed the audit
+    rng = np.random.default_rng(0)
+    y = np.tile([0, 1], 60)
+    split_of = np.array(["train"] * 80 + ["test"] * 40)
+    groups = np.arange(120).astype(object)
+    records = [_record(i, s, ("normal", "bacteria")[c]) for i, (s, c) in enumerate(zip(split_of, y, strict=True))]
+    table = CueTable(
+        records, {"stored_bytes": 1000 + 500 * y + rng.normal(0, 10, 120), "centre_mean": rng.normal(size=120)}
+    )
+    result = score_models(
+        table, ["stored_bytes", "centre_mean"], y, groups, split_of, ["train", "test", "matched"],
+        ("NORMAL", "PNEUMONIA"), n_boot=20, seed=0,
+    )  # fmt: skip
+    for model in result.values():
+        assert model["splits"]["matched"] == {"n": 0, "auc": None, "out_of_fold": False}
+        assert model["splits"]["test"]["auc"]["point"] > 0.95
+
+
 def _record(i: int, split: str, subtype: str) -> Record:
     label = "NORMAL" if subtype == "normal" else "PNEUMONIA"
     return Record(Path(f"/nowhere/{split}/{label}/img{i}.png"), split, label, subtype, f"patient{i}")

@@ -124,3 +124,12 @@ def test_paired_auc_resamples_both_outputs_together() -> None:
     assert (b.point, b.low, b.high) == pytest.approx((-f.point, -f.high, -f.low))
     assert forward["roc_auc_reference"].point == pytest.approx(0.75)
     assert forward["roc_auc"].point == pytest.approx(1.0)
+
+
+def test_a_nan_score_is_refused_not_scored_as_chance() -> None:
+    # rankdata spread one NaN to every rank: the AUC came out 0.5 [0.5, 0.5]
+    y = np.tile([0, 1], 10)
+    scores = y + np.linspace(0, 0.1, 20)
+    scores[3] = np.nan
+    with pytest.raises(ValueError, match="1 score"):
+        auc_ci(y, scores, None, 2, n_boot=10, seed=0)

@@ -183,7 +183,11 @@ class TrainConfig(_Strict):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's own, one per core)")
-    amp: bool | Literal["auto"] = "auto"
+    amp: bool | Literal["auto"] = Field(
+        "auto",
+        description="bf16 autocast. auto: on CUDA only (CPU runs stay float32, comparable and bit-reproducible); "
+        "true: also on a CPU with native bfloat16 (AVX-512 BF16 or AMX), about 1.8x faster for ResNet-18 there",
+    )
     channels_last: bool = True
     compile: bool = False
     deterministic: bool | Literal["auto"] = "auto"

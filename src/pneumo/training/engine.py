@@ -57,6 +57,7 @@ from pneumo.training.data import (
 from pneumo.training.optim import add_unfrozen_group, build_optimizer, lr_factor, set_lr
 from pneumo.training.predict import autocast_for, predict_rows, val_metrics
 from pneumo.training.runinfo import append_metrics
+from pneumo.utils.device import cpu_has_native_bf16
 from pneumo.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,14 @@ class _EpochBatches(Sampler[list[int]]):
         return len(self.batches)
 
 
+def uses_amp(amp: bool | str, device: torch.device) -> bool:
+    """Whether training runs under bf16 autocast: ``auto`` on CUDA only, so that CPU runs stay float32 (comparable
+    with the published CPU results, and bit-reproducible); ``true`` on CUDA and on a CPU with native bfloat16."""
+    if device.type == "cuda":
+        return amp in ("auto", True)
+    return device.type == "cpu" and amp is True and cpu_has_native_bf16()
+
+
 class Trainer:
     def __init__(
         self,
@@ -121,9 +130,9 @@ class Trainer:
         self.task = get_task(cfg.task)
         self.k = self.task.num_classes
         self.main = dist_info.is_main
-        self.amp = device.type == "cuda" and cfg.amp in ("auto", True)
-        if cfg.amp is True and device.type != "cuda":
-            log.warning("amp=true: bf16 autocast is used on CUDA only; training in float32 on %s", device)
+        self.amp = uses_amp(cfg.amp, device)
+        if cfg.amp is True and not self.amp:
+            log.warning("amp=true: this CPU has no native bfloat16 (AVX-512 BF16 or AMX); training in float32")
 
         torch.manual_seed(cfg.seed)
         self.model = self._build_model(load_weights=resume_from is None)
@@ -308,6 +317,7 @@ class Trainer:
             "images": self._image_digests,  # and on which images (checked there too)
             "data_order": "DistributedSampler/WeightedRandomSampler seeded by (seed, epoch); augmentation by "
             "(seed, epoch, step, rank)",
+            "precision": "bf16 autocast" if self.amp else "float32",  # what `amp` resolved to on this device
         }
         ckpt.save_state(self.run_dir, tensors, info)
         self._write_meta()

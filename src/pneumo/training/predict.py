@@ -19,9 +19,10 @@ from pneumo.training.data import BatchedSplit
 
 
 def autocast_for(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA only (CPU autocast is slower than float32 on most CPUs and changes results)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    """bf16 autocast when ``enabled``, on CUDA or on the CPU (callers enable it on a CPU only where it is native:
+    :func:`~pneumo.training.engine.uses_amp`)."""
+    if enabled and device.type in ("cuda", "cpu"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 

@@ -102,20 +102,30 @@ def score_cue(
     n_boot: int,
     seed: int,
 ) -> dict[str, Any]:
-    """One cue: orientation chosen on train (its known values), then AUC with CI on each split's known values."""
+    """One cue: orientation chosen on train (its known values), then AUC with CI on each split's known values.
+
+    Without a train split (a manifest of test images only) the orientation is chosen on a random half of the patients
+    and the AUCs are of the other half: oriented and scored on the same images, a cue of pure noise scores above 0.5.
+    """
     k = len(class_names)
     known = np.isfinite(values)
-    fit_split = "train" if "train" in splits else splits[0]
-    fit = known & (split_of == fit_split)
-    out: dict[str, Any] = {"orientation": None, "oriented_on": fit_split, "splits": {}}
+    scored = np.ones(len(values), dtype=bool)
+    if "train" in splits:
+        fit, oriented_on = known & (split_of == "train"), "train"
+    else:
+        patients = np.unique(groups)
+        half = set(np.random.default_rng(seed).permutation(patients)[: len(patients) // 2].tolist())
+        in_half = np.array([g in half for g in groups], dtype=bool)
+        fit, scored, oriented_on = known & in_half, ~in_half, "half of the patients (no train split)"
+    out: dict[str, Any] = {"orientation": None, "oriented_on": oriented_on, "splits": {}}
     if len(np.unique(y[fit])) < k:
         for s in splits:
-            out["splits"][s] = {"n": int((known & (split_of == s)).sum()), "auc": None}
+            out["splits"][s] = {"n": int((known & scored & (split_of == s)).sum()), "auc": None}
         return out
     signs = orient(y[fit], values[fit], k)
     out["orientation"] = _orientation_text(signs, class_names)
     for s in splits:
-        sel = known & (split_of == s)
+        sel = known & scored & (split_of == s)
         ci = None
         if len(np.unique(y[sel])) == k:
             ci = auc_ci(y[sel], oriented_scores(values[sel], signs, k), groups[sel], k, n_boot=n_boot, seed=seed)
@@ -163,6 +173,9 @@ def score_models(
         fitted = clone(model).fit(x[train], y[train])
         for s in splits:
             sel = split_of == s
+            if not sel.any():  # an empty matched subset (every matching cell of one class): nothing to score
+                result["splits"][s] = {"n": 0, "auc": None, "out_of_fold": False}
+                continue
             probs = oof if s == "train" else fitted.predict_proba(x[sel])
             ci = None
             if len(np.unique(y[sel])) == k:
@@ -364,8 +377,9 @@ def write_outputs(out: Path, result: dict[str, Any], table: CueTable, *, plots: 
     constant = ", ".join(f"{c} = {v:g}" for c, v in result["constant_cues"].items()) or "none"
     sections = {
         "What this measures": (
-            "ROC AUC of each acquisition cue on its own (direction chosen on train), and of small models on all cues "
-            "together (fitted on train; train AUC out-of-fold by patient). An AUC far from 0.5 means the label can be "
+            "ROC AUC of each acquisition cue on its own (direction chosen on train; without a train split, on half "
+            "of the patients, and scored on the other half), and of small models on all cues together (fitted on "
+            "train; train AUC out-of-fold by patient). An AUC far from 0.5 means the label can be "
             "guessed from how the image was acquired, so a classifier may learn that instead of the lungs. "
             "'image-only cues' are the ones a network could see in the stored file; orig_* cues come from manifests. "
             f"Pixel cues: {result['pixel_cues']}."

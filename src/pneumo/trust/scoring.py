@@ -20,6 +20,8 @@ _BINARY = MetricSuite(("rest", "class"))
 
 
 def _as_probs(score: np.ndarray) -> np.ndarray:
+    if not np.isfinite(score).all():  # rankdata would spread one NaN to every rank: an AUC of 0.5, silently
+        raise ValueError(f"{int((~np.isfinite(score)).sum())} score(s) are NaN or infinite; leave them out first")
     r = rankdata(score)
     r = (r - r.min()) / (r.max() - r.min()) if r.max() > r.min() else np.full_like(r, 0.5)
     return np.column_stack([1.0 - r, r])

