@@ -111,6 +111,29 @@ def test_train_evaluate_compare(cli, synthetic_data: Path, tmp_path: Path) -> No
     header = chosen[0].split()
     assert "brier" in header and "sensitivity" not in header
 
+    # paired differences from a baseline run, on all shared images or on a listed subset (an audit's matched images)
+    from pneumo.reproduce.paired import paired_difference
+
+    preds = [run / "eval-chest-xray-test" / "predictions.csv" for run in (run_b, run_a)]
+    paired = _invoke(cli, "compare", run_a, run_b, "--paired-with", run_a, "--n-boot", "200").splitlines()
+    whole = paired_difference(*preds, n_boot=200)
+    auc = whole["delta_roc_auc"]
+    assert paired[-1] == (
+        f"run-b - run-a (paired): ROC AUC {auc['point']:+.3f} [{auc['low']:+.3f}, {auc['high']:+.3f}], accuracy "
+        f"{whole['delta_accuracy']['point']:+.3f} [{whole['delta_accuracy']['low']:+.3f}, "
+        f"{whole['delta_accuracy']['high']:+.3f}] ({whole['n_images']} images)"
+    )
+    listed = (preds[0].read_text().splitlines()[1:])[::2]  # every other test image
+    subset = tmp_path / "subset.csv"
+    subset.write_text("path\n" + "".join(line.split(",")[0] + "\n" for line in listed))
+    as_json = json.loads(
+        _invoke(cli, "compare", run_a, run_b, "--paired-with", run_a, "--images", subset, "--json", "--n-boot", "200")
+    )
+    assert [d["run"] for d in as_json["paired"]] == ["run-b"] and as_json["paired"][0]["n_images"] == len(listed)
+    runner, app = cli
+    alone = runner.invoke(app, ["compare", str(run_a), "--images", str(subset)])
+    assert alone.exit_code == 2 and "give --paired-with" in alone.stderr
+
     # `pneumo compare runs/*`: an empty folder (a failed start) and a GAN run are skipped with the reason
     runner, app = cli
     (tmp_path / "failed-start").mkdir()

@@ -86,6 +86,13 @@ def test_audit_model_writes_all_checks(
     counts = list(m["class_counts"].values())
     assert counts[0] == counts[1] == m["n"] // 2
     assert all(b["matched"]["ks_p"] > 0.05 for b in m["balance"].values())
+    # the matched images, named as predictions.csv names them, for `pneumo compare --paired-with ... --images`
+    listed = (out / "matched-images.csv").read_text().splitlines()
+    assert listed[0] == "path" and len(listed) - 1 == m["n"] == len(set(listed[1:]))
+    assert all(
+        not Path(p).is_absolute() and (p.startswith("test/NORMAL/") or p.startswith("test/PNEUMONIA/"))
+        for p in listed[1:]
+    )
     # What cues alone still do on the subset (matching balances the matched ones only), beside the full test: each
     # cue oriented on train, and the data audit's models fitted on train.
     residual = m["residual"]

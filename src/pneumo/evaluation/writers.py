@@ -92,7 +92,8 @@ def json_safe(value: Any) -> Any:
     return plain
 
 
-def _relative(path: Path, root: Path) -> str:
+def relative_path(path: Path, root: Path) -> str:
+    """A file's path as ``predictions.csv`` names it: relative to the dataset root (absolute when outside it)."""
     try:
         return path.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
@@ -118,7 +119,7 @@ def write_predictions(
         for i, record in enumerate(split.records):
             writer.writerow(
                 [
-                    _relative(record.path, root),
+                    relative_path(record.path, root),
                     record.patient_id,
                     names[int(split.targets[i])],
                     # repr: the shortest text that reads back as the same float; paired differences and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +36,28 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
     return float(roc_auc_score(y, p, multi_class="ovr", average="macro"))
 
 
-def paired_difference(candidate: Path, baseline: Path, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+def read_image_list(path: Path) -> set[str]:
+    """The ``path`` column of a CSV (as ``predictions.csv`` and an audit's ``matched-images.csv`` write it)."""
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if "path" not in (reader.fieldnames or []):
+            raise ValueError(f"{path}: no 'path' column")
+        return {row["path"] for row in reader}
+
+
+def paired_difference(
+    candidate: Path, baseline: Path, *, n_boot: int = 1000, seed: int = 0, images: Collection[str] | None = None
+) -> dict[str, Any]:
     """``candidate - baseline`` for ROC AUC and accuracy with 95 % CIs, resampling patients of the shared images.
 
     Both runs' ``predictions.csv`` (from ``evaluate_run``) must cover the same task; only images present in both
-    are compared, so the difference is paired.
+    are compared, so the difference is paired; with ``images`` (paths as in ``predictions.csv``), only those (the
+    matched subset of ``pneumo audit model``, say).
     """
     a, b = read_predictions(candidate), read_predictions(baseline)
-    shared = sorted(set(a) & set(b))
+    shared = sorted(set(a) & set(b) & (set(images) if images is not None else set(a)))
     if not shared:
-        raise ValueError(f"{candidate} and {baseline} share no image")
+        raise ValueError(f"{candidate} and {baseline} share no image" + (" of the list" if images is not None else ""))
     k = len(a[shared[0]]["probs"])
     y = np.array([a[p]["true"] for p in shared])
     # one array carries both runs: probabilities of A, of B, then the two decisions
@@ -60,3 +73,46 @@ def paired_difference(candidate: Path, baseline: Path, *, n_boot: int = 1000, se
     groups = [a[p]["patient"] for p in shared]
     cis = bootstrap_ci(y, packed, groups, metrics, n_boot=n_boot, seed=seed)
     return {"n_images": len(shared), **{name: ci.to_dict() for name, ci in cis.items()}}
+
+
+def paired_against(
+    runs: Sequence[Path],
+    baseline: Path,
+    *,
+    split: str = "test",
+    dataset: str | None = None,
+    images: Collection[str] | None = None,
+    n_boot: int = 1000,
+) -> list[dict[str, Any]]:
+    """:func:`paired_difference` of each run (but ``baseline`` itself) from ``baseline``, on their evaluations of
+    ``split`` (``pneumo compare --paired-with``); one dict per run, with ``run``."""
+    from pneumo.evaluation.runs_table import find_eval
+
+    base_eval = find_eval(baseline, split, dataset)
+    if base_eval is None:
+        raise FileNotFoundError(f"{baseline} has no evaluation of {split}: run `pneumo evaluate {baseline}` first")
+    out = []
+    for run in runs:
+        if run.resolve() == baseline.resolve():
+            continue
+        run_eval = find_eval(run, split, dataset)
+        if run_eval is None:
+            raise FileNotFoundError(f"{run} has no evaluation of {split}: run `pneumo evaluate {run}` first")
+        diff = paired_difference(
+            run_eval / "predictions.csv", base_eval / "predictions.csv", n_boot=n_boot, images=images
+        )
+        out.append({"run": run.name, "baseline": baseline.name, **diff})
+    return out
+
+
+def paired_text(diff: dict[str, Any]) -> str:
+    """One line: ``run - baseline: ROC AUC +0.002 [-0.003, 0.008], accuracy ... (N images)``."""
+
+    def ci(name: str) -> str:
+        d = diff[name]
+        return f"{d['point']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+    return (
+        f"{diff['run']} - {diff['baseline']} (paired): ROC AUC {ci('delta_roc_auc')}, accuracy "
+        f"{ci('delta_accuracy')} ({diff['n_images']} images)"
+    )

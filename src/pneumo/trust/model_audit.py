@@ -27,6 +27,7 @@ import pneumo
 from pneumo.data.preprocess import normalize
 from pneumo.data.records import discover
 from pneumo.evaluation import MetricSuite, bootstrap_ci
+from pneumo.evaluation.writers import relative_path
 from pneumo.training.checkpoint import weights_digest
 from pneumo.trust import perturb
 from pneumo.trust.forward import forward_arrays, task_probabilities
@@ -35,7 +36,7 @@ from pneumo.trust.metadata import MANIFEST, file_cues, resolve_originals
 from pneumo.trust.regions import regions
 from pneumo.trust.runs import RunContext, load_model, open_run, split_images
 from pneumo.trust.scoring import ci_dict, paired_auc
-from pneumo.utils.atomic import write_json
+from pneumo.utils.atomic import write_json, write_text
 from pneumo.utils.device import resolve_device
 
 AUTO = "auto"
@@ -44,6 +45,7 @@ AUTO = "auto"
 MATCH_DRAWS = 20
 # Below this many images of a class in the matched subset its AUC is too imprecise to read much into: said so.
 SMALL_MATCHED_CLASS = 30
+MATCHED_IMAGES = "matched-images.csv"
 
 
 def _auc(
@@ -432,6 +434,9 @@ def audit_model(
             seed=seed,
             decide=decide,
         )
+    result["matched"]["images"] = [
+        relative_path(test.records[i].path, ctx.dataset_root) for i in result["matched"]["index"]
+    ]
     result["perturbations"] = perturbation_section(
         ctx, model, images, y, probs, groups, perturbations, device=dev, batch_size=batch_size, n_boot=n_boot,
         seed=seed, decide=decide,
@@ -543,6 +548,8 @@ def write_outputs(
     # The per-image cue values are for the plots; the matched rows (``index``) stay for reproducibility.
     saved = {**result, "matched": {k: v for k, v in result["matched"].items() if k != "values"}}
     write_json(out / "audit-model.json", saved)
+    # the matched images, named as in predictions.csv: `pneumo compare A B --paired-with B --images` compares runs there
+    write_text(out / MATCHED_IMAGES, "path\n" + "".join(f"{path}\n" for path in result["matched"]["images"]))
 
 
 def _draws_text(m: dict[str, Any]) -> str:
