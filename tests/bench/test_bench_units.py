@@ -321,3 +321,24 @@ def test_compiled_variants_are_compiled_with_static_shapes(monkeypatch: pytest.M
     monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(kwargs) or model)
     bench_train._setup("cnn", 32, 4, Variant("resident", "resident", compile=True), torch.device("cpu"))
     assert calls == [{"dynamic": False}]
+
+
+def test_the_cpu_bf16_setting_is_measured_beside_the_default_and_judged_as_a_setting(monkeypatch) -> None:
+    import pneumo.bench.train as bench_train
+
+    monkeypatch.setattr(bench_train, "cpu_has_native_bf16", lambda: True)
+    side = {v.name: (what, against) for what, v, against in bench_train.side_variants(torch.device("cpu"), threads=2)}
+    assert side["pneumo-bf16"] == ("bf16 autocast (amp=true; native bfloat16)", "pneumo")
+    assert "pneumo-bf16" not in {v.name for v in bench_train.main_variants(torch.device("cpu"), compile=False)}
+    monkeypatch.setattr(bench_train, "cpu_has_native_bf16", lambda: False)
+    assert "pneumo-bf16" not in {v.name for _, v, _ in bench_train.side_variants(torch.device("cpu"), threads=2)}
+
+    rows = [
+        {"model": "resnet18", "size": 128, "variant": "pneumo", "data_wait_share": 0.001, "speedup_vs_naive": 1.06},
+        {"model": "resnet18", "size": 128, "variant": "pneumo-bf16", "data_wait_share": 0.001, "speedup_vs_naive": 1.9},
+    ]
+    training = {"reference": {"model": "resnet18", "size": 128}, "results": rows}
+    targets = {t["target"]: t for t in evaluate_targets({"training": training, "machine": {"gpu": None}})}
+    assert targets["resnet18 training vs naive baseline"]["passed"] is False  # the default stays judged as it is
+    bf16 = targets["resnet18 training vs naive baseline (amp=true: bf16)"]
+    assert bf16["passed"] is True and bf16["value"] == "1.90x" and "amp=true" in bf16["note"]

@@ -40,6 +40,7 @@ from pneumo.training.config import AcquisitionAugmentConfig, AugmentConfig, buil
 from pneumo.training.data import ResidentSplit
 from pneumo.training.optim import build_optimizer
 from pneumo.training.predict import autocast_for
+from pneumo.utils.device import cpu_has_native_bf16
 
 Pipeline = Literal["naive", "cached", "resident"]
 
@@ -67,6 +68,11 @@ class Variant:
         if self.fullres:
             parts += ", full-res JPEGs"
         return parts
+
+
+def cpu_bf16(device: torch.device) -> bool:
+    """Whether the engine's ``amp=true`` trains in bf16 here: a CPU with native bfloat16 (CUDA: bf16 by default)."""
+    return device.type == "cpu" and cpu_has_native_bf16()
 
 
 def main_variants(device: torch.device, *, compile: bool) -> list[Variant]:
@@ -103,6 +109,8 @@ def side_variants(device: torch.device, *, threads: int) -> list[tuple[str, Vari
             "naive",
         )
     ]
+    if cpu_bf16(device):  # the engine with `--set amp=true` (the CPU default stays float32): bf16 alone
+        out.append(("bf16 autocast (amp=true; native bfloat16)", Variant("pneumo-bf16", "cached", amp=True), "pneumo"))
     if threads > 1:
         # the same variant as "pneumo" but for the thread count (bf16 on CUDA too), so the ratio shows threads alone
         one = Variant("pneumo-1-thread", "cached", amp=device.type == "cuda", threads=1)

@@ -1,0 +1,46 @@
+"""bf16 autocast on a CPU with native bfloat16: opt-in (``amp=true``), float32 by default (``auto``)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import pneumo.training.engine as engine
+from pneumo.training import train
+from pneumo.training.checkpoint import read_state_info
+from pneumo.training.engine import uses_amp
+from pneumo.training.predict import autocast_for
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_resolves_per_device(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert uses_amp("auto", cuda) and uses_amp(True, cuda) and not uses_amp(False, cuda)
+    assert not uses_amp("auto", cpu) and not uses_amp(False, cpu)  # CPU runs stay float32 unless asked
+    assert uses_amp(True, cpu) is native  # asked: only where bfloat16 is native (emulated, it is slower)
+
+
+def test_autocast_runs_cpu_convolutions_in_bf16() -> None:
+    conv, x = torch.nn.Conv2d(1, 4, 3), torch.randn(2, 1, 8, 8)
+    with autocast_for(torch.device("cpu"), True):
+        assert conv(x).dtype == torch.bfloat16
+    with autocast_for(torch.device("cpu"), False):
+        assert conv(x).dtype == torch.float32
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_cpu_run_records_the_precision_it_trained_in(
+    make_cfg, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, native: bool
+) -> None:
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native)
+    with caplog.at_level(logging.WARNING, logger="pneumo.training.engine"):
+        run = train(make_cfg("amp=true", fit_ood=False, device="cpu"))
+    assert read_state_info(run)["precision"] == ("bf16 autocast" if native else "float32")
+    assert ("no native bfloat16" in caplog.text) is not native
+    state = read_state_info(run)
+    assert state["config"]["amp"] is True
+    default = train(make_cfg(fit_ood=False, device="cpu", out=str(run.parent / "default")))
+    assert read_state_info(default)["precision"] == "float32"
