@@ -342,3 +342,25 @@ def test_the_cpu_bf16_setting_is_measured_beside_the_default_and_judged_as_a_set
     assert targets["resnet18 training vs naive baseline"]["passed"] is False  # the default stays judged as it is
     bf16 = targets["resnet18 training vs naive baseline (amp=true: bf16)"]
     assert bf16["passed"] is True and bf16["value"] == "1.90x" and "amp=true" in bf16["note"]
+
+
+def test_a_cpu_bf16_row_gets_no_share_of_the_float32_peak(monkeypatch) -> None:
+    # its GFLOP/s against a float32 matmul reference read as 296 % of peak
+    import pneumo.bench.train as bench_train
+
+    monkeypatch.setattr(bench_train, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(bench_train, "count_train_flops", lambda net, shape: 2 * 10**9)
+    speeds = {"naive": 40.0, "pneumo": 44.0, "pneumo-bf16": 88.0}
+
+    def fake_measure(model, size, variant, **kw):
+        return {"model": model, "size": size, "variant": variant.name, "images_per_s": speeds.get(variant.name, 30.0)}
+
+    monkeypatch.setattr(bench_train, "measure_training", fake_measure)
+    out = bench_train.run_training_section(
+        models=["cnn"], sizes=[32], splits={32: None}, data=None, fullres=None, device=torch.device("cpu"),
+        batch_sizes={"cnn": 8}, warmup=1, steps=1, compile=False, epoch_images=100, peak_gflops=100.0,
+        reference=("cnn", 32),
+    )  # fmt: skip
+    rows = {r["variant"]: r for r in out["results"]}
+    assert rows["pneumo"]["peak_fraction"] == pytest.approx(44 * 1.0 / 100)
+    assert rows["pneumo-bf16"]["peak_fraction"] is None and rows["pneumo-bf16"]["speedup_vs_naive"] == 2.2
