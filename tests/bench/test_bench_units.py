@@ -364,3 +364,19 @@ def test_a_cpu_bf16_row_gets_no_share_of_the_float32_peak(monkeypatch) -> None:
     rows = {r["variant"]: r for r in out["results"]}
     assert rows["pneumo"]["peak_fraction"] == pytest.approx(44 * 1.0 / 100)
     assert rows["pneumo-bf16"]["peak_fraction"] is None and rows["pneumo-bf16"]["speedup_vs_naive"] == 2.2
+
+
+def test_the_threads_benchmark_runs(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "threads.json"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "threads_busy.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--steps", "1", "--out", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["other_core_busy"], r["threads"]) for r in rows} >= {(False, 1), (True, 1)}
+    assert all(r["images_per_s"] > 0 for r in rows) and "one core busy" in done.stdout
