@@ -103,17 +103,19 @@ def test_a_file_that_could_not_be_read_is_tried_again(tmp_path: Path, monkeypatc
     contract = PreprocessContract(image_size=8)
     cache = ImageCache(contract, tmp_path / "cache")
     path = _images(tmp_path, 1)[0]
-    real_read = Path.read_bytes
+    import builtins
 
-    def denied(self: Path) -> bytes:
-        if self == path:
+    import pneumo.data.decode as decode_module
+
+    def denied(file, *args, **kwargs):
+        if Path(file) == path:
             raise PermissionError(13, "Permission denied")
-        return real_read(self)
+        return builtins.open(file, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    monkeypatch.setattr(decode_module, "open", denied, raising=False)  # the decoder's reads only
     failed = cache.build([path], progress=False)
     assert not failed.ok.any() and failed.failures == [(path, "cannot read file (Permission denied)")]
-    monkeypatch.setattr(Path, "read_bytes", real_read)
+    monkeypatch.delattr(decode_module, "open")
     assert cache.build([path], progress=False).ok.all()
 
 

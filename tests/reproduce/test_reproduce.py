@@ -324,7 +324,7 @@ def test_a_run_interrupted_before_its_first_checkpoint_starts_again(
 
     calls: list[str] = []
     monkeypatch.setattr(pneumo.training, "train", lambda cfg, **kw: calls.append(f"train {Path(cfg.out).name}"))
-    monkeypatch.setattr(pneumo.training, "resume", lambda run_dir: calls.append(f"resume {Path(run_dir).name}"))
+    monkeypatch.setattr(pneumo.training, "resume", lambda run_dir, **kw: calls.append(f"resume {Path(run_dir).name}"))
     monkeypatch.setattr(gan_train, "train_gan", lambda config, run_dir, **kw: calls.append(f"train {run_dir.name}"))
     monkeypatch.setattr(gan_train, "resume_gan", lambda run_dir, **kw: calls.append(f"resume {run_dir.name}"))
     exp = Experiment(name="x", suites=["quick"], kind=kind)
@@ -595,7 +595,7 @@ def test_an_interrupted_row_is_not_resumed_under_an_edited_declaration(
         (Path(cfg.out) / STATE_TENSORS).write_bytes(b"a checkpoint")  # then the process dies
 
     monkeypatch.setattr(training, "train", interrupted_train)
-    monkeypatch.setattr(training, "resume", lambda run_dir: calls.append("resume"))
+    monkeypatch.setattr(training, "resume", lambda run_dir, **kw: calls.append("resume"))
     rows = tmp_path / "experiments"
     _write_rows(rows)
     src = next(e for e in load_suite("quick", rows) if e.name == "src")
@@ -652,6 +652,33 @@ def test_a_row_another_process_finished_while_this_one_waited_for_its_lock_is_no
     again = call(rows)
     assert again["trained"] == [] and again["tabulated"] == ["src", "dep"] and not again["failed"]
     assert status.read_text() == finished
+
+
+def test_rows_that_do_not_need_a_held_source_train_while_it_is_waited_for(tmp_path: Path, stub_runner) -> None:
+    # a `--seed 1` process blocked on the GAN another process trained, and trained nothing meanwhile
+    import threading
+
+    from pneumo.reproduce.runner import claimed
+
+    call, state = stub_runner
+    rows = tmp_path / "experiments"
+    _write_rows(rows)
+    for name, extra in (("dep", ", weights: 'run:src'"), ("plain", "")):
+        (rows / f"{name}.yaml").write_text(
+            f"name: {name}\nsuites: [quick]\nseeds: [0, 1]\n"
+            f"train: {{task: bacteria-virus, model: cnn, epochs: 1{extra}}}\n"
+        )
+    result: dict = {}
+    with claimed(tmp_path / "out" / "runs" / "src") as ours:
+        assert ours
+        second = threading.Thread(target=lambda: result.update(call(rows, only_seeds=[1])))
+        second.start()
+        second.join(timeout=2.0)
+        assert second.is_alive() and state["trained"] == ["plain-seed1"]  # the independent row went first
+    second.join(timeout=60)
+    assert not second.is_alive() and not result["failed"]
+    assert result["trained"] == ["plain-seed1", "src", "dep-seed1"]
+    assert result["tabulated"] == ["src", "dep-seed1", "plain-seed1"]  # in the suite's order
 
 
 def test_a_row_whose_source_finished_again_while_it_trained_is_not_passed_off_as_trained_from_the_new_one(

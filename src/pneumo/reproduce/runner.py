@@ -389,37 +389,60 @@ def reproduce(
     test_files_read = False
     entries = []
     failures: list[dict[str, Any]] = []
+    position: dict[tuple[str, int], int] = {}
     for exp in experiments:
         for seed in exp.seeds:
-            name = run_name(exp, seed)
-            run_dir = out / "runs" / name
-            run_dirs.setdefault(exp.name, {})[seed] = run_dir
-            status_path = run_dir / STATUS_FILE
-            skipped = report_only or (exp.name, seed) not in to_train
-            if skipped and not status_path.exists():
-                continue
-            trained_here = False
-            if not status_path.exists():
-                with claimed(run_dir, wait=(exp.name, seed) in needed) as ours:
-                    error = None if ours else "another process is training this row (its lock is held); left to it"
-                    # checked again under the lock: another process may have finished the row since the check above,
-                    # and evaluating it again would restamp it and invalidate the rows that started from it
-                    if ours and not status_path.exists():
-                        trained_here = True
-                        error = _train_and_evaluate(exp, seed, data, run_dir, run_dirs, device, n_boot)
-                if error:
-                    log.error("experiment %s: %s", name, error)
-                    failures.append({"experiment": exp.name, "seed": seed, "error": error})
-                    continue
-            if not trained_here:
-                if not test_files_read:
-                    test_files, test_files_read = data_test_files(data), True
-                problem = _unusable_result(exp, seed, run_dir, run_dirs, test_files)
-                if problem:
-                    log.error("experiment %s: %s", name, problem)
-                    failures.append({"experiment": exp.name, "seed": seed, "error": problem})
-                    continue
-            entries.append((exp, seed, run_dir))
+            run_dirs.setdefault(exp.name, {})[seed] = out / "runs" / run_name(exp, seed)
+            position[(exp.name, seed)] = len(position)
+    # A row that other rows of this call start from, held by another process, is put off with those rows, so the rows
+    # that do not need it train meanwhile; then it is waited for (left to the other process, they would all fail).
+    put_off: list[tuple[Experiment, int]] = []
+
+    def visit(exp: Experiment, seed: int, *, last_pass: bool) -> None:
+        nonlocal test_files, test_files_read
+        name = run_name(exp, seed)
+        run_dir = run_dirs[exp.name][seed]
+        status_path = run_dir / STATUS_FILE
+        skipped = report_only or (exp.name, seed) not in to_train
+        if skipped and not status_path.exists():
+            return
+        if not last_pass and source_runs((exp.name, seed), experiments) & {(e.name, s) for e, s in put_off}:
+            put_off.append((exp, seed))  # trained or checked once its source has finished
+            return
+        trained_here = False
+        if not status_path.exists():
+            is_needed = (exp.name, seed) in needed
+            with claimed(run_dir, wait=last_pass and is_needed) as ours:
+                if not ours and is_needed and not last_pass:
+                    log.info("%s: another process is training it; the rows that do not need it go first", name)
+                    put_off.append((exp, seed))
+                    return
+                error = None if ours else "another process is training this row (its lock is held); left to it"
+                # checked again under the lock: another process may have finished the row since the check above,
+                # and evaluating it again would restamp it and invalidate the rows that started from it
+                if ours and not status_path.exists():
+                    trained_here = True
+                    error = _train_and_evaluate(exp, seed, data, run_dir, run_dirs, device, n_boot)
+            if error:
+                log.error("experiment %s: %s", name, error)
+                failures.append({"experiment": exp.name, "seed": seed, "error": error})
+                return
+        if not trained_here:
+            if not test_files_read:
+                test_files, test_files_read = data_test_files(data), True
+            problem = _unusable_result(exp, seed, run_dir, run_dirs, test_files)
+            if problem:
+                log.error("experiment %s: %s", name, problem)
+                failures.append({"experiment": exp.name, "seed": seed, "error": problem})
+                return
+        entries.append((exp, seed, run_dir))
+
+    for exp in experiments:
+        for seed in exp.seeds:
+            visit(exp, seed, last_pass=False)
+    for exp, seed in list(put_off):  # in the order of the suite, sources before the rows that start from them
+        visit(exp, seed, last_pass=True)
+    entries.sort(key=lambda entry: position[(entry[0].name, entry[1])])
     if report_only:  # the table states the replicates its rows were evaluated with, not this call's default
         found = {evaluated_n_boot(run_dir) for _, _, run_dir in entries} - {None}
         n_boot = found.pop() if len(found) == 1 else n_boot
