@@ -71,3 +71,34 @@ def test_runs_without_a_shared_image_are_refused(tmp_path: Path) -> None:
     b = write_predictions(tmp_path / "b.csv", [("y.jpeg", "p", 0, 0.2)])
     with pytest.raises(ValueError, match="share no image"):
         paired_difference(a, b, n_boot=10)
+
+
+def test_runs_of_another_task_or_other_labels_are_refused(tmp_path: Path) -> None:
+    # a three-class baseline was read with the binary candidate's column count: confident, meaningless differences
+    a, _ = two_runs(tmp_path)
+    three = tmp_path / "three.csv"
+    names = ("normal", "bacteria", "virus")
+    with three.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["path", "patient_id", "true", *(f"logit_{c}" for c in names), *(f"p_{c}" for c in names), "predicted"]
+        )
+        for i in range(6):
+            writer.writerow([f"test/img{i}.jpeg", f"p{i}", names[TRUE[i]], 0, 0, 0, 0.8, 0.1, 0.1, names[TRUE[i]]])
+    with pytest.raises(ValueError, match=r"different classes .* needs runs of one task"):
+        paired_difference(a, three, n_boot=20)
+    relabelled = tmp_path / "relabelled.csv"
+    write_predictions(relabelled, [(f"test/img{i}.jpeg", f"p{i}", 1 - TRUE[i], WORSE[i]) for i in range(6)])
+    with pytest.raises(ValueError, match="label 6 shared image"):
+        paired_difference(a, relabelled, n_boot=20)
+
+
+def test_a_listed_subset_is_read_as_csv(tmp_path: Path) -> None:
+    from pneumo.reproduce.paired import read_image_list
+
+    listed = tmp_path / "matched-images.csv"
+    with listed.open("w", newline="") as f:
+        csv.writer(f).writerows([["path"], ["test/NORMAL/IM-0001, copy.jpeg"], ["test/img1.jpeg"]])
+    assert read_image_list(listed) == {"test/NORMAL/IM-0001, copy.jpeg", "test/img1.jpeg"}
+    a, b = two_runs(tmp_path)
+    assert paired_difference(a, b, n_boot=20, images=read_image_list(listed))["n_images"] == 1

@@ -13,6 +13,13 @@ from sklearn.metrics import roc_auc_score
 from pneumo.evaluation import bootstrap_ci
 
 
+def prediction_classes(path: Path) -> list[str]:
+    """The class names of a ``predictions.csv`` (its ``p_<class>`` columns), in order."""
+    with path.open(newline="") as f:
+        header = next(csv.reader(f), [])
+    return [k.removeprefix("p_") for k in header if k.startswith("p_")]
+
+
 def read_predictions(path: Path) -> dict[str, dict[str, Any]]:
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
@@ -54,10 +61,19 @@ def paired_difference(
     are compared, so the difference is paired; with ``images`` (paths as in ``predictions.csv``), only those (the
     matched subset of ``pneumo audit model``, say).
     """
+    if prediction_classes(candidate) != prediction_classes(baseline):  # another task: columns would be misread
+        raise ValueError(
+            f"{candidate} and {baseline} are of different classes ({', '.join(prediction_classes(candidate))} vs "
+            f"{', '.join(prediction_classes(baseline))}): a paired difference needs runs of one task"
+        )
     a, b = read_predictions(candidate), read_predictions(baseline)
     shared = sorted(set(a) & set(b) & (set(images) if images is not None else set(a)))
     if not shared:
         raise ValueError(f"{candidate} and {baseline} share no image" + (" of the list" if images is not None else ""))
+    if disagree := [p for p in shared if a[p]["true"] != b[p]["true"]]:
+        raise ValueError(
+            f"{candidate} and {baseline} label {len(disagree)} shared image(s) differently, e.g. {disagree[0]}"
+        )
     k = len(a[shared[0]]["probs"])
     y = np.array([a[p]["true"] for p in shared])
     # one array carries both runs: probabilities of A, of B, then the two decisions

@@ -13,6 +13,7 @@ Without a manifest that knows original sizes, matching falls back to the stored 
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import math
 from collections.abc import Callable, Sequence
@@ -36,7 +37,7 @@ from pneumo.trust.metadata import MANIFEST, file_cues, resolve_originals
 from pneumo.trust.regions import regions
 from pneumo.trust.runs import RunContext, load_model, open_run, split_images
 from pneumo.trust.scoring import ci_dict, paired_auc
-from pneumo.utils.atomic import write_json, write_text
+from pneumo.utils.atomic import atomic_open, write_json
 from pneumo.utils.device import resolve_device
 
 AUTO = "auto"
@@ -549,7 +550,8 @@ def write_outputs(
     saved = {**result, "matched": {k: v for k, v in result["matched"].items() if k != "values"}}
     write_json(out / "audit-model.json", saved)
     # the matched images, named as in predictions.csv: `pneumo compare A B --paired-with B --images` compares runs there
-    write_text(out / MATCHED_IMAGES, "path\n" + "".join(f"{path}\n" for path in result["matched"]["images"]))
+    with atomic_open(out / MATCHED_IMAGES, "w", newline="") as f:  # quoted as predictions.csv is (commas in names)
+        csv.writer(f).writerows([["path"], *([path] for path in result["matched"]["images"])])
 
 
 def _draws_text(m: dict[str, Any]) -> str:
