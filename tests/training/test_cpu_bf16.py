@@ -38,9 +38,38 @@ def test_a_cpu_run_records_the_precision_it_trained_in(
     monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native)
     with caplog.at_level(logging.WARNING, logger="pneumo.training.engine"):
         run = train(make_cfg("amp=true", fit_ood=False, device="cpu"))
-    assert read_state_info(run)["precision"] == ("bf16 autocast" if native else "float32")
+    assert read_state_info(run)["precisions"] == ["bf16 autocast" if native else "float32"]
     assert ("no native bfloat16" in caplog.text) is not native
-    state = read_state_info(run)
-    assert state["config"]["amp"] is True
+    assert read_state_info(run)["config"]["amp"] is True
     default = train(make_cfg(fit_ood=False, device="cpu", out=str(run.parent / "default")))
-    assert read_state_info(default)["precision"] == "float32"
+    assert read_state_info(default)["precisions"] == ["float32"]
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_a_run_resumed_in_another_precision_records_both(
+    make_cfg, tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # resumed on a CPU without native bf16, a run begun in bf16 was recorded as float32 alone
+    from pneumo.training import resume
+
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
+    real_validate = engine.Trainer.validate
+
+    def stop_in_epoch_2(self):
+        if self.progress.epoch == 2:
+            raise _Interrupted
+        return real_validate(self)
+
+    monkeypatch.setattr(engine.Trainer, "validate", stop_in_epoch_2)
+    with pytest.raises(_Interrupted):
+        train(make_cfg("amp=true", epochs=2, fit_ood=False, device="cpu", out=str(tmp_path / "run")))
+    assert read_state_info(tmp_path / "run")["precisions"] == ["bf16 autocast"]
+    monkeypatch.setattr(engine.Trainer, "validate", real_validate)
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)  # the same run, on another CPU
+    with caplog.at_level(logging.WARNING, logger="pneumo.training.engine"):
+        resume(tmp_path / "run")
+    assert read_state_info(tmp_path / "run")["precisions"] == ["bf16 autocast", "float32"]
+    assert "trained in bf16 autocast before and goes on in float32" in caplog.text

@@ -131,6 +131,7 @@ class Trainer:
         self.k = self.task.num_classes
         self.main = dist_info.is_main
         self.amp = uses_amp(cfg.amp, device)
+        self.precisions = {self.precision}
         if cfg.amp is True and not self.amp:
             log.warning("amp=true: this CPU has no native bfloat16 (AVX-512 BF16 or AMX); training in float32")
 
@@ -294,6 +295,17 @@ class Trainer:
             log.warning("no saved RNG state for rank %d: its dropout stream restarts", self.dist.rank)
             torch.manual_seed(_step_seed(self.cfg.seed, p.epoch, p.step_in_epoch, self.dist.rank))
         self.progress = p
+        self.precisions |= set(info.get("precisions", []))
+        if len(self.precisions) > 1:
+            log.warning(
+                "this run trained in %s before and goes on in %s here",
+                " and ".join(sorted(self.precisions - {self.precision})),
+                self.precision,
+            )
+
+    @property
+    def precision(self) -> str:
+        return "bf16 autocast" if self.amp else "float32"
 
     def _save_last(self) -> None:
         """last.safetensors + resumable state + checkpoint.json (rank 0 only)."""
@@ -317,7 +329,8 @@ class Trainer:
             "images": self._image_digests,  # and on which images (checked there too)
             "data_order": "DistributedSampler/WeightedRandomSampler seeded by (seed, epoch); augmentation by "
             "(seed, epoch, step, rank)",
-            "precision": "bf16 autocast" if self.amp else "float32",  # what `amp` resolved to on this device
+            # what `amp` resolved to; a run resumed where it resolves otherwise (another CPU, CPU <-> CUDA) used both
+            "precisions": sorted(self.precisions),
         }
         ckpt.save_state(self.run_dir, tensors, info)
         self._write_meta()
