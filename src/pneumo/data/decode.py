@@ -11,6 +11,7 @@ Ghostscript, and the like) are refused.
 from __future__ import annotations
 
 import io
+import stat
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -327,8 +328,14 @@ def decode_image(source: ImageInput | Any, *, max_pixels: int = DEFAULT_MAX_PIXE
         return decode_bytes(bytes(source), max_pixels=max_pixels)
     if isinstance(source, (str, Path)):
         path = Path(source)
-        if path.exists() and not path.is_file():  # a folder, or a device or pipe that would be read without end
-            raise ImageDecodeError(str(path), "not a regular file")
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            mode = None  # the open below names the problem
+        # a folder, or a device (/dev/zero, a terminal as /dev/stdin) that gives no image; a pipe is read (`<(...)`,
+        # `cat x.png | pneumo predict RUN /dev/stdin`), bounded like a file
+        if mode is not None and (stat.S_ISDIR(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
+            raise ImageDecodeError(str(path), "a folder or a device, not an image file")
         limit = max_file_bytes(max_pixels)
         try:
             with open(path, "rb") as f:
