@@ -20,9 +20,9 @@
 #   PNEUMO_GIT_COMMIT  where the source travels without its .git, so that runs record the right commit
 #
 # OUT receives lease.tar.gz (logs, tables, per-epoch metrics, evaluations, GAN sample grids; no weights, no dataset
-# images), session.log, bench-gpu.json and each ACGAN's EMA generator (so GAN-balanced rows can train elsewhere, and
-# its sample quality can be measured); a generator over 15 MiB (the 64 px one: 23 MiB) comes in parts NAME.part00,
-# NAME.part01 (the tool returns files up to 16 MiB): `cat NAME.part* > NAME` joins them.
+# images), session.log, bench-gpu.json and every ACGAN's EMA generator (so GAN-balanced rows can train elsewhere, and
+# its sample quality can be measured) in generators.tar.part00, part01, ... (the tool returns at most 8 files of up to
+# 16 MiB; the 64 px generator alone is 23 MiB): `cat generators.tar.part* | tar -x` gives SUITE/runs/RUN/...
 set -u
 data=${1:?usage: gpu_jobs.sh DATA OUT BUDGET_SECONDS}
 out=${2:?usage: gpu_jobs.sh DATA OUT BUDGET_SECONDS}
@@ -45,18 +45,15 @@ pack() {  # jobs pack as they end, side by side: one at a time, so an older pack
       --exclude='synthetic*' --exclude='cache' . 2>/dev/null  # files that vanish mid-write: exit 1, still usable
     mv -f "$out/lease.tar.gz.tmp" "$out/lease.tar.gz"
     cp -f "$work/logs/session.log" "$out/"
-    for g in "$work"/*/runs/acgan*/generator_ema.safetensors; do
-      [ -f "$g" ] || continue
-      run=${g%/generator_ema.safetensors}      # WORK/SUITE/runs/RUN
-      suite=${run%/runs/*}                      # named by suite and run: cpu and full both have an acgan row
-      name="$out/${suite##*/}-${run##*/}-generator_ema.safetensors"
-      rm -f "$name" "$name".part*
-      if (($(stat -c %s "$g") > 15 * 1024 * 1024)); then  # the device tool returns files up to 16 MiB: in parts
-        split -b 15M -d "$g" "$name.part"                 # here: cat NAME.part* > NAME
-      else
-        cp -f "$g" "$name"
-      fi
-    done
+    # every ACGAN's EMA generator in one tar (paths SUITE/runs/RUN/...), in parts of 15 MiB: the device tool returns
+    # at most 8 files of up to 16 MiB, so one file per generator could crowd out the pack
+    gens=("$work"/*/runs/acgan*/generator_ema.safetensors)
+    rm -f "$out"/generators.tar.part*
+    if [ -f "${gens[0]}" ]; then
+      tar -cf "$work/generators.tar" -C "$work" "${gens[@]#"$work"/}" &&
+        split -b 15M -d "$work/generators.tar" "$out/generators.tar.part"
+      rm -f "$work/generators.tar"
+    fi
   ) 9>"$work/.pack.lock"
   true
 }
