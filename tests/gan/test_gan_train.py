@@ -284,3 +284,32 @@ def test_standing_batchnorm_statistics_of_the_ema_generator(gan_run: Path) -> No
     torch.testing.assert_close(standing.get_submodule(norm).running_var, x.var(1, unbiased=True))
     again = standing_statistics(ema, probs, batches=1, batch_size=16, seed=7)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in standing.state_dict().items())
+
+
+def test_the_host_counted_ema_update_is_averaged_models_with_the_warm_up() -> None:
+    # AveragedModel.update_parameters read its device-side count each step (a GPU sync); ours counts on the host and
+    # must give the same weights, bit for bit
+    from torch.optim.swa_utils import AveragedModel
+
+    from pneumo.gan.config import GanConfig
+    from pneumo.gan.train import ACGANSteps, ema_decay
+
+    config = GanConfig(image_size=16, z_dim=8, embed_dim=8, g_channels=8, max_channels=16, ema_decay=0.9)
+    torch.manual_seed(0)
+    steps = ACGANSteps(config, torch.tensor([0.3, 0.5, 0.2]), torch.device("cpu"), torch.Generator().manual_seed(0))
+
+    @torch.no_grad()
+    def warm_up(ema_params, params, n_averaged):  # the former multi_avg_fn
+        torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay(0.9, int(n_averaged)))
+
+    reference = AveragedModel(steps.generator, multi_avg_fn=warm_up, use_buffers=False)
+    for _ in range(25):
+        with torch.no_grad():
+            for p in steps.generator.parameters():
+                p.add_(torch.randn_like(p))
+        steps.update_ema()
+        reference.update_parameters(steps.generator)
+    assert steps.ema_updates == int(steps.ema.n_averaged) == int(reference.n_averaged) == 25
+    for mine, theirs in zip(steps.ema.module.parameters(), reference.module.parameters(), strict=True):
+        assert torch.equal(mine, theirs)
+    assert ema_decay(0.9, 0) == 0.1 and ema_decay(0.9, 1000) == 0.9

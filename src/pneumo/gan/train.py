@@ -102,19 +102,10 @@ def load_data(config: GanConfig, *, progress: bool = True) -> GanData:
     )
 
 
-def _ema_average(decay: float):
-    """EMA update for ``AveragedModel`` with the usual warm-up ``min(decay, (1 + n) / (10 + n))``.
-
-    The warm-up lets short runs sample from a meaningful average instead of the initial weights.
-    """
-
-    @torch.no_grad()
-    def update(ema_params: list[Tensor], params: list[Tensor], n_averaged: Tensor) -> None:
-        n = int(n_averaged)
-        d = min(decay, (1.0 + n) / (10.0 + n))
-        torch._foreach_lerp_(ema_params, params, 1.0 - d)
-
-    return update
+def ema_decay(decay: float, n: int) -> float:
+    """The EMA decay of update ``n + 1``, with the usual warm-up ``min(decay, (1 + n) / (10 + n))``: short runs then
+    sample from a meaningful average instead of the initial weights."""
+    return min(decay, (1.0 + n) / (10.0 + n))
 
 
 class ACGANSteps:
@@ -130,7 +121,9 @@ class ACGANSteps:
             base_channels=config.d_channels,
             max_channels=config.max_channels,
         ).to(device)
-        self.ema = AveragedModel(self.generator, multi_avg_fn=_ema_average(config.ema_decay), use_buffers=False)
+        # AveragedModel holds the EMA copy and its count (checkpointed); the update is ours (:meth:`update_ema`)
+        self.ema = AveragedModel(self.generator, use_buffers=False)
+        self.ema_updates = 0  # = ema.n_averaged, counted on the host
         betas = (config.beta1, config.beta2)
         self.opt_g = Adam(self.generator.parameters(), lr=config.g_lr, betas=betas)
         self.opt_d = Adam(self.discriminator.parameters(), lr=config.d_lr, betas=betas)
@@ -138,7 +131,23 @@ class ACGANSteps:
     def _noise(self, n: int) -> tuple[Tensor, Tensor]:
         z = torch.randn(n, self.config.z_dim, generator=self.rng)
         labels = torch.multinomial(self.label_probs, n, replacement=True, generator=self.rng)
+        if self.device.type == "cuda":  # from pageable memory a copy first waits for all queued GPU work
+            return z.pin_memory().to(self.device, non_blocking=True), labels.pin_memory().to(
+                self.device, non_blocking=True
+            )
         return z.to(self.device), labels.to(self.device)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """What ``AveragedModel.update_parameters`` does with the warm-up decay (:func:`ema_decay`), counting updates on
+        the host: it reads its device-side count three times a step, and each read made the host wait for the GPU."""
+        ema, params = list(self.ema.module.parameters()), list(self.generator.parameters())
+        if self.ema_updates == 0:
+            torch._foreach_copy_(ema, params)
+        else:
+            torch._foreach_lerp_(ema, params, 1.0 - ema_decay(self.config.ema_decay, self.ema_updates))
+        self.ema_updates += 1
+        self.ema.n_averaged.add_(1)  # kept in step for checkpoints and AveragedModel users; no read here
 
     def d_step(self, real: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """One discriminator update on a real batch (in ``[-1, 1]``) and as many generated images."""
@@ -176,7 +185,7 @@ class ACGANSteps:
         total.backward()
         self.opt_g.step()
         self.discriminator.requires_grad_(True)
-        self.ema.update_parameters(self.generator)
+        self.update_ema()
         with torch.no_grad():
             for ema_buf, buf in zip(self.ema.module.buffers(), self.generator.buffers(), strict=True):
                 ema_buf.copy_(buf)
@@ -315,6 +324,7 @@ def _fit(run_dir: Path, config: GanConfig, data: GanData, *, resume: bool, progr
             rng=rng,
         )
         steps.ema.n_averaged.fill_(info["ema_n_averaged"])
+        steps.ema_updates = int(info["ema_n_averaged"])
         start, step, best = info["epoch"] + 1, info["step"], info["best"]
         exported = exported_epoch(run_dir)
         if exported is not None and exported > info["epoch"]:
@@ -374,7 +384,7 @@ def _fit(run_dir: Path, config: GanConfig, data: GanData, *, resume: bool, progr
             info={
                 "step": step,
                 "best": best,
-                "ema_n_averaged": int(steps.ema.n_averaged),
+                "ema_n_averaged": steps.ema_updates,
                 "config": config.model_dump(mode="json"),  # what a resume must continue with, on which images
                 "images": data.digests,
             },
