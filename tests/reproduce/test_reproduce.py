@@ -364,6 +364,14 @@ def _write_rows(directory: Path, src_extra: str = "") -> None:
     )
 
 
+def _write_two_seed_row(directory: Path, name: str, weights: str | None = None) -> None:
+    """A bacteria-virus CNN row with seeds 0 and 1, starting from ``weights`` (e.g. ``run:src``) when given."""
+    start = f", weights: '{weights}'" if weights else ""
+    (directory / f"{name}.yaml").write_text(
+        f"name: {name}\nsuites: [quick]\nseeds: [0, 1]\ntrain: {{task: bacteria-virus, model: cnn, epochs: 1{start}}}\n"
+    )
+
+
 @pytest.fixture
 def stub_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """``reproduce`` with training, evaluation and the table stubbed: what it trains and what it tabulates."""
@@ -535,10 +543,7 @@ def test_a_source_another_process_is_training_is_waited_for(tmp_path: Path, stub
     call, _ = stub_runner
     rows = tmp_path / "experiments"
     _write_rows(rows)
-    (rows / "dep.yaml").write_text(
-        "name: dep\nsuites: [quick]\nseeds: [0, 1]\n"
-        "train: {task: bacteria-virus, model: cnn, epochs: 1, weights: 'run:src'}\n"
-    )
+    _write_two_seed_row(rows, "dep", weights="run:src")
     status = tmp_path / "out" / "runs" / "src" / "reproduce.json"
     if other_finishes:
         assert call(rows, only_seeds=[0])["trained"] == ["src", "dep"]
@@ -617,10 +622,7 @@ def test_a_seed_process_trains_the_one_seed_source_its_rows_need(tmp_path: Path,
     call, _ = stub_runner
     rows = tmp_path / "experiments"
     _write_rows(rows)
-    (rows / "dep.yaml").write_text(
-        "name: dep\nsuites: [quick]\nseeds: [0, 1]\n"
-        "train: {task: bacteria-virus, model: cnn, epochs: 1, weights: 'run:src'}\n"
-    )
+    _write_two_seed_row(rows, "dep", weights="run:src")
     result = call(rows, only_seeds=[1])
     assert result["trained"] == ["src", "dep-seed1"] and not result["failed"]
     assert result["tabulated"] == ["src", "dep-seed1"]
@@ -663,11 +665,8 @@ def test_rows_that_do_not_need_a_held_source_train_while_it_is_waited_for(tmp_pa
     call, state = stub_runner
     rows = tmp_path / "experiments"
     _write_rows(rows)
-    for name, extra in (("dep", ", weights: 'run:src'"), ("plain", "")):
-        (rows / f"{name}.yaml").write_text(
-            f"name: {name}\nsuites: [quick]\nseeds: [0, 1]\n"
-            f"train: {{task: bacteria-virus, model: cnn, epochs: 1{extra}}}\n"
-        )
+    _write_two_seed_row(rows, "dep", weights="run:src")
+    _write_two_seed_row(rows, "plain")
     result: dict = {}
     with claimed(tmp_path / "out" / "runs" / "src") as ours:
         assert ours
