@@ -48,11 +48,13 @@ pack() {  # jobs pack as they end, side by side: one at a time, so an older pack
     # every ACGAN's EMA generator in one tar (paths SUITE/runs/RUN/...), in parts of 15 MiB: the device tool returns
     # at most 8 files of up to 16 MiB, so one file per generator could crowd out the pack
     gens=("$work"/*/runs/acgan*/generator_ema.safetensors)
-    rm -f "$out"/generators.tar.part*
     if [ -f "${gens[0]}" ]; then
-      tar -cf "$work/generators.tar" -C "$work" "${gens[@]#"$work"/}" &&
-        split -b 15M -d "$work/generators.tar" "$out/generators.tar.part"
-      rm -f "$work/generators.tar"
+      tar -cf "$out/generators.tar" -C "$work" "${gens[@]#"$work"/}"
+      # exit 1: a generator replaced (atomically, each epoch) while read; the tar holds one whole version of each
+      if (($? <= 1)); then
+        rm -f "$out"/generators.tar.part* && split -b 15M -d "$out/generators.tar" "$out/generators.tar.part"
+      fi
+      rm -f "$out/generators.tar"
     fi
   ) 9>"$work/.pack.lock"
   true

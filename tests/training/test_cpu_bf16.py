@@ -49,8 +49,9 @@ class _Interrupted(Exception):
     pass
 
 
+@pytest.mark.parametrize("legacy", [False, True])
 def test_a_run_resumed_in_another_precision_records_both(
-    make_cfg, tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    make_cfg, tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, legacy: bool
 ) -> None:
     # resumed on a CPU without native bf16, a run begun in bf16 was recorded as float32 alone
     from pneumo.training import resume
@@ -67,6 +68,12 @@ def test_a_run_resumed_in_another_precision_records_both(
     with pytest.raises(_Interrupted):
         train(make_cfg("amp=true", epochs=2, fit_ood=False, device="cpu", out=str(tmp_path / "run")))
     assert read_state_info(tmp_path / "run")["precisions"] == ["bf16 autocast"]
+    if legacy:  # a checkpoint of the version that saved one "precision" string
+        from pneumo.training import checkpoint as ckpt
+
+        tensors, info = ckpt.load_state(tmp_path / "run")
+        info["precision"] = info.pop("precisions")[0]
+        ckpt.save_state(tmp_path / "run", tensors, info)
     monkeypatch.setattr(engine.Trainer, "validate", real_validate)
     monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)  # the same run, on another CPU
     with caplog.at_level(logging.WARNING, logger="pneumo.training.engine"):

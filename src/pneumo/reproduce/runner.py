@@ -443,6 +443,7 @@ def reproduce(
     for exp, seed in list(put_off):  # in the order of the suite, sources before the rows that start from them
         visit(exp, seed, last_pass=True)
     entries.sort(key=lambda entry: position[(entry[0].name, entry[1])])
+    failures.sort(key=lambda failure: position[(failure["experiment"], failure["seed"])])
     if report_only:  # the table states the replicates its rows were evaluated with, not this call's default
         found = {evaluated_n_boot(run_dir) for _, _, run_dir in entries} - {None}
         n_boot = found.pop() if len(found) == 1 else n_boot

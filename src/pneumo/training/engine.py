@@ -295,7 +295,8 @@ class Trainer:
             log.warning("no saved RNG state for rank %d: its dropout stream restarts", self.dist.rank)
             torch.manual_seed(_step_seed(self.cfg.seed, p.epoch, p.step_in_epoch, self.dist.rank))
         self.progress = p
-        self.precisions |= set(info.get("precisions", []))
+        # an earlier version saved one "precision" string
+        self.precisions |= set(info.get("precisions") or ([info["precision"]] if "precision" in info else []))
         if len(self.precisions) > 1:
             log.warning(
                 "this run trained in %s before and goes on in %s here",
