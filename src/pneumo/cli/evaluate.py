@@ -145,7 +145,7 @@ def compare(
         return
     typer.echo(runs_table(rows, metrics=names, markdown=markdown), nl=False)
     for diff in paired:
-        typer.echo(f"{paired_text(diff)}")
+        typer.echo(paired_text(diff))
     missing = [row["run"] for row in rows if row["eval"] is None]
     if missing:
         how = f"--data DATASET --split {split}" if dataset else f"--split {split}"
