@@ -102,3 +102,34 @@ def test_a_listed_subset_is_read_as_csv(tmp_path: Path) -> None:
     assert read_image_list(listed) == {"test/NORMAL/IM-0001, copy.jpeg", "test/img1.jpeg"}
     a, b = two_runs(tmp_path)
     assert paired_difference(a, b, n_boot=20, images=read_image_list(listed))["n_images"] == 1
+
+
+def test_a_list_saved_by_a_spreadsheet_is_read_and_a_broken_one_named(tmp_path: Path) -> None:
+    from pneumo.reproduce.paired import read_image_list
+
+    bom = tmp_path / "excel.csv"
+    bom.write_bytes("path\r\ntest/img1.jpeg\r\n".encode("utf-8-sig"))  # "\ufeffpath" was no 'path' column
+    assert read_image_list(bom) == {"test/img1.jpeg"}
+    broken = tmp_path / "broken.csv"
+    broken.write_text('path\n"' + "x" * 200_000 + '"\n')  # over csv's field size limit: csv.Error, a traceback
+    with pytest.raises(ValueError, match=r"broken\.csv: not a readable CSV"):
+        read_image_list(broken)
+
+
+def test_paired_against_leaves_out_runs_not_evaluated(tmp_path: Path) -> None:
+    from pneumo.reproduce.paired import paired_against
+
+    a, b = two_runs(tmp_path)
+    runs = {}
+    for name, preds in (("base", a), ("cand", b), ("fresh", None)):
+        run = tmp_path / name
+        (run / "eval-chest-xray-test").mkdir(parents=True)
+        (run / "config.yaml").write_text("data: /somewhere/chest_xray\n")
+        if preds is not None:
+            (run / "eval-chest-xray-test" / "metrics.json").write_text("{}")
+            (run / "eval-chest-xray-test" / "predictions.csv").write_text(preds.read_text())
+        runs[name] = run
+    out = paired_against(list(runs.values()), runs["base"], n_boot=20)
+    assert [d["run"] for d in out] == ["cand"] and out[0]["baseline"] == "base"
+    with pytest.raises(FileNotFoundError, match="fresh has no evaluation of test"):
+        paired_against([runs["cand"]], runs["fresh"], n_boot=20)

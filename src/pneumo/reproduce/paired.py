@@ -45,11 +45,14 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
 
 def read_image_list(path: Path) -> set[str]:
     """The ``path`` column of a CSV (as ``predictions.csv`` and an audit's ``matched-images.csv`` write it)."""
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a list saved by a spreadsheet starts with a BOM
         reader = csv.DictReader(f)
         if "path" not in (reader.fieldnames or []):
             raise ValueError(f"{path}: no 'path' column")
-        return {row["path"] for row in reader}
+        try:
+            return {row["path"] for row in reader}
+        except csv.Error as exc:
+            raise ValueError(f"{path}: not a readable CSV ({exc})") from exc
 
 
 def paired_difference(
@@ -101,7 +104,8 @@ def paired_against(
     n_boot: int = 1000,
 ) -> list[dict[str, Any]]:
     """:func:`paired_difference` of each run (but ``baseline`` itself) from ``baseline``, on their evaluations of
-    ``split`` (``pneumo compare --paired-with``); one dict per run, with ``run``."""
+    ``split`` (``pneumo compare --paired-with``); one dict per evaluated run, with ``run`` (a run not evaluated on
+    ``split`` is left out: the table names it)."""
     from pneumo.evaluation.runs_table import find_eval
 
     base_eval = find_eval(baseline, split, dataset)
@@ -113,7 +117,7 @@ def paired_against(
             continue
         run_eval = find_eval(run, split, dataset)
         if run_eval is None:
-            raise FileNotFoundError(f"{run} has no evaluation of {split}: run `pneumo evaluate {run}` first")
+            continue
         diff = paired_difference(
             run_eval / "predictions.csv", base_eval / "predictions.csv", n_boot=n_boot, images=images
         )
