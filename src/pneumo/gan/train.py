@@ -132,10 +132,8 @@ class ACGANSteps:
         z = torch.randn(n, self.config.z_dim, generator=self.rng)
         labels = torch.multinomial(self.label_probs, n, replacement=True, generator=self.rng)
         if self.device.type == "cuda":  # from pageable memory a copy first waits for all queued GPU work
-            return z.pin_memory().to(self.device, non_blocking=True), labels.pin_memory().to(
-                self.device, non_blocking=True
-            )
-        return z.to(self.device), labels.to(self.device)
+            z, labels = z.pin_memory(), labels.pin_memory()
+        return z.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
     @torch.no_grad()
     def update_ema(self) -> None:
