@@ -49,10 +49,16 @@ def test_cli_errors_are_short_messages(tmp_path: Path) -> None:
 
 
 def test_quality_command_scores_a_run_without_touching_test(gan_run: Path) -> None:
+    from pneumo.gan.quality import quality_file_name
+
+    head = quality_file_name(gan_run / "classifier", "val", 0, None, 0).removesuffix(
+        "-val.json"
+    )  # quality-classifier-HASH
+    assert head.startswith("quality-classifier-") and len(head) == len("quality-classifier-") + 8
     result = runner.invoke(app, ["quality", str(gan_run), "--classifier", str(gan_run / "classifier")])
     assert result.exit_code == 0, result.output
     assert "NOT Inception" in result.output
-    written = json.loads((gan_run / "quality-classifier-val.json").read_text())
+    written = json.loads((gan_run / f"{head}-val.json").read_text())
     assert written["split"] == "val" and written["n_images"] > 2
     assert written["frechet_distance"] >= 0 and 0 <= written["class_agreement"]["overall"] <= 1
     result = runner.invoke(
@@ -62,7 +68,7 @@ def test_quality_command_scores_a_run_without_touching_test(gan_run: Path) -> No
     # the EMA generator with standing BatchNorm statistics: scored apart, written beside the plain score
     args = ["quality", str(gan_run), "--classifier", str(gan_run / "classifier"), "--standing-batches", "3"]
     assert runner.invoke(app, args).exit_code == 0
-    standing = json.loads((gan_run / "quality-classifier-val-standing3.json").read_text())
+    standing = json.loads((gan_run / f"{head}-val-standing3.json").read_text())
     assert standing["standing_batches"] == 3 and standing["n_images"] == written["n_images"]
     assert standing["frechet_distance"] != written["frechet_distance"]  # other statistics, other images
 
@@ -70,9 +76,9 @@ def test_quality_command_scores_a_run_without_touching_test(gan_run: Path) -> No
     args = ["quality", str(gan_run), "--classifier", str(gan_run / "classifier"), "--seed", "1"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    seeded = json.loads((gan_run / "quality-classifier-val-seed1.json").read_text())
+    seeded = json.loads((gan_run / f"{head}-val-seed1.json").read_text())
     assert (seeded["seed"], written["seed"], written["max_images"]) == (1, 0, None)
-    assert json.loads((gan_run / "quality-classifier-val.json").read_text()) == written
+    assert json.loads((gan_run / f"{head}-val.json").read_text()) == written
     # the reachable level: the classifier on the real images at the GAN size, beside the generated ones
     assert 0 <= written["class_agreement_real"]["overall"] <= 1 and "real images at the GAN size" in result.output
     # the GAN's own class head chose its epoch on these very patients, and trained on none of them: counted
@@ -93,3 +99,12 @@ def test_reference_patients_are_counted_by_the_classifier_split_that_saw_them(tm
     )
     assert patients_seen_by(tmp_path, {"p1", "p2", "p3", "p4"}) == {"train": 1, "val": 1}
     assert patients_seen_by(tmp_path / "no-run", {"p1"}) == {"train": 0, "val": 0}
+
+
+def test_quality_of_two_classifiers_named_alike_is_kept_apart(tmp_path: Path) -> None:
+    # every GAN's exported head is a folder named classifier: scoring with a second one overwrote the first's result
+    from pneumo.gan.quality import quality_file_name
+
+    a, b = tmp_path / "gan-a" / "classifier", tmp_path / "gan-b" / "classifier"
+    assert quality_file_name(a, "val", 0, None, 0) != quality_file_name(b, "val", 0, None, 0)
+    assert quality_file_name(a, "val", 0, None, 0) == quality_file_name(a, "val", 0, None, 0)

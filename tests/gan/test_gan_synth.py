@@ -125,3 +125,15 @@ def test_another_gan_run_with_the_same_id_is_named_when_its_images_are_replaced(
         assert not caplog.records
         write_synthetic_dataset(twin, out, 1)
     assert f"replacing the images of {gan_run.resolve()}, another GAN run with the same id" in caplog.text
+
+
+def test_into_dataset_writes_into_the_datasets_own_train_folder(gan_run: Path, toy_data: Path, tmp_path: Path) -> None:
+    # DATA/chest_xray/{train,val,test} given as DATA: a DATA/train/ of generated images hid every real image
+    from pneumo.data.records import dataset_root
+
+    shutil.copytree(toy_data, tmp_path / "DATA" / "chest_xray")
+    real = len(discover(tmp_path / "DATA"))
+    paths = write_synthetic_dataset(gan_run, tmp_path / "DATA", 2, into_dataset=True)
+    assert all(p.parent.parent == tmp_path / "DATA" / "chest_xray" / "train" for p in paths)
+    assert dataset_root(tmp_path / "DATA") == (tmp_path / "DATA" / "chest_xray").resolve()
+    assert len(discover(tmp_path / "DATA")) == real + 6

@@ -313,3 +313,58 @@ def test_the_host_counted_ema_update_is_averaged_models_with_the_warm_up() -> No
     for mine, theirs in zip(steps.ema.module.parameters(), reference.module.parameters(), strict=True):
         assert torch.equal(mine, theirs)
     assert ema_decay(0.9, 0) == 0.1 and ema_decay(0.9, 1000) == 0.9
+
+
+def test_the_generator_trains_every_d_steps_steps_across_epochs(toy_data: Path, tmp_path: Path) -> None:
+    # counted per epoch, an epoch of fewer batches than d_steps never trained the generator, without a word
+    from pneumo.training.runinfo import read_metrics
+
+    config = load_config(None, [*TINY, "image_size=16", "epochs=3", "batch_size=256", "d_steps=2"], data=str(toy_data))
+    run = train_gan(config, tmp_path / "run", progress=False)
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["steps"] for r in rows] == [1, 2, 3]  # one batch an epoch
+    assert ["g_loss" in r for r in rows] == [False, True, False]
+
+
+def test_a_gan_split_file_with_a_patient_in_train_and_val_is_refused(toy_data: Path, tmp_path: Path) -> None:
+    # pneumo train refused such a file; the GAN chose its class head's epoch on patients it trained on
+    import csv
+
+    from pneumo.data.records import discover
+    from pneumo.data.splits import make_split, write_split_csv
+    from pneumo.gan.train import load_data
+
+    write_split_csv(make_split(discover(toy_data)), tmp_path / "split.csv", toy_data)
+    with (tmp_path / "split.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    train_patient = next(r["patient_id"] for r in rows if r["split"] == "train")
+    next(r for r in rows if r["split"] == "val")["patient_id"] = train_patient  # one of their images in val
+    with (tmp_path / "split.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    config = load_config(None, [*TINY, "image_size=16"], data=str(toy_data), split_csv=str(tmp_path / "split.csv"))
+    with pytest.raises(ValueError, match=r"1 patient\(s\) in both train and val"):
+        load_data(config, progress=False)
+
+
+def test_a_run_interrupted_before_its_first_checkpoint_starts_again(
+    toy_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    # neither resumable (no state) nor restartable ("already holds a run"): the folder had to be removed by hand
+    import pneumo.gan.train as gan_train
+
+    class Stop(Exception):
+        pass
+
+    config = load_config(None, [*TINY, "image_size=16", "epochs=1"], data=str(toy_data))
+    real_save = gan_train.save_training_state
+    monkeypatch.setattr(gan_train, "save_training_state", lambda *a, **k: (_ for _ in ()).throw(Stop()))
+    with pytest.raises(Stop):
+        gan_train.train_gan(config, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "config.yaml").exists() and (tmp_path / "run" / "metrics.jsonl").exists()
+    monkeypatch.setattr(gan_train, "save_training_state", real_save)
+    run = gan_train.train_gan(config, tmp_path / "run", progress=False)
+    assert [r["epoch"] for r in gan_train.read_metrics(run / "metrics.jsonl")] == [1]
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        gan_train.train_gan(config, tmp_path / "run", progress=False)

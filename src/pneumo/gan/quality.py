@@ -9,6 +9,7 @@ numbers are not Inception FIDs.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -119,9 +120,11 @@ def sample_quality(
 def quality_file_name(
     classifier_run_dir: Path, split: str, seed: int, max_images: int | None, standing_batches: int
 ) -> str:
-    """``quality-<classifier>-<split>[-seedS][-maxN][-standingB].json``: one file per setting that changes the result
-    (seed 0 and all images, the defaults, add nothing), so that scoring with another seed leaves the others."""
-    parts = [f"quality-{classifier_run_dir.resolve().name}-{split}"]
+    """``quality-<classifier>-<hash>-<split>[-seedS][-maxN][-standingB].json``: one file per setting that changes the
+    result (seed 0 and all images, the defaults, add nothing), so that scoring with another seed leaves the others;
+    ``hash`` of the classifier's full path, since every GAN's exported head is a folder named ``classifier``."""
+    where = hashlib.sha256(str(classifier_run_dir.resolve()).encode()).hexdigest()[:8]
+    parts = [f"quality-{classifier_run_dir.resolve().name}-{where}-{split}"]
     parts += [f"seed{seed}"] if seed else []
     parts += [f"max{max_images}"] if max_images else []
     parts += [f"standing{standing_batches}"] if standing_batches else []

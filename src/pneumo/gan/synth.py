@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid
 
 from pneumo.data.provenance import PROVENANCE_SUFFIX, read_provenance_run, write_provenance
-from pneumo.data.records import IMAGE_SUFFIXES, Record, is_synthetic, parse_file_name
+from pneumo.data.records import IMAGE_SUFFIXES, Record, dataset_root, is_synthetic, parse_file_name
 from pneumo.data.tasks import get_task
 from pneumo.gan.acgan import Generator
 from pneumo.gan.checkpoint import GENERATOR_EMA, load_generator
@@ -211,7 +211,8 @@ def write_synthetic_dataset(
         )
     generator = load_generator(gan_run_dir)
     rid = run_id(gan_run_dir)
-    out = Path(out_dir) / "train"
+    # into a dataset: its own train/ (DATA/chest_xray/train for DATA), else a train/ beside it would hide the real one
+    out = (dataset_root(out_dir) if into_dataset else Path(out_dir)) / "train"
     # what the GAN trained on goes with its images, so any later split of a dataset holding them can be checked
     out.mkdir(parents=True, exist_ok=True)
     earlier = read_provenance_run(out / f"synthetic-{rid}{PROVENANCE_SUFFIX}")

@@ -32,7 +32,7 @@ from pneumo.data.dataset import build_split, image_changes, image_digests
 from pneumo.data.preprocess import PreprocessContract
 from pneumo.data.provenance import check_generated_images
 from pneumo.data.records import Record, dataset_root, discover
-from pneumo.data.splits import make_split, read_split_csv, write_split_csv
+from pneumo.data.splits import check_disjoint, make_split, read_split_csv, write_split_csv
 from pneumo.data.tasks import get_task
 from pneumo.gan.acgan import Discriminator, Generator
 from pneumo.gan.checkpoint import build_generator, export_networks, load_training_state, save_training_state
@@ -40,7 +40,7 @@ from pneumo.gan.classifier import class_logits, exported_epoch, set_last_epoch, 
 from pneumo.gan.config import TASK, GanConfig, read_config, save_config
 from pneumo.gan.losses import discriminator_loss, generator_loss
 from pneumo.gan.synth import class_grid, label_distribution, save_png, standing_statistics, to_gan_range
-from pneumo.training.checkpoint import read_state_info
+from pneumo.training.checkpoint import STATE_TENSORS, read_state_info
 from pneumo.training.predict import val_metrics
 from pneumo.training.runinfo import append_metrics, config_changes, environment, read_metrics
 from pneumo.utils.atomic import write_json, write_text
@@ -71,6 +71,11 @@ def load_data(config: GanConfig, *, progress: bool = True) -> GanData:
     root = dataset_root(config.data)
     if config.split_csv:
         records = read_split_csv(Path(config.split_csv), root)
+        if shared := [p for p, splits in check_disjoint(records).items() if {"train", "val"} <= set(splits)]:
+            raise ValueError(
+                f"{config.split_csv}: {len(shared)} patient(s) in both train and val (e.g. {shared[:3]}): the class "
+                "head's epoch would be chosen on images of patients the GAN trained on"
+            )
     else:
         records = make_split(
             discover(config.data),
@@ -248,7 +253,11 @@ def train_gan(config: GanConfig, out_dir: str | Path | None = None, *, progress:
     """
     run_dir = (Path(out_dir) if out_dir is not None else default_run_dir()).expanduser().resolve()
     if (run_dir / "config.yaml").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} or another --out")
+        if (run_dir / STATE_TENSORS).exists():
+            raise FileExistsError(f"{run_dir} already holds a run; pass --resume {run_dir} or another --out")
+        # interrupted before its first checkpoint: nothing to resume, and its metrics line (if any) goes with it
+        log.warning("%s: a run interrupted before its first checkpoint; starting it again", run_dir)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     data = load_data(config, progress=progress)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_split_csv(data.records, run_dir / "split.csv", data.root)
@@ -351,7 +360,8 @@ def _fit(run_dir: Path, config: GanConfig, data: GanData, *, resume: bool, progr
         ):
             idx = order[b * batch_size : (b + 1) * batch_size]
             parts = steps.d_step(to_gan_range(train_x[idx]), train_y[idx])
-            if (b + 1) % config.d_steps == 0:
+            # counted over the whole run (checkpointed): per epoch, fewer batches than d_steps never trained G
+            if (step + 1) % config.d_steps == 0:
                 parts |= steps.g_step(batch_size)
             step += 1
             for k, v in parts.items():
