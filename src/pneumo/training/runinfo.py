@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import sys
@@ -15,6 +16,8 @@ import torchvision
 
 import pneumo
 from pneumo.utils.provenance import git_commit
+
+log = logging.getLogger(__name__)
 
 
 def environment(device: torch.device, command: list[str] | None = None, world_size: int = 1) -> dict[str, Any]:
@@ -54,7 +57,14 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         path = path / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in lines[:-1]]
+    if lines:
+        try:
+            rows.append(json.loads(lines[-1]))
+        except json.JSONDecodeError:  # cut off mid-write (a full disk, a kill): the resume rewrites it from the state
+            log.warning("%s: its last line is incomplete and is left out", path)
+    return rows
 
 
 def config_changes(
