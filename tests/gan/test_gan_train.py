@@ -115,6 +115,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(toy_data: Path, t
     with pytest.raises(FileExistsError):
         train_gan(config, interrupted, progress=False)
     resume_gan(interrupted, epochs=2, progress=False)
+    with pytest.raises(ValueError, match="has trained 2 epochs already"):  # config.yaml said 1 after trying it
+        resume_gan(interrupted, epochs=1, progress=False)
+    assert read_config(interrupted / "config.yaml").epochs == 2
     for name in ("generator", "generator_ema", "discriminator", "classifier/best"):
         a, b = load_file(straight / f"{name}.safetensors"), load_file(interrupted / f"{name}.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

@@ -295,6 +295,8 @@ def resume_gan(
             f"`pneumo gan train --resume {run_dir} --data NEW_PATH`"
         )
     state = read_state_info(run_dir)
+    if epochs is not None and epochs < state["epoch"]:  # config.yaml would then understate what was trained
+        raise ValueError(f"{run_dir} has trained {state['epoch']} epochs already; --epochs must be at least that")
     restart = f"start a new run: pneumo gan train --config {run_dir / 'config.yaml'} --out NEW_FOLDER"
     if changed := config_changes(state.get("config"), config.model_dump(mode="json"), RESUME_FREE):
         raise ValueError(
