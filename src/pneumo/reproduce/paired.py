@@ -126,7 +126,7 @@ def paired_against(
 
 
 def paired_text(diff: dict[str, Any]) -> str:
-    """One line: ``run - baseline: ROC AUC +0.002 [-0.003, 0.008], accuracy ... (N images)``."""
+    """One line: ``run - baseline (paired): ROC AUC +0.002 [-0.003, +0.008], accuracy ... (N images)``."""
 
     def ci(name: str) -> str:
         d = diff[name]
