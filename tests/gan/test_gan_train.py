@@ -219,9 +219,15 @@ def test_resume_refuses_an_edited_config_or_changed_images(toy_data: Path, tmp_p
     with pytest.raises(FileNotFoundError, match=rf"not at {data} any more; if it moved, resume with `pneumo gan "
                        rf"train --resume {run} --data NEW_PATH`"):  # fmt: skip
         resume_gan(run, epochs=2, progress=False)
-    resume_gan(run, epochs=2, data=moved, progress=False)
+    import pneumo.gan.train as gan_train
+
+    with pytest.MonkeyPatch.context() as patch:  # epoch 2 no better: the head exported at epoch 1 stays as it is
+        patch.setattr(gan_train, "write_classifier_run", lambda *a, **k: None)
+        resume_gan(run, epochs=2, data=moved, progress=False)
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").open()] == [1, 2]
     assert read_config(run / "config.yaml").data == str(moved) and read_config(run / "config.yaml").epochs == 2
+    # the class head's run too (unless a new best epoch rewrote it, it kept the old path for `pneumo evaluate`)
+    assert yaml.safe_load((run / "classifier" / "config.yaml").read_text())["data"] == str(moved)
 
 
 def test_tiny_config_constant_is_valid() -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import Tensor
 from torch.optim import Adam
 from torch.optim.swa_utils import AveragedModel
@@ -36,7 +37,7 @@ from pneumo.data.splits import check_disjoint, make_split, read_split_csv, write
 from pneumo.data.tasks import get_task
 from pneumo.gan.acgan import Discriminator, Generator
 from pneumo.gan.checkpoint import build_generator, export_networks, load_training_state, save_training_state
-from pneumo.gan.classifier import class_logits, exported_epoch, set_last_epoch, write_classifier_run
+from pneumo.gan.classifier import CLASSIFIER_DIR, class_logits, exported_epoch, set_last_epoch, write_classifier_run
 from pneumo.gan.config import TASK, GanConfig, read_config, save_config
 from pneumo.gan.losses import discriminator_loss, generator_loss
 from pneumo.gan.synth import class_grid, label_distribution, save_png, standing_statistics, to_gan_range
@@ -311,6 +312,10 @@ def resume_gan(
         )
     if config != saved:  # more epochs, or the same images found elsewhere: later resumes look there
         save_config(config, run_dir / "config.yaml")
+    head_config = run_dir / CLASSIFIER_DIR / "config.yaml"
+    if config.data != saved.data and head_config.is_file():  # and `pneumo evaluate RUN/classifier` too
+        head = yaml.safe_load(head_config.read_text()) or {}
+        write_text(head_config, yaml.safe_dump({**head, "data": config.data}, sort_keys=False))
     return _fit(run_dir, config, images, resume=True, progress=progress)
 
 
