@@ -408,6 +408,32 @@ def test_a_source_run_trained_on_this_runs_validation_patients_is_refused(make_c
     check_source_runs(make_cfg(weights=str(source), seed=1), resolve_split(make_cfg(weights=str(source), seed=1)))
 
 
+def test_a_source_run_on_another_copy_of_the_dataset_is_checked_by_file_name(
+    make_cfg, tiny_gan_run: Path, synthetic_data: Path, tmp_path: Path
+) -> None:
+    # the same images read through a manifest one folder up share no path with the GAN's split.csv: only a warning,
+    # and its patients went unchecked
+    import csv
+
+    from pneumo.data import discover
+    from pneumo.data.records import DatasetError
+    from pneumo.data.splits import write_split_csv
+    from pneumo.training.data import check_source_runs
+
+    cfg = make_cfg(f"synthetic.from_run={tiny_gan_run}", "synthetic.per_class=balance")
+    root = dataset_root(cfg.data)
+    write_split_csv(resolve_split(cfg.model_copy(update={"seed": 1})), tiny_gan_run / "split.csv", root)  # leaks
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "subtype", "patient_id", "split"])
+        for r in discover(synthetic_data):
+            writer.writerow([str(r.path.resolve()), r.label, r.subtype or "", r.patient_id, r.split])
+    via_manifest = make_cfg(f"synthetic.from_run={tiny_gan_run}", "synthetic.per_class=balance", data=str(manifest))
+    with pytest.raises(DatasetError, match="holds out for validation or test"):
+        check_source_runs(via_manifest, resolve_split(via_manifest))
+
+
 def test_a_relative_gan_run_is_saved_absolute(make_cfg, tiny_gan_run: Path, monkeypatch) -> None:
     # saved as given ("gan", "."), a resume from another folder looked for the GAN there
     monkeypatch.chdir(tiny_gan_run.parent)

@@ -91,17 +91,21 @@ def check_source_runs(cfg: TrainConfig, records: list[Record]) -> None:
     if not sources:
         return  # the common case: nothing inherited, nothing to resolve
     ours = {r.path.resolve() for r in records}
+    our_names = {r.path.name for r in records}
     for run in sources:
         source = read_split_csv(run / "split.csv", dataset_root(cfg.data))
         if not any(r.path.resolve() in ours for r in source):
-            # Not silent: split.csv paths are relative to the dataset root, so a source run on a differently laid
-            # out copy of the same images lands here too, and then nobody has checked its patients.
-            log.warning(
-                "%s shares no image path with this run's dataset: its patients are not checked against this run's "
-                "validation and test splits (fine for another dataset; for another copy of this one, check by hand)",
-                run,
-            )
-            continue
+            # split.csv paths are relative to the dataset root: a source run on another copy of the same images (moved,
+            # laid out differently, read through a manifest) shares no path, but its file names (Kermany's are unique)
+            if 2 * sum(r.path.name in our_names for r in source) >= len(source):
+                log.info("%s: matched to this run's dataset by file name (another copy of it)", run)
+            else:  # not silent: nobody has checked its patients then
+                log.warning(
+                    "%s shares no image path or file name with this run's dataset: its patients are not checked "
+                    "against this run's validation and test splits (fine for another dataset)",
+                    run,
+                )
+                continue
         leaked = patients_seen_but_held_out(source, records)
         if leaked:
             raise DatasetError(
