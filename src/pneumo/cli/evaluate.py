@@ -131,21 +131,22 @@ def compare(
         fail(f"no evaluated run has the metric(s) {', '.join(unknown)}; metric names are e.g. {examples}")
     if images is not None and paired_with is None:
         fail("--images applies to paired differences: give --paired-with BASELINE_RUN too")
-    paired = []
+    paired, paired_lines = [], []
     if paired_with is not None:
         from pneumo.reproduce.paired import paired_against, paired_text, read_image_list
 
         try:
             listed = read_image_list(images) if images is not None else None
             paired = paired_against(runs, paired_with, split=split, dataset=dataset, images=listed, n_boot=n_boot)
+            paired_lines = [paired_text(diff) for diff in paired]
         except (OSError, ValueError) as exc:
             fail(str(exc))
     if json_out:
         typer.echo(json.dumps(json_safe({"runs": rows, "paired": paired} if paired_with else rows), indent=2))
         return
     typer.echo(runs_table(rows, metrics=names, markdown=markdown), nl=False)
-    for diff in paired:
-        typer.echo(paired_text(diff))
+    for line in paired_lines:
+        typer.echo(line)
     missing = [row["run"] for row in rows if row["eval"] is None]
     if missing:
         how = f"--data DATASET --split {split}" if dataset else f"--split {split}"

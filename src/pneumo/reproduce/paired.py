@@ -64,10 +64,11 @@ def paired_difference(
     are compared, so the difference is paired; with ``images`` (paths as in ``predictions.csv``), only those (the
     matched subset of ``pneumo audit model``, say).
     """
-    if prediction_classes(candidate) != prediction_classes(baseline):  # another task: columns would be misread
+    classes, baseline_classes = prediction_classes(candidate), prediction_classes(baseline)
+    if classes != baseline_classes:  # another task: its columns would be misread
         raise ValueError(
-            f"{candidate} and {baseline} are of different classes ({', '.join(prediction_classes(candidate))} vs "
-            f"{', '.join(prediction_classes(baseline))}): a paired difference needs runs of one task"
+            f"{candidate} and {baseline} are of different classes ({', '.join(classes)} vs "
+            f"{', '.join(baseline_classes)}): a paired difference needs runs of one task"
         )
     a, b = read_predictions(candidate), read_predictions(baseline)
     shared = sorted(set(a) & set(b) & (set(images) if images is not None else set(a)))
