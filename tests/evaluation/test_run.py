@@ -321,3 +321,17 @@ def test_probabilities_that_round_to_one_are_counted_and_named(run_copy: Path, m
     saturated = sum(1.0 in (float(row["p_NORMAL"]), float(row["p_PNEUMONIA"])) for row in rows)
     assert loud["n_saturated"] == saturated > 0
     assert any(f"{loud['n_saturated']} image(s) have a class probability" in item for item in loud["limitations"])
+
+
+def test_binary_evaluation_lists_every_threshold_rule_and_a_declared_one_is_used(run_copy: Path) -> None:
+    result = evaluate_run(run_copy, threshold_method="prior_balanced", **FAST)
+    assert result["operating_point"]["method"] == "prior_balanced"
+    n_val = result["operating_point"]["n_val_images"]
+    rules = {r["method"] + str(r.get("target_sensitivity", "")): r for r in result["threshold_rules"]}
+    assert set(rules) >= {"fixed_0.5", "youden", "gap_midpoint", "prior_balanced", "target_sensitivity0.95"}
+    assert result["threshold"] == pytest.approx(rules["prior_balanced"]["threshold"])
+    primary = result["metrics"]["at_validated_threshold"]["point"]
+    assert primary["sensitivity"] == pytest.approx(rules["prior_balanced"]["evaluated"]["sensitivity"])
+    assert 0 < rules["prior_balanced"]["threshold"] < 1 and n_val > 0
+    with pytest.raises(ValueError, match="unknown threshold method"):
+        evaluate_run(run_copy, threshold_method="best_on_test", **FAST)

@@ -138,3 +138,45 @@ def test_exact_ties_and_exactly_reached_targets_follow_the_documented_rule():
     y = np.array([1, 1, 1, 0, 1, 0, 1, 0, 0, 0, 1, 1, 0, 0, 1, 0, 0, 1, 1, 0])
     p = np.array([0.2, 0.4, 0.6, 0.7, 0.2, 0.9, 0.8, 0.6, 0.1, 0.4, 0.1, 1.0, 0.2, 0.9, 0.5, 0.3, 0.1, 0.6, 0.4, 0.1])
     assert choose_threshold(y, p) == 0.4
+
+
+def test_gap_midpoint_sits_in_the_middle_of_a_perfect_gap_in_logit_space():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.05, 0.1, 0.2, 0.8, 0.9, 0.95])
+    assert choose_threshold(y, p, "youden") == pytest.approx(0.8)  # Youden takes the top edge of the gap
+    t = choose_threshold(y, p, "gap_midpoint")
+    logit = lambda v: np.log(v / (1 - v))  # noqa: E731
+    assert logit(t) == pytest.approx((logit(0.2) + logit(0.8)) / 2)
+    assert t == pytest.approx(0.5)
+    assert rates(y, p, t) == (1.0, 1.0)
+
+
+def test_gap_midpoint_makes_youdens_decisions_on_validation():
+    for seed in range(5):
+        y, p = validation_set(seed)
+        tj, tm = choose_threshold(y, p, "youden"), choose_threshold(y, p, "gap_midpoint")
+        assert tm < tj
+        assert np.array_equal(p >= tj, p >= tm)
+
+
+def test_prior_balanced_is_the_validation_share_of_positives_whatever_the_scores():
+    y = np.array([0, 1, 1, 1])
+    assert choose_threshold(y, np.array([0.1, 0.2, 0.3, 0.4]), "prior_balanced") == pytest.approx(0.75)
+    assert choose_threshold(y, np.array([0.9, 0.01, 0.3, 0.4]), "prior_balanced") == pytest.approx(0.75)
+
+
+def test_compare_rules_reports_every_rule_with_its_validation_threshold():
+    from pneumo.evaluation.threshold import RULES, compare_rules
+
+    y, p = validation_set(0)
+    ye, pe = validation_set(1)
+    rows = compare_rules(y, p, ye, pe)
+    assert len(rows) == len(RULES) + 1
+    by_rule = {r["rule"]: r for r in rows}
+    youden = by_rule["Youden's J"]
+    assert youden["threshold"] == choose_threshold(y, p, "youden")
+    sens, spec = rates(ye, pe, youden["threshold"])
+    assert youden["evaluated"]["sensitivity"] == pytest.approx(sens)
+    assert youden["evaluated"]["specificity"] == pytest.approx(spec)
+    assert by_rule["t = 0.5"]["threshold"] == 0.5
+    assert by_rule["sensitivity >= 0.99"]["val"]["sensitivity"] >= 0.99

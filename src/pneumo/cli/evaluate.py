@@ -30,8 +30,14 @@ def evaluate(
     youden: bool = typer.Option(
         False,
         "--youden",
-        help="Binary: the threshold maximising Youden's J on validation. Without any of these three options the "
+        help="Binary: the threshold maximising Youden's J on validation. Without any of these options the "
         "stored threshold is kept (Youden's J when there is none).",
+    ),
+    threshold_method: str | None = typer.Option(
+        None,
+        "--threshold-method",
+        help="Binary: youden | gap_midpoint (middle of the validation scores giving Youden's decisions) | "
+        "prior_balanced (calibrated posterior odds above the validation prior odds).",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print metrics.json instead of the summary table."),
     n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap replicates (patients resampled)."),
@@ -57,6 +63,7 @@ def evaluate(
             target_sensitivity=target_sensitivity,
             target_specificity=target_specificity,
             youden=youden,
+            threshold_method=threshold_method,
             n_boot=n_boot,
             seed=seed,
             device=device,

@@ -38,7 +38,7 @@ from pneumo.evaluation.source import (
     run_records,
     training_overlap,
 )
-from pneumo.evaluation.threshold import TARGETS, choose_threshold
+from pneumo.evaluation.threshold import METHODS, TARGETS, choose_threshold, compare_rules
 from pneumo.evaluation.writers import (
     ECE_BINS,
     METRICS_FILE,
@@ -58,6 +58,7 @@ from pneumo.utils.atomic import write_json
 
 SPLITS = ("test", "val")
 ALPHA = 0.05
+FREE_METHODS = tuple(m for m in METHODS if m not in TARGETS)  # threshold methods that take no target
 log = logging.getLogger(__name__)
 
 
@@ -69,18 +70,24 @@ def wanted_method(
     target_sensitivity: float | None = None,
     target_specificity: float | None = None,
     youden: bool = False,
+    method: str | None = None,
 ) -> dict[str, Any] | None:
-    """The operating point asked for: ``argmax`` (three classes), Youden's J, or one validation target; ``None``
-    for a binary task when nothing was asked: the stored one (whatever its method), else Youden's J."""
+    """The operating point asked for: ``argmax`` (three classes), a target-free method (``youden``,
+    ``gap_midpoint``, ``prior_balanced``) or one validation target; ``None`` for a binary task when nothing was
+    asked: the stored one (whatever its method), else Youden's J."""
     targets = {k: v for k, v in zip(TARGETS, (target_sensitivity, target_specificity), strict=True) if v is not None}
+    if youden:
+        method = method or "youden"
+    if method is not None and method not in FREE_METHODS:
+        raise ValueError(f"unknown threshold method {method!r}; use one of {', '.join(FREE_METHODS)} or a target")
     if not task.is_binary:
-        if targets or youden:
+        if targets or method:
             raise ValueError("a threshold method applies to binary tasks only (3 classes: argmax)")
         return {"method": "argmax"}
-    if len(targets) + youden > 1:
-        raise ValueError("choose one of Youden's J, a target sensitivity or a target specificity")
-    if youden:
-        return {"method": "youden"}
+    if len(targets) + (method is not None) + (youden and method != "youden") > 1:
+        raise ValueError("choose one of Youden's J, its gap's middle, balanced priors or one validation target")
+    if method is not None:
+        return {"method": method}
     if not targets:
         return None
     ((method, target),) = targets.items()
@@ -176,6 +183,19 @@ def score_operating_points(
     return sections, (probs_cal[:, 1] >= threshold).astype(np.int64)
 
 
+def _validation_if_readable(
+    load_val: Callable[[], SplitData], logits_of: Callable[[SplitData], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Validation logits and targets for the side-by-side rules, or ``None`` where the run's own images are gone
+    (a shipped or moved run evaluated on other data keeps its stored operating point and needs none)."""
+    try:
+        val = load_val()
+    except (DatasetError, OSError) as exc:
+        log.info("threshold rules not compared: validation images unreadable (%s)", exc)
+        return None
+    return logits_of(val), val.targets
+
+
 def threshold_label(op: Mapping[str, Any]) -> str:
     extra = "".join(f", {k.removeprefix('target_')} >= {op[k]:g} on val" for k in TARGETS if op.get(k) is not None)
     return f"validated t = {op['threshold']:.3f} ({op['method']}{extra})"
@@ -192,6 +212,7 @@ def evaluate_run(
     target_sensitivity: float | None = None,
     target_specificity: float | None = None,
     youden: bool = False,
+    threshold_method: str | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     device: str = "auto",
@@ -207,7 +228,9 @@ def evaluate_run(
     method chose the threshold; otherwise they are fitted on the validation split (Youden's J). ``youden``,
     ``target_sensitivity`` (the most specific threshold reaching this validation sensitivity) or
     ``target_specificity`` (the most sensitive one reaching this validation specificity) asks for a method, and
-    replaces a stored threshold of another. ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+    replaces a stored threshold of another; so does ``threshold_method`` (``youden``, ``gap_midpoint``,
+    ``prior_balanced``). Binary tasks also get ``threshold_rules``: every rule's validation threshold and what it
+    gives on the evaluated split, side by side (when the run's validation images can be read). ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     from pneumo.training import load_run, load_yaml, predict_logits, read_run_meta, update_run_meta
     from pneumo.training.run import pick_device
 
@@ -220,7 +243,7 @@ def evaluate_run(
     class_names = list(meta["class_names"])
     contract = PreprocessContract.from_dict(meta["preprocess"])
     cache_root = Path(config["cache_dir"]) if config.get("cache_dir") else None
-    wanted = wanted_method(task, target_sensitivity, target_specificity, youden)
+    wanted = wanted_method(task, target_sensitivity, target_specificity, youden, threshold_method)
     dev = pick_device(device)
     model, _ = load_run(run_dir, "best", device=dev)
     digest = model.weights_sha256[:16]  # of the weights loaded (weights_digest's prefix), not a second read
@@ -243,15 +266,19 @@ def evaluate_run(
     own_split = run_records(run_dir, config)
     source = resolve_source(run_dir, config, data, split)
     stored = stored_calibration(meta, wanted, digest)
+    val_scored: tuple[np.ndarray, np.ndarray] | None = None
     if stored is None:
         val = load("val", own_split)
-        op, temperature = fit_calibration(logits_of(val), val.targets, task, wanted or {"method": "youden"}, digest)
+        val_scored = (logits_of(val), val.targets)
+        op, temperature = fit_calibration(*val_scored, task, wanted or {"method": "youden"}, digest)
         replaced = meta.get("operating_point") or {}
         if replaced.get("weights_sha256") == digest and replaced.get("method") != op["method"]:
             log.warning("the stored %s operating point is replaced by %s", replaced.get("method"), op["method"])
         update_run_meta(run_dir, operating_point=op, temperature=temperature)
     else:
         op, temperature = stored
+        if task.is_binary:
+            val_scored = _validation_if_readable(lambda: load("val", own_split), logits_of)
 
     evaluated = load(split, source.records)
     logits = logits_of(evaluated)
@@ -303,6 +330,9 @@ def evaluate_run(
         "primary": sections[-1].key,
         "metrics": {s.key: s.to_dict() for s in sections},
     }
+    if task.is_binary and val_scored is not None:
+        p_val = apply_temperature(val_scored[0], temperature)[:, 1]
+        result["threshold_rules"] = compare_rules(val_scored[1], p_val, y, probs_cal[:, 1])
     result["limitations"] = run_limitations(result)
 
     write_predictions(eval_dir / "predictions.csv", evaluated, source.root, class_names, logits, probs_cal, predicted)
