@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -230,7 +230,8 @@ def evaluate_run(
     ``target_specificity`` (the most sensitive one reaching this validation specificity) asks for a method, and
     replaces a stored threshold of another; so does ``threshold_method`` (``youden``, ``gap_midpoint``,
     ``prior_balanced``). Binary tasks also get ``threshold_rules``: every rule's validation threshold and what it
-    gives on the evaluated split, side by side (when the run's validation images can be read). ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+    gives on the evaluated split, side by side (when the run's validation images can be read).
+    ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     from pneumo.training import load_run, load_yaml, predict_logits, read_run_meta, update_run_meta
     from pneumo.training.run import pick_device
 
