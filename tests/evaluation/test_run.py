@@ -335,3 +335,16 @@ def test_binary_evaluation_lists_every_threshold_rule_and_a_declared_one_is_used
     assert 0 < rules["prior_balanced"]["threshold"] < 1 and n_val > 0
     with pytest.raises(ValueError, match="unknown threshold method"):
         evaluate_run(run_copy, threshold_method="best_on_test", **FAST)
+
+
+def test_the_runs_declared_threshold_method_is_used_when_none_is_asked(run_copy: Path) -> None:
+    import yaml
+
+    config_path = run_copy / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["threshold_method"] = "gap_midpoint"
+    config_path.write_text(yaml.safe_dump(config))
+    result = evaluate_run(run_copy, **FAST)
+    assert result["operating_point"]["method"] == "gap_midpoint"
+    rules = {r["method"]: r for r in result["threshold_rules"]}
+    assert result["threshold"] == pytest.approx(rules["gap_midpoint"]["threshold"])

@@ -38,6 +38,7 @@ def test_precedence_defaults_family_yaml_flags_set(tmp_path: Path) -> None:
         ("synthetic.from_run=runs/gan", "given together"),
         ("seed=-1", "seed"),  # refused here, not after the run folder is written (numpy's carve needs >= 0)
         ("split_seed=-2", "split_seed"),
+        ("threshold_method=best_on_test", "threshold_method"),
     ],
 )
 def test_invalid_settings_fail_with_a_clear_message(override: str, expected: str) -> None:

@@ -225,7 +225,8 @@ def evaluate_run(
     predictions.csv, PNG plots unless ``plots=False``, report.html) and refreshing ``RUN_DIR/MODEL_CARD.md``.
 
     The binary threshold and the temperature stored by an earlier evaluation of these weights are reused, whatever
-    method chose the threshold; otherwise they are fitted on the validation split (Youden's J). ``youden``,
+    method chose the threshold; otherwise they are fitted on the validation split by the run's declared
+    ``threshold_method`` (config.yaml; Youden's J by default). ``youden``,
     ``target_sensitivity`` (the most specific threshold reaching this validation sensitivity) or
     ``target_specificity`` (the most sensitive one reaching this validation specificity) asks for a method, and
     replaces a stored threshold of another; so does ``threshold_method`` (``youden``, ``gap_midpoint``,
@@ -271,7 +272,8 @@ def evaluate_run(
     if stored is None:
         val = load("val", own_split)
         val_scored = (logits_of(val), val.targets)
-        op, temperature = fit_calibration(*val_scored, task, wanted or {"method": "youden"}, digest)
+        declared = {"method": config.get("threshold_method") or "youden"}  # binary tasks; K > 2 asked for argmax
+        op, temperature = fit_calibration(*val_scored, task, wanted or declared, digest)
         replaced = meta.get("operating_point") or {}
         if replaced.get("weights_sha256") == digest and replaced.get("method") != op["method"]:
             log.warning("the stored %s operating point is replaced by %s", replaced.get("method"), op["method"])

@@ -173,6 +173,11 @@ class TrainConfig(_Strict):
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
     early_stopping_patience: int | None = Field(5, ge=1)
+    threshold_method: Literal["youden", "gap_midpoint", "prior_balanced"] = Field(
+        "youden",
+        description="binary tasks: how pneumo evaluate chooses the operating point on validation, declared before "
+        "any test image is scored (pneumo evaluate --threshold-method or a target overrides it)",
+    )
     fit_ood: bool = Field(True, description="fit the out-of-distribution detector (pneumo.trust.ood) after training")
     num_workers: int | Literal["auto"] = "auto"
     data_path: Literal["auto", "loader", "resident"] = Field(
