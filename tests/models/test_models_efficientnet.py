@@ -150,6 +150,12 @@ def test_missing_package_names_the_pip_line(monkeypatch: pytest.MonkeyPatch) -> 
         get_model("efficientnet_lite0", num_classes=2, weights="imagenet")
 
 
+def test_missing_timm_names_the_pip_line_as_a_value_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError
+    with pytest.raises(ValueError, match=r"need timm, which is not installed: pip install 'pneumo\[pretrained\]'"):
+        get_model("efficientnet_lite0", num_classes=2)
+
+
 def test_a_substituted_weights_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = _fake_package(tmp_path, "fake_lite_substituted", b"not the weights", monkeypatch)
     with pytest.raises(ValueError, match="SHA-256 does not start with 57934424"):

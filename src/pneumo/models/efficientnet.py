@@ -137,11 +137,17 @@ def map_lite_keys(state: dict[str, Tensor], depths: Sequence[int]) -> dict[str, 
 
 
 # --- building ----------------------------------------------------------------------------------------------------
+class MissingExtraError(ImportError, ValueError):
+    """An optional dependency is not installed. A ``ValueError`` too, so the CLI reports it in one line."""
+
+
 def _timm() -> Any:
     try:
         import timm
     except ImportError as exc:
-        raise ImportError(f"EfficientNet-Lite models need timm: {PRETRAINED_EXTRA}") from exc
+        raise MissingExtraError(
+            f"EfficientNet-Lite models need timm, which is not installed: {PRETRAINED_EXTRA}"
+        ) from exc
     return timm
 
 
