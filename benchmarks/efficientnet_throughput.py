@@ -1,6 +1,7 @@
 """Training throughput of EfficientNet-Lite0 beside ResNet-18 on the CPU: which transfer recipe is affordable here.
 
-    python benchmarks/efficientnet_throughput.py [--sizes 128,160,224] [--steps 3] [--threads 1] [--out FILE.json]
+    python benchmarks/efficientnet_throughput.py [--sizes 128,160,224] [--variants full,partial,head,features]
+        [--layouts nchw,channels_last] [--steps 3] [--threads 1] [--out FILE.json]
 
 Variants (batch 32, AdamW, random images and labels: the arithmetic, not the data, is measured):
   full      every layer trained;
@@ -69,6 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="128,160,224")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--layouts", default="nchw,channels_last")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
@@ -78,6 +80,7 @@ def main() -> None:
     out = Path(args.out or Path(__file__).parent / "results" / f"efficientnet-throughput-{datetime.now(UTC):%F}.json")
     sizes = [int(s) for s in args.sizes.split(",")]
     variants = [v for v in args.variants.split(",") if v]
+    layouts = [{"nchw": False, "channels_last": True}[v] for v in args.layouts.split(",")]
     if unknown := set(variants) - set(VARIANTS):
         parser.error(f"unknown variant(s) {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     header = {
@@ -93,7 +96,7 @@ def main() -> None:
     }
     for size in sizes:
         for variant in variants:
-            for channels_last in (False, True):
+            for channels_last in layouts:
                 for model_name in MODELS:
                     ips = images_per_s(model_name, variant, size, channels_last, args.steps, args.batch)
                     row = {"model": model_name, "variant": variant, "size": size, "channels_last": channels_last}
