@@ -192,5 +192,5 @@ def test_training_contract_carries_the_lite_normalisation() -> None:
 def test_lite_stages_and_cam_layer() -> None:
     model = get_model("efficientnet_lite0", num_classes=2)
     assert model.layer_names() == list(SPEC.freeze_stages)
-    assert model.cam_target_layer is model.bn2
+    assert model.cam_target_layer is getattr(model, SPEC.cam_layer) is model.bn2
     assert model.first_conv == "conv_stem" and model.conv_stem.in_channels == 1
