@@ -14,6 +14,7 @@ from PIL import Image
 
 from pneumo.data.preprocess import PreprocessContract
 from pneumo.models import get_model
+from pneumo.models.registry import input_normalisation
 from pneumo.utils.atomic import save_safetensors
 
 TINY_CNN = {"widths": [4, 8], "depths": [1, 1]}
@@ -46,6 +47,7 @@ def make_fake_run(
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
+    mean, std = input_normalisation(arch)
     run = tmp_path / name
     run.mkdir(parents=True)
     save_safetensors(run / "best.safetensors", model.state_dict())
@@ -56,7 +58,7 @@ def make_fake_run(
         "class_names": class_names,
         "model": {"name": arch, "num_outputs": num_outputs, "in_chans": 1, "kwargs": kwargs},
         "dummy_class": dummy_class,
-        "preprocess": PreprocessContract(image_size=image_size, geometry=geometry).to_dict(),
+        "preprocess": PreprocessContract(image_size, geometry, mean=mean, std=std).to_dict(),
         "best": {"epoch": 1, "metric": "val_auroc", "value": 0.5},
         "last": {"epoch": 1},
         "operating_point": operating_point,

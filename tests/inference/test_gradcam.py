@@ -37,7 +37,9 @@ def reference_grad_cam(model: torch.nn.Module, layer: torch.nn.Module, x: torch.
     return (cam / (cam.max() + 1e-7)).detach().numpy()
 
 
-@pytest.mark.parametrize(("arch", "size"), [("cnn", 32), ("resnet18", 64), ("densenet121", 64)])
+@pytest.mark.parametrize(
+    ("arch", "size"), [("cnn", 32), ("resnet18", 64), ("densenet121", 64), ("efficientnet_lite0", 64)]
+)
 def test_heatmap_matches_the_definition(tmp_path: Path, arch: str, size: int) -> None:
     predictor = Predictor.load(make_fake_run(tmp_path, arch=arch, image_size=size))
     image = xray_like(70, 52, seed=1)

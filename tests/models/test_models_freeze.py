@@ -33,7 +33,7 @@ def _with_prefix(model: PneumoNet, prefixes: tuple[str, ...]) -> set[str]:
     return {name for name, _ in model.named_parameters() if name.startswith(prefixes)}
 
 
-@pytest.mark.parametrize("name", ["cnn", "resnet18", "densenet121"])
+@pytest.mark.parametrize("name", ["cnn", "resnet18", "densenet121", "efficientnet_lite0"])
 def test_stages_and_head_cover_every_parameter(name: str) -> None:
     model = get_model(name, num_classes=2)
     in_stages = [id(p) for modules in model.stages().values() for m in modules for p in m.parameters()]
@@ -102,6 +102,12 @@ def _train_steps(model: PneumoNet, steps: int = 3) -> None:
         ("resnet18", "until:layer3", ("conv1.", "bn1.", "layer1.", "layer2.", "layer3."), ("layer4.", "head.")),
         ("cnn", "until:block2", ("features.block1.", "features.block2."), ("features.block3.", "features.block4.")),
         ("cnn", "backbone", ("features.",), ("head.",)),
+        (
+            "efficientnet_lite0",
+            "until:blocks.2",
+            ("conv_stem.", "bn1.", "blocks.0.", "blocks.1.", "blocks.2."),
+            ("blocks.3.", "blocks.6.", "conv_head.", "bn2.", "head."),
+        ),
     ],
 )
 def test_frozen_params_and_batchnorm_stats_stay_bit_identical(

@@ -11,7 +11,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pneumo.models import get_model
 
 
-@pytest.mark.parametrize("name", ["cnn", "resnet18", "resnet50", "densenet121"])
+@pytest.mark.parametrize("name", ["cnn", "resnet18", "resnet50", "densenet121", "efficientnet_lite0"])
 def test_gradcam_heatmap_has_input_size(name: str) -> None:
     torch.manual_seed(0)
     model = get_model(name, num_classes=2).eval()

@@ -83,7 +83,8 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("model", "size", "steps"), [("cnn", 64, 4), ("resnet18", 32, 3), ("resnet50", 32, 3), ("densenet121", 32, 3)]
+    ("model", "size", "steps"),
+    [("cnn", 64, 4), ("resnet18", 32, 3), ("resnet50", 32, 3), ("densenet121", 32, 3), ("efficientnet_lite0", 32, 3)],
 )
 def test_each_family_fits_a_fixed_batch(make_cfg, tmp_path: Path, model: str, size: int, steps: int) -> None:
     cfg = make_cfg(

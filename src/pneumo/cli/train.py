@@ -19,7 +19,9 @@ def train(
     task: str | None = typer.Option(
         None, "--task", help="normal-pneumonia | bacteria-virus | normal-bacteria-virus (default normal-pneumonia)."
     ),
-    model: str | None = typer.Option(None, "--model", help="cnn | resnet18 | resnet50 | densenet121 (default cnn)."),
+    model: str | None = typer.Option(
+        None, "--model", help="cnn | resnet18 | resnet50 | densenet121 | efficientnet_lite0/1/2 (default cnn)."
+    ),
     epochs: int | None = typer.Option(None, "--epochs", help="Number of epochs."),
     image_size: int | None = typer.Option(None, "--image-size", help="Square model input size S in pixels."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Images per step (per process under DDP)."),

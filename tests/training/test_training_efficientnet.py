@@ -1,0 +1,30 @@
+"""Training EfficientNet-Lite0 from its ImageNet weights: the run records the weights' normalisation, its detector is
+fitted on the Lite0 features, and it predicts from the run folder."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from pneumo.inference import Predictor
+from pneumo.models.efficientnet import EFFICIENTNET_LITE_SPECS
+from pneumo.training import train
+from pneumo.training.checkpoint import read_run_meta
+
+SPEC = EFFICIENTNET_LITE_SPECS["efficientnet_lite0"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec(SPEC.package) is None, reason=f"{SPEC.pip_name} not installed")
+def test_an_imagenet_lite0_run_records_the_weights_normalisation(make_cfg) -> None:
+    run = train(make_cfg(model="efficientnet_lite0", weights="imagenet", image_size=64, freeze="until:blocks.2"))
+    meta = read_run_meta(run)
+    assert meta["model"]["name"] == "efficientnet_lite0"
+    assert (meta["preprocess"]["mean"], meta["preprocess"]["std"]) == (SPEC.mean, SPEC.std)
+    assert meta["ood"]["n_features"] == 1280
+    predictor = Predictor.load(run)
+    assert predictor.meta.contract.mean == SPEC.mean
+    image = (np.random.default_rng(0).random((80, 70)) * 255).astype(np.uint8)
+    result = predictor.predict(image)
+    assert result.label in predictor.class_names and result.in_distribution is not None
