@@ -212,6 +212,12 @@ def serve(
         30.0, "--upload-timeout", min=0.001, help="Seconds for an upload's body to arrive; slower ones get 408."
     ),
     device: str = typer.Option("cpu", "--device", help=f"{DEVICE_HELP}; ONNX models run on the CPU."),
+    refuse_ood: bool = typer.Option(
+        False,
+        "--refuse-ood",
+        help="Answer 422 for an image the out-of-distribution check flags (default: 200 with "
+        "in_distribution false and a reason).",
+    ),
 ) -> None:
     """Serve the model over HTTP (web page at /, API docs at /docs). Research use only."""
     import uvicorn
@@ -227,6 +233,7 @@ def serve(
         "timeout_s": timeout_s,
         "upload_timeout_s": upload_timeout_s,
         "device": device,
+        "refuse_ood": refuse_ood,
     }
     limits = {k: v for k, v in limits.items() if v is not None}  # unset: the service's own default
     if workers > 1:
