@@ -2,8 +2,9 @@
 
 The graph takes the normalised float input ``input`` ``(N, 1, S, S)`` (dynamic batch) and returns ``logits`` (task
 logits, dummy class dropped), ``raw_logits`` (every output), ``features`` (pooled penultimate features) and
-``depth_features`` (every stage's pooled mean and std), the last two for OOD scores. The contract, class names, task, operating point, temperature, OOD parameters, model id and pneumo version
-are JSON strings under ``pneumo.*`` keys, so ``pneumo.load("model.onnx")`` predicts with onnxruntime alone.
+``depth_features`` (every stage's pooled mean and std), the last two for OOD scores. The contract, class names, task,
+operating point, temperature, OOD parameters, model id and pneumo version are JSON strings under ``pneumo.*`` keys,
+so ``pneumo.load("model.onnx")`` predicts with onnxruntime alone.
 """
 
 from __future__ import annotations

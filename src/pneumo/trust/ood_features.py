@@ -23,8 +23,7 @@ from torch import Tensor, nn
 
 from pneumo.data.preprocess import PreprocessContract, normalize
 from pneumo.models import match_channels
-
-POOLING = "mean+std"
+from pneumo.trust.ood_depth import POOLING as POOLING
 
 
 def stage_outputs(model: nn.Module) -> list[tuple[str, nn.Module]]:
