@@ -34,7 +34,7 @@ def test_depth_features_cover_every_stage_and_stay_per_thread() -> None:
     model = get_model("cnn", num_classes=2, in_chans=1, widths=(4, 8, 16), depths=(1, 1, 1)).eval()
     head = DepthFeatureHead(model, 2)
     x = torch.randn(2, 1, 32, 32)
-    _, raw, pooled, depth = head(x)
+    _, _, pooled, depth = head(x)
     assert head.stage_names == ["block1", "block2", "block3"]
     assert head.depth_dims == [8, 16, 32] and depth.shape == (2, 56)
     torch.testing.assert_close(depth[:, -32:-16], pooled)  # the last stage's means are the penultimate features
@@ -82,6 +82,7 @@ def test_head_threshold_round_trip_and_flags_the_negatives() -> None:
     # the inference hook: a multi-depth check refuses to score without multi-depth features
     scores, inside = ood.score(params, features=np.zeros((30, 3)), depth_features=probe)
     np.testing.assert_array_equal(scores, scorer.score(probe))
+    np.testing.assert_array_equal(inside, scorer.in_distribution(probe))
     with pytest.raises(ValueError, match="multi-depth features"):
         ood.score(params, features=np.zeros((30, 3)))
 
@@ -115,7 +116,8 @@ def test_fitted_run_keeps_its_own_data_and_flags_foreign_inputs(
     assert all(flagged.values()), f"not flagged: {[k for k, v in flagged.items() if not v]}"
     # fitted and stored scorers agree exactly
     _, _, dep, _ = depth_features(model, split_images(ctx.split("test")), ctx.contract)
-    np.testing.assert_array_equal(DepthScorer.from_params(stored).score(dep), DepthScorer.from_params(params).score(dep))
+    fitted = DepthScorer.from_params(params).score(dep)
+    np.testing.assert_array_equal(DepthScorer.from_params(stored).score(dep), fitted)
     assert [b.shape[1] for b in split_depths(dep, stored["depth_dims"])] == stored["depth_dims"]
 
 
