@@ -423,7 +423,11 @@ def score(
 def report_sections(*, run_dir: Path, model: Any, split: Any, result: Mapping[str, Any]) -> dict[str, str]:
     """The evaluation report's OOD section (called by ``pneumo.evaluation.writers.extra_sections``)."""
     title = "Out-of-distribution check"
+    from pneumo.evaluation.ood import ood_text
     from pneumo.training import read_run_meta
+
+    if (result.get("ood") or {}).get("available"):  # scored by the evaluation itself: flag rate and passing metrics
+        return {title: f"{ood_text(result)} {EXPECTED_NOTE}"}
 
     params = read_run_meta(run_dir).get("ood")
     if not params:
@@ -438,6 +442,12 @@ def report_sections(*, run_dir: Path, model: Any, split: Any, result: Mapping[st
             f"threshold {r['threshold']:.3g} and would be flagged as unlike the training images "
             f"({params.get('method')}; threshold set so that {target:.1f} % of the validation split passes; "
             f"{100 * params.get('val_pass_rate', math.nan):.1f} % did). On data like the training data about "
-            f"{100 - target:.1f} % are expected to be flagged; many more means a shift in acquisition or population."
+            f"{100 - target:.1f} % are expected to be flagged. {EXPECTED_NOTE}"
         )
     }
+
+
+EXPECTED_NOTE = (
+    "The threshold lets a set share of the validation split pass; on data like the training data about that many pass, "
+    "and many more flagged means a shift in acquisition or population (an external set: most should be flagged)."
+)
