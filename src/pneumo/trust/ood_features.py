@@ -73,7 +73,7 @@ class DepthFeatureHead(nn.Module):
             missing = [n for n, o in zip(self.stage_names, outputs, strict=True) if o is None]
             raise RuntimeError(f"stage(s) {missing} of {type(self.model).__name__} did not run in forward_features")
         pooled_stages = [pool_mean_std(o) for o in outputs]
-        if not self.depth_dims:
+        if not self.depth_dims and not torch.jit.is_tracing():
             self.depth_dims = [int(p.shape[1]) for p in pooled_stages]
         raw = self.model.forward_head(feats)
         pooled = self.model.forward_head(feats, pre_logits=True)
