@@ -69,9 +69,11 @@ def ood_reason(params: dict[str, Any] | None, score: float | None, inside: bool 
     """Why an image was flagged, in one sentence; None for an image that passed or a model without a detector."""
     if inside is not False or score is None or not params:
         return None
+    threshold = params.get("threshold")
+    above = "" if threshold is None else f" above the threshold {float(threshold):.3g}"
     return (
-        f"the image is unlike the chest X-rays this model was trained on (out-of-distribution score {score:.3g} "
-        f"above the threshold {float(params['threshold']):.3g}): its label is unreliable"
+        f"the image is unlike the chest X-rays this model was trained on (out-of-distribution score {score:.3g}"
+        f"{above}): its label is unreliable"
     )
 
 
