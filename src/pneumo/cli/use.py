@@ -152,7 +152,9 @@ def _print_results(results: list, fmt: str, class_names: tuple[str, ...], cam_pa
         rows.append(row)
     if fmt == "csv":
         fields = ["file", "label", *(f"p_{c}" for c in class_names), "threshold", "in_distribution", "ood_score"]
-        fields += list(cams)
+        fields += [*cams, "reason"]
+        for row, r in zip(rows, results, strict=True):
+            row["reason"] = r.reason or ""
         writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
@@ -161,6 +163,12 @@ def _print_results(results: list, fmt: str, class_names: tuple[str, ...], cam_pa
         for row in rows:
             del row["in_distribution"], row["ood_score"]
     print_table(rows)
+    if flagged := sum(r.in_distribution is False for r in results):
+        typer.echo(
+            f"warning: {flagged} of {len(results)} image(s) are unlike the chest X-rays the model was trained on "
+            "(in_distribution False): their labels are unreliable",
+            err=True,
+        )
 
 
 def export(
