@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import pytest
 
 from pneumo.training import build_config, read_run_meta, resume, train, update_run_meta
-from pneumo.trust.ood import OODScorer
+from pneumo.trust.ood_depth import DepthScorer
 from pneumo.utils.digest import file_sha256
 
 
@@ -18,8 +19,8 @@ def test_every_finished_run_gets_an_ood_detector(
     tiny = ["model_kwargs.widths=[4,8]", "model_kwargs.depths=[1,1]"]
     run = train(build_config(flags={**flags, "progress": False}, overrides=tiny))
     meta = read_run_meta(run)
-    scorer = OODScorer.from_meta(meta)
-    assert scorer is not None and scorer.threshold > 0
+    scorer = DepthScorer.from_params(meta["ood"])  # the multi-depth check, fitted by default
+    assert meta["ood"]["method"] == "multidepth-oe" and math.isfinite(scorer.threshold)
     assert meta["ood"]["best_epoch"] == meta["best"]["epoch"]
     assert meta["ood"]["weights_sha256"] == file_sha256(run / "best.safetensors")[:16]
 

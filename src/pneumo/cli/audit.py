@@ -138,7 +138,7 @@ def ood_fit(
     method: str = typer.Option("multidepth-oe", "--method", help="multidepth-oe | mahalanobis-pca-tied (older)."),
     n_components: int = typer.Option(64, "--components", min=1, help="mahalanobis-pca-tied: at most this many PCs."),
     pass_rate: float | None = typer.Option(
-        None, "--pass-rate", min=0.5, max=0.999, help="Validation share that passes (default 0.975; older: 0.95)."
+        None, "--pass-rate", min=0.5, max=0.999, help="Validation share that passes (default 0.99; older method: 0.95)."
     ),
     negatives: Path | None = typer.Option(
         None, "--negatives", help="multidepth-oe: a folder or manifest of images that are NOT the training population."

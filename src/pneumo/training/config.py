@@ -174,6 +174,11 @@ class TrainConfig(_Strict):
 
     early_stopping_patience: int | None = Field(5, ge=1)
     fit_ood: bool = Field(True, description="fit the out-of-distribution detector (pneumo.trust.ood) after training")
+    ood_negatives: str | None = Field(
+        None,
+        description="a folder or manifest of images that are NOT the training population (e.g. adult chest X-rays), "
+        "added to the generated outlier-exposure negatives of the out-of-distribution detector",
+    )
     num_workers: int | Literal["auto"] = "auto"
     data_path: Literal["auto", "loader", "resident"] = Field(
         "auto",

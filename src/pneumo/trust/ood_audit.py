@@ -51,8 +51,9 @@ def audit_ood(model: str | Path, data: str | Path, *, device: str = "cpu", batch
             except ImageDecodeError as exc:
                 unreadable.append(str(exc))
         for result in predictor.predict_prepared(prepared):
-            rel = Path(result.source).resolve().relative_to(root.resolve())
-            group = rel.parts[0] if len(rel.parts) > 1 else "."
+            source = Path(result.source).resolve()
+            rel = source.relative_to(root.resolve()) if source.is_relative_to(root.resolve()) else None
+            group = (rel.parts[0] if len(rel.parts) > 1 else ".") if rel else source.parent.name
             seen[group] += 1
             flagged[group] += not result.in_distribution
     n, n_flagged = sum(seen.values()), sum(flagged.values())

@@ -28,7 +28,7 @@ import numpy as np
 POOLING = "mean+std"
 METHOD = "multidepth-oe"
 VERSION = 1
-PASS_RATE = 0.975
+PASS_RATE = 0.99
 C = 0.05
 FEATURES = f"depth_features: {POOLING} of every backbone stage's output"
 ARRAY_KEYS = ("feature_mean", "feature_scale", "coef")
