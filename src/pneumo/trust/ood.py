@@ -28,6 +28,7 @@ no score.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 METHOD = "mahalanobis-pca-tied"
 VERSION = 1
@@ -278,11 +281,11 @@ def outlier_exposure_images(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Generated negatives (corrupted train images, synthetic non-X-rays) and, with ``negatives``, every image of
     that folder or manifest, all at the run's model size; plus a description for the stored parameters."""
-    from pneumo.data.dataset import build_split
+    from pneumo.data.decode import ImageDecodeError, decode_image
     from pneumo.data.preprocess import resize_gray
-    from pneumo.data.records import DatasetError, discover
+    from pneumo.data.records import DatasetError
+    from pneumo.trust.ood_audit import image_files
     from pneumo.trust.ood_negatives import corruptions, synthetic_images
-    from pneumo.trust.runs import split_images
 
     rng = np.random.default_rng(1)
     pick = rng.permutation(len(train_images))[:N_CORRUPTED]
@@ -290,18 +293,17 @@ def outlier_exposure_images(
     parts = [corruptions(train_images[pick], seed=1), np.stack(synthetic)]
     described: dict[str, Any] = {"generated": len(pick) + len(synthetic)}
     if negatives is not None:
-        records = discover(negatives)
-        for name in sorted({r.split for r in records}):
-            data = build_split(
-                name, records, ctx.task, ctx.contract, cache_root=ctx.cache_root, progress=progress,
-                include_out_of_task=True,
-            )  # fmt: skip
-            if len(data):
-                parts.append(split_images(data))
-        added = sum(len(p) for p in parts[2:])
-        if not added:
+        _, files = image_files(negatives)
+        extra = []
+        for path in files:
+            try:
+                extra.append(resize_gray(decode_image(path), ctx.contract))
+            except ImageDecodeError as exc:
+                log.warning("OOD negatives: skipping %s", exc)
+        if not extra:
             raise DatasetError(f"{negatives}: no readable image to use as out-of-distribution negatives")
-        described.update({"extra": str(negatives), "n_extra": added})
+        parts.append(np.stack(extra))
+        described.update({"extra": str(negatives), "n_extra": len(extra)})
     return np.concatenate(parts), described
 
 
