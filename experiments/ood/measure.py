@@ -229,20 +229,39 @@ def candidates(a: dict[str, np.ndarray], sets: list[str]) -> dict[str, dict[str,
 
     # outlier exposure: a logistic head on standardised multi-depth features, train images vs generated negatives
     negatives = np.concatenate([a["oe_corrupt_dep"], a["oe_natural_dep"]])
+    generated = np.concatenate([a["oe_corrupt_dep"], a["oe_natural_dep"][len(SKIMAGE_FIT) * SKIMAGE_CROPS :]])
     src_of_adult = a["adult_source"]
+
+    def src_of_adult_dep(name: str) -> np.ndarray:
+        return a["adult_dep"][src_of_adult == name]
+
     scaler = StandardScaler().fit(a["train_dep"])
 
-    generated = np.concatenate([a["oe_corrupt_dep"], a["oe_natural_dep"][len(SKIMAGE_FIT) * SKIMAGE_CROPS :]])
-
     def oe(
-        extra_neg: np.ndarray | None, pos_aug: bool = False, c: float = 0.05, base: np.ndarray | None = None
+        extra_neg: np.ndarray | None,
+        pos_aug: bool = False,
+        c: float = 0.05,
+        base: np.ndarray | None = None,
+        extra_share: float | None = None,
     ) -> LogisticRegression:
+        """``extra_share``: the real negatives' share of the negatives' total weight (None: one weight per image)."""
         base = negatives if base is None else base
         neg = base if extra_neg is None else np.concatenate([base, extra_neg])
         pos = np.concatenate([a["train_dep"], a["train_aug_dep"]]) if pos_aug else a["train_dep"]
         x = scaler.transform(np.concatenate([pos, neg]))
         t = np.r_[np.zeros(len(pos)), np.ones(len(neg))]
-        return LogisticRegression(C=c, max_iter=3000, class_weight="balanced").fit(x, t)
+        w = np.ones(len(t))
+        if extra_share is not None and extra_neg is not None:
+            w[len(pos) : len(pos) + len(base)] = (1 - extra_share) * len(neg) / len(base)
+            w[len(pos) + len(base) :] = extra_share * len(neg) / len(extra_neg)
+        return LogisticRegression(C=c, max_iter=3000, class_weight="balanced").fit(x, t, sample_weight=w)
+
+    for fit_src in ("ieee", "actualmed"):
+        for share, c in ((0.5, 0.05), (0.5, 0.01), (None, 0.01)):
+            head = oe(src_of_adult_dep(fit_src), pos_aug=True, base=generated, extra_share=share, c=c)
+            name = f"4 OE (generated, aug, + adult {fit_src}, share {share}, C={c})"
+            out[name] = {s: head.decision_function(scaler.transform(a[f"{s}_dep"])) for s in sets}
+            out[name]["fitted_on"] = fit_src  # type: ignore[assignment]
 
     for c in (0.005, 0.5):
         head = oe(None, c=c)

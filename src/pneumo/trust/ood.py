@@ -243,16 +243,16 @@ def fit_ood(
     else:
         from pneumo.trust.ood_features import stage_outputs
 
-        neg_images, described = outlier_exposure_images(train_images, ctx, negatives, progress=progress)
-        _, dep_neg, _ = feats(neg_images)
+        generated, real, described = outlier_exposure_images(train_images, ctx, negatives)
         _, dep_aug, _ = feats(augmented_copies(train_images, seed=0))
         params = ood_depth.fit_depth_scorer(
             np.concatenate([dep_train, dep_aug]),
-            dep_neg,
+            feats(generated)[1],
             dep_val,
             stages=[name for name, _ in stage_outputs(model)],
             depth_dims=dims,
             pass_rate=pass_rate or ood_depth.PASS_RATE,
+            extra_negatives=None if real is None else feats(real)[1],
             extra={**extra, "negatives": described},
         ).to_params()
     update_run_meta(ctx.run_dir, ood=params)
@@ -277,10 +277,10 @@ def augmented_copies(images: np.ndarray, seed: int, n: int = N_AUGMENTED) -> np.
 
 
 def outlier_exposure_images(
-    train_images: np.ndarray, ctx: Any, negatives: str | Path | None, *, progress: bool = False
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Generated negatives (corrupted train images, synthetic non-X-rays) and, with ``negatives``, every image of
-    that folder or manifest, all at the run's model size; plus a description for the stored parameters."""
+    train_images: np.ndarray, ctx: Any, negatives: str | Path | None
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """``(generated, real, description)``: generated negatives (corrupted train images, synthetic non-X-rays) and,
+    with ``negatives``, every image of that folder or manifest (else None), all at the run's model size."""
     from pneumo.data.decode import ImageDecodeError, decode_image
     from pneumo.data.preprocess import resize_gray
     from pneumo.data.records import DatasetError
@@ -290,21 +290,21 @@ def outlier_exposure_images(
     rng = np.random.default_rng(1)
     pick = rng.permutation(len(train_images))[:N_CORRUPTED]
     synthetic = [resize_gray(img, ctx.contract) for seed in (11, 12, 13) for img in synthetic_images(seed).values()]
-    parts = [corruptions(train_images[pick], seed=1), np.stack(synthetic)]
-    described: dict[str, Any] = {"generated": len(pick) + len(synthetic)}
-    if negatives is not None:
-        _, files = image_files(negatives)
-        extra = []
-        for path in files:
-            try:
-                extra.append(resize_gray(decode_image(path), ctx.contract))
-            except ImageDecodeError as exc:
-                log.warning("OOD negatives: skipping %s", exc)
-        if not extra:
-            raise DatasetError(f"{negatives}: no readable image to use as out-of-distribution negatives")
-        parts.append(np.stack(extra))
-        described.update({"extra": str(negatives), "n_extra": len(extra)})
-    return np.concatenate(parts), described
+    generated = np.concatenate([corruptions(train_images[pick], seed=1), np.stack(synthetic)])
+    described: dict[str, Any] = {"generated": len(generated)}
+    if negatives is None:
+        return generated, None, described
+    _, files = image_files(negatives)
+    extra = []
+    for path in files:
+        try:
+            extra.append(resize_gray(decode_image(path), ctx.contract))
+        except ImageDecodeError as exc:
+            log.warning("OOD negatives: skipping %s", exc)
+    if not extra:
+        raise DatasetError(f"{negatives}: no readable image to use as out-of-distribution negatives")
+    described.update({"extra": str(negatives), "n_extra": len(extra)})
+    return generated, np.stack(extra), described
 
 
 def ood_rates(

@@ -29,7 +29,8 @@ POOLING = "mean+std"
 METHOD = "multidepth-oe"
 VERSION = 1
 PASS_RATE = 0.99
-C = 0.05
+C = 0.01
+EXTRA_SHARE = 0.5
 FEATURES = f"depth_features: {POOLING} of every backbone stage's output"
 ARRAY_KEYS = ("feature_mean", "feature_scale", "coef")
 DERIVED_KEYS = ("method", "version", "features", "n_features", "threshold", "intercept", "stages", "depth_dims")
@@ -128,13 +129,20 @@ def fit_depth_scorer(
     depth_dims: Sequence[int],
     pass_rate: float = PASS_RATE,
     c: float = C,
+    extra_negatives: np.ndarray | None = None,
+    extra_share: float = EXTRA_SHARE,
     extra: Mapping[str, Any] | None = None,
 ) -> DepthScorer:
-    """Fit the head on ``positives`` (train images, possibly augmented) vs ``negatives`` and threshold it on ``val``
-    (multi-depth features, ``N x d`` each)."""
+    """Fit the head on ``positives`` (train images, possibly augmented) vs ``negatives`` (generated) and
+    ``extra_negatives`` (real images of another population, e.g. adults), and threshold it on ``val`` (multi-depth
+    features, ``N x d`` each). The positives and all negatives weigh the same in total; within the negatives, the
+    real ones weigh ``extra_share`` (measured: 0.5 with ``C = 0.01`` generalised best from one adult source to
+    another, docs/TRUST.md), however few they are."""
     from sklearn.linear_model import LogisticRegression  # fitting only: scoring needs NumPy alone
 
-    pos, neg = np.asarray(positives, np.float64), np.asarray(negatives, np.float64)
+    pos, generated = np.asarray(positives, np.float64), np.asarray(negatives, np.float64)
+    real = np.empty((0, pos.shape[1])) if extra_negatives is None else np.asarray(extra_negatives, np.float64)
+    neg = np.concatenate([generated, real])
     if not 0 < pass_rate < 1:
         raise ValueError(f"pass_rate must lie in (0, 1), got {pass_rate}")
     if len(pos) < 3 or len(neg) < 3 or len(val) == 0:
@@ -144,7 +152,11 @@ def fit_depth_scorer(
     scale = np.asarray(_round(np.maximum(pos.std(axis=0), 1e-6)))
     x = (np.concatenate([pos, neg]) - mean) / scale
     t = np.r_[np.zeros(len(pos)), np.ones(len(neg))]
-    head = LogisticRegression(C=c, max_iter=5000, class_weight="balanced").fit(x, t)
+    w = np.r_[np.ones(len(pos)), np.ones(len(generated)), np.ones(len(real))]
+    if len(real):
+        w[len(pos) : len(pos) + len(generated)] = (1 - extra_share) * len(neg) / len(generated)
+        w[len(pos) + len(generated) :] = extra_share * len(neg) / len(real)
+    head = LogisticRegression(C=c, max_iter=5000, class_weight="balanced").fit(x, t, sample_weight=w)
     stub = DepthScorer(mean, scale, head.coef_[0], float(head.intercept_[0]), 0.0, tuple(stages), tuple(depth_dims), {})
     scorer = DepthScorer.from_params(stub.to_params())  # the stored numbers: fitted and loaded scorers agree exactly
     val_scores = scorer.score(val)
@@ -158,6 +170,7 @@ def fit_depth_scorer(
         "n_val": len(val_scores),
         "c": c,
         "negatives_flagged_rate": float(np.mean(scorer.score(neg) > threshold)),
+        **({"real_negatives_flagged_rate": float(np.mean(scorer.score(real) > threshold))} if len(real) else {}),
     }
     return DepthScorer(
         scorer.feature_mean, scorer.feature_scale, scorer.coef, scorer.intercept, threshold, scorer.stages,
