@@ -124,3 +124,21 @@ def test_an_onnx_export_predicts_without_torch(export_with_ood: tuple[Path, list
     assert [r.in_distribution for r in from_run] == [r["in_distribution"] for r in out["api"]]
     np.testing.assert_allclose([r.ood_score for r in from_run], [r["ood_score"] for r in out["api"]], atol=1e-3)
     assert {r["threshold"] for r in out["api"]} == {0.4}
+
+
+def test_an_export_without_depth_features_drops_a_multidepth_check(
+    export_with_ood: tuple[Path, list[Path]], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from pneumo.inference.backends import ONNX_OUTPUTS, OnnxBackend
+    from pneumo.inference.predictor import Predictor
+
+    onnx_path, files = export_with_ood
+    backend = OnnxBackend(onnx_path)
+    backend.outputs = list(ONNX_OUTPUTS)  # as a graph exported before the multi-depth check
+    with caplog.at_level(logging.WARNING, logger="pneumo.inference.predictor"):
+        predictor = Predictor(backend, backend.meta(onnx_path), onnx_path)
+    assert "lacks the depth_features output its OOD check needs" in caplog.text
+    result = predictor.predict(files[-1])
+    assert result.in_distribution is None and result.ood_score is None and result.reason is None
