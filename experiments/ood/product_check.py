@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from pneumo.trust.ood import fit_ood, ood_rates
-from pneumo.trust.ood_audit import audit_ood
+from pneumo.trust.ood_audit import audit_ood, image_files
 
 
 def main() -> None:
@@ -43,7 +43,8 @@ def main() -> None:
         name, path = spec.split("=", 1)
         r = audit_ood(args.run, path)
         out[name] = {k: r[k] for k in ("n", "n_flagged", "flagged_rate")}
-        out[name]["used_for_fitting"] = args.negatives is not None and Path(path).resolve() == args.negatives.resolve()
+        fitted = {f.resolve() for f in image_files(args.negatives)[1]} if args.negatives else set()
+        out[name]["used_for_fitting"] = bool(fitted & {f.resolve() for f in image_files(path)[1]})
     print(json.dumps(out, indent=1))
     args.out.write_text(json.dumps(out, indent=1))
 
