@@ -227,8 +227,12 @@ def test_cross_dataset_manifest(run_copy: Path, synthetic_data: Path, tmp_path: 
     assert any("not independent" in item for item in cross["limitations"])
     # The model card keeps describing the run's own test evaluation.
     card = (run_copy / "MODEL_CARD.md").read_text()
-    assert "external" not in card.lower()
+    described, ood_section = card.split("## Out-of-distribution check")
+    assert "external" not in described.lower()
     assert f"{own['n_images']} images" in card
+    # its out-of-distribution section lists every evaluation's flag rate, the external set's included
+    o = cross["ood"]
+    assert f"**external-set test**: {o['n_flagged']} of {o['n']} images" in ood_section
 
 
 def test_another_dataset_with_the_same_folder_name_gets_its_own_eval_folder(

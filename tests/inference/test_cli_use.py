@@ -242,6 +242,17 @@ def test_serve_workers_get_the_defaults_for_settings_not_given(
     result = CliRunner().invoke(cli, ["serve", str(run), "--workers", "2"])
     assert result.exit_code == 0, result.output
     assert "PNEUMO_SERVE_MAX_PIXELS" not in seen[0] and seen[0]["PNEUMO_SERVE_MODEL"] == str(run.resolve())
+    assert seen[0]["PNEUMO_SERVE_REFUSE_OOD"] == "False"
+    # --refuse-ood reaches every worker's app
+    import pneumo.serve.app as serve_app
+
+    result = CliRunner().invoke(cli, ["serve", str(run), "--workers", "2", "--refuse-ood"])
+    assert result.exit_code == 0, result.output
+    assert seen[1]["PNEUMO_SERVE_REFUSE_OOD"] == "True"
+    made: list[dict] = []
+    monkeypatch.setattr(serve_app, "create_app", lambda model, **kwargs: made.append(kwargs))
+    serve_app.create_app_from_env()
+    assert made[0]["refuse_ood"] is True
     for key in [k for k in os.environ if k.startswith("PNEUMO_SERVE_")]:
         monkeypatch.delenv(key)  # what the command set, gone after the test
 

@@ -14,7 +14,7 @@ import pneumo.api
 from pneumo.inference import ExplainUnavailable, ModelLoadError, Predictor
 from pneumo.inference.onnx import ExportError, export_onnx
 
-from .conftest import make_fake_run, xray_like
+from .conftest import TINY_CNN, make_fake_run, xray_like
 
 OP = {"threshold": 0.37, "method": "youden", "positive_class": "PNEUMONIA"}
 OOD = {"method": "energy", "threshold": -3.5, "stats": [1.0, 2.0]}
@@ -39,7 +39,12 @@ def test_graph_inputs_outputs_and_opset(exported: tuple[Path, Path]) -> None:
     dims = inp.type.tensor_type.shape.dim
     assert inp.name == "input" and dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 32, 32]
     outputs = {o.name: o.type.tensor_type.shape.dim for o in proto.graph.output}
-    assert list(outputs) == ["logits", "raw_logits", "features"]
+    assert list(outputs) == ["logits", "raw_logits", "features", "depth_features"]
+    # every stage's mean and std: the multi-depth OOD check scores them
+    from pneumo.inference.backends import OnnxBackend
+
+    depth = OnnxBackend(exported[1])(np.zeros((2, 1, 32, 32), np.float32)).depth_features
+    assert depth.shape == (2, 2 * sum(TINY_CNN["widths"]))
     assert outputs["logits"][1].dim_value == 2  # task logits: the dummy class is dropped
     assert outputs["raw_logits"][1].dim_value == 3
 

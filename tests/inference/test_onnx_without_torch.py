@@ -20,7 +20,7 @@ import pneumo.api
 from pneumo.data.preprocess import PreprocessContract, normalize, normalize_array
 from pneumo.inference.onnx import export_onnx
 from pneumo.training.checkpoint import update_run_meta
-from pneumo.trust.ood import fit_scorer
+from pneumo.trust.ood_depth import fit_depth_scorer
 
 from .conftest import make_fake_run, xray_like
 
@@ -81,15 +81,21 @@ def export_with_ood(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, lis
     run = make_fake_run(root, operating_point={"threshold": 0.4, "method": "youden", "positive_class": "PNEUMONIA"})
     predictor = pneumo.api.load(run)
     images = np.stack([xray_like(32, 32, seed=i) for i in range(40)])
-    features = predictor.run(predictor.model_input(images)).features
-    ood = fit_scorer(features[:30], np.arange(30) % 2, features[30:]).to_params()
-    update_run_meta(run, ood=ood)  # a real detector, so that scoring runs too
+    noise = np.random.default_rng(0).integers(0, 256, (30, 32, 32), dtype=np.uint8)
+    depth = predictor.run(predictor.model_input(images)).depth_features
+    graph = predictor.backend.graph
+    ood = fit_depth_scorer(
+        depth[:30], predictor.run(predictor.model_input(noise)).depth_features, depth[30:],
+        stages=graph.stage_names, depth_dims=graph.depth_dims,
+    ).to_params()  # fmt: skip
+    update_run_meta(run, ood=ood)  # a real (multi-depth) detector, so that scoring runs too
+    Image.fromarray(noise[0]).save(root / "noise.png")
     files = []
     for i in range(3):
         path = root / f"x{i}.png"
         Image.fromarray(xray_like(60, 45 + 5 * i, seed=100 + i)).save(path)
         files.append(path)
-    return export_onnx(run, root / "model.onnx"), files
+    return export_onnx(run, root / "model.onnx"), [*files, root / "noise.png"]
 
 
 def test_an_onnx_export_predicts_without_torch(export_with_ood: tuple[Path, list[Path]]) -> None:
@@ -111,4 +117,28 @@ def test_an_onnx_export_predicts_without_torch(export_with_ood: tuple[Path, list
     assert out["api"] == out["cli"] == expected  # the Python API and `pneumo predict`
     assert {k: v for k, v in out["http"].items() if k in expected[0]} == {**expected[0], "source": "x0.png"}
     assert all(r["ood_score"] is not None and r["in_distribution"] is not None for r in out["api"])
+    assert [r["in_distribution"] for r in out["api"]] == [True, True, True, False]
+    assert out["api"][-1]["reason"].startswith("the image is unlike the chest X-rays")
+    # the run folder (PyTorch) gives the same verdicts and scores as its export
+    from_run = pneumo.api.load(onnx_path.parent / "run").predict(files)
+    assert [r.in_distribution for r in from_run] == [r["in_distribution"] for r in out["api"]]
+    np.testing.assert_allclose([r.ood_score for r in from_run], [r["ood_score"] for r in out["api"]], atol=1e-3)
     assert {r["threshold"] for r in out["api"]} == {0.4}
+
+
+def test_an_export_without_depth_features_drops_a_multidepth_check(
+    export_with_ood: tuple[Path, list[Path]], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from pneumo.inference.backends import ONNX_OUTPUTS, OnnxBackend
+    from pneumo.inference.predictor import Predictor
+
+    onnx_path, files = export_with_ood
+    backend = OnnxBackend(onnx_path)
+    backend.outputs = list(ONNX_OUTPUTS)  # as a graph exported before the multi-depth check
+    with caplog.at_level(logging.WARNING, logger="pneumo.inference.predictor"):
+        predictor = Predictor(backend, backend.meta(onnx_path), onnx_path)
+    assert "lacks the depth_features output its OOD check needs" in caplog.text
+    result = predictor.predict(files[-1])
+    assert result.in_distribution is None and result.ood_score is None and result.reason is None

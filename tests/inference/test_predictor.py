@@ -58,6 +58,7 @@ def test_result_fields_and_to_dict(predictor: Predictor, gray: np.ndarray) -> No
         "in_distribution": None,
         "ood_score": None,
         "source": "<array>",
+        "reason": None,
     }
     with pytest.raises(AttributeError):
         result.label = "x"  # type: ignore[misc]

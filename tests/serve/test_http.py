@@ -225,8 +225,23 @@ def test_fifty_concurrent_requests_all_answered_correctly(live: LiveServer, ood_
 
 
 def test_ood_verdict_reaches_the_client(client: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert upload(client, png_bytes()).json()["reason"] is None
     monkeypatch.setattr(FakeOod, "inside", False)
-    assert upload(client, png_bytes()).json()["in_distribution"] is False
+    resp = upload(client, png_bytes())
+    assert resp.status_code == 200 and resp.json()["in_distribution"] is False
+    assert resp.json()["reason"].startswith("the image is unlike the chest X-rays this model was trained on")
+
+
+def test_refuse_ood_answers_422(ood_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(ood_run, refuse_ood=True)) as c:
+        ok = c.post("/v1/predict", files={"file": ("x.png", png_bytes(), "image/png")})
+        assert ok.status_code == 200 and ok.json()["in_distribution"] is True
+        monkeypatch.setattr(FakeOod, "inside", False)
+        refused = c.post("/v1/predict", files={"file": ("odd.png", png_bytes(), "image/png")})
+    assert refused.status_code == 422 and refused.json()["error"] == "out_of_distribution"
+    assert refused.json()["detail"].startswith("odd.png: the image is unlike the chest X-rays")
 
 
 def test_slow_model_gets_503_not_a_hang(tmp_path: Path) -> None:

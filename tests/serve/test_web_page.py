@@ -99,6 +99,11 @@ def test_out_of_distribution_warning_banner(browser, live: LiveServer, tmp_path:
     _upload_and_wait(browser, live, image)
     banner = browser.find_element(By.ID, "ood-warning")
     assert banner.is_displayed() and "does not look like" in banner.text
+    assert "unlike the chest X-rays" in browser.find_element(By.ID, "ood-reason").text
+    # no confident label: the label is withheld and the probabilities sit folded away as unreliable
+    assert browser.find_element(By.ID, "label").text == "Not assessed: out of distribution"
+    assert browser.find_element(By.ID, "ood-probs").is_displayed()
+    assert not browser.find_element(By.ID, "probs").text
     if SCREENSHOT_DIR:
         browser.save_screenshot(str(Path(SCREENSHOT_DIR) / "pneumo-page-ood.png"))
 

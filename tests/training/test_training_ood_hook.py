@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import pytest
 
 from pneumo.training import build_config, read_run_meta, resume, train, update_run_meta
-from pneumo.trust.ood import OODScorer
+from pneumo.trust.ood_depth import DepthScorer
 from pneumo.utils.digest import file_sha256
 
 
@@ -18,8 +19,8 @@ def test_every_finished_run_gets_an_ood_detector(
     tiny = ["model_kwargs.widths=[4,8]", "model_kwargs.depths=[1,1]"]
     run = train(build_config(flags={**flags, "progress": False}, overrides=tiny))
     meta = read_run_meta(run)
-    scorer = OODScorer.from_meta(meta)
-    assert scorer is not None and scorer.threshold > 0
+    scorer = DepthScorer.from_params(meta["ood"])  # the multi-depth check, fitted by default
+    assert meta["ood"]["method"] == "multidepth-oe" and math.isfinite(scorer.threshold)
     assert meta["ood"]["best_epoch"] == meta["best"]["epoch"]
     assert meta["ood"]["weights_sha256"] == file_sha256(run / "best.safetensors")[:16]
 
@@ -38,3 +39,19 @@ def test_every_finished_run_gets_an_ood_detector(
     off_flags = {**flags, "out": str(tmp_path / "off"), "fit_ood": False, "progress": False}
     off = train(build_config(flags=off_flags, overrides=tiny))
     assert read_run_meta(off)["ood"] is None
+
+
+@pytest.mark.slow
+def test_ood_negatives_of_the_config_enter_the_detector(synthetic_data: Path, tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "foreign" / "NORMAL"
+    folder.mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40), dtype=np.uint8)).save(folder / f"{i}.png")
+    flags = {"data": str(synthetic_data), "model": "cnn", "image_size": 32, "epochs": 1, "out": str(tmp_path / "r"),
+             "progress": False, "ood_negatives": str(folder.parent)}  # fmt: skip
+    run = train(build_config(flags=flags, overrides=["model_kwargs.widths=[4,8]", "model_kwargs.depths=[1,1]"]))
+    negatives = read_run_meta(run)["ood"]["negatives"]
+    assert negatives["extra"] == str(folder.parent) and negatives["n_extra"] == 6

@@ -81,7 +81,7 @@ def test_inference_hook_returns_scores_and_verdicts() -> None:
 def test_fitted_run_passes_its_own_data_and_flags_foreign_inputs(
     run_copy: Path, foreign_images: dict[str, np.ndarray]
 ) -> None:
-    params = fit_ood(run_copy)
+    params = fit_ood(run_copy, method="mahalanobis-pca-tied")  # the earlier method: older run folders carry it
     stored = read_run_meta(run_copy)["ood"]
     assert stored == json.loads(json.dumps(params))
     assert stored["val_pass_rate"] >= 0.95
@@ -128,12 +128,23 @@ def test_rates_and_report_section_without_and_with_a_detector(run_copy: Path) ->
     assert ood_rates(run_copy, "test")["available"] is False
 
 
-def test_evaluation_report_shows_the_ood_rates(run_copy: Path) -> None:
+def test_evaluation_reports_flag_rate_and_metrics_on_passing_images(run_copy: Path) -> None:
     from pneumo.evaluation.run import evaluate_run
 
+    result = evaluate_run(run_copy, n_boot=20, plots=False, progress=False, device="cpu")
+    assert result["ood"]["available"] is False and "ood-fit" in result["ood"]["reason"]
     fit_ood(run_copy)
     result = evaluate_run(run_copy, n_boot=20, plots=False, progress=False, device="cpu")
-    html = (Path(result["eval_dir"]) / "report.html").read_text()
     rates = ood_rates(run_copy, "test")
-    assert "Out-of-distribution check" in html
-    assert f"{rates['n_flagged']} of {rates['n']} evaluated images" in html
+    o = result["ood"]
+    assert (o["n"], o["n_flagged"]) == (rates["n"], rates["n_flagged"]) and o["n_passing"] == o["n"] - o["n_flagged"]
+    stored = json.loads((Path(result["eval_dir"]) / "metrics.json").read_text())["ood"]
+    assert stored["n_flagged"] == o["n_flagged"]
+    passing, every = o["metrics_passing"][result["primary"]], result["metrics"][result["primary"]]
+    assert np.sum(passing["point"]["confusion_matrix"]) == o["n_passing"]
+    assert np.sum(every["point"]["confusion_matrix"]) == o["n"]
+    html = (Path(result["eval_dir"]) / "report.html").read_text()
+    expected = f"{o['n_flagged']} of {o['n']} images ({100 * o['flagged_rate']:.1f} %) flagged"
+    assert "Out-of-distribution check" in html and expected in html and "on the passing images vs" in html
+    card = (run_copy / "MODEL_CARD.md").read_text()
+    assert "## Out-of-distribution check" in card and expected in card

@@ -135,27 +135,68 @@ def model(
 @app.command("ood-fit")
 def ood_fit(
     run_dir: Path = typer.Argument(..., help="Run folder written by `pneumo train`."),
-    n_components: int = typer.Option(64, "--components", min=1, help="At most this many PCA components."),
-    pass_rate: float = typer.Option(0.95, "--pass-rate", min=0.5, max=0.999, help="Validation share that passes."),
+    method: str = typer.Option("multidepth-oe", "--method", help="multidepth-oe | mahalanobis-pca-tied (older)."),
+    n_components: int = typer.Option(64, "--components", min=1, help="mahalanobis-pca-tied: at most this many PCs."),
+    pass_rate: float | None = typer.Option(
+        None, "--pass-rate", min=0.5, max=0.999, help="Validation share that passes (default 0.99; older method: 0.95)."
+    ),
+    negatives: Path | None = typer.Option(
+        None, "--negatives", help="multidepth-oe: a folder or manifest of images that are NOT the training population."
+    ),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
 ) -> None:
     """Fit the out-of-distribution detector on the run's train images, threshold it on its validation split and
-    store it in RUN_DIR/checkpoint.json (used by predict, serve and ONNX export)."""
+    store it in RUN_DIR/checkpoint.json (used by predict, serve, evaluate and ONNX export)."""
     from pneumo.data.records import DatasetError
     from pneumo.trust.ood import fit_ood
 
     check_device(device)
     try:
-        params = fit_ood(run_dir, device=device, batch_size=batch_size, n_components=n_components, pass_rate=pass_rate)
+        params = fit_ood(
+            run_dir, device=device, batch_size=batch_size, method=method, n_components=n_components,
+            pass_rate=pass_rate, negatives=negatives,
+        )  # fmt: skip
     except (DatasetError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     typer.echo(
-        f"{params['method']}: {params['n_components']} components of {params['n_features']} features, "
-        f"{params['n_train']} train images; threshold {params['threshold']:.4g} passes "
+        f"{params['method']}: {params['n_features']} features; threshold {params['threshold']:.4g} passes "
         f"{100 * params['val_pass_rate']:.1f} % of {params['n_val']} validation images"
     )
     typer.echo(f'stored in {run_dir / "checkpoint.json"} ("ood")')
+
+
+@app.command("ood")
+def ood_audit(
+    model: Path = typer.Argument(..., help="Run folder or .onnx export with an out-of-distribution check."),
+    data: Path = typer.Option(..., "--data", help="A folder of images (walked) or a CSV manifest."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Share of the images of any folder or manifest that the model's out-of-distribution check flags (as predict
+    and serve would)."""
+    from pneumo.data.records import DatasetError
+    from pneumo.inference import ModelLoadError
+    from pneumo.trust.ood_audit import audit_ood
+
+    check_device(device)
+    try:
+        r = audit_ood(model, data, device=device, batch_size=batch_size)
+    except (DatasetError, ModelLoadError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(r, indent=2))
+        return
+    for group, g in r["groups"].items():
+        if len(r["groups"]) > 1:
+            typer.echo(f"  {group}: {g['n_flagged']} of {g['n']} flagged ({100 * g['flagged_rate']:.1f} %)")
+    typer.echo(
+        f"{data}: {r['n_flagged']} of {r['n']} images flagged as out of distribution ({100 * r['flagged_rate']:.1f} %; "
+        f"{r['method']}, threshold {r['threshold']:.4g})"
+    )
+    if r["n_unreadable"]:
+        typer.echo(f"{r['n_unreadable']} unreadable file(s), e.g. {r['unreadable'][0]}", err=True)
 
 
 @app.command("ood-rates")

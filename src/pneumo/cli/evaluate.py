@@ -49,6 +49,7 @@ def evaluate(
     """Metrics with 95 % patient-bootstrap CIs at t = 0.5 and at the threshold validated on the run's validation
     split, calibration, plots, report.html and MODEL_CARD.md, written to RUN_DIR/eval-<dataset>-<split>/."""
     from pneumo.data.records import DatasetError
+    from pneumo.evaluation.ood import ood_text
     from pneumo.evaluation.run import SPLITS, evaluate_run
     from pneumo.evaluation.writers import summary_table
 
@@ -85,6 +86,8 @@ def evaluate(
     typer.echo(
         f"temperature {cal['temperature']:.3f} (validation); ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}"
     )
+    if ood := ood_text(result):
+        typer.echo(f"out-of-distribution check: {ood}")
     for item in result["limitations"]:
         typer.echo(f"note: {item}")
     typer.echo(f"report: {Path(result['eval_dir']) / 'report.html'}")

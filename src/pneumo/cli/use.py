@@ -152,7 +152,9 @@ def _print_results(results: list, fmt: str, class_names: tuple[str, ...], cam_pa
         rows.append(row)
     if fmt == "csv":
         fields = ["file", "label", *(f"p_{c}" for c in class_names), "threshold", "in_distribution", "ood_score"]
-        fields += list(cams)
+        fields += [*cams, "reason"]
+        for row, r in zip(rows, results, strict=True):
+            row["reason"] = r.reason or ""
         writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
@@ -161,6 +163,12 @@ def _print_results(results: list, fmt: str, class_names: tuple[str, ...], cam_pa
         for row in rows:
             del row["in_distribution"], row["ood_score"]
     print_table(rows)
+    if flagged := sum(r.in_distribution is False for r in results):
+        typer.echo(
+            f"warning: {flagged} of {len(results)} image(s) are unlike the chest X-rays the model was trained on "
+            "(in_distribution False): their labels are unreliable",
+            err=True,
+        )
 
 
 def export(
@@ -212,6 +220,12 @@ def serve(
         30.0, "--upload-timeout", min=0.001, help="Seconds for an upload's body to arrive; slower ones get 408."
     ),
     device: str = typer.Option("cpu", "--device", help=f"{DEVICE_HELP}; ONNX models run on the CPU."),
+    refuse_ood: bool = typer.Option(
+        False,
+        "--refuse-ood",
+        help="Answer 422 for an image the out-of-distribution check flags (default: 200 with "
+        "in_distribution false and a reason).",
+    ),
 ) -> None:
     """Serve the model over HTTP (web page at /, API docs at /docs). Research use only."""
     import uvicorn
@@ -227,6 +241,7 @@ def serve(
         "timeout_s": timeout_s,
         "upload_timeout_s": upload_timeout_s,
         "device": device,
+        "refuse_ood": refuse_ood,
     }
     limits = {k: v for k, v in limits.items() if v is not None}  # unset: the service's own default
     if workers > 1:

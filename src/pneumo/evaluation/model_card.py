@@ -130,6 +130,7 @@ def render_model_card(
     limitations: Sequence[str],
     metrics_split: str = "test",
     data_kind: DataKind = "kermany",
+    ood: str | None = None,
 ) -> str:
     """The Markdown text of :func:`write_model_card`."""
     model_info = {"architecture": model} if isinstance(model, str) else dict(model)
@@ -162,6 +163,7 @@ def render_model_card(
         _operating_point(threshold, class_names),
         "## Calibration\n",
         _calibration(temperature),
+        *(["## Out-of-distribution check\n", ood] if ood else []),
         "## Known failure modes and limitations\n",
         "\n".join(f"- {item}" for item in all_limitations) + "\n",
     ]
@@ -183,13 +185,15 @@ def write_model_card(
     limitations: Sequence[str],
     metrics_split: str = "test",
     data_kind: DataKind = "kermany",
+    ood: str | None = None,
 ) -> Path:
     """Write MODEL_CARD.md and return its path.
 
     ``threshold``: a float, a mapping ``{"value", "method", "split", ...}``, or None (multi-class argmax).
     ``temperature``: a float, a mapping ``{"temperature", "ece_before", "ece_after", ...}``, or None.
     ``metrics_table`` rows as for :func:`~pneumo.evaluation.report.write_html_report`; a row's ``split``
-    overrides ``metrics_split``. ``data_kind`` picks the data description and the limitations listed before
+    overrides ``metrics_split``. ``ood``: Markdown on the out-of-distribution check (flag rates, metrics on the
+    images that pass). ``data_kind`` picks the data description and the limitations listed before
     ``limitations`` (:data:`KNOWN_LIMITATIONS` for the Kermany release).
     """
     text = render_model_card(
@@ -205,6 +209,7 @@ def write_model_card(
         limitations=limitations,
         metrics_split=metrics_split,
         data_kind=data_kind,
+        ood=ood,
     )
     write_text(path, text)
     return Path(path)

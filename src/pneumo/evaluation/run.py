@@ -31,6 +31,7 @@ from pneumo.data.tasks import Task, get_task
 from pneumo.evaluation.bootstrap import bootstrap_ci
 from pneumo.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature, nll
 from pneumo.evaluation.metrics import MetricSuite
+from pneumo.evaluation.ood import ood_verdicts, passing_metrics
 from pneumo.evaluation.report import write_html_report
 from pneumo.evaluation.source import (
     EVAL_PREFIX,
@@ -290,6 +291,11 @@ def evaluate_run(
     sections, predicted = score_operating_points(
         y, probs_raw, probs_cal, groups, class_names, op, n_boot=n_boot, seed=seed
     )
+    ood_summary, inside = ood_verdicts(run_dir, model, evaluated, batch_size=batch_size)
+    ood = passing_metrics(
+        ood_summary, inside, y, probs_raw, probs_cal, groups, class_names, op, score_operating_points,
+        n_boot=n_boot, seed=seed,
+    )  # fmt: skip
 
     eval_dir = run_dir / f"{EVAL_PREFIX}{source.slug}-{split}"
     eval_dir.mkdir(parents=True, exist_ok=True)
@@ -332,6 +338,7 @@ def evaluate_run(
         "n_saturated": int(max((probs == 1.0).any(axis=1).sum() for probs in (probs_raw, probs_cal))),
         "primary": sections[-1].key,
         "metrics": {s.key: s.to_dict() for s in sections},
+        "ood": ood,
     }
     if task.is_binary and val_scored is not None:
         p_val = apply_temperature(val_scored[0], temperature)[:, 1]

@@ -384,7 +384,35 @@ def write_run_model_card(run_dir: str | Path) -> Path | None:
         limitations=result.get("limitations", []),
         metrics_split=result["split"],
         data_kind=data_kind(config["data"], records, evaluated_on=result["dataset"]["source"]),
+        ood=ood_markdown(run_dir, meta, result),
     )
+
+
+def ood_markdown(run_dir: Path, meta: Mapping[str, Any], primary: Mapping[str, Any]) -> str | None:
+    """The model card's out-of-distribution section: the check, then one line per current evaluation (flag rate,
+    metrics on the images that pass beside all), the card's own evaluation first."""
+    from pneumo.evaluation.ood import ood_text
+    from pneumo.inference.meta import evaluation_is_current
+
+    params = meta.get("ood")
+    if not params:
+        return None
+    lines = [
+        f"Every prediction carries `in_distribution` (method {params.get('method')}, threshold "
+        f"{float(params['threshold']):.4g}, set so that {100 * params.get('pass_rate_target', 0.95):.1f} % of the "
+        "validation split passes). A flagged image gets no trustworthy label: the web page withholds it and "
+        "`pneumo serve --refuse-ood` answers 422.\n"
+    ]
+
+    def key(r: Mapping[str, Any]) -> tuple[str, str]:
+        return (r["dataset"]["name"], r["split"])
+
+    others = map(read_eval, sorted(p.parent for p in run_dir.glob(f"{EVAL_PREFIX}*/{METRICS_FILE}")))
+    results = [primary, *(r for r in others if r and evaluation_is_current(r, meta) and key(r) != key(primary))]
+    for r in results:
+        if text := ood_text(r):
+            lines.append(f"- **{r['dataset']['name']} {r['split']}**: {text}")
+    return "\n".join(lines) + "\n"
 
 
 def data_kind(source: str | Path, records: Sequence[Record], *, evaluated_on: str | Path | None = None) -> DataKind:

@@ -17,11 +17,14 @@ from pneumo.inference.meta import ModelLoadError, ModelMeta
 
 ONNX_INPUT = "input"
 ONNX_OUTPUTS = ("logits", "raw_logits", "features")  # task logits (dummy dropped), all outputs, pooled features
+# every stage's pooled mean and std (pneumo.trust.ood_features), for the multi-depth OOD check; absent in older exports
+ONNX_DEPTH_OUTPUT = "depth_features"
 
 
 class Outputs(NamedTuple):
     raw_logits: np.ndarray  # (N, num_outputs), float32
     features: np.ndarray  # (N, num_features), float32
+    depth_features: np.ndarray | None = None  # (N, sum of 2 x stage widths), float32; None from older exports
 
 
 class OnnxBackend:
@@ -44,6 +47,7 @@ class OnnxBackend:
         names = [o.name for o in self.session.get_outputs()]
         if names[: len(ONNX_OUTPUTS)] != list(ONNX_OUTPUTS):
             raise ModelLoadError(f"{path}: expected outputs {list(ONNX_OUTPUTS)}, found {names}")
+        self.outputs = [*ONNX_OUTPUTS, ONNX_DEPTH_OUTPUT] if ONNX_DEPTH_OUTPUT in names else list(ONNX_OUTPUTS)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
 
     def meta(self, path: Path) -> ModelMeta:
@@ -51,5 +55,5 @@ class OnnxBackend:
 
     def __call__(self, x: np.ndarray) -> Outputs:
         """``x``: a float32 ``(N, 1, S, S)`` array (a CPU tensor also works: it converts without a copy)."""
-        _, raw, pooled = self.session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: np.asarray(x, dtype=np.float32)})
-        return Outputs(raw, pooled)
+        _, raw, pooled, *depth = self.session.run(self.outputs, {ONNX_INPUT: np.asarray(x, dtype=np.float32)})
+        return Outputs(raw, pooled, depth[0] if depth else None)

@@ -2,14 +2,18 @@
 
 Contract with ``pneumo.trust.ood`` (provided by the trust module)::
 
-    score(params: dict, *, logits: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]
+    score(params: dict, *, logits: np.ndarray, features: np.ndarray, depth_features: np.ndarray | None)
+        -> tuple[np.ndarray, np.ndarray]
 
 ``params`` is the run's ``checkpoint.json["ood"]`` entry (JSON, self-contained: it also travels in ONNX metadata);
 ``logits`` are the raw model outputs ``(N, num_outputs)`` (dummy class included, no temperature);
-``features`` the pooled penultimate features ``(N, num_features)`` (``forward_head(pre_logits=True)``).
+``features`` the pooled penultimate features ``(N, num_features)`` (``forward_head(pre_logits=True)``);
+``depth_features`` every backbone stage's pooled mean and std (:mod:`pneumo.trust.ood_features`), None where the
+backend has none (an export older than the multi-depth check).
 It returns ``(scores, in_distribution)``: float ``(N,)`` (higher = more unusual) and bool ``(N,)``.
 
-Optional: ``check(params)``, raising when this version cannot use the parameters (another method or version).
+Optional: ``check(params)``, raising when this version cannot use the parameters (another method or version), and
+``needs_depth(params)``, whether scoring needs ``depth_features``.
 
 A run without an ``ood`` entry gets ``None`` for both fields. A run with one, where ``pneumo.trust.ood`` cannot be
 imported or cannot use it, also gets ``None`` (with one warning when the model loads), never a made-up verdict.
@@ -49,14 +53,43 @@ def resolve_scorer(params: dict[str, Any] | None) -> OodScoreFn | None:
     return module.score
 
 
+def needs_depth(params: dict[str, Any] | None) -> bool:
+    """Whether the detector scores multi-depth features (which an export older than that check does not output)."""
+    if not params:
+        return False
+    try:
+        module = importlib.import_module(OOD_MODULE)
+    except ImportError:
+        return False
+    check = getattr(module, "needs_depth", None)
+    return bool(check(params)) if check is not None else False
+
+
+def ood_reason(params: dict[str, Any] | None, score: float | None, inside: bool | None) -> str | None:
+    """Why an image was flagged, in one sentence; None for an image that passed or a model without a detector."""
+    if inside is not False or score is None or not params:
+        return None
+    threshold = params.get("threshold")
+    above = "" if threshold is None else f" above the threshold {float(threshold):.3g}"
+    return (
+        f"the image is unlike the chest X-rays this model was trained on (out-of-distribution score {score:.3g}"
+        f"{above}): its label is unreliable"
+    )
+
+
 def ood_verdicts(
-    scorer: OodScoreFn | None, params: dict[str, Any] | None, logits: np.ndarray, features: np.ndarray
+    scorer: OodScoreFn | None,
+    params: dict[str, Any] | None,
+    logits: np.ndarray,
+    features: np.ndarray,
+    depth_features: np.ndarray | None = None,
 ) -> list[tuple[float | None, bool | None]]:
     """``(ood_score, in_distribution)`` per row; ``(None, None)`` rows when the model has no detector."""
     n = len(logits)
     if scorer is None or not params:
         return [(None, None)] * n
-    scores, inside = scorer(params, logits=logits, features=features)
+    extra = {} if depth_features is None else {"depth_features": depth_features}
+    scores, inside = scorer(params, logits=logits, features=features, **extra)
     scores, inside = np.asarray(scores, dtype=np.float64).reshape(-1), np.asarray(inside, dtype=bool).reshape(-1)
     if len(scores) != n or len(inside) != n:
         raise ValueError(f"{OOD_MODULE}.score returned {len(scores)}/{len(inside)} values for {n} images")

@@ -27,9 +27,9 @@ from scipy.special import softmax
 import pneumo
 from pneumo.data.decode import DEFAULT_MAX_PIXELS, ImageInput, decode_bytes, decode_image
 from pneumo.data.preprocess import normalize_array, resize_gray
-from pneumo.inference.backends import OnnxBackend, Outputs
+from pneumo.inference.backends import ONNX_DEPTH_OUTPUT, OnnxBackend, Outputs
 from pneumo.inference.meta import DISCLAIMER, META_FILE, ModelLoadError, ModelMeta
-from pneumo.inference.ood import ood_verdicts, resolve_scorer
+from pneumo.inference.ood import needs_depth, ood_reason, ood_verdicts, resolve_scorer
 from pneumo.inference.result import Explanation, PredictionResult
 
 if TYPE_CHECKING:
@@ -85,6 +85,11 @@ class Predictor:
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self._ood_scorer = resolve_scorer(meta.ood)
+        self._ood_depth = self._ood_scorer is not None and needs_depth(meta.ood)
+        old_export = isinstance(backend, OnnxBackend) and ONNX_DEPTH_OUTPUT not in backend.outputs
+        if self._ood_depth and old_export:
+            log.warning("%s lacks the %s output its OOD check needs: OOD fields stay empty", path, ONNX_DEPTH_OUTPUT)
+            self._ood_scorer = None
         self._cam_lock = threading.Lock()
         self._cam_model: nn.Module | None = None
         if meta.n_task == 2 and not meta.operating_point:
@@ -208,7 +213,8 @@ class Predictor:
                 bad = [im.source for im, row in zip(chunk, out.raw_logits, strict=True) if not np.isfinite(row).all()]
                 raise FloatingPointError(f"the model gave non-finite outputs for {', '.join(map(str, bad))}")
             probs = self.probabilities(out.raw_logits[:, : self.meta.n_task])
-            verdicts = ood_verdicts(self._ood_scorer, self.meta.ood, out.raw_logits, out.features)
+            depth = out.depth_features if self._ood_depth else None
+            verdicts = ood_verdicts(self._ood_scorer, self.meta.ood, out.raw_logits, out.features, depth)
             for im, p, (score, inside) in zip(chunk, probs, verdicts, strict=True):
                 results.append(
                     PredictionResult(
@@ -218,6 +224,7 @@ class Predictor:
                         in_distribution=inside,
                         ood_score=score,
                         source=im.source,
+                        reason=ood_reason(self.meta.ood, score, inside),
                     )
                 )
         return results

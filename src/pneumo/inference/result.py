@@ -14,7 +14,8 @@ class PredictionResult:
 
     ``threshold``: for binary tasks, the probability of the positive class (``class_names[1]``) at or above which
     the label is positive (the run's validated operating point, else 0.5); ``None`` for 3-class tasks (argmax).
-    ``in_distribution``/``ood_score``: ``None`` when the model carries no out-of-distribution detector.
+    ``in_distribution``/``ood_score``: ``None`` when the model carries no out-of-distribution detector;
+    ``reason``: why the image was flagged (``in_distribution`` False), else ``None``.
     """
 
     probabilities: dict[str, float]
@@ -23,6 +24,7 @@ class PredictionResult:
     in_distribution: bool | None = None
     ood_score: float | None = None
     source: str = ""
+    reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

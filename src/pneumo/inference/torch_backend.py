@@ -11,22 +11,12 @@ from torch import nn
 
 from pneumo.inference.backends import Outputs
 from pneumo.inference.meta import ModelLoadError
-from pneumo.models import match_channels
+from pneumo.trust.ood_features import DepthFeatureHead
 
 
-class FeatureHead(nn.Module):
-    """``x -> (task logits, raw logits, pooled features)``: the graph that ONNX export traces."""
-
-    def __init__(self, model: nn.Module, n_task: int) -> None:
-        super().__init__()
-        self.model = model
-        self.n_task = n_task
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        feats = self.model.forward_features(match_channels(x, self.model))
-        raw = self.model.forward_head(feats)
-        pooled = self.model.forward_head(feats, pre_logits=True)
-        return raw[:, : self.n_task], raw, pooled
+class FeatureHead(DepthFeatureHead):
+    """``x -> (task logits, raw logits, pooled features, multi-depth features)``: the graph that ONNX export traces
+    (multi-depth features: :mod:`pneumo.trust.ood_features`, for the out-of-distribution check)."""
 
 
 def load_run(run_dir: Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -55,5 +45,5 @@ class TorchBackend:
         """``x``: a float32 ``(N, 1, S, S)`` array or tensor."""
         with torch.inference_mode():
             x = torch.as_tensor(x).to(self.device).contiguous(memory_format=torch.channels_last)
-            _, raw, pooled = self.graph(x)
-        return Outputs(raw.float().cpu().numpy(), pooled.float().cpu().numpy())
+            _, raw, pooled, depth = self.graph(x)
+        return Outputs(raw.float().cpu().numpy(), pooled.float().cpu().numpy(), depth.float().cpu().numpy())

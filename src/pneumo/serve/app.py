@@ -59,7 +59,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (408, "the upload's body did not arrive in time"),
         (413, "upload or image too large"),
         (415, "not multipart/form-data"),
-        (422, "missing file field, undecodable or unsupported image"),
+        (422, "missing file field, undecodable or unsupported image; with --refuse-ood, an out-of-distribution image"),
         (503, "busy or timed out"),
     ]
 }
@@ -79,6 +79,7 @@ def create_app(
     timeout_s: float = 30.0,
     upload_timeout_s: float = 30.0,
     device: str = "cpu",
+    refuse_ood: bool = False,
 ) -> FastAPI:
     """A FastAPI app serving one model (a run folder, an ``.onnx`` file or a ready :class:`Predictor`).
 
@@ -86,7 +87,9 @@ def create_app(
 
     At most ``max_concurrency`` images are decoded and classified at once, and at most ``max_waiting`` more uploads
     wait for them; further uploads get 503 before their body is read, and an upload whose body has not arrived within
-    ``upload_timeout_s`` gets 408 (its slot is freed). The predictor is ``app.state.predictor``; the
+    ``upload_timeout_s`` gets 408 (its slot is freed). An image the out-of-distribution check flags is answered
+    with ``in_distribution: false`` and a ``reason`` (200), or with 422 ``out_of_distribution`` when ``refuse_ood``.
+    The predictor is ``app.state.predictor``; the
     inference pool ``app.state.runner``.
     """
     check_limits(
@@ -128,6 +131,8 @@ def create_app(
 
     def _predict(data: bytes, name: str) -> dict[str, Any]:
         result = app.state.predictor.predict_prepared([_prepare(data, name, keep_original=False)])[0]
+        if refuse_ood and result.in_distribution is False:
+            raise ApiError(422, "out_of_distribution", f"{name}: {result.reason}")
         return {**result.to_dict(), "model_id": card["model_id"], "pneumo_version": pneumo.__version__}
 
     def _explain(data: bytes, name: str) -> bytes:
@@ -205,4 +210,5 @@ def create_app_from_env() -> FastAPI:
         timeout_s=float(env.get(f"{ENV_PREFIX}TIMEOUT_S", 30)),
         upload_timeout_s=float(env.get(f"{ENV_PREFIX}UPLOAD_TIMEOUT_S", 30)),
         device=env.get(f"{ENV_PREFIX}DEVICE", "cpu"),
+        refuse_ood=env.get(f"{ENV_PREFIX}REFUSE_OOD", "False") == "True",
     )

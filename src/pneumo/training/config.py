@@ -186,6 +186,11 @@ class TrainConfig(_Strict):
         "any test image is scored (pneumo evaluate --threshold-method or a target overrides it)",
     )
     fit_ood: bool = Field(True, description="fit the out-of-distribution detector (pneumo.trust.ood) after training")
+    ood_negatives: str | None = Field(
+        None,
+        description="a folder or manifest of images that are NOT the training population (e.g. adult chest X-rays), "
+        "added to the generated outlier-exposure negatives of the out-of-distribution detector",
+    )
     num_workers: int | Literal["auto"] = "auto"
     data_path: Literal["auto", "loader", "resident"] = Field(
         "auto",

@@ -117,7 +117,10 @@ def _fit_ood(cfg: TrainConfig, run_dir: Path, device: torch.device) -> None:
         return  # off, or already fitted on these best weights (a resumed run that improved is refitted)
     from pneumo.trust.ood import fit_ood  # the trust package builds on training: import late
 
-    fit_ood(run_dir, device=str(device), batch_size=max(cfg.batch_size, 64), progress=cfg.progress)
+    fit_ood(
+        run_dir, device=str(device), batch_size=max(cfg.batch_size, 64), negatives=cfg.ood_negatives,
+        progress=cfg.progress,
+    )  # fmt: skip
 
 
 def check_architecture(cfg: TrainConfig) -> None:
@@ -225,7 +228,7 @@ def resume(run_dir: str | Path, *, data: str | Path | None = None, finished_ok: 
 # and ``deterministic`` change rounding only; a resume on another machine may need them changed).
 RESUME_FREE = frozenset(
     {"data", "out", "split_file", "cache_dir", "progress", "num_workers", "device", "threads", "data_path", "compile",
-     "amp", "deterministic", "checkpoint_every_steps", "fit_ood"}
+     "amp", "deterministic", "checkpoint_every_steps", "fit_ood", "ood_negatives"}
 )  # fmt: skip
 
 
