@@ -207,13 +207,15 @@ def evaluate_run(
     method chose the threshold; otherwise they are fitted on the validation split (Youden's J). ``youden``,
     ``target_sensitivity`` (the most specific threshold reaching this validation sensitivity) or
     ``target_specificity`` (the most sensitive one reaching this validation specificity) asks for a method, and
-    replaces a stored threshold of another. ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+    replaces a stored threshold of another. ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    A shipped model's name (:mod:`pneumo.zoo`) evaluates a copy of it under ``~/.cache/pneumo/models``."""
     from pneumo.training import load_run, load_yaml, predict_logits, read_run_meta, update_run_meta
     from pneumo.training.run import pick_device
+    from pneumo.zoo import writable_copy
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    run_dir = Path(run_dir).expanduser().resolve()
+    run_dir = writable_copy(run_dir).resolve()
     meta = read_run_meta(run_dir)
     config = load_yaml(run_dir / "config.yaml")
     task = get_task(meta["task"])

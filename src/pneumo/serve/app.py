@@ -128,7 +128,12 @@ def create_app(
 
     def _predict(data: bytes, name: str) -> dict[str, Any]:
         result = app.state.predictor.predict_prepared([_prepare(data, name, keep_original=False)])[0]
-        return {**result.to_dict(), "model_id": card["model_id"], "pneumo_version": pneumo.__version__}
+        return {
+            **result.to_dict(),
+            "model_id": card["model_id"],
+            "pneumo_version": pneumo.__version__,
+            "disclaimer": DISCLAIMER,
+        }
 
     def _explain(data: bytes, name: str) -> bytes:
         return app.state.predictor.explain_prepared(_prepare(data, name, keep_original=True)).overlay_png
