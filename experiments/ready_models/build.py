@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", action="append", default=[], choices=sorted(SHIPPED), help="repeatable")
     parser.add_argument("--run", action="append", default=[], metavar="NAME=RUN_DIR", help="ship this run folder")
+    parser.add_argument(
+        "--external",
+        type=Path,
+        help="images from elsewhere (e.g. external_adult_dev/MANIFEST.csv): the model card "
+        "says how many the out-of-distribution check flags and which labels they get",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--zoo", type=Path, default=ROOT / "src" / "pneumo" / "zoo")
@@ -59,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     given = dict(item.split("=", 1) for item in args.run)
     if unknown := set(given) - set(SHIPPED):
         parser.error(f"--run: unknown model(s) {', '.join(sorted(unknown))}; shipped: {', '.join(SHIPPED)}")
+    images = sorted(p for p in args.examples.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     for name in args.only or list(SHIPPED):
         spec = SHIPPED[name]
         if name in given:
@@ -78,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
             description=spec["description"],
             default=spec["default"],
             n_boot=args.n_boot,
+            examples=images,
+            external=args.external,
         )
         print(f"shipped {name} from {run_dir} as {folder}")
-    images = sorted(p for p in args.examples.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     args.expected.parent.mkdir(parents=True, exist_ok=True)
     args.expected.write_text(json.dumps(expected_predictions(images, args.zoo), indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.expected} ({len(images)} example images)")

@@ -84,6 +84,13 @@ def card_section(name: str, base: str, source: dict[str, Any], stage: Path) -> s
     meta = json.loads((stage / META_FILE).read_text(encoding="utf-8"))
     env = json.loads((stage / "env.json").read_text(encoding="utf-8")) if (stage / "env.json").is_file() else {}
     ood = meta.get("ood") or {}
+    ood_text = (
+        f"{ood.get('method', 'yes')}, fitted on the training split's features; each prediction says "
+        "`in_distribution`. It flags images unlike the training X-rays; it does not make the model valid on other "
+        "populations (adults, other hospitals, other scanners)."
+        if ood
+        else "none fitted (`in_distribution` is empty); fit one with `pneumo audit ood-fit`."
+    )
     if source.get("experiment"):
         trained = (
             f"`pneumo reproduce --suite {source['suite']} --only {source['experiment']} --seed {source['seed']} "
@@ -102,13 +109,66 @@ def card_section(name: str, base: str, source: dict[str, Any], stage: Path) -> s
         f"`{env.get('git_commit', 'not recorded')}`, torch {env.get('torch', '?')} on {env.get('device', '?')}.",
         f"- Rebuild: `python experiments/ready_models/build.py --data DATA --only {base}` (trains, evaluates on the "
         "official test split, strips optimiser state and installs the folder with its checksums).",
-        f"- Out-of-distribution check: {ood.get('method', 'none')} (fitted on the training split's features); each "
-        "prediction says `in_distribution`. It flags images unlike the training X-rays; it does not make the model "
-        "valid on other populations (adults, other hospitals, other scanners).",
+        f"- Out-of-distribution check: {ood_text}",
         f"- Built: {dt.datetime.now(dt.UTC).date().isoformat()}.",
         "\n### Data and licence\n",
         ATTRIBUTION + "\n",
     ]
+    return "\n".join(lines) + "\n"
+
+
+def tidy(stage: Path) -> None:
+    """Leave out what evaluating the copy added besides metrics.json (its lock file, predictions, report), and write
+    paths inside the temporary folder as the model's name."""
+    for path in [p for p in stage.rglob("*") if p.is_file()]:
+        in_eval = path.parent.name.startswith("eval-")
+        if (in_eval and path.name not in EVAL_KEPT) or (_left_out(path.name) and path.name != "MODEL_CARD.md"):
+            path.unlink()
+    for path in [stage / "MODEL_CARD.md", *stage.glob("eval-*/metrics.json")]:
+        text = path.read_text(encoding="utf-8")
+        path.write_text(text.replace(str(stage), stage.name), encoding="utf-8")
+
+
+def behaviour_section(stage: Path, examples: list[Path], external: Path | None) -> str:
+    """The model card's part on what the model does with the example images and with an external set."""
+    from collections import Counter
+
+    from pneumo.api import load
+
+    if not examples and external is None:
+        return ""
+    predictor = load(stage)
+    lines = ["\n### Behaviour on the example images and on external images\n"]
+    if examples:
+        lines += [
+            "The images in `examples/` (official test split images and one picture that is not an X-ray; see its "
+            "README):\n",
+            "| file | label | probabilities | in_distribution |",
+            "| --- | --- | --- | --- |",
+        ]
+        for r in predictor.predict([str(p) for p in examples]):
+            probs = ", ".join(f"{k} {v:.3f}" for k, v in r.probabilities.items())
+            lines.append(f"| {Path(r.source).name} | {r.label} | {probs} | {r.in_distribution} |")
+    if external is not None:
+        from pneumo.data.records import discover
+
+        records = discover(external)
+        results = predictor.predict([str(r.path) for r in records])
+        flagged = sum(r.in_distribution is False for r in results)
+        checked = any(r.in_distribution is not None for r in results)
+        labels = Counter(r.label for r in results)
+        truth = Counter(r.label for r in records)
+        name = external.parent.name if external.is_file() else external.name
+        ood = (
+            f"the out-of-distribution check flags {flagged} ({flagged / len(results):.0%}) as not in distribution"
+            if checked
+            else "the model has no out-of-distribution check"
+        )
+        lines += [
+            f"\nOn `{name}` ({len(records)} images: {', '.join(f'{k} {v}' for k, v in sorted(truth.items()))}), "
+            f"images this model was not made for, {ood}; the labels given are "
+            f"{', '.join(f'{k} {v}' for k, v in sorted(labels.items()))}. A prediction on such images means nothing.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -122,8 +182,12 @@ def ship(
     default: bool = False,
     n_boot: int = 1000,
     device: str = "cpu",
+    examples: list[Path] | None = None,
+    external: Path | None = None,
 ) -> Path:
-    """Install ``run_dir`` as the shipped model ``base`` (``<base>-v<N>``); returns its folder."""
+    """Install ``run_dir`` as the shipped model ``base`` (``<base>-v<N>``); returns its folder. Its model card also
+    shows its predictions on ``examples`` and, with ``external`` (a dataset folder or manifest of images from
+    elsewhere), how many of those its out-of-distribution check flags and which labels it gives them."""
     from pneumo.evaluation.run import evaluate_run
 
     source = source or {"run": str(run_dir)}
@@ -133,12 +197,10 @@ def ship(
         name = f"{base}-v{next_version(zoo_dir, base, file_sha256(copied / WEIGHTS_FILE))}"
         stage = copied.rename(Path(tmp) / name)  # the evaluation and the model card are titled by the folder's name
         evaluate_run(stage, split="test", n_boot=n_boot, device=device, plots=False, progress=False)
-        for eval_dir in stage.glob("eval-*"):
-            for path in eval_dir.iterdir():
-                if path.name not in EVAL_KEPT:
-                    path.unlink()
+        tidy(stage)
+        behaviour = behaviour_section(stage, examples or [], external)
         card = stage / "MODEL_CARD.md"
-        card.write_text(card.read_text(encoding="utf-8") + "\n" + card_section(name, base, source, stage))
+        card.write_text(card.read_text(encoding="utf-8") + "\n" + card_section(name, base, source, stage) + behaviour)
         write_checksums(stage)
         index = _index(zoo_dir)
         models = index.setdefault("models", {})
