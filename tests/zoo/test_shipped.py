@@ -62,7 +62,7 @@ def test_predict_with_an_image_first_uses_the_default_model_and_says_so() -> Non
     named = CliRunner().invoke(app, ["predict", "pneumo/normal-bacteria-virus", str(image), str(EXAMPLES), "-f", "csv"])
     assert named.exit_code == 0, named.stderr
     assert "model: pneumo/normal-bacteria-virus-v" in named.stderr and "default" not in named.stderr
-    assert named.stdout.splitlines()[0].startswith("file,label,p_NORMAL,p_BACTERIA,p_VIRUS")
+    assert named.stdout.splitlines()[0].startswith("file,label,p_normal,p_bacteria,p_virus")
     assert len(named.stdout.splitlines()) == 1 + 1 + len(IMAGES)
     unknown = CliRunner().invoke(app, ["predict", "pneumo/no-such-model", str(image)])
     assert unknown.exit_code == 2 and "shipped: pneumo/normal-bacteria-virus-v" in unknown.stderr

@@ -83,7 +83,7 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print the list a
 def predict(
     args: list[str] = typer.Argument(
         ...,
-        metavar="[MODEL] IMAGES...",
+        metavar="[MODEL] IMAGE",
         help="A run folder, .onnx export or shipped model name (`pneumo models`; left out: the default shipped "
         "model), then image files (JPEG, PNG, DICOM, ...) or folders to walk.",
     ),
