@@ -104,12 +104,12 @@ def predict(
         fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     model = args[0] if names_a_model(args[0]) else DEFAULT_ALIAS
     images = [Path(a) for a in (args[1:] if model is args[0] else args)]
-    if not images:
-        fail(f"no images given after the model {model}: pneumo predict [MODEL] IMAGES...")
     try:
         predictor = Predictor.load(model, batch_size=batch_size, device=device)  # checks the device too
     except (ModelLoadError, OSError) as exc:
         fail(str(exc))
+    if not images:
+        fail(f"no images given after the model {model}: pneumo predict [MODEL] IMAGES...")
     typer.echo(f"model: {describe(model, predictor.model_id)}. {DISCLAIMER}", err=True)
     if cam is not None and predictor.explain_unavailable is not None:
         fail(f"--cam: {predictor.explain_unavailable}")
