@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=Path, default=ROOT / "examples")
     parser.add_argument("--expected", type=Path, default=ROOT / "tests" / "zoo" / "expected_predictions.json")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     given = dict(item.split("=", 1) for item in args.run)
     if unknown := set(given) - set(SHIPPED):
         parser.error(f"--run: unknown model(s) {', '.join(sorted(unknown))}; shipped: {', '.join(SHIPPED)}")

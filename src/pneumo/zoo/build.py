@@ -191,6 +191,7 @@ def ship(
     from pneumo.evaluation.run import evaluate_run
 
     source = source or {"run": str(run_dir)}
+    zoo_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{base}-", dir=zoo_dir) as tmp:
         copied = Path(tmp) / "copy"
         copy_run(Path(run_dir), copied)
