@@ -23,21 +23,20 @@ from pathlib import Path
 from pneumo.zoo.build import expected_predictions, ship, train_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
-# name -> the declared experiment it ships (pick rows and seeds by validation, never by test)
+# name -> the declared experiment it ships (pick rows and seeds by validation, never by test); --run NAME=RUN_DIR
+# ships another run under one of these names (a new version); a new name needs an entry here
 SHIPPED = {
     "normal-pneumonia": {
         "suite": "cpu",
         "experiment": "cnn-normal-pneumonia",
         "seed": 0,
         "default": True,
-        "description": "from-scratch CNN, 128 px, NORMAL vs PNEUMONIA (cpu suite, seed 0)",
     },
     "normal-bacteria-virus": {
         "suite": "cpu",
         "experiment": "cnn-normal-bacteria-virus",
         "seed": 0,
         "default": False,
-        "description": "from-scratch CNN, 128 px, NORMAL vs BACTERIA vs VIRUS (cpu suite, seed 0)",
     },
 }
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
@@ -84,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
             name,
             zoo_dir=args.zoo,
             source=source,
-            description=spec["description"],
             default=spec["default"],
             n_boot=args.n_boot,
             examples=images,

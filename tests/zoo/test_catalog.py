@@ -100,3 +100,14 @@ def test_copy_run_leaves_out_resume_state_and_versions_follow_weights(tmp_path: 
     assert next_version(zoo, "binary", file_sha256(zoo / "binary-v1" / "best.safetensors")) == 1
     assert next_version(zoo, "binary", "0" * 64) == 2 and next_version(zoo, "other", "0" * 64) == 1
     shutil.rmtree(zoo)
+
+
+def test_a_run_of_another_task_cannot_ship_under_a_task_name(tmp_path: Path) -> None:
+    from pneumo.zoo.build import ship
+
+    run = make_fake_run(tmp_path, task="three")
+    meta = json.loads((run / "checkpoint.json").read_text())
+    (run / "checkpoint.json").write_text(json.dumps({**meta, "task": "normal-bacteria-virus"}))
+    with pytest.raises(ValueError, match="a normal-bacteria-virus model cannot ship as 'normal-pneumonia'"):
+        ship(run, "normal-pneumonia", zoo_dir=tmp_path / "zoo")
+    assert not any((tmp_path / "zoo").iterdir())  # nothing half-shipped

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pneumo.data.tasks import TASKS
 from pneumo.inference.meta import META_FILE, WEIGHTS_FILE
 from pneumo.utils.digest import file_sha256
 from pneumo.zoo.catalog import INDEX_FILE, PREFIX, ZOO_DIR, _base, _index, _version, write_checksums
@@ -117,6 +118,18 @@ def card_section(name: str, base: str, source: dict[str, Any], stage: Path) -> s
     return "\n".join(lines) + "\n"
 
 
+def describe_run(folder: Path, source: dict[str, Any]) -> str:
+    """``cnn, 128 px, NORMAL vs PNEUMONIA (cpu suite cnn-normal-pneumonia, seed 0)``."""
+    meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    where = (
+        f"{source['suite']} suite {source['experiment']}, seed {source['seed']}"
+        if source.get("experiment")
+        else f"run {Path(source.get('run', '?')).name}"
+    )
+    classes = " vs ".join(meta["class_names"])
+    return f"{meta['model']['name']}, {meta['preprocess']['image_size']} px, {classes} ({where})"
+
+
 def tidy(stage: Path) -> None:
     """Leave out what evaluating the copy added besides metrics.json (its lock file, predictions, report), and write
     paths inside the temporary folder as the model's name."""
@@ -195,6 +208,9 @@ def ship(
     with tempfile.TemporaryDirectory(prefix=f".{base}-", dir=zoo_dir) as tmp:
         copied = Path(tmp) / "copy"
         copy_run(Path(run_dir), copied)
+        task = json.loads((copied / META_FILE).read_text(encoding="utf-8"))["task"]
+        if base in TASKS and task != base:
+            raise ValueError(f"{run_dir}: a {task} model cannot ship as {base!r}")
         name = f"{base}-v{next_version(zoo_dir, base, file_sha256(copied / WEIGHTS_FILE))}"
         stage = copied.rename(Path(tmp) / name)  # the evaluation and the model card are titled by the folder's name
         evaluate_run(stage, split="test", n_boot=n_boot, device=device, plots=False, progress=False)
@@ -209,7 +225,7 @@ def ship(
             shutil.rmtree(zoo_dir / old, ignore_errors=True)
             del models[old]
         shutil.move(stage, zoo_dir / name)
-    models[name] = {"description": description, "source": source}
+    models[name] = {"description": description or describe_run(zoo_dir / name, source), "source": source}
     if default or not index.get("default"):
         index["default"] = base
     index["models"] = dict(sorted(models.items()))
