@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo test lint format install install-dev clean
+.PHONY: demo ready-models test lint format install install-dev clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "pneumo needs Python 3.11+"'
@@ -21,8 +21,17 @@ $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(BIN)/python
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# The synthetic walk, then the default shipped model on examples/ (labels, probabilities, in_distribution,
+# Grad-CAM overlays into DEMO_CAM).
+DEMO_CAM ?= demo-output/grad-cam
 demo: install
 	$(BIN)/pneumo demo
+	$(BIN)/pneumo predict examples/*.jpeg --cam $(DEMO_CAM)
+	@echo "Grad-CAM overlays of the example images: $(DEMO_CAM)/"
+
+# Retrain, evaluate and reinstall the shipped models (src/pneumo/zoo/) from the dataset: make ready-models DATA=...
+ready-models: install
+	$(BIN)/python experiments/ready_models/build.py --data $(DATA)
 
 test: install-dev lint
 	$(BIN)/python -m pytest

@@ -1,4 +1,4 @@
-"""The Python entry point: ``pneumo.load(path)``."""
+"""The Python entry point: ``pneumo.load(path_or_name)``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pneumo.inference.predictor import Predictor
 
 
 def load(path: str | Path, *, device: str = "cpu", **kwargs: Any) -> Predictor:
-    """A :class:`~pneumo.inference.Predictor` for a run folder (PyTorch) or a ``.onnx`` export (onnxruntime).
+    """A :class:`~pneumo.inference.Predictor` for a run folder (PyTorch), a ``.onnx`` export (onnxruntime) or a
+    model shipped with pneumo by name (``pneumo.load("normal-pneumonia")``; ``pneumo models`` lists them).
 
     ``kwargs``: ``batch_size`` (default 32), ``max_pixels`` (decompression-bomb guard); for ``.onnx`` files also
     ``threads`` (onnxruntime's intra-op threads; default ``OMP_NUM_THREADS`` when set).

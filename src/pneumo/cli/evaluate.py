@@ -12,7 +12,10 @@ from pneumo.cli.output import DEVICE_HELP, check_device, fail
 
 
 def evaluate(
-    run_dir: Path = typer.Argument(..., help="Run folder written by `pneumo train`."),
+    run_dir: Path = typer.Argument(
+        ...,
+        help="Run folder written by `pneumo train`, or a shipped model's name (evaluated in a copy under the cache).",
+    ),
     data: Path | None = typer.Option(
         None, "--data", help="Another dataset folder or CSV manifest (default: the run's own dataset and split.csv)."
     ),

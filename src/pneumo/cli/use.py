@@ -22,6 +22,7 @@ WORKER_STARTUP_S = 180
 
 def register(app: typer.Typer) -> None:
     """Add the commands of this module to the top-level ``pneumo`` app."""
+    app.command()(models)
     app.command()(predict)
     app.command()(export)
     app.command()(serve)
@@ -66,26 +67,50 @@ def _cam_path(out_dir: Path, source: Path, used: set[Path]) -> Path:
     return candidate
 
 
+def models(json_out: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
+    """The trained models shipped with pneumo: any command that takes a run folder takes one of these names."""
+    from pneumo.inference import DISCLAIMER
+    from pneumo.zoo import list_models, model_rows
+
+    summaries = [m.summary() for m in list_models()]
+    if json_out:
+        typer.echo(json.dumps(summaries, indent=2))
+        return
+    print_table(model_rows(summaries))
+    typer.echo(f"test: the official Kermany test split, 95 % CIs over patients. {DISCLAIMER}")
+
+
 def predict(
-    model: Path = typer.Argument(..., help="Run folder or .onnx export."),
-    images: list[Path] = typer.Argument(..., help="Image files (JPEG, PNG, DICOM, ...) or folders to walk."),
+    args: list[str] = typer.Argument(
+        ...,
+        metavar="[MODEL] IMAGE",
+        help="A run folder, .onnx export or shipped model name (`pneumo models`; left out: the default shipped "
+        "model), then image files (JPEG, PNG, DICOM, ...) or folders to walk.",
+    ),
     fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv"),
     cam: Path | None = typer.Option(None, "--cam", help="Write Grad-CAM overlays (<name>.cam.png) into this folder."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     device: str = typer.Option("cpu", "--device", help=f"{DEVICE_HELP}; ONNX models run on the CPU."),
 ) -> None:
-    """Predict images; a bad file is reported on stderr and skipped (exit code 1 if any failed)."""
+    """Predict images; a bad file is reported on stderr and skipped (exit code 1 if any failed). The model used and
+    the research-use-only notice go to stderr."""
     from pneumo.data.decode import ImageDecodeError
-    from pneumo.inference import ModelLoadError, Predictor
+    from pneumo.inference import DISCLAIMER, ModelLoadError, Predictor
     from pneumo.utils.atomic import write_bytes
     from pneumo.utils.progress import progress_bar
+    from pneumo.zoo import DEFAULT_ALIAS, describe, names_a_model
 
     if fmt not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    model = args[0] if names_a_model(args[0]) else DEFAULT_ALIAS
+    images = [Path(a) for a in (args[1:] if model is args[0] else args)]
     try:
         predictor = Predictor.load(model, batch_size=batch_size, device=device)  # checks the device too
     except (ModelLoadError, OSError) as exc:
         fail(str(exc))
+    if not images:
+        fail(f"no images given after the model {model}: pneumo predict [MODEL] IMAGES...")
+    typer.echo(f"model: {describe(model, predictor.model_id)}. {DISCLAIMER}", err=True)
     if cam is not None and predictor.explain_unavailable is not None:
         fail(f"--cam: {predictor.explain_unavailable}")
     if cam is not None:  # before any work: a file there, or no parent, failed after the first batch with a traceback
@@ -172,7 +197,7 @@ def _print_results(results: list, fmt: str, class_names: tuple[str, ...], cam_pa
 
 
 def export(
-    model: Path = typer.Argument(..., help="Run folder."),
+    model: Path = typer.Argument(..., help="Run folder or shipped model name (`pneumo models`)."),
     onnx_path: Path = typer.Option(..., "--onnx", help="ONNX file to write."),
     opset: int = typer.Option(17, "--opset", min=17),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check ONNX vs PyTorch within 1e-4."),
@@ -203,7 +228,7 @@ def service_problem(model: str, limits: dict) -> str | None:
 
 
 def serve(
-    model: Path = typer.Argument(..., help="Run folder or .onnx export."),
+    model: Path = typer.Argument(..., help="Run folder, .onnx export or shipped model name (`pneumo models`)."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes (each loads the model)."),
@@ -232,7 +257,12 @@ def serve(
 
     from pneumo.inference import ModelLoadError
     from pneumo.serve.app import ENV_PREFIX, create_app
+    from pneumo.zoo import resolve_model
 
+    try:
+        model = resolve_model(model)  # a shipped name becomes its folder, which the workers find too
+    except ModelLoadError as exc:
+        fail(str(exc))
     limits = {
         "max_upload_mb": max_upload_mb,
         "max_pixels": max_pixels,

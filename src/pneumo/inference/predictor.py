@@ -102,7 +102,10 @@ class Predictor:
     # --- construction -----------------------------------------------------------------------------------------
     @classmethod
     def from_run(cls, run_dir: str | Path, *, device: str = "cpu", **kwargs: Any) -> Predictor:
-        run_dir = Path(run_dir)
+        """A run folder, or a shipped model's name (:mod:`pneumo.zoo`)."""
+        from pneumo.zoo import resolve_model
+
+        run_dir = resolve_model(run_dir)
         try:
             from pneumo.inference.torch_backend import TorchBackend, load_run
             from pneumo.utils.device import resolve_device
@@ -133,8 +136,11 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any) -> Predictor:
-        """A run folder (or its ``checkpoint.json``) or an ``.onnx`` file."""
-        path = Path(path)
+        """A run folder (or its ``checkpoint.json``), an ``.onnx`` file or a shipped model's name (``pneumo models``:
+        ``normal-pneumonia``, ``pneumo/normal-pneumonia-v1``; its files checked against its checksum list)."""
+        from pneumo.zoo import resolve_model
+
+        path = resolve_model(path)
         if path.is_dir():
             return cls.from_run(path, **kwargs)
         if path.name == META_FILE:

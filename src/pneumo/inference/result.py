@@ -7,6 +7,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from pneumo.inference.meta import DISCLAIMER
+
 
 @dataclass(frozen=True)
 class PredictionResult:
@@ -25,6 +27,11 @@ class PredictionResult:
     ood_score: float | None = None
     source: str = ""
     reason: str | None = None
+
+    @property
+    def disclaimer(self) -> str:
+        """Research use only, not a medical device (the HTTP service sends it with every prediction)."""
+        return DISCLAIMER
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

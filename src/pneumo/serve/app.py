@@ -133,7 +133,12 @@ def create_app(
         result = app.state.predictor.predict_prepared([_prepare(data, name, keep_original=False)])[0]
         if refuse_ood and result.in_distribution is False:
             raise ApiError(422, "out_of_distribution", f"{name}: {result.reason}")
-        return {**result.to_dict(), "model_id": card["model_id"], "pneumo_version": pneumo.__version__}
+        return {
+            **result.to_dict(),
+            "model_id": card["model_id"],
+            "pneumo_version": pneumo.__version__,
+            "disclaimer": DISCLAIMER,
+        }
 
     def _explain(data: bytes, name: str) -> bytes:
         return app.state.predictor.explain_prepared(_prepare(data, name, keep_original=True)).overlay_png
