@@ -230,15 +230,11 @@ def evaluate_run(
     ``threshold_method`` (config.yaml; Youden's J by default). ``youden``,
     ``target_sensitivity`` (the most specific threshold reaching this validation sensitivity) or
     ``target_specificity`` (the most sensitive one reaching this validation specificity) asks for a method, and
-<<<<<<< HEAD
     replaces a stored threshold of another; so does ``threshold_method`` (``youden``, ``gap_midpoint``,
     ``prior_balanced``). Binary tasks also get ``threshold_rules``: every rule's validation threshold and what it
     gives on the evaluated split, side by side (when the run's validation images can be read).
-    ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
-=======
-    replaces a stored threshold of another. ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-    A shipped model's name (:mod:`pneumo.zoo`) evaluates a copy of it under ``~/.cache/pneumo/models``."""
->>>>>>> wt-25
+    ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``. A shipped model's name (:mod:`pneumo.zoo`)
+    evaluates a copy of it under ``~/.cache/pneumo/models``."""
     from pneumo.training import load_run, load_yaml, predict_logits, read_run_meta, update_run_meta
     from pneumo.training.run import pick_device
     from pneumo.zoo import writable_copy
