@@ -7,6 +7,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+OOD_WARNING = "this image does not look like the chest X-rays the model was trained on: the prediction is unreliable"
+
 
 @dataclass(frozen=True)
 class PredictionResult:
@@ -15,6 +17,7 @@ class PredictionResult:
     ``threshold``: for binary tasks, the probability of the positive class (``class_names[1]``) at or above which
     the label is positive (the run's validated operating point, else 0.5); ``None`` for 3-class tasks (argmax).
     ``in_distribution``/``ood_score``: ``None`` when the model carries no out-of-distribution detector.
+    ``warning``: set when ``in_distribution`` is False (the label is unreliable), else ``None``.
     """
 
     probabilities: dict[str, float]
@@ -23,6 +26,11 @@ class PredictionResult:
     in_distribution: bool | None = None
     ood_score: float | None = None
     source: str = ""
+    warning: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.in_distribution is False and self.warning is None:
+            object.__setattr__(self, "warning", OOD_WARNING)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
