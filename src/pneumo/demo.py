@@ -1,4 +1,4 @@
-"""``pneumo demo``: the whole walk on SYNTHETIC data (about 60 s of CPU time: a minute or two on an idle 2-core CPU).
+"""``pneumo demo``: the whole walk on SYNTHETIC data in about 60 s of CPU time (measured with one thread).
 
 Generates the synthetic radiograph-like dataset (not X-rays: for demos and tests only), trains the from-scratch CNN
 on normal vs pneumonia, evaluates it on the synthetic test split and leaves a run folder with metrics, plots, an HTML

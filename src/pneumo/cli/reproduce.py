@@ -56,10 +56,10 @@ def demo(
     epochs: int = typer.Option(DEMO_EPOCHS, help="Training epochs."),
 ) -> None:
     """Synthetic data -> train a CNN -> evaluate: the whole walk (SYNTHETIC data, not X-rays). About 60 s of CPU
-    time: a minute or two on an idle 2-core CPU, several on a busy one."""
+    time (measured with one thread): about a minute on an idle CPU, several minutes on a busy one."""
     from pneumo.demo import run_demo, trivial_baseline
 
-    typer.echo("pneumo demo: synthesise data, train a CNN, evaluate it (a minute or two on an idle 2-core CPU)")
+    typer.echo("pneumo demo: synthesise data, train a CNN, evaluate it (about 60 s of CPU time; longer on a busy CPU)")
     result = run_demo(out, epochs=epochs)
     section = result["metrics"][result["primary"]]
     typer.echo("SYNTHETIC demo data (not X-rays; research tool, not a medical device)")
