@@ -173,7 +173,7 @@ def test_learnable_but_not_by_mean_intensity() -> None:
     # if the findings vanish (then about 0.49) or become too faint to learn.
     assert auc > 0.65, auc
     # Findings must not be a global brightness shortcut: exposure jitter dominates the mean (measured AUC
-    # 0.53-0.61 over three seed pairs; 0.40-0.52 before the severity floor). 0.7 leaves room for sampling noise (SE about
-    # 0.04) and still fails on a real shortcut (pneumonia 40 grey levels brighter gives 0.90).
+    # 0.53-0.61 over three seed pairs; 0.40-0.52 before the severity floor). 0.7 leaves room for sampling noise
+    # (SE about 0.04) and still fails on a real shortcut (pneumonia 40 grey levels brighter gives 0.90).
     mean_auc = roc_auc_score(y_test, x_test.mean((1, 2)))
     assert max(mean_auc, 1 - mean_auc) < 0.7, mean_auc

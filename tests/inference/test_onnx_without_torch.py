@@ -59,7 +59,7 @@ try:
 except pneumo.inference.ModelLoadError as exc:
     run_folder = str(exc)
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in {blocked!r} and sys.modules[m] is not None)
-out = {{"api": api, "cli": json.loads(cli.output), "http": http.json(), "loaded": loaded, "run_folder": run_folder}}
+out = {{"api": api, "cli": json.loads(cli.stdout), "http": http.json(), "loaded": loaded, "run_folder": run_folder}}
 print(json.dumps(out))
 """
 

@@ -92,7 +92,8 @@ def paired_difference(
     if images is not None:
         listed = set(images)
         a, b = ({p: r for p, r in rows.items() if p in listed} for rows in (a, b))
-    if a and b and all("sha256" in r for rows in (a, b) for r in rows.values()):
+    by_content = bool(a and b) and all("sha256" in r for rows in (a, b) for r in rows.values())
+    if by_content:
         a, b = _by_content(a), _by_content(b)
         if set(a) != set(b):
             raise ValueError(
@@ -125,7 +126,7 @@ def paired_difference(
         "n_images": len(shared),
         "n_classes": k,
         "n_classes_present": classes_present,
-        "paired_by": "sha256" if "#" in shared[0] else "path",
+        "paired_by": "sha256" if by_content else "path",
         **{name: ci.to_dict() for name, ci in cis.items()},
     }
 
