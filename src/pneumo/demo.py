@@ -18,6 +18,8 @@ def demo_home() -> Path:
 
 
 DEMO_EPOCHS = 12
+# The synthetic generator's version: data written by an earlier one (fainter findings) is not reused.
+DEMO_DATA = "data-v2"
 
 
 def run_demo(
@@ -31,9 +33,9 @@ def run_demo(
     from pneumo.training import build_config, train
 
     home = demo_home()
-    data = home / "data" / "chest_xray"
+    data = home / DEMO_DATA / "chest_xray"
     if not (data / "MANIFEST.csv").exists():
-        data = generate_dataset(home / "data", n=n_images, seed=seed)
+        data = generate_dataset(home / DEMO_DATA, n=n_images, seed=seed)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_out = out or home / "runs" / f"demo-cnn-normal-pneumonia-{stamp}"
     cfg = build_config(

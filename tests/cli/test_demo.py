@@ -24,3 +24,4 @@ def test_the_demo_model_beats_always_answering_the_majority_class(
     assert baseline is not None, out.stdout
     assert numbers["accuracy"] > float(baseline[1]) + 0.05, out.stdout
     assert numbers["roc_auc"] > 0.8, out.stdout
+    assert f"data: {tmp_path / 'cache' / 'pneumo' / 'demo' / 'data-v2' / 'chest_xray'}" in out.stdout  # not the old
