@@ -10,11 +10,16 @@ $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "pneumo needs Python 3.11+"'
 	$(PYTHON) -m venv $(VENV)
 
+# measured: a .venv with PyTorch's default (CUDA) build takes 6.3 GB, 3.2 GB of it NVIDIA libraries
+INSTALL_SIZE_NOTE := @echo "installing pneumo and PyTorch into $(VENV): about 6.3 GB (3.2 GB of it CUDA libraries; without a GPU, see README: CPU-only PyTorch)"
+
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(INSTALL_SIZE_NOTE)
 	$(PIP_INSTALL) -e .
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(BIN)/python
+	$(INSTALL_SIZE_NOTE)
 	$(PIP_INSTALL) -e '.[dev]'
 	@touch $(VENV)/.installed $@
 

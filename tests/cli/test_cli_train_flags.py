@@ -58,9 +58,10 @@ def test_demo_output_labels_the_auc_threshold_free(tmp_path: Path, monkeypatch: 
     names = ("accuracy", "sensitivity", "specificity", "roc_auc")
     section = {"label": "validated t = 0.706 (youden)", "ci": dict.fromkeys(names, ci)}
     fake = {"metrics": {"primary": section}, "primary": "primary", "data": tmp_path, "run_dir": tmp_path}
-    fake["eval_dir"] = tmp_path
+    fake.update(eval_dir=tmp_path, class_names=["NORMAL", "PNEUMONIA"], class_counts={"NORMAL": 43, "PNEUMONIA": 125})
     monkeypatch.setattr(pneumo.demo, "run_demo", lambda out=None, epochs=8: fake)
     result = CliRunner().invoke(app, ["demo"])
     assert result.exit_code == 0, result.output
     assert "sensitivity  0.800 [0.700, 0.900]  (validated t = 0.706 (youden))" in result.output
     assert "roc_auc      0.800 [0.700, 0.900]  (threshold-free)" in result.output
+    assert "trivial baseline: always PNEUMONIA: accuracy 0.744, roc_auc 0.500" in result.output  # 125 / 168

@@ -53,10 +53,10 @@ def test_changed_and_added_files_only_are_redone(tmp_path: Path, monkeypatch: py
     assert cache.build(paths, progress=False).rows.tolist() == first.rows.tolist()
     assert decoded == []  # nothing changed, nothing decoded
 
-    Image.fromarray(np.zeros((10, 10), np.uint8)).save(paths[1])
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(paths[1])
     _bump_mtime(paths[1])
     new = tmp_path / "new.png"
-    Image.fromarray(np.full((12, 12), 200, np.uint8)).save(new)
+    Image.fromarray(np.full((48, 48), 200, np.uint8)).save(new)
     again = cache.build([*paths, new], progress=False)
     assert sorted(Path(p).name for p in decoded) == ["img1.png", "new.png"]
     np.testing.assert_array_equal(again[1], np.zeros((16, 16), np.uint8))
@@ -72,11 +72,11 @@ def test_a_same_size_replacement_that_kept_the_mtime_is_redone(tmp_path: Path) -
     contract = PreprocessContract(image_size=8)
     cache = ImageCache(contract, tmp_path / "cache")
     path = tmp_path / "x.bmp"
-    Image.fromarray(np.full((8, 8), 30, np.uint8)).save(path)
+    Image.fromarray(np.full((32, 32), 30, np.uint8)).save(path)
     assert cache.build([path], progress=False)[0].max() == 30
     st = path.stat()
     time.sleep(0.01)  # a later ctime
-    Image.fromarray(np.full((8, 8), 220, np.uint8)).save(path)
+    Image.fromarray(np.full((32, 32), 220, np.uint8)).save(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
     assert cache.build([path], progress=False)[0].min() == 220
@@ -252,11 +252,11 @@ def test_squash_matches_how_the_shared_copy_was_made(tmp_path: Path) -> None:
 
 
 def test_decode_modes() -> None:
-    rgba = Image.fromarray(np.dstack([np.full((4, 4), 200, np.uint8)] * 3 + [np.zeros((4, 4), np.uint8)]), "RGBA")
+    rgba = Image.fromarray(np.dstack([np.full((32, 32), 200, np.uint8)] * 3 + [np.zeros((32, 32), np.uint8)]), "RGBA")
     assert decode_image(rgba).max() == 0  # fully transparent composites onto black
     deep = Image.fromarray(np.array([[0, 1000], [2000, 4095]], dtype=np.uint16))
-    assert decode_image(deep).tolist() == [[0, 62], [125, 255]]
-    palette = Image.fromarray(np.full((4, 4), 77, np.uint8)).convert("P")
+    assert decode_image(deep, min_side=1).tolist() == [[0, 62], [125, 255]]
+    palette = Image.fromarray(np.full((32, 32), 77, np.uint8)).convert("P")
     assert decode_image(palette).max() == 77
 
 

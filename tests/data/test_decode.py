@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import io
+import os
+import re
 import struct
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import pneumo
 from pneumo.data.decode import ImageDecodeError, decode_bytes, decode_image, pil_to_gray
 
 
@@ -20,9 +25,9 @@ def _png(img: Image.Image) -> bytes:
 
 def test_colour_arrays_decode_like_the_same_image_from_a_file() -> None:
     rng = np.random.default_rng(0)
-    gray = rng.integers(30, 200, (24, 20), dtype=np.uint8)  # a narrow range: a min..max stretch would show
+    gray = rng.integers(30, 200, (48, 40), dtype=np.uint8)  # a narrow range: a min..max stretch would show
     rgb = np.stack([gray, np.clip(gray.astype(int) + 10, 0, 255).astype(np.uint8), gray], axis=-1)
-    rgba = np.concatenate([rgb, np.full((24, 20, 1), 255, np.uint8)], axis=-1)
+    rgba = np.concatenate([rgb, np.full((48, 40, 1), 255, np.uint8)], axis=-1)
     for arr in (rgb, rgba):
         from_file = decode_image(_png(Image.fromarray(arr)))
         np.testing.assert_array_equal(decode_image(arr), from_file)
@@ -64,7 +69,7 @@ def test_non_finite_pixels_are_an_error_not_a_black_image(bad: float) -> None:
 
 
 def test_a_lab_tiff_decodes_to_its_lightness_band() -> None:
-    lightness = np.tile(np.arange(0, 240, 10, dtype=np.uint8), (6, 1))
+    lightness = np.tile(np.arange(0, 240, 5, dtype=np.uint8), (40, 1))
     zeros = np.zeros_like(lightness)
     lab = Image.merge("LAB", [Image.fromarray(band) for band in (lightness, zeros, zeros)])
     buf = io.BytesIO()
@@ -145,22 +150,73 @@ def test_pillows_bomb_guard_reports_pneumos_limit() -> None:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    header = struct.pack(">IIBBBBB", 20_000, 20_000, 8, 0, 0, 0, 0)  # 8-bit grayscale
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
-    with pytest.raises(ImageDecodeError, match=f"exceeds the limit of {DEFAULT_MAX_PIXELS} pixels"):
-        decode_bytes(png, "huge.png")
+    for side in (20_000, 10_000):  # over twice Pillow's limit (its error), then over its limit (its warning)
+        header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit grayscale
+        png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # Pillow's DecompressionBombWarning would fail here
+            with pytest.raises(ImageDecodeError) as caught:
+                decode_bytes(png, "huge.png")
+        message = str(caught.value)
+        assert message.startswith("huge.png: image of ") and message.count("limit") == 1, message
+        assert message.endswith(f"exceeds the limit of {DEFAULT_MAX_PIXELS}") or message.endswith(
+            f"exceeds the limit of {DEFAULT_MAX_PIXELS} pixels"
+        ), message
+        assert str(side * side) in message or f"{side}x{side}" in message
+
+
+def test_a_bomb_leaks_no_pillow_warning_to_stderr(tmp_path) -> None:
+    import subprocess
+    import sys
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 10_000, 10_000, 8, 0, 0, 0, 0)  # 100 MP: over Pillow's warning limit
+    (tmp_path / "big.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    code = (
+        "from pneumo.data.decode import decode_image\n"
+        "try:\n    decode_image('big.png')\nexcept ValueError as e:\n    print(e)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(pneumo.__file__).parents[1])}  # this checkout's pneumo
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.strip() == "big.png: image of 10000x10000 pixels exceeds the limit of 64000000"
+    assert "DecompressionBomb" not in done.stderr and done.stderr == "", done.stderr
+
+
+@pytest.mark.parametrize(
+    ("image", "size"),
+    [
+        (Image.new("L", (1, 1)), "1x1"),
+        (Image.new("RGBA", (31, 400), (0, 0, 0, 0)), "31x400"),  # fully transparent, one side short
+        (Image.new("L", (400, 16)), "400x16"),
+    ],
+)
+def test_an_image_too_small_for_a_radiograph_is_refused(tmp_path, image: Image.Image, size: str) -> None:
+    path = tmp_path / "icon.png"
+    image.save(path)
+    reason = rf"image of {size} pixels is too small for a radiograph \(at least 32 px a side\)"
+    for source, name in ((path, str(path)), (path.read_bytes(), "<bytes>"), (image, "<PIL image>")):
+        with pytest.raises(ImageDecodeError, match=f"^{re.escape(name)}: {reason}$"):
+            decode_image(source)
+    with pytest.raises(ImageDecodeError, match=reason):
+        decode_image(np.asarray(image.convert("L")))
+    assert decode_image(Image.new("L", (32, 32))).shape == (32, 32)  # the smallest accepted
 
 
 def test_a_multi_page_tiff_is_refused_like_a_multi_frame_dicom() -> None:
     """Its first page was used without a word, while a multi-frame DICOM is refused."""
-    pages = [Image.fromarray(np.full((16, 16), v, np.uint8)) for v in (10, 200)]
+    pages = [Image.fromarray(np.full((40, 40), v, np.uint8)) for v in (10, 200)]
     buf = io.BytesIO()
     pages[0].save(buf, "TIFF", save_all=True, append_images=pages[1:])
     with pytest.raises(ImageDecodeError, match=r"scan.tif: multi-page TIFF is not supported"):
         decode_bytes(buf.getvalue(), "scan.tif")
     single = io.BytesIO()
     pages[0].save(single, "TIFF")
-    assert decode_bytes(single.getvalue(), "one.tif").shape == (16, 16)
+    assert decode_bytes(single.getvalue(), "one.tif").shape == (40, 40)
 
 
 def _tiff(pages: list[bool]) -> bytes:
@@ -193,7 +249,9 @@ def _tiff(pages: list[bool]) -> bytes:
 def test_a_tiff_is_read_up_to_its_second_page_only(pages: list[bool], reason: str | None) -> None:
     data = _tiff(pages)
     if reason is None:
-        assert decode_bytes(data, "one.tif").tolist() == np.arange(64, dtype=np.uint8).reshape(8, 8).tolist()
+        assert (
+            decode_bytes(data, "one.tif", min_side=1).tolist() == np.arange(64, dtype=np.uint8).reshape(8, 8).tolist()
+        )
         return
     with pytest.raises(ImageDecodeError, match=f"pages.tif: {reason}"):
-        decode_bytes(data, "pages.tif")
+        decode_bytes(data, "pages.tif", min_side=1)

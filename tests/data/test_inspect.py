@@ -15,24 +15,34 @@ from pneumo.data.inspect import inspect_dataset
 
 
 def test_inspect_reports_bad_files_duplicates_and_cross_split_patients(tmp_path: Path) -> None:
-    img = np.random.default_rng(0).integers(0, 256, (30, 40), dtype=np.uint8)
+    img = np.random.default_rng(0).integers(0, 256, (60, 80), dtype=np.uint8)
     for rel in ("train/NORMAL/IM-0001-0001.jpeg", "test/NORMAL/IM-0002-0001.jpeg"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(tmp_path / rel)
     (tmp_path / "train/PNEUMONIA").mkdir(parents=True)
-    Image.fromarray(img[:, :20]).save(tmp_path / "train/PNEUMONIA/person7_virus_1.jpeg")
+    Image.fromarray(img[:, :40]).save(tmp_path / "train/PNEUMONIA/person7_virus_1.jpeg")
     (tmp_path / "test/PNEUMONIA").mkdir(parents=True)
-    Image.fromarray(img[:20]).save(tmp_path / "test/PNEUMONIA/person7_virus_2.jpeg")
+    Image.fromarray(img[:40]).save(tmp_path / "test/PNEUMONIA/person7_virus_2.jpeg")
     (tmp_path / "test/PNEUMONIA/person8_bacteria_3.jpeg").write_bytes(b"")
+    Image.new("L", (1, 1)).save(tmp_path / "test/PNEUMONIA/person9_bacteria_4.png")
 
     report = inspect_dataset(tmp_path, progress=False)
-    assert report["n_images"] == 5
+    assert report["n_images"] == 6
     assert report["unreadable"] == [
-        {"path": str(tmp_path / "test/PNEUMONIA/person8_bacteria_3.jpeg"), "reason": "file is empty"}
+        {"path": str(tmp_path / "test/PNEUMONIA/person8_bacteria_3.jpeg"), "reason": "file is empty"},
+        {
+            "path": str(tmp_path / "test/PNEUMONIA/person9_bacteria_4.png"),
+            "reason": "image of 1x1 pixels is too small for a radiograph (at least 32 px a side)",
+        },
     ]
     assert report["duplicates"]["n_groups"] == 1 and report["duplicates"]["n_cross_split_groups"] == 1
     assert report["patients_in_several_splits"]["patients"] == {"person7": ["test", "train"]}
-    assert report["image_size"]["width"]["max"] == 40
+    assert report["image_size"]["width"]["max"] == 80
+    # a pipeline can stop on unreadable files; without --strict the report is all
+    assert CliRunner().invoke(app, ["data", "inspect", str(tmp_path)]).exit_code == 0
+    strict = CliRunner().invoke(app, ["data", "inspect", str(tmp_path), "--strict"])
+    assert strict.exit_code == 1 and "error: --strict: 2 unreadable file(s)" in strict.stderr
+    assert "unreadable files: 2" in strict.stdout
 
 
 @pytest.mark.shared_data

@@ -156,3 +156,56 @@ def test_evaluate_rejects_bad_arguments(cli, tmp_path: Path) -> None:
     assert bad_split.exit_code == 2 and "--split" in bad_split.output
     not_a_run = runner.invoke(app, ["evaluate", str(tmp_path)])
     assert not_a_run.exit_code == 2 and "not a pneumo run folder" in not_a_run.output
+
+
+def test_paired_compare_refuses_another_dataset_and_the_table_names_each(
+    cli, synthetic_data: Path, tmp_path: Path
+) -> None:
+    """Two runs evaluated on different datasets whose file names collide: paired by name, they gave a difference."""
+    import shutil
+
+    from PIL import Image
+
+    other_data = Path(shutil.copytree(synthetic_data, tmp_path / "other" / "chest_xray"))
+    for path in (other_data / "test").rglob("*.jpeg"):  # the same names and labels, other pictures
+        Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(path)
+    run_a = _train(cli, synthetic_data, tmp_path / "run-a", seed=0)
+    run_c = _train(cli, other_data, tmp_path / "run-c", seed=0)
+    for run in (run_a, run_c):
+        _invoke(cli, "evaluate", run, "--no-plots", "--n-boot", "50")
+    runner, app = cli
+    paired = runner.invoke(app, ["compare", str(run_a), str(run_c), "--paired-with", str(run_a), "--n-boot", "100"])
+    assert paired.exit_code != 0 and "nan" not in paired.output.lower()
+    assert "evaluated different datasets (chest-xray SYNTHETIC " in paired.stderr
+    assert "a paired difference needs evaluations of the same images" in paired.stderr
+    table = _invoke(cli, "compare", run_a, run_c).splitlines()
+    digests = [json.loads((r / "eval-chest-xray-test" / "metrics.json").read_text())["dataset"] for r in (run_a, run_c)]
+    assert digests[0]["synthetic"] is True and digests[0]["images_sha256"] != digests[1]["images_sha256"]
+    assert "dataset" in table[0].split()
+    for line, dataset in zip(table[2:4], digests, strict=True):
+        assert f"chest-xray SYNTHETIC {dataset['images_sha256'][:8]}" in line
+
+
+def test_evaluate_says_how_many_images_were_unreadable_and_where_they_are_listed(
+    cli, synthetic_data: Path, tmp_path: Path
+) -> None:
+    import csv
+
+    from PIL import Image
+
+    run = _train(cli, synthetic_data, tmp_path / "run", seed=0)
+    good = sorted((synthetic_data / "test").rglob("*.jpeg"))
+    corrupt, tiny = tmp_path / "corrupt.jpeg", tmp_path / "tiny.png"
+    corrupt.write_bytes(good[0].read_bytes()[:100])
+    Image.new("L", (1, 1)).save(tiny)
+    manifest = tmp_path / "with-bad.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        writer.writerows([[str(p), p.parent.name] for p in good] + [[str(corrupt), "NORMAL"], [str(tiny), "NORMAL"]])
+    output = _invoke(cli, "evaluate", run, "--data", manifest, "--no-plots", "--n-boot", "50")
+    listed = run / "eval-with-bad-test" / "unreadable.csv"
+    assert f"{len(good)} of {len(good) + 2} images (2 unreadable: see {listed})" in output
+    rows = list(csv.DictReader(listed.open(newline="")))
+    assert sorted(r["path"] for r in rows) == ["corrupt.jpeg", "tiny.png"]  # relative to the manifest's folder
+    assert any("too small for a radiograph" in r["reason"] for r in rows)

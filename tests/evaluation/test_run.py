@@ -16,7 +16,9 @@ from pneumo.evaluation.calibration import apply_temperature
 from pneumo.evaluation.run import evaluate_run, stored_calibration
 from pneumo.evaluation.runs_table import compare_runs, runs_table
 from pneumo.evaluation.source import dataset_slug
+from pneumo.evaluation.writers import images_digest
 from pneumo.training import build_config, read_run_meta, train
+from pneumo.utils.digest import file_sha256
 
 FAST = {"n_boot": 60, "plots": False, "progress": False}
 
@@ -104,6 +106,11 @@ def test_outputs_and_metrics_json(run_copy: Path) -> None:
 
     rows = list(csv.DictReader((eval_dir / "predictions.csv").open(newline="")))
     assert len(rows) == stored["n_images"]
+    # each image's content digest, and one for the evaluated set: what pairs two evaluations, not the file names
+    root = Path(stored["dataset"]["source"])
+    assert all(r["sha256"] == file_sha256(root / r["path"]) for r in rows)
+    assert stored["dataset"]["images_sha256"] == images_digest([r["sha256"] for r in rows])
+    assert stored["dataset"]["synthetic"] is True and stored["n_unreadable"] == 0 and stored["unreadable_list"] is None
     assert {"path", "patient_id", "true", "p_NORMAL", "p_PNEUMONIA", "predicted"} <= rows[0].keys()
     p_pos = np.array([float(r["p_PNEUMONIA"]) for r in rows])
     predicted = np.array([r["predicted"] == "PNEUMONIA" for r in rows])
@@ -244,6 +251,7 @@ def test_another_dataset_with_the_same_folder_name_gets_its_own_eval_folder(
     other = evaluate_run(run_copy, data=twin, **FAST)
     assert Path(other["eval_dir"]).name.startswith(f"eval-{dataset_slug(synthetic_data)}-")
     assert other["eval_dir"] != own["eval_dir"] and other["dataset"]["own"] is False
+    assert other["dataset"]["images_sha256"] == own["dataset"]["images_sha256"]  # the same images elsewhere
     kept = json.loads((Path(own["eval_dir"]) / "metrics.json").read_text())
     assert kept["dataset"]["own"] is True  # the run's own evaluation was not overwritten
     assert compare_runs([run_copy])[0]["eval"] == Path(own["eval_dir"]).name
@@ -279,11 +287,12 @@ def test_compare_runs_reads_the_primary_section(trained_run: Path, tmp_path: Pat
     lines = runs_table(rows, markdown=True).splitlines()
     assert lines[0].split("|")[1:-1] == [
         f" {c} " for c in ("run", "task", "model", "weights", "image_size", "epochs", "wall_time", "accuracy",
-                           "sensitivity", "specificity", "roc_auc", "eval")
+                           "sensitivity", "specificity", "roc_auc", "dataset", "eval")
     ]  # fmt: skip
+    assert first["dataset"] == f"chest-xray SYNTHETIC {result['dataset']['images_sha256'][:8]}"
     roc = primary["roc_auc"]
     assert lines[2].startswith("| alpha |") and f"{roc['point']:.3f} [{roc['low']:.3f}, {roc['high']:.3f}]" in lines[2]
-    assert lines[3].startswith("| beta |") and lines[3].count("n/a") == 5
+    assert lines[3].startswith("| beta |") and lines[3].count("n/a") == 6
 
 
 def test_a_run_whose_dataset_moved_away_evaluates_elsewhere(run_copy: Path, tmp_path: Path) -> None:

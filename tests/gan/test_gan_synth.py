@@ -137,3 +137,16 @@ def test_into_dataset_writes_into_the_datasets_own_train_folder(gan_run: Path, t
     assert all(p.parent.parent == tmp_path / "DATA" / "chest_xray" / "train" for p in paths)
     assert dataset_root(tmp_path / "DATA") == (tmp_path / "DATA" / "chest_xray").resolve()
     assert len(discover(tmp_path / "DATA")) == real + 6
+
+
+def test_samples_under_the_decoders_minimum_are_written_pixel_repeated_and_decode() -> None:
+    """A 16 px GAN's images were written at 16 px, which decoding now refuses as no radiograph."""
+    from pneumo.data.decode import MIN_SIDE, decode_image
+    from pneumo.gan.synth import _at_least_min_side
+
+    pixels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    grown = _at_least_min_side(Image.fromarray(pixels, mode="L"))
+    assert grown.size == (MIN_SIDE, MIN_SIDE)
+    np.testing.assert_array_equal(decode_image(grown), np.repeat(np.repeat(pixels, 2, axis=0), 2, axis=1))
+    same = Image.new("L", (MIN_SIDE, MIN_SIDE))
+    assert _at_least_min_side(same) is same

@@ -273,3 +273,35 @@ def test_the_api_refuses_a_batch_size_below_one(run: Path, images: Path, batch_s
     # -1 returned no result for any input, without a word
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
         Predictor.load(run, batch_size=batch_size)
+
+
+def test_predict_warns_on_images_unlike_the_training_data(
+    cli: typer.Typer, tmp_path: Path, images: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An all-black image got PNEUMONIA at 0.996 with in_distribution false in one column and nothing else."""
+    import sys
+    import types
+
+    fake = types.ModuleType("pneumo.trust.ood")
+    fake.score = lambda params, *, logits, features: (features.mean(axis=1), features.mean(axis=1) > 1e9)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pneumo.trust.ood", fake)
+    run = make_fake_run(tmp_path, name="ood", ood={"method": "fake"})
+    black = tmp_path / "black.png"
+    Image.new("L", (64, 64)).save(black)
+    files = [str(black), str(images / "a.png")]
+    out = CliRunner().invoke(cli, ["predict", str(run), *files, "--format", "json"])
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.stdout)
+    assert all(r["in_distribution"] is False and "unreliable" in r["warning"] for r in rows)
+    assert "warning: 2 image(s) do not look like the chest X-rays" in out.stderr
+    assert all(f in out.stderr for f in files)
+    table = CliRunner().invoke(cli, ["predict", str(run), str(black)])
+    assert table.exit_code == 0 and "warning: 1 image(s)" in table.stderr and str(black) in table.stderr
+
+
+def test_predict_refuses_an_image_too_small_for_a_radiograph(cli: typer.Typer, run: Path, tmp_path: Path) -> None:
+    tiny = tmp_path / "pixel.png"
+    Image.new("RGBA", (1, 1), (0, 0, 0, 0)).save(tiny)
+    out = CliRunner().invoke(cli, ["predict", str(run), str(tiny)])
+    assert out.exit_code == 1
+    assert f"error: {tiny}: image of 1x1 pixels is too small for a radiograph" in out.stderr

@@ -94,8 +94,8 @@ def _jpeg(width: int, height: int) -> bytes:
 def test_a_compressed_frame_is_decoded_only_at_the_size_its_header_announces() -> None:
     from pydicom.uid import JPEGBaseline8Bit
 
-    ok = decode_bytes(_encapsulated(_jpeg(24, 16), 16, 24, JPEGBaseline8Bit), "ok.dcm")
-    assert ok.shape == (16, 24)
+    ok = decode_bytes(_encapsulated(_jpeg(48, 32), 32, 48, JPEGBaseline8Bit), "ok.dcm")
+    assert ok.shape == (32, 48)
     # 16 x 16 announced, a 2000 x 2000 codestream inside: refused before pydicom decodes it
     with pytest.raises(ImageDecodeError, match=r"big\.dcm: compressed frame of 2000x2000 pixels, header says 16x16"):
         decode_bytes(_encapsulated(_jpeg(2000, 2000), 16, 16, JPEGBaseline8Bit), "big.dcm", max_pixels=10_000)
@@ -170,8 +170,8 @@ def test_the_content_decides_the_format_not_the_name() -> None:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.new("L", (10, 6), 200).save(buf, "PNG")
-    assert decode_bytes(buf.getvalue(), "scan.dcm").shape == (6, 10)
+    Image.new("L", (40, 36), 200).save(buf, "PNG")
+    assert decode_bytes(buf.getvalue(), "scan.dcm").shape == (36, 40)
 
 
 @pytest.mark.parametrize("photometric", ["RGB", "YBR_FULL"])
@@ -180,9 +180,9 @@ def test_a_colour_dicom_is_reduced_to_luma_like_a_colour_png(photometric: str) -
     from PIL import Image
     from pydicom.pixels import convert_color_space
 
-    rgb = np.random.default_rng(3).integers(0, 256, (20, 30, 3)).astype(np.uint8)
+    rgb = np.random.default_rng(3).integers(0, 256, (40, 60, 3)).astype(np.uint8)
     stored = rgb if photometric == "RGB" else convert_color_space(rgb, "RGB", "YBR_FULL")
-    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.zeros((20, 30), np.uint16))))
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.zeros((40, 60), np.uint16))))
     ds.PhotometricInterpretation, ds.SamplesPerPixel, ds.PlanarConfiguration = photometric, 3, 0
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     ds.PixelData = stored.tobytes()
@@ -210,13 +210,13 @@ def test_a_path_is_read_only_up_to_what_an_image_within_the_pixel_limit_can_take
     with pytest.raises(ImageDecodeError, match="a folder or a device"):
         decode_image(tmp_path)
     buf = io.BytesIO()
-    Image.new("L", (10, 6), 200).save(buf, "PNG")
+    Image.new("L", (40, 36), 200).save(buf, "PNG")
     pipe = tmp_path / "pipe.png"  # as `<(cat x.png)` or `cat x.png | pneumo predict RUN /dev/stdin` give
     os.mkfifo(pipe)
     writer = threading.Thread(target=pipe.write_bytes, args=(buf.getvalue(),), daemon=True)
     writer.start()
-    assert decode_image(pipe).shape == (6, 10)
+    assert decode_image(pipe).shape == (36, 40)
     writer.join(timeout=5)
     small = tmp_path / "small.png"
-    Image.new("L", (10, 6), 200).save(small)
-    assert decode_image(small, max_pixels=60).shape == (6, 10)  # within the limits: decoded as before
+    Image.new("L", (40, 36), 200).save(small)
+    assert decode_image(small, max_pixels=1440).shape == (36, 40)  # within the limits: decoded as before

@@ -59,6 +59,7 @@ def test_result_fields_and_to_dict(predictor: Predictor, gray: np.ndarray) -> No
         "ood_score": None,
         "source": "<array>",
         "reason": None,
+        "warning": None,
     }
     with pytest.raises(AttributeError):
         result.label = "x"  # type: ignore[misc]
@@ -214,6 +215,12 @@ def test_ood_hook(tmp_path: Path, gray: np.ndarray, monkeypatch: pytest.MonkeyPa
     assert r.ood_score == pytest.approx(float(seen["features"].mean() * 2.0))
     assert r.in_distribution is True
     assert p.model_card()["ood"] == {"enabled": True, "method": "fake", "active": True}
+
+    assert r.warning is None
+    outside = Predictor.load(make_fake_run(tmp_path, name="ood-out", ood={**params, "cut": -1e9}, dummy_class=True))
+    r = outside.predict(gray)
+    assert r.in_distribution is False
+    assert r.warning == r.to_dict()["warning"] and "does not look like the chest X-rays" in r.warning
 
     # a run without an ood entry never calls the hook
     seen.clear()

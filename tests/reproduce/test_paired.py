@@ -10,14 +10,16 @@ from pneumo.reproduce.paired import paired_difference, read_predictions
 CLASSES = ("NORMAL", "PNEUMONIA")
 
 
-def write_predictions(path: Path, rows: list[tuple[str, str, int, float]]) -> Path:
-    """A ``predictions.csv`` in the layout ``evaluate_run`` writes: (path, patient, true class, P(PNEUMONIA))."""
+def write_predictions(path: Path, rows: list[tuple[str, str, int, float]], sha256: list[str] | None = None) -> Path:
+    """A ``predictions.csv`` in the layout ``evaluate_run`` writes: (path, patient, true class, P(PNEUMONIA)); with
+    ``sha256``, each image's digest as today's evaluations record it (without: an older evaluation's file)."""
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         header = ["path", "patient_id", "true", *(f"logit_{c}" for c in CLASSES), *(f"p_{c}" for c in CLASSES)]
-        writer.writerow([*header, "predicted"])
-        for image, patient, true, p in rows:
-            writer.writerow([image, patient, CLASSES[true], 0.0, 0.0, 1 - p, p, CLASSES[int(p >= 0.5)]])
+        writer.writerow([*header, "predicted", *(["sha256"] if sha256 else [])])
+        for i, (image, patient, true, p) in enumerate(rows):
+            digest = [sha256[i]] if sha256 else []
+            writer.writerow([image, patient, CLASSES[true], 0.0, 0.0, 1 - p, p, CLASSES[int(p >= 0.5)], *digest])
     return path
 
 
@@ -133,3 +135,59 @@ def test_paired_against_leaves_out_runs_not_evaluated(tmp_path: Path) -> None:
     assert [d["run"] for d in out] == ["cand"] and out[0]["baseline"] == "base"
     with pytest.raises(FileNotFoundError, match="fresh has no evaluation of test"):
         paired_against([runs["cand"]], runs["fresh"], n_boot=20)
+
+
+def test_evaluations_with_image_digests_pair_by_content_not_by_name(tmp_path: Path) -> None:
+    """A run evaluated on the real data and one on the synthetic demo data paired 9 colliding file names."""
+    names = [f"test/IM-004{i}-0001.jpeg" for i in range(6)]
+    digests = [f"{i:064x}" for i in range(6)]
+    a = write_predictions(tmp_path / "a.csv", [(n, f"p{i}", TRUE[i], PERFECT[i]) for i, n in enumerate(names)], digests)
+    other = [f"{i + 100:064x}" for i in range(6)]  # the same names, other images
+    b = write_predictions(tmp_path / "b.csv", [(n, f"p{i}", TRUE[i], WORSE[i]) for i, n in enumerate(names)], other)
+    with pytest.raises(ValueError, match=r"evaluated on different images \(6 and 6, 0 identical\)"):
+        paired_difference(a, b, n_boot=20)
+    # the same images under other names (another copy, another layout) pair by content
+    renamed = [(f"elsewhere/{i}.jpeg", f"q{i}", TRUE[i], WORSE[i]) for i in range(6)][::-1]
+    c = write_predictions(tmp_path / "c.csv", renamed, digests[::-1])
+    result = paired_difference(a, c, n_boot=50)
+    assert result["paired_by"] == "sha256" and result["n_images"] == 6
+    assert result["delta_roc_auc"]["point"] == pytest.approx(1 - 5 / 9)
+    assert result["delta_accuracy"]["point"] == pytest.approx(1 - 2 / 6)
+
+
+def test_an_undefined_difference_is_said_not_printed_as_nan(tmp_path: Path) -> None:
+    from pneumo.reproduce.paired import paired_text
+
+    normal = [(f"test/img{i}.jpeg", f"p{i}", 0, WORSE[i]) for i in range(3)]
+    digests = [f"{i:064x}" for i in range(3)]
+    a = write_predictions(tmp_path / "a.csv", normal, digests)
+    b = write_predictions(tmp_path / "b.csv", [(n, p, t, 1 - q) for n, p, t, q in normal], digests)
+    line = paired_text({"run": "b", "baseline": "a", **paired_difference(b, a, n_boot=20)})
+    assert "nan" not in line.lower()
+    assert "ROC AUC undefined (the 3 images do not hold every class)" in line and "accuracy +" in line
+
+
+def test_paired_against_refuses_evaluations_of_different_datasets(tmp_path: Path) -> None:
+    import json
+
+    from pneumo.reproduce.paired import paired_against
+
+    a, b = two_runs(tmp_path)
+    runs = {}
+    for name, preds, dataset in (
+        ("base", a, {"name": "chest-xray", "source": "/data/chest_xray", "images_sha256": "1" * 64}),
+        ("demo", b, {"name": "chest-xray", "source": "/demo/chest_xray", "synthetic": True, "images_sha256": "2" * 64}),
+        ("old", b, {"name": "chest-xray", "source": "/demo/chest_xray"}),
+    ):
+        run = tmp_path / name
+        (run / "eval-chest-xray-test").mkdir(parents=True)
+        (run / "config.yaml").write_text("data: /somewhere/chest_xray\n")
+        (run / "eval-chest-xray-test" / "metrics.json").write_text(json.dumps({"dataset": dataset}))
+        (run / "eval-chest-xray-test" / "predictions.csv").write_text(preds.read_text())
+        runs[name] = run
+    with pytest.raises(
+        ValueError, match=r"different datasets \(chest-xray SYNTHETIC 22222222 vs chest-xray 11111111\)"
+    ):
+        paired_against([runs["demo"]], runs["base"], n_boot=20)
+    with pytest.raises(ValueError, match=r"one predates image digests: evaluate both again"):
+        paired_against([runs["old"]], runs["base"], n_boot=20)

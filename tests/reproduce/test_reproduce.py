@@ -715,3 +715,14 @@ def test_a_missing_dataset_is_refused_once_before_any_row(tmp_path: Path) -> Non
     with pytest.raises(DatasetError, match="no such file or folder"):
         reproduce(tmp_path / "nowhere", "cpu", tmp_path / "out")
     assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_the_cpu_suite_pins_float32_without_changing_its_declarations() -> None:
+    """amp=auto trains bf16 on a CPU with native bfloat16; the published CPU rows were float32 and must stay so."""
+    from pneumo.reproduce.runner import declaration_key
+
+    rows = [exp for exp in load_suite("cpu") if exp.kind == "train"]
+    assert rows and all(exp.train.get("amp") is False for exp in rows)
+    for exp in rows:  # the rows finished before the pin (float32 by default then) remain its results
+        unpinned = exp.model_copy(update={"train": {k: v for k, v in exp.train.items() if k != "amp"}})
+        assert declaration_key(exp, 0) == declaration_key(unpinned, 0)

@@ -179,6 +179,12 @@ def _bad_requests() -> dict[str, tuple[dict, int, str, str]]:
             "invalid_image",
             "multi-frame",
         ),
+        "image too small for a radiograph": (
+            {"files": {"file": ("pixel.png", encode(Image.new("RGBA", (1, 1), (0, 0, 0, 0)), "PNG"))}},
+            422,
+            "invalid_image",
+            "pixel.png: image of 1x1 pixels is too small for a radiograph",
+        ),
         "dicom announcing too many pixels": (
             {"files": {"file": ("huge.dcm", dicom_announcing(2000, 2000))}},
             413,

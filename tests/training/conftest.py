@@ -27,6 +27,7 @@ def make_cfg(synthetic_data: Path, tmp_path: Path) -> Callable[..., TrainConfig]
             "max_steps_per_epoch": 3,
             "progress": False,
             "num_workers": 0,
+            "amp": False,  # float32 on every CPU: the bit-for-bit checks (resume, threads) rely on it
             "out": str(tmp_path / "run"),
         }
         base.update(flags)

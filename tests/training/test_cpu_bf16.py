@@ -1,4 +1,4 @@
-"""bf16 autocast on a CPU with native bfloat16: opt-in (``amp=true``), float32 by default (``auto``)."""
+"""bf16 autocast on a CPU with native bfloat16: the default (``auto``, as ``true``); ``amp=false`` keeps float32."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ def test_amp_resolves_per_device(monkeypatch: pytest.MonkeyPatch, native: bool) 
     monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert uses_amp("auto", cuda) and uses_amp(True, cuda) and not uses_amp(False, cuda)
-    assert not uses_amp("auto", cpu) and not uses_amp(False, cpu)  # CPU runs stay float32 unless asked
-    assert uses_amp(True, cpu) is native  # asked: only where bfloat16 is native (emulated, it is slower)
+    assert not uses_amp(False, cpu)  # the bit-reproducible float32 path
+    # auto or asked: only where bfloat16 is native (emulated, it is slower)
+    assert uses_amp(True, cpu) is native and uses_amp("auto", cpu) is native
 
 
 def test_autocast_runs_cpu_convolutions_in_bf16() -> None:
@@ -41,8 +42,10 @@ def test_a_cpu_run_records_the_precision_it_trained_in(
     assert read_state_info(run)["precisions"] == ["bf16 autocast" if native else "float32"]
     assert ("no native bfloat16" in caplog.text) is not native
     assert read_state_info(run)["config"]["amp"] is True
-    default = train(make_cfg(fit_ood=False, device="cpu", out=str(run.parent / "default")))
-    assert read_state_info(default)["precisions"] == ["float32"]
+    default = train(make_cfg("amp=auto", fit_ood=False, device="cpu", out=str(run.parent / "default")))
+    assert read_state_info(default)["precisions"] == ["bf16 autocast" if native else "float32"]
+    pinned = train(make_cfg("amp=false", fit_ood=False, device="cpu", out=str(run.parent / "pinned")))
+    assert read_state_info(pinned)["precisions"] == ["float32"]
 
 
 class _Interrupted(Exception):

@@ -198,3 +198,24 @@ def test_three_class_task_scores_each_class_against_the_rest() -> None:
     image_only = models["gradient boosting on image-only cues"]
     assert image_only["features"] == ["centre_mean"]
     assert image_only["splits"]["test"]["auc"]["low"] < 0.5 < image_only["splits"]["test"]["auc"]["high"]
+
+
+def test_the_cli_writes_beside_the_cache_not_into_the_current_folder(
+    marker_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from pneumo.cli import app
+
+    work, cache = tmp_path / "work", tmp_path / "cache"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("PNEUMO_CACHE_DIR", str(cache))
+    args = ["audit", "data", str(marker_data), "--task", "normal-pneumonia", "--no-pixels", "--n-boot", "20"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert list(work.iterdir()) == []  # ./audit-data-chest-xray/ was written here unasked
+    (written,) = (cache / "audits").iterdir()
+    assert written.name.startswith("audit-data-chest-xray-") and (written / "audit-data.html").is_file()
+    assert f"writing the audit to {written}" in result.stderr
+    assert f"report: {written / 'audit-data.html'}" in result.stdout

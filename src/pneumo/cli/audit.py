@@ -27,7 +27,9 @@ def _originals(value: str | None) -> str | Path | None:
 def data(
     path: Path = typer.Argument(..., help="Dataset folder or CSV manifest."),
     task: list[str] | None = typer.Option(None, "--task", help="Task(s) to audit (default: all three)."),
-    out: Path | None = typer.Option(None, "--out", help="Output folder (default: ./audit-data-<dataset>)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output folder (default: audits/audit-data-<dataset>-<hash> beside the image cache)."
+    ),
     originals: str | None = typer.Option(None, "--originals", help=_ORIGINALS_HELP),
     image_size: int = typer.Option(128, "--image-size", min=8, help="Model size of the cached images for pixel cues."),
     pixels: bool = typer.Option(True, "--pixels/--no-pixels", help="Compute intensity/border cues (decodes once)."),
@@ -39,10 +41,10 @@ def data(
     """How well acquisition metadata alone (file size, original geometry, intensity, border) predicts the label:
     one-feature AUCs and small models per task and split, with patient-bootstrap CIs."""
     from pneumo.data.records import DatasetError
-    from pneumo.evaluation.source import dataset_slug
-    from pneumo.trust.data_audit import audit_data
+    from pneumo.trust.data_audit import audit_data, default_audit_dir
 
-    out = out or Path(f"audit-data-{dataset_slug(path)}")
+    out = out or default_audit_dir(path)
+    typer.echo(f"writing the audit to {out}", err=True)
     try:
         result = audit_data(
             path,

@@ -19,6 +19,7 @@ SHOWN = 20  # rows of a list printed in text mode; --json has them all
 def inspect(
     path: Path = typer.Argument(..., help="Dataset folder (Kaggle or pediatric layout) or CSV manifest."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when a file is unreadable (pipelines)."),
 ) -> None:
     """Counts per split/label/subtype, patients, sizes, unreadable files, exact and near duplicates, leaks."""
     from pneumo.data.inspect import inspect_dataset
@@ -30,7 +31,13 @@ def inspect(
         fail(str(exc))
     if as_json:
         typer.echo(json.dumps(report, indent=2))
-        return
+    else:
+        _print_inspection(report)
+    if strict and report["unreadable"]:
+        fail(f"--strict: {len(report['unreadable'])} unreadable file(s) in {report['source']}", code=1)
+
+
+def _print_inspection(report: dict) -> None:
     print_table(report["counts"], title=f"{report['n_images']} images in {report['source']}")
     p = report["patients"]
     typer.echo(f"patients: {p['n_patients']}; images per patient: {p['images_per_patient']}")

@@ -81,8 +81,11 @@ def evaluate(
         typer.echo(json.dumps(result, indent=2))
         return
     cal = result["calibration"]
+    n, skipped = result["n_images"], result["n_unreadable"]
+    listed = Path(result["eval_dir"]) / str(result.get("unreadable_list"))
+    images = f"{n} of {n + skipped} images ({skipped} unreadable: see {listed})" if skipped else f"{n} images"
     typer.echo(
-        f"{result['run']} on {result['dataset']['name']} {result['split']}: {result['n_images']} images, "
+        f"{result['run']} on {result['dataset']['name']} {result['split']}: {images}, "
         f"{result['n_patients']} patients ({', '.join(f'{k} {v}' for k, v in result['class_counts'].items())})"
     )
     typer.echo(summary_table(result), nl=False)

@@ -153,6 +153,13 @@ def predict(
         bar.update(len(chunk))
     bar.close()
     _print_results(results, fmt, predictor.class_names, cam_paths)
+    if unlike := [r.source for r in results if r.warning]:
+        more = f" and {len(unlike) - 5} more" if len(unlike) > 5 else ""
+        typer.echo(
+            f"warning: {len(unlike)} image(s) do not look like the chest X-rays the model was trained on "
+            f"(in_distribution false), their predictions are unreliable: {', '.join(unlike[:5])}{more}",
+            err=True,
+        )
     if n_failed:
         typer.echo(f"{n_failed} of {len(files)} files failed", err=True)
         raise typer.Exit(1)

@@ -11,8 +11,10 @@ Ghostscript, and the like) are refused.
 from __future__ import annotations
 
 import io
+import re
 import stat
 import struct
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Decompression-bomb guard: the largest real Kermany originals have about 7 megapixels.
 DEFAULT_MAX_PIXELS = 64_000_000
+# Below this many pixels on the short side an input is no radiograph (a 1x1 PNG, an icon): it is refused rather than
+# upscaled into a confident label. The smallest Kermany original is 384 px on its short side.
+MIN_SIDE = 32
 # A progressive JPEG is decoded scan by scan, each over the whole image: thousands of tiny scans make a small file take
 # minutes (libjpeg-turbo's djpeg has -maxscans for this). Real files have 1 (baseline) to about 10.
 MAX_JPEG_SCANS = 256
@@ -255,19 +260,23 @@ def array_to_gray(arr: np.ndarray, name: str = "<array>") -> np.ndarray:
     return _stretch_to_uint8(arr, name)
 
 
-def decode_bytes(data: bytes, name: str = "<bytes>", *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode encoded bytes (any supported format) to grayscale uint8."""
+def decode_bytes(
+    data: bytes, name: str = "<bytes>", *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE
+) -> np.ndarray:
+    """Decode encoded bytes (any supported format) to grayscale uint8; refuse images over ``max_pixels`` pixels or
+    under ``min_side`` pixels on a side."""
     if not data:
         raise ImageDecodeError(name, "file is empty")
     if is_dicom(data, name):
-        return _check_pixels(_decode_dicom(data, name, max_pixels), name, max_pixels)
+        return _check_pixels(_decode_dicom(data, name, max_pixels), name, max_pixels, min_side)
     if data.startswith(_JPEG_MAGIC):
         _check_jpeg_scans(data, name)
     try:
-        with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageDecodeError(name, f"image of {width}x{height} pixels exceeds the limit of {max_pixels}")
+        with warnings.catch_warnings():  # Pillow's own bomb warning: pneumo's limit below is the one that applies
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
+        with img:
+            _check_size(img.size[0], img.size[1], name, max_pixels, min_side)
             if img.format == "TIFF":
                 _refuse_multi_page(img, name)
             img.load()
@@ -275,7 +284,9 @@ def decode_bytes(data: bytes, name: str = "<bytes>", *, max_pixels: int = DEFAUL
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(name, "not a supported image format (JPEG, PNG, BMP, TIFF or DICOM)") from exc
     except Image.DecompressionBombError as exc:  # Pillow's own guard fires at open, before ours could
-        raise ImageDecodeError(name, f"image exceeds the limit of {max_pixels} pixels ({exc})") from exc
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"image of {found.group(1)} pixels" if found else "image"
+        raise ImageDecodeError(name, f"{size} exceeds the limit of {max_pixels} pixels") from exc
     except (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError, EOFError, struct.error) as exc:
         if isinstance(exc, ImageDecodeError):
             raise
@@ -306,9 +317,17 @@ def _check_jpeg_scans(data: bytes, name: str) -> None:
         raise ImageDecodeError(name, reason)
 
 
-def _check_pixels(arr: np.ndarray, name: str, max_pixels: int) -> np.ndarray:
-    if arr.size > max_pixels:
-        raise ImageDecodeError(name, f"image of {arr.shape[1]}x{arr.shape[0]} pixels exceeds the limit of {max_pixels}")
+def _check_size(width: int, height: int, name: str, max_pixels: int, min_side: int) -> None:
+    if width * height > max_pixels:
+        raise ImageDecodeError(name, f"image of {width}x{height} pixels exceeds the limit of {max_pixels}")
+    if min(width, height) < min_side:
+        raise ImageDecodeError(
+            name, f"image of {width}x{height} pixels is too small for a radiograph (at least {min_side} px a side)"
+        )
+
+
+def _check_pixels(arr: np.ndarray, name: str, max_pixels: int, min_side: int) -> np.ndarray:
+    _check_size(arr.shape[1], arr.shape[0], name, max_pixels, min_side)
     return arr
 
 
@@ -318,14 +337,17 @@ def max_file_bytes(max_pixels: int) -> int:
     return 8 * max_pixels + (1 << 20)
 
 
-def decode_image(source: ImageInput | Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Any supported input (path, bytes, PIL image, numpy array) as a grayscale uint8 HxW array."""
+def decode_image(
+    source: ImageInput | Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE
+) -> np.ndarray:
+    """Any supported input (path, bytes, PIL image, numpy array) as a grayscale uint8 HxW array; refuse images over
+    ``max_pixels`` pixels or under ``min_side`` pixels on a side (not a radiograph)."""
     if isinstance(source, np.ndarray):
-        return _check_pixels(array_to_gray(source), "<array>", max_pixels)
+        return _check_pixels(array_to_gray(source), "<array>", max_pixels, min_side)
     if isinstance(source, Image.Image):  # turned upright like a file (a no-op without an orientation tag)
-        return _check_pixels(pil_to_gray(ImageOps.exif_transpose(source)), "<PIL image>", max_pixels)
+        return _check_pixels(pil_to_gray(ImageOps.exif_transpose(source)), "<PIL image>", max_pixels, min_side)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return decode_bytes(bytes(source), max_pixels=max_pixels)
+        return decode_bytes(bytes(source), max_pixels=max_pixels, min_side=min_side)
     if isinstance(source, (str, Path)):
         path = Path(source)
         try:
@@ -345,5 +367,5 @@ def decode_image(source: ImageInput | Any, *, max_pixels: int = DEFAULT_MAX_PIXE
         if len(data) > limit:
             reason = f"file over {limit} bytes, more than any image within the limit of {max_pixels} pixels takes"
             raise ImageDecodeError(str(path), reason)
-        return decode_bytes(data, str(path), max_pixels=max_pixels)
+        return decode_bytes(data, str(path), max_pixels=max_pixels, min_side=min_side)
     raise TypeError(f"cannot decode an image from {type(source).__name__}")

@@ -26,7 +26,7 @@ import numpy as np
 import pneumo
 from pneumo.data.dataset import SplitData, build_split
 from pneumo.data.preprocess import PreprocessContract
-from pneumo.data.records import DatasetError, Record
+from pneumo.data.records import DatasetError, Record, is_synthetic_dataset
 from pneumo.data.tasks import Task, get_task
 from pneumo.evaluation.bootstrap import bootstrap_ci
 from pneumo.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature, nll
@@ -43,10 +43,12 @@ from pneumo.evaluation.threshold import METHODS, TARGETS, choose_threshold, comp
 from pneumo.evaluation.writers import (
     ECE_BINS,
     METRICS_FILE,
+    UNREADABLE_FILE,
     Scored,
     calibration_text,
     data_summary,
     extra_sections,
+    images_digest,
     json_safe,
     metric_names,
     report_rows,
@@ -54,8 +56,10 @@ from pneumo.evaluation.writers import (
     write_plots,
     write_predictions,
     write_run_model_card,
+    write_unreadable,
 )
 from pneumo.utils.atomic import write_json
+from pneumo.utils.digest import file_sha256
 
 SPLITS = ("test", "val")
 ALPHA = 0.05
@@ -302,6 +306,8 @@ def evaluate_run(
     eval_dir = run_dir / f"{EVAL_PREFIX}{source.slug}-{split}"
     eval_dir.mkdir(parents=True, exist_ok=True)
     counts = np.bincount(y, minlength=task.num_classes)
+    image_sha256 = [file_sha256(r.path) for r in evaluated.records]  # pairs evaluations by content, not by name
+    unreadable = write_unreadable(eval_dir / UNREADABLE_FILE, evaluated.images.failures, source.root)
     result: dict[str, Any] = {
         "pneumo_version": pneumo.__version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -315,12 +321,15 @@ def evaluate_run(
             "name": source.slug,
             "own": source.own,
             "split_file": str(run_dir / "split.csv") if source.own else None,
+            "synthetic": is_synthetic_dataset(source.source),
+            "images_sha256": images_digest(image_sha256),
         },
         "split": split,
         "n_images": len(evaluated),
         "n_patients": len(set(groups)),
         "class_counts": {name: int(c) for name, c in zip(class_names, counts, strict=True)},
         "n_unreadable": len(evaluated.images.failures),
+        "unreadable_list": unreadable.name if unreadable else None,
         "overlap_with_training": training_overlap(evaluated.records, own_split),
         "operating_point": op,
         "threshold": op.get("threshold"),
@@ -347,7 +356,9 @@ def evaluate_run(
         result["threshold_rules"] = compare_rules(val_scored[1], p_val, y, probs_cal[:, 1])
     result["limitations"] = run_limitations(result)
 
-    write_predictions(eval_dir / "predictions.csv", evaluated, source.root, class_names, logits, probs_cal, predicted)
+    write_predictions(
+        eval_dir / "predictions.csv", evaluated, source.root, class_names, logits, probs_cal, predicted, image_sha256
+    )
     for stale in eval_dir.glob("*.png"):  # the folder holds this evaluation's plots only
         stale.unlink()
     plot_paths: dict[str, Path] = {}

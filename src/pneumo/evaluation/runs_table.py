@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from pneumo.data.records import is_synthetic_dataset
 from pneumo.data.tasks import TASKS, get_task
 from pneumo.evaluation.compare import compare_table
 from pneumo.evaluation.source import EVAL_PREFIX, eval_dir_name
@@ -63,6 +64,18 @@ def describe_weights(weights: str | None) -> str:
         return "imagenet"
     path = Path(weights)
     return f"transfer: {path.parent.name}/{path.name}" if path.suffix else f"transfer: {path.name}"
+
+
+def describe_dataset(dataset: Mapping[str, Any]) -> str:
+    """``chest-xray 1a2b3c4d``: the evaluated dataset's name and the first digits of its images' digest, with
+    ``SYNTHETIC`` for ``pneumo data synth`` output (read from its README for evaluations that predate the flag)."""
+    synthetic = dataset.get("synthetic")
+    if synthetic is None and dataset.get("source"):
+        synthetic = is_synthetic_dataset(dataset["source"])
+    parts = [str(dataset.get("name") or "?"), *(["SYNTHETIC"] if synthetic else [])]
+    if dataset.get("images_sha256"):
+        parts.append(str(dataset["images_sha256"])[:8])
+    return " ".join(parts)
 
 
 def format_seconds(seconds: float | None) -> str | None:
@@ -130,6 +143,7 @@ def compare_runs(
             "epochs": max((int(r["epoch"]) for r in history if "epoch" in r), default=None),
             "wall_time": format_seconds(sum(seconds)) if seconds else None,
             "wall_time_s": sum(seconds) if seconds else None,
+            "dataset": describe_dataset(result.get("dataset") or {}) if result else None,
             "eval": eval_dir.name if eval_dir else None,
             "threshold": None,
             "metrics": {},
@@ -152,4 +166,4 @@ def compare_runs(
 def runs_table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None = None, markdown: bool = True) -> str:
     """Format :func:`compare_runs` rows with :func:`~pneumo.evaluation.compare.compare_table`."""
     names = list(metrics) if metrics else default_metrics([r.get("task") for r in rows])
-    return compare_table(rows, [*SETUP_COLUMNS, *names, "eval"], markdown=markdown)
+    return compare_table(rows, [*SETUP_COLUMNS, *names, "dataset", "eval"], markdown=markdown)

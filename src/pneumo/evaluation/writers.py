@@ -7,6 +7,7 @@ no metric and chooses nothing: :mod:`pneumo.evaluation.run` decides, this module
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib
 import json
 import logging
@@ -29,6 +30,7 @@ from pneumo.evaluation.report import to_plain
 from pneumo.evaluation.source import EVAL_PREFIX, eval_dir_name, run_records
 from pneumo.utils.atomic import atomic_open
 
+UNREADABLE_FILE = "unreadable.csv"
 METRICS_FILE = "metrics.json"
 ECE_BINS = 15
 MAX_ERROR_IMAGES = 16
@@ -108,14 +110,19 @@ def write_predictions(
     logits: np.ndarray,
     probs: np.ndarray,
     predicted: np.ndarray,
+    image_sha256: Sequence[str],
 ) -> None:
-    """One row per image: path, patient, true class, task logits, temperature-scaled probabilities, decision."""
+    """One row per image: path, patient, true class, task logits, temperature-scaled probabilities, decision, and
+    the SHA-256 of the image file (``pneumo compare --paired-with`` pairs two evaluations' images by it)."""
     names = list(class_names)
     with atomic_open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
-            ["path", "patient_id", "true", *(f"logit_{c}" for c in names), *(f"p_{c}" for c in names), "predicted"]
-        )
+            [
+                "path", "patient_id", "true", *(f"logit_{c}" for c in names), *(f"p_{c}" for c in names),
+                "predicted", "sha256",
+            ]
+        )  # fmt: skip
         for i, record in enumerate(split.records):
             writer.writerow(
                 [
@@ -127,8 +134,26 @@ def write_predictions(
                     *(repr(float(v)) for v in logits[i]),
                     *(repr(float(v)) for v in probs[i]),
                     names[int(predicted[i])],
+                    image_sha256[i],
                 ]
             )
+
+
+def images_digest(image_sha256: Sequence[str]) -> str:
+    """One SHA-256 for the evaluated images' contents, whatever their names and order: the dataset's identity."""
+    return hashlib.sha256("\n".join(sorted(image_sha256)).encode()).hexdigest()
+
+
+def write_unreadable(path: Path, failures: Sequence[tuple[Path, str]], root: Path) -> Path | None:
+    """The images skipped as unreadable, one row each (path, reason); none: no file (a stale one is removed)."""
+    if not failures:
+        path.unlink(missing_ok=True)
+        return None
+    with atomic_open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "reason"])
+        writer.writerows([relative_path(Path(p), root), reason] for p, reason in failures)
+    return path
 
 
 def write_plots(

@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 from torchvision.utils import make_grid
 
+from pneumo.data.decode import MIN_SIDE
 from pneumo.data.provenance import PROVENANCE_SUFFIX, read_provenance_run, write_provenance
 from pneumo.data.records import IMAGE_SUFFIXES, Record, dataset_root, is_synthetic, parse_file_name
 from pneumo.data.tasks import get_task
@@ -231,9 +232,16 @@ def write_synthetic_dataset(
         images = generate(generator, [class_idx] * counts[name], seed=seed * 1000 + class_idx)
         for i, pixels in enumerate(images):
             path = out / _LABEL_FOLDER[name] / f"synthetic-{rid}-{name}-{i:05d}.png"
-            save_png(Image.fromarray(pixels[0].numpy(), mode="L"), path)
+            save_png(_at_least_min_side(Image.fromarray(pixels[0].numpy(), mode="L")), path)
             paths.append(path)
     return paths
+
+
+def _at_least_min_side(img: Image.Image) -> Image.Image:
+    """A 16 px sample repeated to 32 px (each pixel 2x2): decoding refuses images under ``MIN_SIDE`` as no
+    radiograph, and whole repeats add no pixel value the generator did not make."""
+    factor = math.ceil(MIN_SIDE / min(img.size))
+    return img.resize((img.width * factor, img.height * factor), Image.Resampling.NEAREST) if factor > 1 else img
 
 
 def _trained_patients(gan_run_dir: Path) -> list[str] | None:

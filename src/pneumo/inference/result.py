@@ -9,6 +9,8 @@ import numpy as np
 
 from pneumo.inference.meta import DISCLAIMER
 
+OOD_WARNING = "this image does not look like the chest X-rays the model was trained on: the prediction is unreliable"
+
 
 @dataclass(frozen=True)
 class PredictionResult:
@@ -17,7 +19,8 @@ class PredictionResult:
     ``threshold``: for binary tasks, the probability of the positive class (``class_names[1]``) at or above which
     the label is positive (the run's validated operating point, else 0.5); ``None`` for 3-class tasks (argmax).
     ``in_distribution``/``ood_score``: ``None`` when the model carries no out-of-distribution detector;
-    ``reason``: why the image was flagged (``in_distribution`` False), else ``None``.
+    ``reason``: why the image was flagged (``in_distribution`` False), else ``None``;
+    ``warning``: set when ``in_distribution`` is False (the label is unreliable), else ``None``.
     """
 
     probabilities: dict[str, float]
@@ -27,6 +30,11 @@ class PredictionResult:
     ood_score: float | None = None
     source: str = ""
     reason: str | None = None
+    warning: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.in_distribution is False and self.warning is None:
+            object.__setattr__(self, "warning", OOD_WARNING)
 
     @property
     def disclaimer(self) -> str:

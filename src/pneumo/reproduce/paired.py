@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import math
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,8 @@ def prediction_classes(path: Path) -> list[str]:
 
 
 def read_predictions(path: Path) -> dict[str, dict[str, Any]]:
+    """``{path: {patient, true, probs, predicted}}`` from a ``predictions.csv``, plus ``sha256`` (of the image file)
+    where the evaluation recorded it."""
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     classes = [k.removeprefix("p_") for k in rows[0] if k.startswith("p_")] if rows else []
@@ -30,9 +34,21 @@ def read_predictions(path: Path) -> dict[str, dict[str, Any]]:
             "true": classes.index(r["true"]),
             "probs": [float(r[f"p_{c}"]) for c in classes],
             "predicted": classes.index(r["predicted"]),
+            **({"sha256": r["sha256"]} if r.get("sha256") else {}),
         }
         for r in rows
     }
+
+
+def _by_content(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The rows keyed by their image's SHA-256 (``<sha256>#<k>`` for the k-th byte-identical copy, by path)."""
+    keyed: dict[str, dict[str, Any]] = {}
+    seen: dict[str, int] = {}
+    for path in sorted(rows):
+        digest = rows[path]["sha256"]
+        k = seen[digest] = seen.get(digest, -1) + 1
+        keyed[f"{digest}#{k}"] = {**rows[path], "path": path}
+    return keyed
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -60,9 +76,11 @@ def paired_difference(
 ) -> dict[str, Any]:
     """``candidate - baseline`` for ROC AUC and accuracy with 95 % CIs, resampling patients of the shared images.
 
-    Both runs' ``predictions.csv`` (from ``evaluate_run``) must cover the same task; only images present in both
-    are compared, so the difference is paired; with ``images`` (paths as in ``predictions.csv``), only those (the
-    matched subset of ``pneumo audit model``, say).
+    Both runs' ``predictions.csv`` (from ``evaluate_run``) must cover the same task and, where they record each
+    image's SHA-256, the same images: rows are paired by content, whatever the files are called, and evaluations of
+    different images (another dataset) are refused. Files without digests (older evaluations) pair by path, images
+    present in both only. With ``images`` (paths as in ``predictions.csv``), only those (the matched subset of
+    ``pneumo audit model``, say).
     """
     classes, baseline_classes = prediction_classes(candidate), prediction_classes(baseline)
     if classes != baseline_classes:  # another task: its columns would be misread
@@ -71,10 +89,21 @@ def paired_difference(
             f"{', '.join(baseline_classes)}): a paired difference needs runs of one task"
         )
     a, b = read_predictions(candidate), read_predictions(baseline)
-    shared = sorted(set(a) & set(b) & (set(images) if images is not None else set(a)))
+    if images is not None:
+        listed = set(images)
+        a, b = ({p: r for p, r in rows.items() if p in listed} for rows in (a, b))
+    by_content = bool(a and b) and all("sha256" in r for rows in (a, b) for r in rows.values())
+    if by_content:
+        a, b = _by_content(a), _by_content(b)
+        if set(a) != set(b):
+            raise ValueError(
+                f"{candidate} and {baseline} were evaluated on different images ({len(a)} and {len(b)}, "
+                f"{len(set(a) & set(b))} identical): a paired difference needs evaluations of the same dataset"
+            )
+    shared = sorted(set(a) & set(b))
     if not shared:
         raise ValueError(f"{candidate} and {baseline} share no image" + (" of the list" if images is not None else ""))
-    if disagree := [p for p in shared if a[p]["true"] != b[p]["true"]]:
+    if disagree := [a[p].get("path", p) for p in shared if a[p]["true"] != b[p]["true"]]:
         raise ValueError(
             f"{candidate} and {baseline} label {len(disagree)} shared image(s) differently, e.g. {disagree[0]}"
         )
@@ -92,7 +121,14 @@ def paired_difference(
 
     groups = [a[p]["patient"] for p in shared]
     cis = bootstrap_ci(y, packed, groups, metrics, n_boot=n_boot, seed=seed)
-    return {"n_images": len(shared), **{name: ci.to_dict() for name, ci in cis.items()}}
+    classes_present = len(np.unique(y))
+    return {
+        "n_images": len(shared),
+        "n_classes": k,
+        "n_classes_present": classes_present,
+        "paired_by": "sha256" if by_content else "path",
+        **{name: ci.to_dict() for name, ci in cis.items()},
+    }
 
 
 def paired_against(
@@ -119,6 +155,7 @@ def paired_against(
         run_eval = find_eval(run, split, dataset)
         if run_eval is None:
             continue
+        _check_same_dataset(run_eval, base_eval)
         diff = paired_difference(
             run_eval / "predictions.csv", base_eval / "predictions.csv", n_boot=n_boot, images=images
         )
@@ -126,14 +163,52 @@ def paired_against(
     return out
 
 
+def _check_same_dataset(run_eval: Path, base_eval: Path) -> None:
+    """Refuse two evaluations that do not say they are of the same images: different image digests, or (for
+    evaluations that predate the digests) different dataset folders."""
+    from pneumo.evaluation.runs_table import describe_dataset
+    from pneumo.evaluation.writers import METRICS_FILE
+
+    identity = []
+    for eval_dir in (run_eval, base_eval):
+        try:
+            dataset = json.loads((eval_dir / METRICS_FILE).read_text()).get("dataset") or {}
+        except (OSError, ValueError):
+            dataset = {}
+        identity.append(dataset)
+    (a, b), where = identity, f"{run_eval} and {base_eval}"
+    if a.get("images_sha256") and b.get("images_sha256"):
+        if a["images_sha256"] != b["images_sha256"]:
+            raise ValueError(
+                f"{where} evaluated different datasets ({describe_dataset(a)} vs {describe_dataset(b)}): a paired "
+                "difference needs evaluations of the same images"
+            )
+    elif a.get("source") != b.get("source"):
+        raise ValueError(
+            f"{where} evaluated {a.get('source', 'an unrecorded dataset')} and {b.get('source', 'an unrecorded one')},"
+            " and one predates image digests: evaluate both again (`pneumo evaluate RUN`) to pair them by content"
+        )
+
+
 def paired_text(diff: dict[str, Any]) -> str:
-    """One line: ``run - baseline (paired): ROC AUC +0.002 [-0.003, +0.008], accuracy ... (N images)``."""
+    """One line: ``run - baseline (paired): ROC AUC +0.002 [-0.003, +0.008], accuracy ... (N images)``; a difference
+    that is undefined (an AUC on images of one class) says why instead of printing NaN."""
 
     def ci(name: str) -> str:
         d = diff[name]
+        if _undefined(d["point"]):
+            if name == "delta_roc_auc" and diff.get("n_classes_present", 0) < diff.get("n_classes", 2):
+                return f"undefined (the {diff['n_images']} images do not hold every class)"
+            return "undefined"
+        if _undefined(d["low"]) or _undefined(d["high"]):
+            return f"{d['point']:+.3f} (no interval: undefined in the resamples)"
         return f"{d['point']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
 
     return (
         f"{diff['run']} - {diff['baseline']} (paired): ROC AUC {ci('delta_roc_auc')}, accuracy "
         f"{ci('delta_accuracy')} ({diff['n_images']} images)"
     )
+
+
+def _undefined(value: float | None) -> bool:
+    return value is None or math.isnan(value)

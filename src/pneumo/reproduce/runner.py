@@ -101,8 +101,12 @@ def seeds_to_run(exp: Experiment, max_seeds: int | None, only_seeds: Collection[
 
 
 def declaration_key(exp: Experiment, seed: int) -> str:
-    """Identifies what a run was trained from (kind, overlay with its ``run:`` references, seed), not its wording."""
-    body = {"kind": exp.kind, "train": exp.train, "gan": exp.gan, "seed": seed}
+    """Identifies what a run was trained from (kind, overlay with its ``run:`` references, seed), not its wording.
+
+    ``amp`` is left out: like a resume, it changes rounding only, and the rows finished before the CPU suite pinned
+    ``amp: false`` (trained in float32 then by default) stay its results."""
+    train = {k: v for k, v in exp.train.items() if k != "amp"}
+    body = {"kind": exp.kind, "train": train, "gan": exp.gan, "seed": seed}
     return hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -202,8 +202,9 @@ class TrainConfig(_Strict):
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's own, one per core)")
     amp: bool | Literal["auto"] = Field(
         "auto",
-        description="bf16 autocast. auto: on CUDA only (CPU runs stay float32, comparable and bit-reproducible); "
-        "true: also on a CPU with native bfloat16 (AVX-512 BF16 or AMX), about 1.8x faster for ResNet-18 there",
+        description="bf16 autocast in training (evaluation stays float32). auto/true: on CUDA and on a CPU with "
+        "native bfloat16 (AVX-512 BF16 or AMX; about 1.8x faster for ResNet-18 there); false: float32, "
+        "bit-reproducible on CPU, as the published CPU results were trained",
     )
     channels_last: bool = True
     compile: bool = False

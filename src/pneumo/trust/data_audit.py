@@ -10,7 +10,9 @@ shared 224 px copy: every stored file is 224 x 224, RGB, 8 bit) is reported as c
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
+import os
 from collections.abc import Container, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import pneumo
-from pneumo.data.cache import CachedImages, ImageCache
+from pneumo.data.cache import CachedImages, ImageCache, default_cache_root
 from pneumo.data.preprocess import PreprocessContract
 from pneumo.data.records import Record, dataset_root, discover
 from pneumo.data.tasks import TASKS, Task, get_task
@@ -273,6 +275,17 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 def print_columns(result: dict[str, Any]) -> list[str]:
     splits = [s for s in SPLIT_ORDER if any(s in t["splits"] for t in result["tasks"].values())]
     return ["task", "cue", *(c for s in splits for c in (f"{s} (n)", f"AUC {s}")), "note"]
+
+
+def default_audit_dir(source: str | Path) -> Path:
+    """Where ``pneumo audit data`` writes without ``--out``: beside the image cache (``$PNEUMO_CACHE_DIR``, else
+    ``~/.cache/pneumo``), in ``audits/audit-data-<dataset>-<hash of its path>``, never the current folder."""
+    from pneumo.evaluation.source import dataset_slug
+
+    env = os.environ.get("PNEUMO_CACHE_DIR")
+    base = Path(env).expanduser() if env else default_cache_root().parent
+    where = hashlib.sha1(str(Path(source).expanduser().resolve()).encode()).hexdigest()[:6]
+    return base / "audits" / f"audit-data-{dataset_slug(source)}-{where}"
 
 
 def audit_data(
