@@ -122,18 +122,21 @@ def _verify(predictor: Predictor, path: Path, size: int, atol: float = 1e-4, rto
     # The logits decide (all columns: a dummy class's feed the out-of-distribution check), within atol. The pooled
     # features feed that check too; they can be in the hundreds (ResNet-50), where float32 rounding alone is above
     # 1e-4 (PyTorch differs from itself by that between memory layouts), so they are compared relative to their size.
-    for name, a, b, rel in (
-        ("logits", ours.raw_logits, theirs.raw_logits, 0.0),
-        ("features", ours.features, theirs.features, rtol),
-        ("depth features", getattr(ours, "depth_features", None), getattr(theirs, "depth_features", None), rtol),
+    # Multi-depth features (pooled means and standard deviations of early stages) hold many values near zero, where a
+    # relative bound does not help: measured up to 1.4e-4 apart for EfficientNet-Lite0, far below what moves the
+    # check's logistic score, so they get a looser absolute bound.
+    for name, a, b, rel, tol in (
+        ("logits", ours.raw_logits, theirs.raw_logits, 0.0, atol),
+        ("features", ours.features, theirs.features, rtol, atol),
+        ("depth features", getattr(ours, "depth_features", None), getattr(theirs, "depth_features", None), rtol, 1e-3),
     ):
         if a is None and b is None:  # a backend without multi-depth features (a stand-in in tests)
             continue
         if a is None or b is None:
             raise ExportError(f"ONNX {name}: one side has none; export discarded")
         a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-        excess = np.abs(a - b) - (atol + rel * np.abs(a))
+        excess = np.abs(a - b) - (tol + rel * np.abs(a))
         if not float(excess.max()) <= 0:
             diff = float(np.abs(a - b).max())
-            limit = f"{atol:.0e}" + (f" + {rel:.0e} x |value|" if rel else "")
+            limit = f"{tol:.0e}" + (f" + {rel:.0e} x |value|" if rel else "")
             raise ExportError(f"ONNX {name} differ from PyTorch by {diff:.2e} (> {limit}); export discarded")
