@@ -20,6 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
+from pneumo.trust.ood import fit_ood
 from pneumo.zoo.build import expected_predictions, ship, train_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         help="images from elsewhere (e.g. external_adult_dev/MANIFEST.csv): the model card "
         "says how many the out-of-distribution check flags and which labels they get",
     )
+    parser.add_argument(
+        "--ood-negatives",
+        type=Path,
+        help="images that are not the training population (e.g. external_adult_dev/MANIFEST.csv): the run's "
+        "out-of-distribution check is refitted with them as negatives before it ships (pneumo audit ood-fit "
+        "--negatives); the model card then says the external set was used for fitting",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--zoo", type=Path, default=ROOT / "src" / "pneumo" / "zoo")
@@ -78,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = train_experiment(
                 args.data, args.work, spec["suite"], spec["experiment"], spec["seed"], args.device
             )
+        if args.ood_negatives is not None:
+            fit_ood(run_dir, negatives=args.ood_negatives, device=args.device, progress=True)
+            source["ood_negatives"] = f"{args.ood_negatives.parent.name}/{args.ood_negatives.name}"  # no local path
         folder = ship(
             run_dir,
             name,

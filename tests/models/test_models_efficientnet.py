@@ -152,7 +152,7 @@ def test_missing_package_names_the_pip_line(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_missing_timm_names_the_pip_line_as_a_value_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError
-    with pytest.raises(ValueError, match=r"need timm, which is not installed: pip install 'pneumo\[pretrained\]'"):
+    with pytest.raises(ValueError, match=r"need timm, which is not installed: pip install timm"):
         get_model("efficientnet_lite0", num_classes=2)
 
 

