@@ -24,6 +24,7 @@ def run_demo(out: Path | None = None, *, n_images: int = 1200, epochs: int = 8, 
     from pneumo.data.synth import generate_dataset
     from pneumo.evaluation.run import evaluate_run
     from pneumo.training import build_config, train
+    from pneumo.trust.ood import fit_after_training, report_sections
 
     home = demo_home()
     data = home / "data" / "chest_xray"
@@ -43,6 +44,6 @@ def run_demo(out: Path | None = None, *, n_images: int = 1200, epochs: int = 8, 
             "out": str(run_out),
         }
     )
-    run_dir = train(cfg, command=["pneumo", "demo"])
-    result = evaluate_run(run_dir, split="test", n_boot=500)
+    run_dir = train(cfg, command=["pneumo", "demo"], after=fit_after_training)
+    result = evaluate_run(run_dir, split="test", n_boot=500, report_hooks=(report_sections,))
     return {**result, "run_dir": str(run_dir), "data": str(data)}

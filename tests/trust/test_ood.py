@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from pneumo.data.preprocess import resize_gray
+from pneumo.runs.context import load_model, open_run, split_images
 from pneumo.training import read_run_meta
 from pneumo.trust import ood
 from pneumo.trust.forward import forward_arrays
 from pneumo.trust.ood import OODScorer, fit_ood, fit_scorer, ood_rates
-from pneumo.trust.runs import load_model, open_run, split_images
 
 
 def _gaussian_features(rng: np.random.Generator, n: int, d: int = 40) -> tuple[np.ndarray, np.ndarray]:

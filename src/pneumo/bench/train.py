@@ -35,11 +35,12 @@ from pneumo.bench.machine import count_train_flops, sync
 from pneumo.data.dataset import SplitData
 from pneumo.data.preprocess import PreprocessContract, normalize
 from pneumo.models import get_model
+from pneumo.models.predict import autocast_for
+from pneumo.models.registry import preprocess_contract
 from pneumo.training.augment import BatchAugmenter
 from pneumo.training.config import AcquisitionAugmentConfig, AugmentConfig, build_config
 from pneumo.training.data import ResidentSplit
 from pneumo.training.optim import build_optimizer
-from pneumo.training.predict import autocast_for
 from pneumo.utils.device import cpu_has_native_bf16
 
 Pipeline = Literal["naive", "cached", "resident"]
@@ -418,7 +419,7 @@ def measure_training(
     steps: int,
 ) -> dict:
     """Train ``steps`` timed steps (after ``warmup``) of ``model_name`` at ``size`` px the ``variant`` way."""
-    contract = PreprocessContract(image_size=size)
+    contract = preprocess_contract(model_name, image_size=size)
     threads_before = torch.get_num_threads()
     if variant.threads is not None:
         torch.set_num_threads(variant.threads)

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pneumo.utils.errors import PneumoError
+
 # Decompression-bomb guard: the largest real Kermany originals have about 7 megapixels.
 DEFAULT_MAX_PIXELS = 64_000_000
 # A progressive JPEG is decoded scan by scan, each over the whole image: thousands of tiny scans make a small file take
@@ -34,7 +36,7 @@ ImageInput = str | Path | bytes | Image.Image | np.ndarray
 PixelTransform = Callable[[np.ndarray], np.ndarray]
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(PneumoError, ValueError):
     """An input that cannot be turned into an image; the message names the source and the reason."""
 
     def __init__(self, source: str, reason: str):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ from pneumo.evaluation.writers import (
     Scored,
     calibration_text,
     data_summary,
-    extra_sections,
     json_safe,
     metric_names,
     report_rows,
@@ -54,9 +53,16 @@ from pneumo.evaluation.writers import (
     write_predictions,
     write_run_model_card,
 )
+from pneumo.models.predict import predict_logits
+from pneumo.runs.checkpoint import load_run
+from pneumo.runs.format import CONFIG_FILE, read_run_meta, update_run_meta
 from pneumo.utils.atomic import write_json
+from pneumo.utils.device import pick_device
+from pneumo.utils.yamlfile import load_yaml
 
 SPLITS = ("test", "val")
+# extra report sections (title -> text), given run_dir=, model=, split=, result= keywords
+ReportHook = Callable[..., Mapping[str, str]]
 ALPHA = 0.05
 log = logging.getLogger(__name__)
 
@@ -198,6 +204,7 @@ def evaluate_run(
     batch_size: int = 64,
     plots: bool = True,
     progress: bool = True,
+    report_hooks: Sequence[ReportHook] = (),
 ) -> dict[str, Any]:
     """Evaluate a run's best weights on ``split`` of its own dataset (default) or of ``data``; returns the contents
     of ``RUN_DIR/eval-<dataset>-<split>/metrics.json`` plus ``eval_dir``, after writing that folder (metrics.json,
@@ -207,15 +214,14 @@ def evaluate_run(
     method chose the threshold; otherwise they are fitted on the validation split (Youden's J). ``youden``,
     ``target_sensitivity`` (the most specific threshold reaching this validation sensitivity) or
     ``target_specificity`` (the most sensitive one reaching this validation specificity) asks for a method, and
-    replaces a stored threshold of another. ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
-    from pneumo.training import load_run, load_yaml, predict_logits, read_run_meta, update_run_meta
-    from pneumo.training.run import pick_device
-
+    replaces a stored threshold of another. ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    ``report_hooks`` add report sections (title -> text), called with ``run_dir, model, split, result`` keywords:
+    the commands pass ``pneumo.trust.ood.report_sections`` (the out-of-distribution rates)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     run_dir = Path(run_dir).expanduser().resolve()
     meta = read_run_meta(run_dir)
-    config = load_yaml(run_dir / "config.yaml")
+    config = load_yaml(run_dir / CONFIG_FILE)
     task = get_task(meta["task"])
     class_names = list(meta["class_names"])
     contract = PreprocessContract.from_dict(meta["preprocess"])
@@ -323,7 +329,8 @@ def evaluate_run(
         )
     result["plots"] = {caption: path.name for caption, path in plot_paths.items()}
     report_sections = {"Operating point and calibration": calibration_text(result)}
-    report_sections.update(extra_sections(run_dir, model, evaluated, result))
+    for hook in report_hooks:
+        report_sections.update(hook(run_dir=run_dir, model=model, split=evaluated, result=result))
     write_html_report(
         eval_dir / "report.html",
         title=f"pneumo evaluation: {run_dir.name} on {source.slug} ({split})",

@@ -31,6 +31,7 @@ from pneumo.inference.backends import OnnxBackend, Outputs
 from pneumo.inference.meta import DISCLAIMER, META_FILE, ModelLoadError, ModelMeta
 from pneumo.inference.ood import ood_verdicts, resolve_scorer
 from pneumo.inference.result import Explanation, PredictionResult
+from pneumo.utils.errors import PneumoError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class ExplainUnavailable(RuntimeError):
+class ExplainUnavailable(PneumoError, RuntimeError):
     """Grad-CAM needs the PyTorch model: an ONNX-only predictor cannot explain."""
 
 

@@ -7,11 +7,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from pneumo.inference.backends import Outputs
 from pneumo.inference.meta import ModelLoadError
 from pneumo.models import match_channels
+from pneumo.runs.checkpoint import load_run as runs_load_run
 
 
 class FeatureHead(nn.Module):
@@ -30,14 +32,10 @@ class FeatureHead(nn.Module):
 
 
 def load_run(run_dir: Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The best model of a run folder and its ``checkpoint.json`` (via ``pneumo.training.checkpoint.load_run``,
-    which owns the format); any failure becomes a :class:`ModelLoadError` that names the folder."""
-    from safetensors import SafetensorError
-
-    from pneumo.training.checkpoint import load_run as training_load_run
-
+    """The best model of a run folder and its ``checkpoint.json`` (via :func:`pneumo.runs.checkpoint.load_run`);
+    any failure becomes a :class:`ModelLoadError` that names the folder."""
     try:
-        return training_load_run(run_dir, which="best", device=device)
+        return runs_load_run(run_dir, which="best", device=device)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
         reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
         raise ModelLoadError(f"{run_dir}: cannot load the run ({reason})") from exc

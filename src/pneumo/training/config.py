@@ -17,23 +17,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pneumo.data.preprocess import DEFAULT_IMAGE_SIZE
 from pneumo.data.tasks import TASKS
+from pneumo.models.registry import get_model_spec, list_models
+from pneumo.models.spec import DEFAULT_MODEL
 from pneumo.utils.atomic import write_text
-
-MODELS = ("cnn", "resnet18", "resnet50", "densenet121")
-
-# Per-family defaults (tuned for CPU runs at 128 px; see the training README section). They sit between the
-# global defaults and the user's YAML/flags/--set, so anything the user states wins.
-FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cnn": {"lr": 2e-3, "batch_size": 32, "epochs": 20, "image_size": 128, "weight_decay": 1e-4},
-    "resnet18": {"lr": 1e-3, "batch_size": 32, "epochs": 12, "image_size": 128, "weight_decay": 1e-4},
-    "resnet50": {"lr": 5e-4, "batch_size": 16, "epochs": 10, "image_size": 128, "weight_decay": 1e-4},
-    "densenet121": {"lr": 5e-4, "batch_size": 16, "epochs": 10, "image_size": 128, "weight_decay": 1e-4},
-}
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the offending key(s)."""
+from pneumo.utils.yamlfile import ConfigError, load_yaml
 
 
 class _Strict(BaseModel):
@@ -130,8 +119,8 @@ class TrainConfig(_Strict):
     """Everything that defines a training run."""
 
     data: str
-    task: Literal["normal-pneumonia", "bacteria-virus", "normal-bacteria-virus"] = "normal-pneumonia"
-    model: Literal["cnn", "resnet18", "resnet50", "densenet121"] = "cnn"
+    task: str = "normal-pneumonia"
+    model: str = DEFAULT_MODEL
     model_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra get_model keywords")
     drop_rate: float = Field(0.2, ge=0, lt=1)
     weights: str = Field("none", description="none | imagenet | PATH (file or run folder)")
@@ -142,7 +131,7 @@ class TrainConfig(_Strict):
     balance: Literal["weights", "sampler", "none"] = "weights"
 
     epochs: int = Field(10, ge=1)
-    image_size: int = Field(224, ge=8)
+    image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=8)
     geometry: Literal["squash", "center-crop", "letterbox"] = "squash"
     batch_size: int = Field(32, ge=2)
     lr: float = Field(1e-3, gt=0)
@@ -213,6 +202,16 @@ class TrainConfig(_Strict):
             raise ValueError(f"model_kwargs cannot set {', '.join(reserved)}: pneumo sets them from its own settings")
         return v
 
+    @field_validator("task")
+    @classmethod
+    def _task(cls, v: str) -> str:
+        return _registered(v, "task", sorted(TASKS))
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        return _registered(v, "model", list_models(trainable=True))
+
     @field_validator("freeze")
     @classmethod
     def _freeze(cls, v: str) -> str:
@@ -229,8 +228,8 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        if self.weights == "imagenet" and self.model == "cnn":
-            raise ValueError("weights=imagenet: the from-scratch 'cnn' has no ImageNet weights")
+        if self.weights == "imagenet" and "imagenet" not in get_model_spec(self.model).weights:
+            raise ValueError(f"weights=imagenet: the {self.model!r} model has no ImageNet weights")
         if self.unfreeze_epochs and self.freeze == "none":
             raise ValueError("unfreeze_epochs needs a freeze policy (freeze=backbone or until:<stage>)")
         return self
@@ -255,19 +254,6 @@ class TrainConfig(_Strict):
 
 
 # --- building a config from its sources ------------------------------------------------------------------------
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    return data
 
 
 def parse_set(items: Iterable[str]) -> dict[str, Any]:
@@ -325,9 +311,24 @@ def build_config(
     user: dict[str, Any] = load_yaml(config_file) if config_file else {}
     user = deep_merge(user, {k: v for k, v in (flags or {}).items() if v is not None})
     user = deep_merge(user, parse_set(overrides))
-    model = user.get("model", TrainConfig.model_fields["model"].default)
-    merged = deep_merge(FAMILY_DEFAULTS.get(model, {}), user)
-    return validate_config(merged)
+    return validate_config(deep_merge(family_defaults(user.get("model", DEFAULT_MODEL)), user))
+
+
+def family_defaults(model: str) -> dict[str, Any]:
+    """The model family's training defaults (its :class:`~pneumo.models.spec.ModelSpec`); ``{}`` for an unknown name,
+    which validation then refuses with the registered names."""
+    try:
+        return get_model_spec(model).train_defaults()
+    except ValueError:
+        return {}
+
+
+def _registered(name: str, what: str, names: list[str]) -> str:
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown {what} {name!r}{hint} (registered: {', '.join(names)})")
+    return name
 
 
 def validate_config(data: Mapping[str, Any]) -> TrainConfig:

@@ -25,10 +25,12 @@ from sklearn.preprocessing import StandardScaler
 
 import pneumo
 from pneumo.data.cache import CachedImages, ImageCache
-from pneumo.data.preprocess import PreprocessContract
+from pneumo.data.preprocess import DEFAULT_IMAGE_SIZE
 from pneumo.data.records import Record, dataset_root, discover
 from pneumo.data.tasks import TASKS, Task, get_task
 from pneumo.evaluation.compare import compare_table
+from pneumo.models.registry import preprocess_contract
+from pneumo.models.spec import DEFAULT_MODEL
 from pneumo.trust.metadata import (
     CUES,
     MANIFEST,
@@ -51,7 +53,7 @@ def collect_cues(
     *,
     manifest: Path | None,
     originals_manifest: Path | None,
-    image_size: int = 128,
+    image_size: int = DEFAULT_IMAGE_SIZE,
     pixels: bool = True,
     cache_root: Path | None = None,
     workers: int = 0,
@@ -61,7 +63,7 @@ def collect_cues(
     table = file_cues(records, manifest, originals_manifest)
     if not pixels:
         return table
-    contract = PreprocessContract(image_size=image_size)
+    contract = preprocess_contract(DEFAULT_MODEL, image_size=image_size)  # pixels only: no model normalises them
     images = ImageCache(contract, cache_root).build([r.path for r in records], workers=workers, progress=progress)
     ok = images.ok
     values = pixel_cues(CachedImages(images.file, images.image_size, images.rows[ok]))
@@ -280,7 +282,7 @@ def audit_data(
     *,
     tasks: Sequence[str] | None = None,
     originals: str | Path | None = AUTO,
-    image_size: int = 128,
+    image_size: int = DEFAULT_IMAGE_SIZE,
     pixels: bool = True,
     models: bool = True,
     n_boot: int = 1000,

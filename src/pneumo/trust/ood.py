@@ -26,104 +26,38 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-METHOD = "mahalanobis-pca-tied"
-VERSION = 1
+from pneumo.runs.context import load_model, open_run, split_images
+from pneumo.runs.format import read_run_meta, update_run_meta, weights_digest
+from pneumo.runs.ood import ARRAY_KEYS, DERIVED_KEYS, FEATURES, METHOD, VERSION, OODScorer, _round, check, score
+from pneumo.trust.forward import forward_arrays
+from pneumo.utils.device import resolve_device
+
+__all__ = [
+    "ARRAY_KEYS",
+    "DERIVED_KEYS",
+    "FEATURES",
+    "METHOD",
+    "N_COMPONENTS",
+    "PASS_RATE",
+    "VERSION",
+    "OODScorer",
+    "check",
+    "fit_after_training",
+    "fit_ood",
+    "fit_scorer",
+    "ood_rates",
+    "rates",
+    "report_sections",
+    "score",
+]
+
 N_COMPONENTS = 64
 PASS_RATE = 0.95
-FEATURES = "forward_head(forward_features(x), pre_logits=True)"
-_DIGITS = 7
-
-
-def _round(a: np.ndarray) -> list:
-    """Nested lists of Python floats with ``_DIGITS`` significant digits (short JSON, exact round trip)."""
-    return np.vectorize(lambda v: float(f"{v:.{_DIGITS}g}"), otypes=[float])(np.asarray(a, np.float64)).tolist()
-
-
-@dataclass(frozen=True)
-class OODScorer:
-    """Mahalanobis distance on ``[PCA coordinates, residual norm]`` of pooled features; see the module docstring."""
-
-    feature_mean: np.ndarray  # (d,)
-    components: np.ndarray  # (k, d), orthonormal rows
-    class_means: np.ndarray  # (C, k + 1)
-    precision: np.ndarray  # (k + 1, k + 1)
-    threshold: float
-    extra: Mapping[str, Any]  # provenance, copied into the parameters
-
-    @property
-    def n_features(self) -> int:
-        return int(self.feature_mean.shape[0])
-
-    def coordinates(self, features: np.ndarray) -> np.ndarray:
-        f = np.asarray(features, dtype=np.float64)
-        if f.ndim != 2 or f.shape[1] != self.n_features:
-            raise ValueError(f"expected features of shape (N, {self.n_features}), got {f.shape}")
-        centred = f - self.feature_mean
-        z = centred @ self.components.T
-        residual = np.linalg.norm(centred - z @ self.components, axis=1)
-        return np.column_stack([z, residual])
-
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """Distance to the nearest class, ``(N,)``; higher = less like the training images."""
-        u = self.coordinates(features)
-        diff = u[:, None, :] - self.class_means[None, :, :]  # (N, C, k+1)
-        squared = np.einsum("nci,ij,ncj->nc", diff, self.precision, diff)
-        return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
-
-    def in_distribution(self, features: np.ndarray) -> np.ndarray:
-        return self.score(features) <= self.threshold
-
-    def to_params(self) -> dict[str, Any]:
-        """Plain JSON numbers (and a few strings): what ``checkpoint.json["ood"]`` and ONNX metadata hold."""
-        return {
-            **self.extra,
-            "method": METHOD,
-            "version": VERSION,
-            "features": FEATURES,
-            "n_features": self.n_features,
-            "n_components": int(self.components.shape[0]),
-            "threshold": float(self.threshold),
-            "feature_mean": _round(self.feature_mean),
-            "components": _round(self.components),
-            "class_means": _round(self.class_means),
-            "precision": _round(self.precision),
-        }
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> OODScorer:
-        if params.get("method") != METHOD:
-            raise ValueError(f"unsupported OOD method {params.get('method')!r} (expected {METHOD!r})")
-        if int(params.get("version", 0)) != VERSION:
-            raise ValueError(f"unsupported OOD parameter version {params.get('version')!r} (expected {VERSION})")
-        arrays = {k: np.asarray(params[k], dtype=np.float64) for k in ARRAY_KEYS}
-        k = arrays["components"].shape[0]
-        if arrays["precision"].shape != (k + 1, k + 1) or arrays["class_means"].shape[1] != k + 1:
-            raise ValueError("inconsistent OOD parameters (components, class means and precision disagree)")
-        extra = {key: v for key, v in params.items() if key not in (*ARRAY_KEYS, *DERIVED_KEYS)}
-        return cls(
-            arrays["feature_mean"],
-            arrays["components"],
-            arrays["class_means"],
-            arrays["precision"],
-            float(params["threshold"]),
-            extra,
-        )
-
-    @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> OODScorer | None:
-        """The scorer of a run's ``checkpoint.json`` (or any dict with an ``"ood"`` entry); None when there is none."""
-        params = meta.get("ood")
-        return cls.from_params(params) if params else None
-
-
-ARRAY_KEYS = ("feature_mean", "components", "class_means", "precision")
-DERIVED_KEYS = ("method", "version", "features", "n_features", "n_components", "threshold")
 
 
 def fit_scorer(
@@ -189,12 +123,6 @@ def fit_ood(
 ) -> dict[str, Any]:
     """Fit the detector on a run's train images (best weights), threshold it on its validation split and store it
     as ``checkpoint.json["ood"]`` (via ``update_run_meta``); returns the stored parameters."""
-    from pneumo.training import update_run_meta
-    from pneumo.training.checkpoint import weights_digest
-    from pneumo.trust.forward import forward_arrays
-    from pneumo.trust.runs import load_model, open_run, split_images
-    from pneumo.utils.device import resolve_device
-
     ctx = open_run(run_dir)
     dev = resolve_device(device)
     model = load_model(ctx, dev)
@@ -223,6 +151,15 @@ def fit_ood(
     return params
 
 
+def fit_after_training(run_dir: Path, cfg: Any, device: Any) -> None:
+    """The post-training hook of ``pneumo.training.train``/``resume``: every finished run gets its detector, unless
+    ``cfg.fit_ood`` is off or it is already fitted on these best weights (a resumed run that improved is refitted)."""
+    fitted_on = (read_run_meta(run_dir).get("ood") or {}).get("weights_sha256")
+    if not cfg.fit_ood or fitted_on == weights_digest(run_dir):
+        return
+    fit_ood(run_dir, device=str(device), batch_size=max(cfg.batch_size, 64), progress=cfg.progress)
+
+
 def ood_rates(
     run_dir: str | Path,
     split: Any = "test",
@@ -234,12 +171,6 @@ def ood_rates(
     """How many images of ``split`` (a split name of the run's own data, or a ``SplitData``) the detector flags.
 
     Returns ``{"available": False, ...}`` when the run has no fitted detector."""
-    from pneumo.training import read_run_meta
-    from pneumo.training.checkpoint import weights_digest
-    from pneumo.trust.forward import forward_arrays
-    from pneumo.trust.runs import load_model, open_run, split_images
-    from pneumo.utils.device import resolve_device
-
     params = read_run_meta(run_dir).get("ood")
     if not params:
         return {"available": False, "reason": f"no OOD detector fitted: run `pneumo audit ood-fit {run_dir}`"}
@@ -274,41 +205,9 @@ def rates(scores: np.ndarray, threshold: float, name: str = "") -> dict[str, Any
     }
 
 
-# --- hooks for other packages ------------------------------------------------------------------------------------
-
-_CACHE: dict[int, tuple[Mapping[str, Any], OODScorer]] = {}
-
-
-def _cached_scorer(params: Mapping[str, Any]) -> OODScorer:
-    """Parsing 10^4-10^5 numbers per call would dominate small predictions; keep the scorer of a params object."""
-    hit = _CACHE.get(id(params))
-    if hit is not None and hit[0] is params:
-        return hit[1]
-    scorer = OODScorer.from_params(params)
-    if len(_CACHE) > 8:
-        _CACHE.clear()
-    _CACHE[id(params)] = (params, scorer)
-    return scorer
-
-
-def check(params: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` (or ``KeyError``/``TypeError``) when this version cannot score with ``params``; called
-    once when a model loads, so that a bad entry is found then and not at every prediction."""
-    _cached_scorer(params)
-
-
-def score(params: Mapping[str, Any], *, logits: np.ndarray | None = None, features: np.ndarray) -> tuple:
-    """``(scores, in_distribution)`` for ``pneumo.inference``: float ``(N,)`` and bool ``(N,)``; ``logits`` unused."""
-    scorer = _cached_scorer(params)
-    s = scorer.score(features)
-    return s, s <= scorer.threshold
-
-
 def report_sections(*, run_dir: Path, model: Any, split: Any, result: Mapping[str, Any]) -> dict[str, str]:
     """The evaluation report's OOD section (called by ``pneumo.evaluation.writers.extra_sections``)."""
     title = "Out-of-distribution check"
-    from pneumo.training import read_run_meta
-
     params = read_run_meta(run_dir).get("ood")
     if not params:
         return {title: f"No OOD detector fitted for this run; `pneumo audit ood-fit {run_dir}` adds one."}
