@@ -256,8 +256,8 @@ def _setup(model_name: str, size: int, batch_size: int, variant: Variant, device
     if variant.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
-    # static shapes, as the engine (one size per process) compiles: a later size in the same process was otherwise
-    # compiled with symbolic sizes, and the figures depended on the order of the measurements
+    # static shapes, as the engine (one size per process) compiles: otherwise a later size in the same process is
+    # compiled with symbolic sizes, and the figures depend on the order of the measurements
     net = torch.compile(model, dynamic=False) if variant.compile else model
     return TrainSetup(model, net, optimizer, nn.CrossEntropyLoss(), cfg.grad_clip, batch_size)
 

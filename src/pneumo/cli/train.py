@@ -90,7 +90,7 @@ def train(
             run_dir = train_run(cfg, command=sys.argv, after=fit_after_training)
     except (FileExistsError, FileNotFoundError, ValueError) as exc:  # pneumo's own errors: pneumo.cli._Commands
         fail(str(exc))
-    except OSError as exc:  # a full disk while caching or writing checkpoints: a traceback said no more
+    except OSError as exc:  # a full disk while caching or writing checkpoints: one line naming the file
         fail(os_error(exc))
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks
         return

@@ -83,8 +83,8 @@ def resize_gray(gray: np.ndarray, contract: PreprocessContract) -> np.ndarray:
         left, top = (w - side) // 2, (h - side) // 2
         img = img.crop((left, top, left + side, top + side))
     elif contract.geometry == "letterbox":
-        # the longer side to S first, then black bars: padding first made a max(w, h)^2 canvas, gigabytes for a
-        # 40000 x 25 image that the pixel limit lets through
+        # the longer side to S first, then black bars: padding first would need a max(w, h)^2 canvas, gigabytes
+        # for a 40000 x 25 image that the pixel limit lets through
         scale = size / max(w, h)
         inner = (max(1, round(w * scale)), max(1, round(h * scale)))
         canvas = Image.new("L", (size, size), 0)

@@ -74,7 +74,7 @@ def train(cfg: TrainConfig, *, command: list[str] | None = None, after: AfterTra
                 "out": str(run_dir),
                 "split_file": str(split_path),
                 "weights": cfg.weights if cfg.weights in ("none", "imagenet") else str(Path(cfg.weights).resolve()),
-                # saved absolute like the other paths: a relative GAN run broke a resume from another folder
+                # saved absolute like the other paths, so that a resume from another folder finds the GAN run
                 "synthetic": cfg.synthetic.model_copy(
                     update={"from_run": str(Path(cfg.synthetic.from_run).expanduser().resolve())}
                 )
