@@ -12,14 +12,15 @@ from pathlib import Path
 import typer
 
 from pneumo.cli.output import fail, os_error
+from pneumo.data.tasks import TASKS
 
 
 def train(
     data: Path | None = typer.Option(None, "--data", help="Dataset folder (Kaggle/pediatric layout) or CSV manifest."),
-    task: str | None = typer.Option(
-        None, "--task", help="normal-pneumonia | bacteria-virus | normal-bacteria-virus (default normal-pneumonia)."
+    task: str | None = typer.Option(None, "--task", help=f"{' | '.join(TASKS)} (default normal-pneumonia)."),
+    model: str | None = typer.Option(
+        None, "--model", help="A registered model: cnn, resnet18, resnet50, densenet121, ... (default cnn)."
     ),
-    model: str | None = typer.Option(None, "--model", help="cnn | resnet18 | resnet50 | densenet121 (default cnn)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Number of epochs."),
     image_size: int | None = typer.Option(None, "--image-size", help="Square model input size S in pixels."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Images per step (per process under DDP)."),
