@@ -14,7 +14,7 @@ from torch import nn
 
 from pneumo.data.preprocess import PreprocessContract
 from pneumo.models import PneumoNet, get_model
-from pneumo.runs.format import WEIGHT_FILES, read_run_meta
+from pneumo.runs.format import WEIGHT_FILES, RunFolderError, read_run_meta
 from pneumo.utils.atomic import save_safetensors
 
 
@@ -64,7 +64,14 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
     # One read for the weights and their digest: a training that replaces the file in between would otherwise pair
     # these weights with the digest (and so the threshold and model id) of others.
     data = path.read_bytes()
-    model.load_state_dict(load_safetensors(data), strict=True)
+    try:
+        state = load_safetensors(data)
+    except (SafetensorError, ValueError) as exc:  # truncated or overwritten
+        raise RunFolderError(
+            f"{path} is damaged ({exc}); restore it from a copy of the run, or train the run again"
+            + (f" (its last epoch's weights are in {run_dir / WEIGHT_FILES['last']})" if which == "best" else "")
+        ) from None
+    model.load_state_dict(state, strict=True)
     model.weights_sha256 = hashlib.sha256(data).hexdigest()
     # Read by predict_logits (and anyone else) so that callers need not thread these through.
     model.num_task_classes = len(meta["class_names"])

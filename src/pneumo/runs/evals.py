@@ -6,6 +6,31 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pneumo.runs.format import RunFolderError
+
+
+def read_json_file(path: Path) -> Any:
+    """A run folder's JSON file (``eval-*/metrics.json``...); a damaged one is a :class:`RunFolderError` naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunFolderError(f"{path} is damaged ({exc}); delete it and run the command that wrote it again") from None
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    """``metrics.jsonl`` and the like; ``[]`` when absent, a :class:`RunFolderError` naming a damaged line."""
+    if not path.is_file():
+        return []
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise RunFolderError(f"{path}:{n} is damaged ({exc}); delete that line or restore the file") from None
+    return rows
+
+
 # Evaluation fields a model shows to its users (HTTP /v1/model, ONNX metadata): no file system paths.
 _PRIVATE_EVAL_FIELDS = ("run_dir", "plots")
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from pneumo.utils.atomic import write_json
 from pneumo.utils.digest import file_sha256
+from pneumo.utils.errors import PneumoError
 
 FORMAT = 1
 META_FILE = "checkpoint.json"
@@ -33,6 +34,10 @@ METRICS_FILE = "metrics.jsonl"
 STATE_TENSORS = "last.state.safetensors"
 STATE_JSON = "last.state.json"
 WEIGHT_FILES = {"best": "best.safetensors", "last": "last.safetensors"}
+
+
+class RunFolderError(PneumoError, ValueError):
+    """A run folder's file is missing or damaged; the message names the file and the way out."""
 
 
 def weights_digest(run_dir: Path) -> str:
@@ -55,7 +60,14 @@ def read_run_meta(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / META_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a pneumo run folder (no {META_FILE})")
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunFolderError(
+            f"{path} is damaged ({exc}); restore it from a copy of the run, or train the run again"
+        ) from None
+    if not isinstance(meta, dict):
+        raise RunFolderError(f"{path} is damaged (not a JSON object); restore it from a copy of the run")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: unsupported checkpoint format {meta.get('format')!r} (expected {FORMAT})")
     return meta

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from pneumo.runs.format import STATE_JSON, STATE_TENSORS
+from pneumo.runs.format import CONFIG_FILE, STATE_JSON, STATE_TENSORS, WEIGHT_FILES, RunFolderError
 from pneumo.utils.atomic import save_safetensors, write_json
 
 _STATE_KEY = "pneumo.state"
@@ -126,10 +126,25 @@ def read_state_info(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / STATE_TENSORS
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no {STATE_TENSORS}; nothing to resume")
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads((f.metadata() or {})[_STATE_KEY])
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {})[_STATE_KEY])
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        raise _damaged(Path(run_dir), exc) from None
 
 
 def load_state(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     info = read_state_info(run_dir)
-    return load_file(Path(run_dir) / STATE_TENSORS, device="cpu"), info
+    try:
+        return load_file(Path(run_dir) / STATE_TENSORS, device="cpu"), info
+    except (SafetensorError, OSError) as exc:
+        raise _damaged(Path(run_dir), exc) from None
+
+
+def _damaged(run_dir: Path, exc: BaseException) -> RunFolderError:
+    reason = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+    return RunFolderError(
+        f"{run_dir / STATE_TENSORS} is damaged ({reason}); the run cannot continue from it. Start it again with "
+        f"`pneumo train --config {run_dir / CONFIG_FILE} --out NEW_FOLDER`, or from its last weights with "
+        f"`--set weights={run_dir / WEIGHT_FILES['last']}` added"
+    )
