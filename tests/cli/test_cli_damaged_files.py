@@ -105,3 +105,10 @@ def test_a_damaged_onnx_file(run: Path, command: str) -> None:
     code, output = _invoke(*args)
     assert code == 2
     _one_line_naming(output, onnx)
+
+
+def test_evaluate_with_a_damaged_split_file(run: Path) -> None:
+    (run / "split.csv").write_bytes(b"path,split\xff\xfe\x00garbage")
+    code, output = _invoke("evaluate", run, "--device", "cpu")
+    assert code == 2
+    _one_line_naming(output, run / "split.csv", "is damaged")
