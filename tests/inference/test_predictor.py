@@ -395,3 +395,15 @@ def test_a_run_is_loaded_with_the_digest_of_the_weights_it_read(
     monkeypatch.setattr(meta_module, "file_sha256", no_second_read)
     predictor = Predictor.load(run)
     assert predictor.model_id.endswith(digest[:12])
+
+
+def test_a_run_folder_contract_is_parsed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_run parses checkpoint.json's "preprocess"; the predictor's metadata takes that contract, not a re-parse."""
+    from pneumo.data.preprocess import PreprocessContract
+
+    run = make_fake_run(tmp_path)
+    real = PreprocessContract.from_dict.__func__
+    calls = []
+    monkeypatch.setattr(PreprocessContract, "from_dict", classmethod(lambda cls, d: calls.append(d) or real(cls, d)))
+    predictor = Predictor.load(run)
+    assert len(calls) == 1 and predictor.meta.contract == PreprocessContract.from_dict(calls[0])

@@ -77,8 +77,15 @@ class ModelMeta:
 
     # --- run folders ------------------------------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, meta: dict[str, Any], run_dir: Path, weights_sha256: str | None = None) -> ModelMeta:
-        """``weights_sha256``: the digest of the weights actually loaded (default: hash the file now)."""
+    def from_checkpoint(
+        cls,
+        meta: dict[str, Any],
+        run_dir: Path,
+        weights_sha256: str | None = None,
+        contract: PreprocessContract | None = None,
+    ) -> ModelMeta:
+        """``weights_sha256``: the digest of the weights actually loaded (default: hash the file now); ``contract``:
+        the one :func:`pneumo.runs.checkpoint.load_run` parsed already (default: parse ``meta["preprocess"]``)."""
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise ModelLoadError(f"{run_dir / META_FILE}: unsupported format {meta.get('format')!r}")
         weights = run_dir / WEIGHTS_FILE
@@ -103,7 +110,7 @@ class ModelMeta:
             return cls(
                 task=str(meta["task"]),
                 class_names=tuple(meta["class_names"]),
-                contract=PreprocessContract.from_dict(meta["preprocess"]),
+                contract=contract or PreprocessContract.from_dict(meta["preprocess"]),
                 model=dict(meta["model"]),
                 dummy_class=bool(meta.get("dummy_class", False)),
                 operating_point=meta.get("operating_point"),

@@ -113,7 +113,9 @@ class Predictor:
         except ValueError as exc:
             raise ModelLoadError(f"{run_dir}: {exc}") from exc
         model, raw_meta = load_run(run_dir, device=device)
-        meta = ModelMeta.from_checkpoint(raw_meta, run_dir, getattr(model, "weights_sha256", None))
+        meta = ModelMeta.from_checkpoint(
+            raw_meta, run_dir, getattr(model, "weights_sha256", None), getattr(model, "preprocess_contract", None)
+        )
         return cls(TorchBackend(model, meta.n_task, device), meta, run_dir, **kwargs)
 
     @classmethod
