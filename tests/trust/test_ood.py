@@ -132,7 +132,9 @@ def test_evaluation_report_shows_the_ood_rates(run_copy: Path) -> None:
     from pneumo.evaluation.run import evaluate_run
 
     fit_ood(run_copy)
-    result = evaluate_run(run_copy, n_boot=20, plots=False, progress=False, device="cpu")
+    result = evaluate_run(
+        run_copy, n_boot=20, plots=False, progress=False, device="cpu", report_hooks=(ood.report_sections,)
+    )
     html = (Path(result["eval_dir"]) / "report.html").read_text()
     rates = ood_rates(run_copy, "test")
     assert "Out-of-distribution check" in html
