@@ -323,12 +323,12 @@ def test_a_split_the_run_does_not_have_is_named(run_copy: Path) -> None:
 
 def test_probabilities_that_round_to_one_are_counted_and_named(run_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Logit margins over about 37 T make float64 probabilities exactly 1.0: those images tie in every ROC curve."""
-    import pneumo.training
+    import pneumo.evaluation.run
 
     plain = evaluate_run(run_copy, **FAST)
     assert plain["n_saturated"] == 0 and not any("rounds to exactly 1.0" in item for item in plain["limitations"])
-    real = pneumo.training.predict_logits
-    monkeypatch.setattr(pneumo.training, "predict_logits", lambda *a, **k: real(*a, **k) * 1e4)
+    real = pneumo.evaluation.run.predict_logits
+    monkeypatch.setattr(pneumo.evaluation.run, "predict_logits", lambda *a, **k: real(*a, **k) * 1e4)
     loud = evaluate_run(run_copy, **FAST)
     rows = csv.DictReader((Path(loud["eval_dir"]) / "predictions.csv").open(newline=""))
     saturated = sum(1.0 in (float(row["p_NORMAL"]), float(row["p_PNEUMONIA"])) for row in rows)

@@ -10,8 +10,8 @@ import pytest
 
 from pneumo.inference import Predictor
 from pneumo.models.efficientnet import EFFICIENTNET_LITE_SPECS
+from pneumo.runs.format import read_run_meta
 from pneumo.training import train
-from pneumo.training.checkpoint import read_run_meta
 
 SPEC = EFFICIENTNET_LITE_SPECS["efficientnet_lite0"]
 

@@ -1,4 +1,5 @@
-"""Multi-depth features for the out-of-distribution check: every backbone stage's output, pooled per channel.
+"""Multi-depth features for the out-of-distribution check (:mod:`pneumo.runs.ood_depth`): every backbone stage's
+output, pooled per channel.
 
 A foreign image (an adult's X-ray, another modality, a photograph) often differs first in texture, contrast and
 scale, which the early stages see and the last stage, trained to separate the task's classes, has learnt to ignore.
@@ -22,8 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from pneumo.data.preprocess import PreprocessContract, normalize
-from pneumo.models import match_channels
-from pneumo.trust.ood_depth import POOLING as POOLING
+from pneumo.models.heads import match_channels
 
 
 def stage_outputs(model: nn.Module) -> list[tuple[str, nn.Module]]:
