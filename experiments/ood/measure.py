@@ -100,8 +100,7 @@ def xray_variants(images: np.ndarray, seed: int, prefix: str) -> dict[str, np.nd
 
 def augmented(images: np.ndarray, seed: int) -> np.ndarray:
     """Train images under the training and acquisition augmentations (mild positives: still this population)."""
-    from pneumo.data.augment import BatchAugmenter
-    from pneumo.training.config import AcquisitionAugmentConfig, AugmentConfig
+    from pneumo.data.augment import AcquisitionAugmentConfig, AugmentConfig, BatchAugmenter
 
     aug = BatchAugmenter(AugmentConfig(), AcquisitionAugmentConfig(enabled=True))
     g = torch.Generator().manual_seed(seed)
