@@ -18,6 +18,7 @@ from pneumo.evaluation.runs_table import compare_runs, runs_table
 from pneumo.evaluation.source import dataset_slug
 from pneumo.evaluation.writers import images_digest
 from pneumo.training import build_config, read_run_meta, train
+from pneumo.trust.ood import fit_ood
 from pneumo.utils.digest import file_sha256
 
 FAST = {"n_boot": 60, "plots": False, "progress": False}
@@ -210,6 +211,7 @@ def _must_not_be_called(*args, **kwargs):
 
 
 def test_cross_dataset_manifest(run_copy: Path, synthetic_data: Path, tmp_path: Path, monkeypatch) -> None:
+    fit_ood(run_copy)  # as `pneumo train` does after training (the engine itself fits no detector)
     own = evaluate_run(run_copy, **FAST)
     test_images = sorted((synthetic_data / "test").rglob("*.jpeg"))
     train_images = sorted((synthetic_data / "train").rglob("*.jpeg"))[:4]
