@@ -35,7 +35,8 @@ def pool_mean_std(x: Tensor) -> Tensor:
     """``N x C x H x W`` -> ``N x 2C``: per-channel spatial mean, then per-channel spatial standard deviation."""
     flat = x.float().flatten(2)
     mean = flat.mean(dim=2)
-    std = (flat.square().mean(dim=2) - mean.square()).clamp_min(0).sqrt()  # plain ops: traceable to ONNX
+    # two passes, plain ops (traceable to ONNX): E[x^2] - E[x]^2 cancels where the spread is small beside the mean
+    std = (flat - mean.unsqueeze(2)).square().mean(dim=2).sqrt()
     return torch.cat([mean, std], dim=1)
 
 
