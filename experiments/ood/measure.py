@@ -30,10 +30,10 @@ from pneumo.data.dataset import build_split
 from pneumo.data.decode import decode_bytes
 from pneumo.data.preprocess import resize_gray
 from pneumo.data.records import discover
+from pneumo.models.depth_features import depth_features, split_depths
+from pneumo.runs.context import load_model, open_run, split_images
 from pneumo.trust.ood import fit_scorer
-from pneumo.trust.ood_features import depth_features, split_depths
 from pneumo.trust.ood_negatives import corruptions, synthetic_images
-from pneumo.trust.runs import load_model, open_run, split_images
 
 QUANTILES = (0.95, 0.975, 0.99)
 SKIMAGE_CROPS = 40
@@ -100,8 +100,7 @@ def xray_variants(images: np.ndarray, seed: int, prefix: str) -> dict[str, np.nd
 
 def augmented(images: np.ndarray, seed: int) -> np.ndarray:
     """Train images under the training and acquisition augmentations (mild positives: still this population)."""
-    from pneumo.training.augment import BatchAugmenter
-    from pneumo.training.config import AcquisitionAugmentConfig, AugmentConfig
+    from pneumo.data.augment import AcquisitionAugmentConfig, AugmentConfig, BatchAugmenter
 
     aug = BatchAugmenter(AugmentConfig(), AcquisitionAugmentConfig(enabled=True))
     g = torch.Generator().manual_seed(seed)

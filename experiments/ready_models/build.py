@@ -6,8 +6,8 @@
                                                                                    # (e.g. the best by validation)
 
 Each model in SHIPPED is trained by `pneumo reproduce` (its suite's declared experiment and seed, into --work,
-resumable), then `pneumo.zoo.build.ship` copies the run without optimiser/resume state, evaluates it on the official
-test split (1,000 patient-bootstrap replicates), writes its model card and SHA256SUMS and installs it as
+resumable), then `pneumo.reproduce.ship.ship` copies the run without optimiser/resume state, evaluates it on the
+official test split (1,000 patient-bootstrap replicates), writes its model card and SHA256SUMS and installs it as
 src/pneumo/zoo/<name>-v<N>. Last, tests/zoo/expected_predictions.json is rewritten from the shipped models'
 predictions on examples/ (the test that fails when preprocessing changes). Research use only.
 """
@@ -20,8 +20,8 @@ import logging
 import sys
 from pathlib import Path
 
+from pneumo.reproduce.ship import expected_predictions, ship, train_experiment
 from pneumo.trust.ood import fit_ood
-from pneumo.zoo.build import expected_predictions, ship, train_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
 # name -> the declared experiment it ships (pick rows and seeds by validation, never by test); --run NAME=RUN_DIR

@@ -31,6 +31,7 @@ def run_demo(
     from pneumo.data.synth import generate_dataset
     from pneumo.evaluation.run import evaluate_run
     from pneumo.training import build_config, train
+    from pneumo.trust.ood import fit_after_training, report_sections
 
     home = demo_home()
     data = home / DEMO_DATA / "chest_xray"
@@ -50,8 +51,8 @@ def run_demo(
             "out": str(run_out),
         }
     )
-    run_dir = train(cfg, command=["pneumo", "demo"])
-    result = evaluate_run(run_dir, split="test", n_boot=500)
+    run_dir = train(cfg, command=["pneumo", "demo"], after=fit_after_training)
+    result = evaluate_run(run_dir, split="test", n_boot=500, report_hooks=(report_sections,))
     return {**result, "run_dir": str(run_dir), "data": str(data)}
 
 

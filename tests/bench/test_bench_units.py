@@ -15,9 +15,9 @@ from pneumo.bench.data import RepeatingBatches, build_cached_split, naive_datase
 from pneumo.bench.machine import count_train_flops, memory_probe
 from pneumo.bench.report import evaluate_targets
 from pneumo.bench.train import Variant, device_resident_epoch, measure_training, resident_tensors
+from pneumo.data.augment import BatchAugmenter
 from pneumo.data.preprocess import PreprocessContract, normalize
 from pneumo.models import get_model
-from pneumo.training.augment import BatchAugmenter
 from pneumo.training.config import AcquisitionAugmentConfig, AugmentConfig
 
 

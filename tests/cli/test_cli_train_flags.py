@@ -7,13 +7,14 @@ from typer.testing import CliRunner
 
 import pneumo.training
 from pneumo.cli import app
+from pneumo.trust.ood import fit_after_training
 
 
 def test_transfer_flags_reach_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen = {}
 
-    def fake_train(cfg, command=None):
-        seen["cfg"] = cfg
+    def fake_train(cfg, command=None, after=None):
+        seen.update(cfg=cfg, after=after)
         return tmp_path / "run"
 
     monkeypatch.setattr(pneumo.training, "train", fake_train)
@@ -26,6 +27,7 @@ def test_transfer_flags_reach_the_config(tmp_path: Path, monkeypatch: pytest.Mon
         "resnet18", "none", "until:layer3", True, "sampler",
     )  # fmt: skip
     assert cfg.augment.rotation == 3
+    assert seen["after"] is fit_after_training  # the command, not the engine, fits the OOD detector after training
 
 
 def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
@@ -39,14 +41,14 @@ def test_resume_takes_data_where_the_dataset_moved_and_refuses_other_settings(
 ) -> None:
     seen = {}
 
-    def fake_resume(run_dir, data=None):
-        seen.update(run_dir=run_dir, data=data)
+    def fake_resume(run_dir, data=None, after=None):
+        seen.update(run_dir=run_dir, data=data, after=after)
         return tmp_path / "run"
 
     monkeypatch.setattr(pneumo.training, "resume", fake_resume)
     result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "run"), "--data", str(tmp_path / "moved")])
     assert result.exit_code == 0, result.output
-    assert seen == {"run_dir": tmp_path / "run", "data": tmp_path / "moved"}
+    assert seen == {"run_dir": tmp_path / "run", "data": tmp_path / "moved", "after": fit_after_training}
     refused = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "run"), "--epochs", "9"])
     assert refused.exit_code != 0 and "drop --epochs" in refused.output
 

@@ -268,10 +268,13 @@ def test_pixel_limit() -> None:
 def test_cached_rows_are_read_without_the_source_files(tmp_path: Path) -> None:
     """Later epochs read the cache only: the files can even be gone."""
     paths = _images(tmp_path, 3)
-    cached = ImageCache(PreprocessContract(image_size=16), tmp_path / "c").build(paths, progress=False)
+    contract = PreprocessContract(image_size=16)
+    expected = [preprocess_image(p, contract) for p in paths]
+    cached = ImageCache(contract, tmp_path / "c").build(paths, progress=False)
     for p in paths:
         p.unlink()
-    assert all(cached[i].shape == (16, 16) for i in range(3))
+    for i, image in enumerate(expected):
+        np.testing.assert_array_equal(cached[i], image)
 
 
 def test_dicom_pixel_limit_is_checked_before_decoding(tmp_path: Path) -> None:

@@ -93,6 +93,9 @@ def test_train_evaluate_compare(cli, synthetic_data: Path, tmp_path: Path) -> No
         data = base64.b64decode(embedded[caption][len(prefix) :])
         assert data.startswith(PNG_MAGIC) and data == (eval_dir / name).read_bytes()
     assert (run_a / "MODEL_CARD.md").is_file()
+    # `pneumo train` fitted the OOD detector after training, and `pneumo evaluate` reports its rates
+    assert json.loads((run_a / "checkpoint.json").read_text())["ood"]["weights_sha256"]
+    assert "Out-of-distribution check" in (eval_dir / "report.html").read_text()
 
     # --json prints metrics.json; the stored operating point is reused.
     as_json = json.loads(_invoke(cli, "evaluate", run_a, "--json", "--no-plots", "--n-boot", "50"))

@@ -18,6 +18,7 @@ from pneumo.evaluation.runs_table import compare_runs, runs_table
 from pneumo.evaluation.source import dataset_slug
 from pneumo.evaluation.writers import images_digest
 from pneumo.training import build_config, read_run_meta, train
+from pneumo.trust.ood import fit_ood
 from pneumo.utils.digest import file_sha256
 
 FAST = {"n_boot": 60, "plots": False, "progress": False}
@@ -210,6 +211,7 @@ def _must_not_be_called(*args, **kwargs):
 
 
 def test_cross_dataset_manifest(run_copy: Path, synthetic_data: Path, tmp_path: Path, monkeypatch) -> None:
+    fit_ood(run_copy)  # as `pneumo train` does after training (the engine itself fits no detector)
     own = evaluate_run(run_copy, **FAST)
     test_images = sorted((synthetic_data / "test").rglob("*.jpeg"))
     train_images = sorted((synthetic_data / "train").rglob("*.jpeg"))[:4]
@@ -323,12 +325,12 @@ def test_a_split_the_run_does_not_have_is_named(run_copy: Path) -> None:
 
 def test_probabilities_that_round_to_one_are_counted_and_named(run_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Logit margins over about 37 T make float64 probabilities exactly 1.0: those images tie in every ROC curve."""
-    import pneumo.training
+    import pneumo.evaluation.run
 
     plain = evaluate_run(run_copy, **FAST)
     assert plain["n_saturated"] == 0 and not any("rounds to exactly 1.0" in item for item in plain["limitations"])
-    real = pneumo.training.predict_logits
-    monkeypatch.setattr(pneumo.training, "predict_logits", lambda *a, **k: real(*a, **k) * 1e4)
+    real = pneumo.evaluation.run.predict_logits
+    monkeypatch.setattr(pneumo.evaluation.run, "predict_logits", lambda *a, **k: real(*a, **k) * 1e4)
     loud = evaluate_run(run_copy, **FAST)
     rows = csv.DictReader((Path(loud["eval_dir"]) / "predictions.csv").open(newline=""))
     saturated = sum(1.0 in (float(row["p_NORMAL"]), float(row["p_PNEUMONIA"])) for row in rows)

@@ -67,6 +67,7 @@ def toy_classifier(toy_data: Path):
             opt.zero_grad()
             loss.backward()
             opt.step()
+    model.preprocess_contract = contract  # as pneumo.runs.checkpoint.load_run sets it on a run's model
     return model.eval()
 
 

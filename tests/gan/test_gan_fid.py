@@ -40,10 +40,13 @@ def _noisy_sets(levels: list[float]) -> tuple[torch.Tensor, list[torch.Tensor]]:
 
 
 def test_feature_distances_are_zero_for_the_same_set_and_grow_with_noise() -> None:
+    from pneumo.data.preprocess import PreprocessContract
+
     torch.manual_seed(0)
     model = PneumoCNN(3, widths=(8, 16), depths=(1, 1)).eval()
     levels = [0.05, 0.15, 0.3, 0.5]
     images, noisy = _noisy_sets(levels)
+    model.preprocess_contract = PreprocessContract(image_size=images.shape[-1])  # as load_run sets it
     ref = extract_features(model, images)
     assert ref.shape == (120, 16)
     assert frechet_distance(ref, extract_features(model, images)) == pytest.approx(0.0, abs=1e-6)
@@ -68,15 +71,21 @@ def test_features_are_resized_to_the_classifier_contract() -> None:
     feats = extract_features(model, images, PreprocessContract(image_size=32))
     assert feats.shape == (4, 16)
     with pytest.raises(TypeError, match="uint8"):
-        extract_features(model, images.float())
+        extract_features(model, images.float(), PreprocessContract(image_size=32))
+    # no contract given and none carried: an error, not a guess at the normalisation from the images' size
+    with pytest.raises(ValueError, match="carries no preprocessing contract"):
+        extract_features(model, images)
 
 
 class _FixedClassifier(nn.Module):
     """Predicts class = mean pixel bucket (0-85, 85-170, 170-255); has a dummy fourth output that must be ignored."""
 
     def __init__(self) -> None:
+        from pneumo.data.preprocess import PreprocessContract
+
         super().__init__()
         self.scale = nn.Parameter(torch.ones(()))
+        self.preprocess_contract = PreprocessContract(image_size=8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from pneumo.data.preprocess import GRAY_MEAN, GRAY_STD

@@ -19,7 +19,7 @@ from pneumo.data.splits import check_disjoint, read_split_csv
 from pneumo.gan import Generator, class_agreement, generate, load_config, load_generator, resume_gan, train_gan
 from pneumo.gan.checkpoint import _file_epoch
 from pneumo.gan.config import read_config
-from pneumo.training.checkpoint import load_state, save_state
+from pneumo.runs.state import load_state, save_state
 
 from .conftest import TINY, TOY_SIZE
 
@@ -326,7 +326,7 @@ def test_the_host_counted_ema_update_is_averaged_models_with_the_warm_up() -> No
 
 def test_the_generator_trains_every_d_steps_steps_across_epochs(toy_data: Path, tmp_path: Path) -> None:
     # counted per epoch, an epoch of fewer batches than d_steps never trained the generator, without a word
-    from pneumo.training.runinfo import read_metrics
+    from pneumo.runs.runinfo import read_metrics
 
     config = load_config(None, [*TINY, "image_size=16", "epochs=3", "batch_size=256", "d_steps=2"], data=str(toy_data))
     run = train_gan(config, tmp_path / "run", progress=False)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from pneumo.data.preprocess import PreprocessContract
 from pneumo.models import get_model
-from pneumo.models.registry import input_normalisation
+from pneumo.models.registry import get_model_spec
 from pneumo.utils.atomic import save_safetensors
 
 TINY_CNN = {"widths": [4, 8], "depths": [1, 1]}
@@ -47,7 +47,7 @@ def make_fake_run(
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
-    mean, std = input_normalisation(arch)
+    mean, std = get_model_spec(arch).mean, get_model_spec(arch).std
     run = tmp_path / name
     run.mkdir(parents=True)
     save_safetensors(run / "best.safetensors", model.state_dict())

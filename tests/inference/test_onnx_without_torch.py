@@ -19,7 +19,7 @@ from PIL import Image
 import pneumo.api
 from pneumo.data.preprocess import PreprocessContract, normalize, normalize_array
 from pneumo.inference.onnx import export_onnx
-from pneumo.training.checkpoint import update_run_meta
+from pneumo.runs.format import update_run_meta
 from pneumo.trust.ood_depth import fit_depth_scorer
 
 from .conftest import make_fake_run, xray_like
@@ -142,3 +142,31 @@ def test_an_export_without_depth_features_drops_a_multidepth_check(
     assert "lacks the depth_features output its OOD check needs" in caplog.text
     result = predictor.predict(files[-1])
     assert result.in_distribution is None and result.ood_score is None and result.reason is None
+
+
+SERVE_SCRIPT = """
+import json, sys
+from fastapi.testclient import TestClient
+import pneumo.serve
+app = pneumo.serve.create_app(sys.argv[1])
+with open(sys.argv[2], "rb") as f:
+    answer = TestClient(app).post("/v1/predict", files={"file": ("x0.png", f, "image/png")}).json()
+loaded = sorted(m for m in sys.modules if m.split(".")[:2] in (["pneumo", "training"], ["pneumo", "trust"]))
+print(json.dumps({"answer": answer, "loaded": loaded}))
+"""
+
+
+def test_serving_a_run_folder_imports_nothing_from_training(export_with_ood: tuple[Path, list[Path]]) -> None:
+    """``pneumo serve RUN`` reads the run folder through :mod:`pneumo.runs`, not the training engine (pydantic, YAML,
+    the training loop) nor the trust package (scikit-learn): the OOD verdict comes from the stored parameters."""
+    onnx_path, files = export_with_ood
+    proc = subprocess.run(
+        [sys.executable, "-c", SERVE_SCRIPT, str(onnx_path.parent / "run"), str(files[0])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["loaded"] == []
+    assert out["answer"]["in_distribution"] is not None and out["answer"]["threshold"] == 0.4

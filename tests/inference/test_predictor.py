@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from scipy.special import softmax
 import pneumo.api
 from pneumo.data.decode import ImageDecodeError
 from pneumo.inference import ModelLoadError, PredictionResult, Predictor
+from pneumo.runs import ood as runs_ood
 from pneumo.utils.digest import file_sha256
 
 from .conftest import dicom_bytes, encode, make_fake_run, xray_like
@@ -203,9 +202,8 @@ def test_ood_hook(tmp_path: Path, gray: np.ndarray, monkeypatch: pytest.MonkeyPa
         s = features.mean(axis=1) * params["scale"]
         return s, s < params["cut"]
 
-    fake = types.ModuleType("pneumo.trust.ood")
-    fake.score = score  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "pneumo.trust.ood", fake)
+    monkeypatch.setattr(runs_ood, "score", score)
+    monkeypatch.setattr(runs_ood, "check", lambda params: None)
     params = {"method": "fake", "scale": 2.0, "cut": 1e9}
     p = Predictor.load(make_fake_run(tmp_path, name="ood", ood=params, dummy_class=True))
     r = p.predict(gray)
@@ -227,8 +225,8 @@ def test_ood_hook(tmp_path: Path, gray: np.ndarray, monkeypatch: pytest.MonkeyPa
     assert Predictor.load(make_fake_run(tmp_path, name="no-ood")).predict(gray).in_distribution is None
     assert not seen
 
-    # ood parameters but no trust module: empty fields, not an invented verdict
-    monkeypatch.setitem(sys.modules, "pneumo.trust.ood", None)
+    # ood parameters this version cannot use (another method): empty fields, not an invented verdict
+    monkeypatch.undo()
     r = Predictor.load(tmp_path / "ood").predict(gray)
     assert r.in_distribution is None and r.ood_score is None
 
@@ -371,9 +369,10 @@ def test_an_ood_detector_of_other_weights_is_not_used(
     """Like the threshold: a detector fitted before best.safetensors changed would score against stale features."""
     from pneumo.utils.digest import file_sha256
 
-    fake = types.ModuleType("pneumo.trust.ood")
-    fake.score = lambda params, *, logits, features: (features.mean(axis=1), np.ones(len(features), bool))  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "pneumo.trust.ood", fake)
+    monkeypatch.setattr(
+        runs_ood, "score", lambda params, *, logits, features: (features.mean(axis=1), np.ones(len(features), bool))
+    )
+    monkeypatch.setattr(runs_ood, "check", lambda params: None)
     run = make_fake_run(tmp_path, name="fresh", ood={"method": "fake"})
     digest = file_sha256(run / "best.safetensors")[:16]
     meta = json.loads((run / "checkpoint.json").read_text())
@@ -404,3 +403,15 @@ def test_a_run_is_loaded_with_the_digest_of_the_weights_it_read(
     monkeypatch.setattr(meta_module, "file_sha256", no_second_read)
     predictor = Predictor.load(run)
     assert predictor.model_id.endswith(digest[:12])
+
+
+def test_a_run_folder_contract_is_parsed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_run parses checkpoint.json's "preprocess"; the predictor's metadata takes that contract, not a re-parse."""
+    from pneumo.data.preprocess import PreprocessContract
+
+    run = make_fake_run(tmp_path)
+    real = PreprocessContract.from_dict.__func__
+    calls = []
+    monkeypatch.setattr(PreprocessContract, "from_dict", classmethod(lambda cls, d: calls.append(d) or real(cls, d)))
+    predictor = Predictor.load(run)
+    assert len(calls) == 1 and predictor.meta.contract == PreprocessContract.from_dict(calls[0])

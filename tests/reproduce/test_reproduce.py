@@ -320,7 +320,7 @@ def test_a_run_interrupted_before_its_first_checkpoint_starts_again(
     import pneumo.gan.train as gan_train
     import pneumo.training
     from pneumo.reproduce.runner import _train_one
-    from pneumo.training.checkpoint import STATE_TENSORS
+    from pneumo.runs.format import STATE_TENSORS
 
     calls: list[str] = []
     monkeypatch.setattr(pneumo.training, "train", lambda cfg, **kw: calls.append(f"train {Path(cfg.out).name}"))
@@ -591,11 +591,11 @@ def test_an_interrupted_row_is_not_resumed_under_an_edited_declaration(
     """Resumed with its old config and stamped with the edited YAML's key, the row would pass as the edited one."""
     import pneumo.training as training
     from pneumo.reproduce.runner import _train_one
-    from pneumo.training.checkpoint import STATE_TENSORS
+    from pneumo.runs.format import STATE_TENSORS
 
     calls: list[str] = []
 
-    def interrupted_train(cfg, command=None):
+    def interrupted_train(cfg, command=None, after=None):
         calls.append("train")
         (Path(cfg.out) / STATE_TENSORS).write_bytes(b"a checkpoint")  # then the process dies
 
@@ -726,3 +726,23 @@ def test_the_cpu_suite_pins_float32_without_changing_its_declarations() -> None:
     for exp in rows:  # the rows finished before the pin (float32 by default then) remain its results
         unpinned = exp.model_copy(update={"train": {k: v for k, v in exp.train.items() if k != "amp"}})
         assert declaration_key(exp, 0) == declaration_key(unpinned, 0)
+
+
+def test_results_tabulate_every_task_of_the_task_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task added to the table gets its section in RESULTS.md, binary or not by ``Task.is_binary``: the rows were
+    looked up by three hard-coded names, so a fourth task's rows vanished."""
+    from pneumo.data import tasks
+    from pneumo.reproduce.anchors import ANCHORS
+    from pneumo.reproduce.results import render_markdown
+
+    extra = tasks.Task("virus-or-not", ("other", "virus"), lambda r: r.subtype, "made up")
+    monkeypatch.setitem(tasks.TASKS, extra.name, extra)
+    rows = [{**_row("viral", 0, 0.7), "task": "virus-or-not", "sensitivity": {"point": 0.5, "low": 0.4, "high": 0.6}}]
+    machine = {"platform": "linux", "cpu_count": 2, "gpu": None, "torch": "2"}
+    result = {"suite": "full", "command": "c", "commit": "abc", "created": "now", "machine": machine, "data": "d",
+              "n_boot": 10, "rows": rows, "seed_summary": [], "anchors": ANCHORS}  # fmt: skip
+    text = render_markdown(result)
+    section = text.split("## virus-or-not", 1)[1]
+    header = next(line for line in section.splitlines() if line.startswith("| experiment |"))
+    assert "| viral (seed 0) |" in section and "sensitivity" in header and "balanced_accuracy" not in header
+    assert "| 0.500 [0.400, 0.600] |" in section

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import socket
-import sys
 import threading
 import time
-import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from inference.conftest import make_fake_run
+from pneumo.runs import ood as runs_ood
 from pneumo.serve import create_app
 
 MAX_UPLOAD_MB = 1
@@ -24,7 +23,7 @@ MAX_PIXELS = 1_000_000
 
 
 class FakeOod:
-    """Stands in for ``pneumo.trust.ood``: the verdict is whatever the test sets."""
+    """Stands in for ``pneumo.runs.ood.score``: the verdict is whatever the test sets."""
 
     inside = True
 
@@ -70,12 +69,11 @@ def start_server(app: FastAPI) -> LiveServer:
 def ood_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A served run whose OOD verdict comes from :class:`FakeOod` for as long as the serve tests run.
 
-    The real ``pneumo.trust.ood`` is tested in tests/trust; here the point is that a verdict reaches the client.
+    The real scorer is tested in tests/trust; here the point is that a verdict reaches the client.
     """
     with pytest.MonkeyPatch.context() as mp:
-        fake = types.ModuleType("pneumo.trust.ood")
-        fake.score = FakeOod.score  # type: ignore[attr-defined]
-        mp.setitem(sys.modules, "pneumo.trust.ood", fake)
+        mp.setattr(runs_ood, "score", FakeOod.score)
+        mp.setattr(runs_ood, "check", lambda params: None)
         yield make_fake_run(tmp_path_factory.mktemp("serve"), name="served", ood={"method": "fake"})
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import pneumo.training.engine as engine
+from pneumo.models.predict import autocast_for
+from pneumo.runs.state import read_state_info
 from pneumo.training import train
-from pneumo.training.checkpoint import read_state_info
 from pneumo.training.engine import uses_amp
-from pneumo.training.predict import autocast_for
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -72,7 +72,7 @@ def test_a_run_resumed_in_another_precision_records_both(
         train(make_cfg("amp=true", epochs=2, fit_ood=False, device="cpu", out=str(tmp_path / "run")))
     assert read_state_info(tmp_path / "run")["precisions"] == ["bf16 autocast"]
     if legacy:  # a checkpoint of the version that saved one "precision" string
-        from pneumo.training import checkpoint as ckpt
+        from pneumo.runs import state as ckpt
 
         tensors, info = ckpt.load_state(tmp_path / "run")
         info["precision"] = info.pop("precisions")[0]

@@ -14,11 +14,12 @@ from safetensors import safe_open
 
 from pneumo.data.preprocess import PreprocessContract
 from pneumo.data.records import Record
+from pneumo.models.predict import val_metrics
+from pneumo.runs.format import update_run_meta, write_run_meta
+from pneumo.runs.state import capture_rng, restore_rng
 from pneumo.training import read_run_meta, train
-from pneumo.training.checkpoint import capture_rng, restore_rng, update_run_meta, write_run_meta
 from pneumo.training.data import source_has_same_outputs, warn_if_geometry_is_moot
 from pneumo.training.engine import TrainingDivergedError
-from pneumo.training.predict import val_metrics
 
 
 def test_calibration_is_kept_while_the_best_weights_stay_and_dropped_when_they_change(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumo.training.runinfo import append_metrics, read_metrics
+from pneumo.runs.runinfo import append_metrics, read_metrics
 
 
 def test_a_last_line_cut_off_mid_write_is_left_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

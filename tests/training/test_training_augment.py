@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from pneumo.training.augment import BatchAugmenter, gaussian_blur, shuffled_patches
+from pneumo.data.augment import BatchAugmenter, gaussian_blur, shuffled_patches
 from pneumo.training.config import AcquisitionAugmentConfig, AugmentConfig
 
 OFF = AcquisitionAugmentConfig()

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from pneumo.cli.train import train as train_command
 from pneumo.training import ConfigError, TrainConfig, build_config, load_yaml, validate_config
-from pneumo.training.config import FAMILY_DEFAULTS, parse_set
+from pneumo.training.config import family_defaults, parse_set
 
 
 def test_precedence_defaults_family_yaml_flags_set(tmp_path: Path) -> None:
@@ -24,7 +24,7 @@ def test_precedence_defaults_family_yaml_flags_set(tmp_path: Path) -> None:
     assert cfg.epochs == 3  # the file beats the family default
     assert cfg.augment.rotation == 3 and cfg.augment.scale == (0.8, 1.2)
     assert cfg.augment.translate == TrainConfig.model_fields["augment"].default_factory().translate
-    assert cfg.batch_size == FAMILY_DEFAULTS["resnet50"]["batch_size"]  # nobody set it: the family default
+    assert cfg.batch_size == family_defaults("resnet50")["batch_size"]  # nobody set it: the family default
     assert cfg.seed == TrainConfig.model_fields["seed"].default  # a None flag means "not given"
 
 

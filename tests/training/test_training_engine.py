@@ -528,8 +528,9 @@ def test_best_weights_are_those_of_the_recorded_best_epoch_after_any_interruptio
     not yet written), a resume writes it from the restored weights; best never holds an epoch the state lacks."""
     from safetensors.torch import load_file
 
+    from pneumo.runs.checkpoint import weights_meta
+    from pneumo.runs.state import load_state
     from pneumo.training import resume
-    from pneumo.training.checkpoint import load_state, weights_meta
 
     scripted = {1: 0.60, 2: 0.70, 3: 0.65}
     real_validate, real_save_best = Trainer.validate, Trainer._save_best
@@ -611,7 +612,7 @@ def test_resume_refuses_a_config_edited_since_the_run_started(make_cfg, tmp_path
         resume(run)
     (run / "config.yaml").write_text(yaml.safe_dump({**yaml.safe_load(saved), "device": "cpu", "num_workers": 0}))
     assert resume(run) == run and [r["epoch"] for r in read_metrics(run)] == [1, 2, 3]
-    from pneumo.training.run import config_changes
+    from pneumo.runs.runinfo import config_changes
 
     assert config_changes(None, {"lr": 1.0}) == []  # a state saved before the config was recorded in it
     # a setting a later version added (with its default) is no edit; model_kwargs compare as a whole

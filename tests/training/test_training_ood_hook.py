@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from pneumo.runs.ood_depth import DepthScorer
 from pneumo.training import build_config, read_run_meta, resume, train, update_run_meta
-from pneumo.trust.ood_depth import DepthScorer
+from pneumo.trust.ood import fit_after_training
 from pneumo.utils.digest import file_sha256
 
 
@@ -17,7 +18,7 @@ def test_every_finished_run_gets_an_ood_detector(
 ) -> None:
     flags = {"data": str(synthetic_data), "model": "cnn", "image_size": 32, "epochs": 1, "out": str(tmp_path / "r")}
     tiny = ["model_kwargs.widths=[4,8]", "model_kwargs.depths=[1,1]"]
-    run = train(build_config(flags={**flags, "progress": False}, overrides=tiny))
+    run = train(build_config(flags={**flags, "progress": False}, overrides=tiny), after=fit_after_training)
     meta = read_run_meta(run)
     scorer = DepthScorer.from_params(meta["ood"])  # the multi-depth check, fitted by default
     assert meta["ood"]["method"] == "multidepth-oe" and math.isfinite(scorer.threshold)
@@ -27,7 +28,7 @@ def test_every_finished_run_gets_an_ood_detector(
     # interrupted while fitting the detector: the training is finished, and resuming fits the detector
     update_run_meta(run, ood=None)
     with caplog.at_level(logging.WARNING, logger="pneumo.training.run"):
-        assert resume(run) == run and read_run_meta(run)["ood"] == meta["ood"]
+        assert resume(run, after=fit_after_training) == run and read_run_meta(run)["ood"] == meta["ood"]
     # a finished run is not extended (its LR schedule spans its epochs): the message says how to train longer
     assert "already finished after 1 epoch(s); nothing to resume. To train longer" in caplog.text
     assert f"pneumo train --config {run / 'config.yaml'} --set epochs=N --out NEW_FOLDER" in caplog.text
@@ -37,8 +38,12 @@ def test_every_finished_run_gets_an_ood_detector(
     assert "has finished training (1 epoch(s))" in caplog.text and "To train longer" not in caplog.text
 
     off_flags = {**flags, "out": str(tmp_path / "off"), "fit_ood": False, "progress": False}
-    off = train(build_config(flags=off_flags, overrides=tiny))
+    off = train(build_config(flags=off_flags, overrides=tiny), after=fit_after_training)
     assert read_run_meta(off)["ood"] is None
+    # the engine itself fits nothing: the detector comes from the hook the commands pass
+    bare_flags = {**flags, "out": str(tmp_path / "bare"), "progress": False}
+    bare = train(build_config(flags=bare_flags, overrides=tiny))
+    assert read_run_meta(bare)["ood"] is None
 
 
 @pytest.mark.slow
@@ -52,6 +57,9 @@ def test_ood_negatives_of_the_config_enter_the_detector(synthetic_data: Path, tm
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40), dtype=np.uint8)).save(folder / f"{i}.png")
     flags = {"data": str(synthetic_data), "model": "cnn", "image_size": 32, "epochs": 1, "out": str(tmp_path / "r"),
              "progress": False, "ood_negatives": str(folder.parent)}  # fmt: skip
-    run = train(build_config(flags=flags, overrides=["model_kwargs.widths=[4,8]", "model_kwargs.depths=[1,1]"]))
+    run = train(
+        build_config(flags=flags, overrides=["model_kwargs.widths=[4,8]", "model_kwargs.depths=[1,1]"]),
+        after=fit_after_training,
+    )
     negatives = read_run_meta(run)["ood"]["negatives"]
     assert negatives["extra"] == str(folder.parent) and negatives["n_extra"] == 6

@@ -37,7 +37,7 @@ def trust_run(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) ->
 class RunOutputs:
     """The trust run's model and its test split as the audit sees them: images, targets, patients, probabilities."""
 
-    ctx: Any  # pneumo.trust.runs.RunContext
+    ctx: Any  # pneumo.runs.context.RunContext
     model: Any  # torch.nn.Module
     records: list[Any]
     images: np.ndarray
@@ -48,8 +48,8 @@ class RunOutputs:
 
 @pytest.fixture(scope="session")
 def run_outputs(trust_run: Path) -> RunOutputs:
+    from pneumo.runs.context import load_model, open_run, split_images
     from pneumo.trust.forward import forward_arrays, task_probabilities
-    from pneumo.trust.runs import load_model, open_run, split_images
 
     ctx = open_run(trust_run)
     model = load_model(ctx, "cpu")

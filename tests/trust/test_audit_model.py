@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from pneumo.runs.context import open_run
 from pneumo.trust import perturb
 from pneumo.trust.forward import forward_arrays, task_probabilities
 from pneumo.trust.matching import matched_subset
@@ -24,7 +25,6 @@ from pneumo.trust.model_audit import (
     twin_section,
 )
 from pneumo.trust.regions import regions
-from pneumo.trust.runs import open_run
 
 from .conftest import RunOutputs
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from pneumo.data.preprocess import resize_gray
+from pneumo.runs.context import load_model, open_run, split_images
 from pneumo.training import read_run_meta
 from pneumo.trust import ood
 from pneumo.trust.forward import forward_arrays
 from pneumo.trust.ood import OODScorer, fit_ood, fit_scorer, ood_rates
-from pneumo.trust.runs import load_model, open_run, split_images
 
 
 def _gaussian_features(rng: np.random.Generator, n: int, d: int = 40) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +134,9 @@ def test_evaluation_reports_flag_rate_and_metrics_on_passing_images(run_copy: Pa
     result = evaluate_run(run_copy, n_boot=20, plots=False, progress=False, device="cpu")
     assert result["ood"]["available"] is False and "ood-fit" in result["ood"]["reason"]
     fit_ood(run_copy)
-    result = evaluate_run(run_copy, n_boot=20, plots=False, progress=False, device="cpu")
+    result = evaluate_run(
+        run_copy, n_boot=20, plots=False, progress=False, device="cpu", report_hooks=(ood.report_sections,)
+    )
     rates = ood_rates(run_copy, "test")
     o = result["ood"]
     assert (o["n"], o["n_flagged"]) == (rates["n"], rates["n_flagged"]) and o["n_passing"] == o["n"] - o["n_flagged"]

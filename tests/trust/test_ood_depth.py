@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from pneumo.data.preprocess import resize_gray
+from pneumo.models.depth_features import DepthFeatureHead, depth_features, pool_mean_std, split_depths
+from pneumo.runs.context import load_model, open_run, split_images
 from pneumo.training import read_run_meta
 from pneumo.trust import ood
 from pneumo.trust.ood import fit_ood, ood_rates, score_images
 from pneumo.trust.ood_depth import DepthScorer, fit_depth_scorer
-from pneumo.trust.ood_features import DepthFeatureHead, depth_features, pool_mean_std, split_depths
 from pneumo.trust.ood_negatives import corruptions, synthetic_images
-from pneumo.trust.runs import load_model, open_run, split_images
 
 
 def test_pool_mean_std_is_each_channels_spatial_mean_and_sd() -> None:

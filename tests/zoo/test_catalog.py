@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from inference.conftest import make_fake_run
+from pneumo.reproduce.ship import copy_run, next_version
 from pneumo.zoo import ZooError, names_a_model, resolve_model, shipped_model, verify_checksums, writable_copy
-from pneumo.zoo.build import copy_run, next_version
 from pneumo.zoo.catalog import CHECKSUMS_FILE, INDEX_FILE, write_checksums
 
 
@@ -103,7 +103,7 @@ def test_copy_run_leaves_out_resume_state_and_versions_follow_weights(tmp_path: 
 
 
 def test_a_run_of_another_task_cannot_ship_under_a_task_name(tmp_path: Path) -> None:
-    from pneumo.zoo.build import ship
+    from pneumo.reproduce.ship import ship
 
     run = make_fake_run(tmp_path, task="three")
     meta = json.loads((run / "checkpoint.json").read_text())

@@ -19,13 +19,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Sampler, Subset
 from torchvision import datasets, transforms
 
-from pneumo.data.dataset import SplitData, build_split
+from pneumo.data.dataset import BatchedSplit, SplitData, build_split
 from pneumo.data.decode import decode_image
 from pneumo.data.preprocess import PreprocessContract, normalize
 from pneumo.data.records import Record, dataset_root, parse_file_name
 from pneumo.data.tasks import get_task
 from pneumo.training.config import AugmentConfig
-from pneumo.training.data import BatchedSplit, collate_batch
+from pneumo.training.data import collate_batch
 
 KAGGLE_TRAIN_IMAGES = 5216  # official Kaggle train split: the default epoch for per-epoch figures
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")

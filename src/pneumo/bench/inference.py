@@ -30,6 +30,7 @@ from pneumo.inference.meta import ModelMeta
 from pneumo.inference.predictor import Predictor
 from pneumo.inference.torch_backend import TorchBackend
 from pneumo.models import get_model
+from pneumo.models.registry import preprocess_contract
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 
@@ -168,7 +169,7 @@ def measure_inference(
     an ONNX prediction with and without PyTorch loaded."""
     from pneumo.inference.onnx import export_onnx
 
-    contract = PreprocessContract(image_size=split.images.image_size)
+    contract = preprocess_contract(model_name, image_size=split.images.image_size)
     x1, x32 = batch_of(split, 1, contract), batch_of(split, 32, contract)
     cpu = torch.device("cpu")
     holder: dict[str, Predictor] = {}

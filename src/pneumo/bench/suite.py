@@ -30,7 +30,7 @@ from pneumo.bench.train import run_training_section
 from pneumo.data.dataset import SplitData
 from pneumo.data.preprocess import PreprocessContract
 from pneumo.models import check_input_size, get_model, list_models
-from pneumo.training.config import FAMILY_DEFAULTS
+from pneumo.models.registry import get_model_spec
 from pneumo.utils.device import resolve_device
 
 SECTIONS = ("data", "training", "inference")
@@ -131,7 +131,7 @@ def _batch_sizes(settings: BenchSettings, models: tuple[str, ...], device: torch
         return {m: settings.batch_size for m in models}
     if device.type == "cuda":
         return {m: GPU_BATCH.get(m, 128) for m in models}
-    return {m: int(FAMILY_DEFAULTS.get(m, {}).get("batch_size", 32)) for m in models}
+    return {m: get_model_spec(m).batch_size for m in models}
 
 
 def _prepare_data(settings: BenchSettings, workdir: Path) -> BenchData:

@@ -6,7 +6,7 @@ Three pipelines train the same model with the same step (AdamW, cross-entropy, g
 * ``naive``: torchvision ``ImageFolder`` + PIL transforms (decode, resize and augment every image every epoch), NCHW,
   float32 - the baseline every speed-up is measured against, in the same run;
 * ``cached`` (the engine's path): uint8 batches from the memory-mapped cache, augmentation on the device
-  (:class:`~pneumo.training.augment.BatchAugmenter`), channels_last, bf16 autocast on CUDA;
+  (:class:`~pneumo.data.augment.BatchAugmenter`), channels_last, bf16 autocast on CUDA;
 * ``resident`` (:func:`device_resident_epoch`): the whole uint8 cache in device memory, batches indexed there, no
   DataLoader at all - the GPU data path the engine could adopt.
 
@@ -32,14 +32,15 @@ from pneumo.bench.data import (
     warmup_batches,
 )
 from pneumo.bench.machine import count_train_flops, sync
+from pneumo.data.augment import BatchAugmenter
 from pneumo.data.dataset import SplitData
 from pneumo.data.preprocess import PreprocessContract, normalize
 from pneumo.models import get_model
-from pneumo.training.augment import BatchAugmenter
+from pneumo.models.predict import autocast_for
+from pneumo.models.registry import preprocess_contract
 from pneumo.training.config import AcquisitionAugmentConfig, AugmentConfig, build_config
 from pneumo.training.data import ResidentSplit
 from pneumo.training.optim import build_optimizer
-from pneumo.training.predict import autocast_for
 from pneumo.utils.device import cpu_has_native_bf16
 
 Pipeline = Literal["naive", "cached", "resident"]
@@ -255,8 +256,8 @@ def _setup(model_name: str, size: int, batch_size: int, variant: Variant, device
     if variant.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
-    # static shapes, as the engine (one size per process) compiles: a later size in the same process was otherwise
-    # compiled with symbolic sizes, and the figures depended on the order of the measurements
+    # static shapes, as the engine (one size per process) compiles: otherwise a later size in the same process is
+    # compiled with symbolic sizes, and the figures depend on the order of the measurements
     net = torch.compile(model, dynamic=False) if variant.compile else model
     return TrainSetup(model, net, optimizer, nn.CrossEntropyLoss(), cfg.grad_clip, batch_size)
 
@@ -418,7 +419,7 @@ def measure_training(
     steps: int,
 ) -> dict:
     """Train ``steps`` timed steps (after ``warmup``) of ``model_name`` at ``size`` px the ``variant`` way."""
-    contract = PreprocessContract(image_size=size)
+    contract = preprocess_contract(model_name, image_size=size)
     threads_before = torch.get_num_threads()
     if variant.threads is not None:
         torch.set_num_threads(variant.threads)

@@ -6,8 +6,11 @@ One module per command group keeps each wrapper short; no logic lives here.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from pneumo.cli import audit as audit_cli
 from pneumo.cli import bench as bench_cli
@@ -17,9 +20,24 @@ from pneumo.cli import gan as gan_cli
 from pneumo.cli import reproduce as reproduce_cli
 from pneumo.cli import train as train_cli
 from pneumo.cli import use as use_cli
+from pneumo.cli.output import fail
+from pneumo.utils.errors import PneumoError
+
+
+class _Commands(TyperGroup):
+    """The one place where pneumo's own errors (:class:`PneumoError`: bad input, a damaged file) become a one-line
+    ``error: ...`` and exit status 2, whichever command raised them."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PneumoError as exc:
+            fail(str(exc))
+
 
 app = typer.Typer(
     name="pneumo",
+    cls=_Commands,
     help="Pneumonia classification from pediatric chest X-rays. Research use only: not a medical device.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

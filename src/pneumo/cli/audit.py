@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from pneumo.cli.output import DEVICE_HELP, check_device, fail
+from pneumo.data.preprocess import DEFAULT_IMAGE_SIZE
 
 app = typer.Typer(help="Shortcut audits (data, model) and the out-of-distribution check.", no_args_is_help=True)
 
@@ -31,7 +32,9 @@ def data(
         None, "--out", help="Output folder (default: audits/audit-data-<dataset>-<hash> beside the image cache)."
     ),
     originals: str | None = typer.Option(None, "--originals", help=_ORIGINALS_HELP),
-    image_size: int = typer.Option(128, "--image-size", min=8, help="Model size of the cached images for pixel cues."),
+    image_size: int = typer.Option(
+        DEFAULT_IMAGE_SIZE, "--image-size", min=8, help="Model size of the cached images for pixel cues."
+    ),
     pixels: bool = typer.Option(True, "--pixels/--no-pixels", help="Compute intensity/border cues (decodes once)."),
     n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap replicates (patients resampled)."),
     seed: int = typer.Option(0, "--seed"),

@@ -73,26 +73,31 @@ def _print_inspection(report: dict) -> None:
 @app.command()
 def cache(
     path: Path = typer.Argument(..., help="Dataset folder or CSV manifest."),
-    size: int = typer.Option(224, "--size", help="Square model size S in pixels."),
+    size: int | None = typer.Option(
+        None, "--size", help="Square model size S in pixels (default: the model's, as `pneumo train` uses)."
+    ),
+    model: str = typer.Option("cnn", "--model", help="The model the cache is for (its default size)."),
     geometry: str = typer.Option("squash", help="squash | center-crop | letterbox"),
     workers: int = typer.Option(0, help="Decoding processes (0: in this process)."),
     cache_dir: Path | None = typer.Option(None, help="Cache root (default: $PNEUMO_CACHE_DIR or ~/.cache/pneumo)."),
 ) -> None:
     """Decode and resize every image once into the memory-mapped cache."""
     from pneumo.data.cache import ImageCache
-    from pneumo.data.preprocess import PreprocessContract
     from pneumo.data.records import DatasetError, discover
+    from pneumo.models.registry import preprocess_contract
 
     try:
         records = discover(path)
-        contract = PreprocessContract(image_size=size, geometry=geometry)  # type: ignore[arg-type]
+        contract = preprocess_contract(model, image_size=size, geometry=geometry)
     except (DatasetError, ValueError) as exc:
         fail(str(exc))
     try:
         cached = ImageCache(contract, cache_dir).build([r.path for r in records], workers=workers)
     except OSError as exc:
         fail(os_error(exc))
-    typer.echo(f"cached {int(cached.ok.sum())} of {len(records)} images at {size}px in {cached.file.parent}")
+    typer.echo(
+        f"cached {int(cached.ok.sum())} of {len(records)} images at {contract.image_size}px in {cached.file.parent}"
+    )
     for bad, reason in cached.failures:
         typer.echo(f"skipped {bad}: {reason}", err=True)
 

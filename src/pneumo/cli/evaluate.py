@@ -55,6 +55,7 @@ def evaluate(
     from pneumo.evaluation.ood import ood_text
     from pneumo.evaluation.run import SPLITS, evaluate_run
     from pneumo.evaluation.writers import summary_table
+    from pneumo.trust.ood import report_sections
 
     if split not in SPLITS:
         fail(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -74,6 +75,7 @@ def evaluate(
             batch_size=batch_size,
             plots=plots,
             progress=not json_out,
+            report_hooks=(report_sections,),
         )
     except (DatasetError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))

@@ -12,15 +12,14 @@ from pathlib import Path
 import typer
 
 from pneumo.cli.output import fail, os_error
+from pneumo.data.tasks import TASKS
 
 
 def train(
     data: Path | None = typer.Option(None, "--data", help="Dataset folder (Kaggle/pediatric layout) or CSV manifest."),
-    task: str | None = typer.Option(
-        None, "--task", help="normal-pneumonia | bacteria-virus | normal-bacteria-virus (default normal-pneumonia)."
-    ),
+    task: str | None = typer.Option(None, "--task", help=f"{' | '.join(TASKS)} (default normal-pneumonia)."),
     model: str | None = typer.Option(
-        None, "--model", help="cnn | resnet18 | resnet50 | densenet121 | efficientnet_lite0/1/2 (default cnn)."
+        None, "--model", help="A registered model: cnn, resnet18, resnet50, densenet121, ... (default cnn)."
     ),
     epochs: int | None = typer.Option(None, "--epochs", help="Number of epochs."),
     image_size: int | None = typer.Option(None, "--image-size", help="Square model input size S in pixels."),
@@ -53,12 +52,11 @@ def train(
     ),
 ) -> None:
     """Train a classifier; settings resolve as defaults < --config < flags < --set, saved to RUN_DIR/config.yaml."""
-    from pneumo.data.records import DatasetError
-    from pneumo.training import ConfigError, build_config
+    from pneumo.runs.format import read_run_meta
+    from pneumo.training import build_config
     from pneumo.training import resume as resume_run
     from pneumo.training import train as train_run
-    from pneumo.training.checkpoint import read_run_meta
-    from pneumo.training.engine import TrainingDivergedError
+    from pneumo.trust.ood import fit_after_training
 
     flags = {
         "data": data,
@@ -86,14 +84,14 @@ def train(
                     f"--resume continues a run with its saved config (--data may say where its dataset moved); drop "
                     f"{', '.join(given) or '--config/--set'}"
                 )
-            run_dir = resume_run(resume, data=data)
+            run_dir = resume_run(resume, data=data, after=fit_after_training)
         else:
             as_text = {k: str(v) if isinstance(v, Path) else v for k, v in flags.items()}
             cfg = build_config(config_file=config, flags=as_text, overrides=overrides or ())
-            run_dir = train_run(cfg, command=sys.argv)
-    except (ConfigError, DatasetError, FileExistsError, FileNotFoundError, ValueError, TrainingDivergedError) as exc:
+            run_dir = train_run(cfg, command=sys.argv, after=fit_after_training)
+    except (FileExistsError, FileNotFoundError, ValueError) as exc:  # pneumo's own errors: pneumo.cli._Commands
         fail(str(exc))
-    except OSError as exc:  # a full disk while caching or writing checkpoints: a traceback said no more
+    except OSError as exc:  # a full disk while caching or writing checkpoints: one line naming the file
         fail(os_error(exc))
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks
         return

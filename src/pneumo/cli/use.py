@@ -113,7 +113,7 @@ def predict(
     typer.echo(f"model: {describe(model, predictor.model_id)}. {DISCLAIMER}", err=True)
     if cam is not None and predictor.explain_unavailable is not None:
         fail(f"--cam: {predictor.explain_unavailable}")
-    if cam is not None:  # before any work: a file there, or no parent, failed after the first batch with a traceback
+    if cam is not None:  # checked before any work: a file where the folder goes, or no parent folder
         try:
             cam.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -130,3 +130,29 @@ def image_changes(saved: dict[str, list[list[str]]] | None, current: dict[str, l
         ]
         changes.append(f"{name}: {'; '.join(parts) or 'the same images in another order'}")
     return changes
+
+
+class BatchedSplit(Dataset):
+    """Batched reads from the memory-mapped cache: one fancy-indexing copy per batch instead of one per image.
+
+    ``DataLoader`` calls ``__getitems__`` with a whole batch of indices; the result is already a batch, so pass
+    :func:`collate_batch` as ``collate_fn``.
+    """
+
+    def __init__(self, split: SplitData) -> None:
+        self.images = split.images
+        self.targets = torch.as_tensor(split.targets, dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.__getitems__([i])
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = np.asarray(indices, dtype=np.int64)
+        rows = self.images.rows[idx]
+        order = np.argsort(rows, kind="stable")  # read the memmap in file order, then restore the batch order
+        pixels = np.empty((len(idx), *self.images.array.shape[1:]), dtype=np.uint8)
+        pixels[order] = self.images.array[rows[order]]
+        return torch.from_numpy(pixels).unsqueeze(1), self.targets[idx], torch.from_numpy(idx)

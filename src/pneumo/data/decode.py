@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pneumo.utils.errors import PneumoError
+
 # Decompression-bomb guard: the largest real Kermany originals have about 7 megapixels.
 DEFAULT_MAX_PIXELS = 64_000_000
 # Below this many pixels on the short side an input is no radiograph (a 1x1 PNG, an icon): it is refused rather than
@@ -39,7 +41,7 @@ ImageInput = str | Path | bytes | Image.Image | np.ndarray
 PixelTransform = Callable[[np.ndarray], np.ndarray]
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(PneumoError, ValueError):
     """An input that cannot be turned into an image; the message names the source and the reason."""
 
     def __init__(self, source: str, reason: str):

@@ -33,17 +33,19 @@ _FILTERS = {
     "area": Image.Resampling.BOX,
 }
 
-# One grey mean/std for every model: the average of ImageNet's RGB statistics, consistent with the ImageNet first conv
-# whose RGB weights are summed for 1-channel input (see pneumo.models).
+# The defaults of a model's spec (pneumo.models.spec), which may declare its own: the average of ImageNet's RGB
+# statistics, consistent with an ImageNet first conv whose RGB weights are summed for 1-channel input.
 GRAY_MEAN = 0.449
 GRAY_STD = 0.226
+# The one default model size (px): every model's spec starts from it, and so do `pneumo train` and `pneumo data cache`.
+DEFAULT_IMAGE_SIZE = 128
 
 
 @dataclass(frozen=True)
 class PreprocessContract:
     """Everything needed to turn a file into the model's input; serialised with every model."""
 
-    image_size: int = 224
+    image_size: int = DEFAULT_IMAGE_SIZE
     geometry: Geometry = "squash"
     interpolation: str = "bilinear"
     mean: float = GRAY_MEAN
@@ -81,8 +83,8 @@ def resize_gray(gray: np.ndarray, contract: PreprocessContract) -> np.ndarray:
         left, top = (w - side) // 2, (h - side) // 2
         img = img.crop((left, top, left + side, top + side))
     elif contract.geometry == "letterbox":
-        # the longer side to S first, then black bars: padding first made a max(w, h)^2 canvas, gigabytes for a
-        # 40000 x 25 image that the pixel limit lets through
+        # the longer side to S first, then black bars: padding first would need a max(w, h)^2 canvas, gigabytes
+        # for a 40000 x 25 image that the pixel limit lets through
         scale = size / max(w, h)
         inner = (max(1, round(w * scale)), max(1, round(h * scale)))
         canvas = Image.new("L", (size, size), 0)

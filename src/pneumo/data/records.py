@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pneumo.utils.errors import PneumoError
+
 LABELS = ("NORMAL", "PNEUMONIA")
 SUBTYPES = ("normal", "bacteria", "virus")
 SPLITS = ("train", "val", "test")
@@ -36,7 +38,7 @@ _NUMBERED = re.compile(r"^(NORMAL|BACTERIA|VIRUS)-(\d+)-\d+", re.IGNORECASE)
 _SYNTHETIC = re.compile(r"^(synthetic-[a-z0-9]+)-(normal|bacteria|virus)-\d+", re.IGNORECASE)
 
 
-class DatasetError(ValueError):
+class DatasetError(PneumoError, ValueError):
     """A dataset folder or manifest that cannot be read; the message names the path and the problem."""
 
 

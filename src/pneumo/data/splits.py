@@ -145,7 +145,14 @@ def write_split_csv(records: Sequence[Record], path: Path, root: Path) -> None:
 
 def read_split_csv(path: Path, root: Path) -> list[Record]:
     """Read a split file written by :func:`write_split_csv`; relative paths resolve against ``root``."""
-    with path.open(newline="") as f:
+    try:
+        return _read_split_rows(path, root)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{path} is damaged ({exc}); restore it from a copy of the run") from None
+
+
+def _read_split_rows(path: Path, root: Path) -> list[Record]:
+    with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if tuple(reader.fieldnames or ()) != SPLIT_COLUMNS:
             raise DatasetError(f"{path}: expected columns {SPLIT_COLUMNS}, got {reader.fieldnames}")

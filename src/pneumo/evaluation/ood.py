@@ -11,18 +11,17 @@ from typing import Any
 import numpy as np
 
 from pneumo.data.dataset import SplitData
+from pneumo.data.preprocess import PreprocessContract
+from pneumo.runs.context import score_images, split_images
+from pneumo.runs.format import read_run_meta, weights_digest
 
 ScoreFn = Callable[..., tuple[list[Any], np.ndarray]]
 
 
 def ood_verdicts(run_dir: Path, model: Any, split: SplitData, batch_size: int = 64) -> tuple[dict[str, Any], Any]:
     """``(summary, in_distribution mask or None)`` of the run's stored check on ``split``."""
-    from pneumo.training import read_run_meta
-    from pneumo.training.checkpoint import weights_digest
-    from pneumo.trust.ood import score_images
-    from pneumo.trust.runs import split_images
-
-    params = read_run_meta(run_dir).get("ood")
+    meta = read_run_meta(run_dir)
+    params = meta.get("ood")
     if not params:
         return {"available": False, "reason": f"no OOD detector fitted: `pneumo audit ood-fit {run_dir}`"}, None
     fitted_on = params.get("weights_sha256")
@@ -30,7 +29,7 @@ def ood_verdicts(run_dir: Path, model: Any, split: SplitData, batch_size: int = 
         reason = f"the OOD detector was fitted on other weights: `pneumo audit ood-fit {run_dir}` refits it"
         return {"available": False, "reason": reason}, None
     device = next(model.parameters()).device
-    contract = _contract(run_dir)
+    contract = PreprocessContract.from_dict(meta["preprocess"])
     scores, inside = score_images(params, model, split_images(split), contract, batch_size=batch_size, device=device)
     n, n_flagged = len(inside), int((~inside).sum())
     return {
@@ -44,13 +43,6 @@ def ood_verdicts(run_dir: Path, model: Any, split: SplitData, batch_size: int = 
         "flagged_rate": n_flagged / n if n else float("nan"),
         "median_score": float(np.median(scores)) if n else float("nan"),
     }, inside
-
-
-def _contract(run_dir: Path) -> Any:
-    from pneumo.data.preprocess import PreprocessContract
-    from pneumo.training import read_run_meta
-
-    return PreprocessContract.from_dict(read_run_meta(run_dir)["preprocess"])
 
 
 def passing_metrics(

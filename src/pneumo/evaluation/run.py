@@ -47,7 +47,6 @@ from pneumo.evaluation.writers import (
     Scored,
     calibration_text,
     data_summary,
-    extra_sections,
     images_digest,
     json_safe,
     metric_names,
@@ -58,10 +57,18 @@ from pneumo.evaluation.writers import (
     write_run_model_card,
     write_unreadable,
 )
+from pneumo.models.predict import predict_logits
+from pneumo.runs.checkpoint import load_run
+from pneumo.runs.format import CONFIG_FILE, read_run_meta, update_run_meta
 from pneumo.utils.atomic import write_json
+from pneumo.utils.device import pick_device
 from pneumo.utils.digest import file_sha256
+from pneumo.utils.yamlfile import load_yaml
+from pneumo.zoo import writable_copy
 
 SPLITS = ("test", "val")
+# extra report sections (title -> text), given run_dir=, model=, split=, result= keywords
+ReportHook = Callable[..., Mapping[str, str]]
 ALPHA = 0.05
 FREE_METHODS = tuple(m for m in METHODS if m not in TARGETS)  # threshold methods that take no target
 log = logging.getLogger(__name__)
@@ -224,6 +231,7 @@ def evaluate_run(
     batch_size: int = 64,
     plots: bool = True,
     progress: bool = True,
+    report_hooks: Sequence[ReportHook] = (),
 ) -> dict[str, Any]:
     """Evaluate a run's best weights on ``split`` of its own dataset (default) or of ``data``; returns the contents
     of ``RUN_DIR/eval-<dataset>-<split>/metrics.json`` plus ``eval_dir``, after writing that folder (metrics.json,
@@ -238,16 +246,15 @@ def evaluate_run(
     ``prior_balanced``). Binary tasks also get ``threshold_rules``: every rule's validation threshold and what it
     gives on the evaluated split, side by side (when the run's validation images can be read).
     ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``. A shipped model's name (:mod:`pneumo.zoo`)
-    evaluates a copy of it under ``~/.cache/pneumo/models``."""
-    from pneumo.training import load_run, load_yaml, predict_logits, read_run_meta, update_run_meta
-    from pneumo.training.run import pick_device
-    from pneumo.zoo import writable_copy
-
+    evaluates a copy of it under ``~/.cache/pneumo/models``. The run's stored out-of-distribution check scores the
+    evaluated images (``ood``: flag rate, metrics on the passing images beside all). ``report_hooks`` add report
+    sections (title -> text), called with ``run_dir, model, split, result`` keywords: the commands pass
+    ``pneumo.trust.ood.report_sections``."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     run_dir = writable_copy(run_dir).resolve()
     meta = read_run_meta(run_dir)
-    config = load_yaml(run_dir / "config.yaml")
+    config = load_yaml(run_dir / CONFIG_FILE)
     task = get_task(meta["task"])
     class_names = list(meta["class_names"])
     contract = PreprocessContract.from_dict(meta["preprocess"])
@@ -376,7 +383,8 @@ def evaluate_run(
         )
     result["plots"] = {caption: path.name for caption, path in plot_paths.items()}
     report_sections = {"Operating point and calibration": calibration_text(result)}
-    report_sections.update(extra_sections(run_dir, model, evaluated, result))
+    for hook in report_hooks:
+        report_sections.update(hook(run_dir=run_dir, model=model, split=evaluated, result=result))
     write_html_report(
         eval_dir / "report.html",
         title=f"pneumo evaluation: {run_dir.name} on {source.slug} ({split})",

@@ -7,13 +7,10 @@ for three classes); the run's own dataset is preferred when several datasets wer
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from pneumo.data.records import is_synthetic_dataset
 from pneumo.data.tasks import TASKS, get_task
@@ -21,6 +18,8 @@ from pneumo.evaluation.compare import compare_table
 from pneumo.evaluation.source import EVAL_PREFIX, eval_dir_name
 from pneumo.evaluation.threshold import method_label
 from pneumo.evaluation.writers import METRICS_FILE
+from pneumo.runs.evals import read_json_file, read_json_lines
+from pneumo.utils.yamlfile import load_yaml
 
 BINARY_COLUMNS = ("accuracy", "sensitivity", "specificity", "roc_auc")
 MULTICLASS_COLUMNS = ("accuracy", "roc_auc", "balanced_accuracy")
@@ -28,17 +27,11 @@ GAN_CLASSIFIER = "acgan_discriminator"  # model name of pneumo.gan's exported di
 SETUP_COLUMNS = ("run", "task", "model", "weights", "image_size", "epochs", "wall_time")
 
 
-def _read_json_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _read_config(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a pneumo run folder (no config.yaml)")
-    return yaml.safe_load(path.read_text()) or {}
+    return load_yaml(path)
 
 
 def find_eval(run_dir: Path, split: str = "test", dataset: str | None = None) -> Path | None:
@@ -127,13 +120,13 @@ def compare_runs(
     for run in run_dirs:
         run_dir = Path(run)
         config = _read_config(run_dir)
-        history = _read_json_lines(run_dir / "metrics.jsonl")
+        history = read_json_lines(run_dir / "metrics.jsonl")
         if not history and config.get("model") == GAN_CLASSIFIER:
             # An ACGAN's classifier export: its epochs and time are those of the GAN run, the parent folder.
-            history = _read_json_lines(run_dir.parent / "metrics.jsonl")
+            history = read_json_lines(run_dir.parent / "metrics.jsonl")
         seconds = [float(r["seconds"]) for r in history if isinstance(r.get("seconds"), (int, float))]
         eval_dir = find_eval(run_dir, split, dataset)
-        result = json.loads((eval_dir / METRICS_FILE).read_text()) if eval_dir else None
+        result = read_json_file(eval_dir / METRICS_FILE) if eval_dir else None
         row: dict[str, Any] = {
             "run": run_dir.resolve().name,
             "task": config.get("task"),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib
 import json
 import logging
 import math
@@ -26,9 +25,14 @@ from pneumo.data.tasks import Task
 from pneumo.evaluation.bootstrap import CI
 from pneumo.evaluation.compare import ci_rows, compare_table, format_ci
 from pneumo.evaluation.model_card import DataKind, write_model_card
+from pneumo.evaluation.ood import ood_text
 from pneumo.evaluation.report import to_plain
 from pneumo.evaluation.source import EVAL_PREFIX, eval_dir_name, run_records
+from pneumo.runs.evals import evaluation_is_current
+from pneumo.runs.format import CONFIG_FILE, read_run_meta
+from pneumo.runs.runinfo import read_metrics
 from pneumo.utils.atomic import atomic_open
+from pneumo.utils.yamlfile import load_yaml
 
 UNREADABLE_FILE = "unreadable.csv"
 METRICS_FILE = "metrics.json"
@@ -169,8 +173,7 @@ def write_plots(
     temperature: float,
 ) -> dict[str, Path]:
     """All figures of the report (caption -> PNG path); matplotlib is imported only here."""
-    from pneumo.evaluation import plots
-    from pneumo.training.runinfo import read_metrics
+    from pneumo.evaluation import plots  # matplotlib
 
     y, names = split.targets, list(class_names)
     ops = {s.label: s.threshold for s in sections if s.threshold is not None}
@@ -200,22 +203,6 @@ def write_plots(
         max_n=MAX_ERROR_IMAGES,
     )
     return out
-
-
-def extra_sections(run_dir: Path, model: Any, split: SplitData, result: Mapping[str, Any]) -> dict[str, str]:
-    """Hook for the trust package: extra report sections (title -> text), e.g. out-of-distribution rates.
-
-    Empty until ``pneumo.trust.ood`` exists and provides ``report_sections(run_dir=, model=, split=, result=)``;
-    OOD is deliberately not implemented here.
-    """
-    try:
-        module = importlib.import_module("pneumo.trust.ood")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("pneumo.trust", "pneumo.trust.ood"):
-            return {}
-        raise
-    provider = getattr(module, "report_sections", None)
-    return dict(provider(run_dir=run_dir, model=model, split=split, result=result)) if provider else {}
 
 
 def run_limitations(result: Mapping[str, Any]) -> list[str]:
@@ -343,12 +330,9 @@ def write_run_model_card(run_dir: str | Path) -> Path | None:
     """(Re)write ``RUN_DIR/MODEL_CARD.md`` from the own-dataset test evaluation, else from the newest evaluation, of
     those that hold for the stored model (its operating point, temperature and weights); returns None when there is
     none. An own test evaluation that no longer holds is named in a warning, with the command that redoes it."""
-    from pneumo.inference.meta import evaluation_is_current
-    from pneumo.training import load_yaml, read_run_meta
-
     run_dir = Path(run_dir)
     meta = read_run_meta(run_dir)
-    config = load_yaml(run_dir / "config.yaml")
+    config = load_yaml(run_dir / CONFIG_FILE)
     own_test_dir = run_dir / eval_dir_name(config["data"], "test")
     result = read_eval(own_test_dir)
     if result is not None and not evaluation_is_current(result, meta):
@@ -416,9 +400,6 @@ def write_run_model_card(run_dir: str | Path) -> Path | None:
 def ood_markdown(run_dir: Path, meta: Mapping[str, Any], primary: Mapping[str, Any]) -> str | None:
     """The model card's out-of-distribution section: the check, then one line per current evaluation (flag rate,
     metrics on the images that pass beside all), the card's own evaluation first."""
-    from pneumo.evaluation.ood import ood_text
-    from pneumo.inference.meta import evaluation_is_current
-
     params = meta.get("ood")
     if not params:
         return None

@@ -6,20 +6,15 @@
 - :mod:`pneumo.gan.synth`: sampling, grids and synthetic *training-only* images (``pneumo gan sample|synth``);
 - :mod:`pneumo.gan.fid`: Frechet distance / KID on pneumo-classifier features (not Inception FID) and class agreement;
   :mod:`pneumo.gan.quality` scores a GAN run with a classifier run (``pneumo gan quality``).
-
-Import order matters for one cycle: :mod:`pneumo.training` may import :mod:`pneumo.gan.synth`; ``synth`` is imported
-here before ``train`` (which imports ``pneumo.training``), and ``synth`` itself does not import ``pneumo.training``.
 """
 
 from pneumo.gan.acgan import Discriminator, Generator
 from pneumo.gan.checkpoint import load_generator
 from pneumo.gan.config import GanConfig, load_config
 from pneumo.gan.fid import class_agreement, extract_features, frechet_distance, kid
+from pneumo.gan.quality import sample_quality
 from pneumo.gan.synth import generate, sample_to_file, synthetic_records, write_synthetic_dataset
-
-# after synth (see the module docstring): these import pneumo.training
-from pneumo.gan.quality import sample_quality  # isort: skip
-from pneumo.gan.train import resume_gan, train_gan  # isort: skip
+from pneumo.gan.train import resume_gan, train_gan
 
 __all__ = [
     "Discriminator",

@@ -4,7 +4,7 @@ Run folder::
 
     config.yaml  split.csv  env.json  metrics.jsonl
     last.state.safetensors  last.state.json   (the three networks, optimisers, RNG states, EMA count, epoch, best:
-                                               the training engine's resumable-state format, pneumo.training.checkpoint)
+                                               the resumable-state format of pneumo.runs.state)
     generator.safetensors  generator_ema.safetensors  discriminator.safetensors   (network weights, last epoch)
     samples/epoch_XXXX.png   classifier/   (the discriminator's class head as a pneumo classifier run)
 
@@ -27,6 +27,7 @@ from torch.optim import Optimizer
 
 from pneumo.gan.acgan import Generator
 from pneumo.gan.config import GanConfig, read_config
+from pneumo.runs.state import capture_rng, load_state, optimizer_from_parts, optimizer_to_parts, restore_rng, save_state
 from pneumo.utils.atomic import save_safetensors
 
 GENERATOR = "generator.safetensors"
@@ -64,10 +65,6 @@ def save_training_state(
     info: dict[str, Any],
 ) -> None:
     """Write the state to resume from after ``epoch``: networks, optimisers and RNG states in one atomic file."""
-    # imported here: pneumo.training may import pneumo.gan.synth (synthetic images), and load_generator must be
-    # importable without pneumo.training
-    from pneumo.training.checkpoint import capture_rng, optimizer_to_parts, save_state
-
     tensors, rng_info = capture_rng()
     tensors["rng.data"] = rng.get_state()
     for key, net in _networks(generator, generator_ema, discriminator).items():
@@ -103,8 +100,6 @@ def load_training_state(
     rng: torch.Generator,
 ) -> dict[str, Any]:
     """Restore what :func:`save_training_state` wrote; returns its info (epoch, step, best, ...)."""
-    from pneumo.training.checkpoint import load_state, optimizer_from_parts, restore_rng
-
     tensors, info = load_state(run_dir)
     nets = _networks(generator, generator_ema, discriminator)
     if any(k.startswith("net.") for k in tensors):

@@ -1,9 +1,9 @@
 """The discriminator's class head as an ordinary pneumo classifier run (``GAN_RUN/classifier/``).
 
 It follows the training checkpoint contract (``checkpoint.json``, ``best.safetensors``, ``config.yaml``,
-``split.csv``; written with :mod:`pneumo.training.checkpoint`), so ``pneumo evaluate GAN_RUN/classifier`` treats it
+``split.csv``; written with :mod:`pneumo.runs`), so ``pneumo evaluate GAN_RUN/classifier`` treats it
 like any classifier run. The epoch is chosen by the class head's macro one-vs-rest ROC AUC on the validation split
-(carved from train by patient; :func:`pneumo.training.predict.val_metrics`, the metric classifier training selects
+(carved from train by patient; :func:`pneumo.models.predict.val_metrics`, the metric classifier training selects
 on); the test split is never used.
 """
 
@@ -25,7 +25,8 @@ from pneumo.data.splits import write_split_csv
 from pneumo.data.tasks import get_task
 from pneumo.gan.acgan import Discriminator
 from pneumo.gan.config import TASK, GanConfig
-from pneumo.training.checkpoint import FORMAT, read_run_meta, save_weights, update_run_meta, write_run_meta
+from pneumo.runs.checkpoint import save_weights
+from pneumo.runs.format import FORMAT, read_run_meta, update_run_meta, write_run_meta
 from pneumo.utils.atomic import write_text
 
 CLASSIFIER_DIR = "classifier"

@@ -63,9 +63,9 @@ def extract_features(
 ) -> np.ndarray:
     """Penultimate (pooled, pre-logits) features ``(N, num_features)`` of a pneumo classifier for uint8 images.
 
-    ``contract``: the classifier's preprocessing contract (default: the images' own size, default mean/std).
+    ``contract``: the classifier's preprocessing contract (default: the one its run stored, ``preprocess_contract``).
     """
-    contract = contract or PreprocessContract(image_size=images.shape[-1])
+    contract = _contract_of(model, contract)
     feats = _batched(
         lambda x: model.forward_head(model.forward_features(x), pre_logits=True), model, images, contract, batch_size
     )
@@ -137,6 +137,15 @@ class ClassAgreement:
         }
 
 
+def _contract_of(model: nn.Module, contract: PreprocessContract | None) -> PreprocessContract:
+    contract = contract or getattr(model, "preprocess_contract", None)
+    if contract is None:
+        raise ValueError(
+            "the classifier carries no preprocessing contract (load it from its run folder) and none was given"
+        )
+    return contract
+
+
 def class_agreement(
     classifier: nn.Module,
     images: Tensor,
@@ -153,8 +162,7 @@ def class_agreement(
     labels = np.asarray(requested_labels, dtype=np.int64)
     if len(labels) != len(images):
         raise ValueError(f"{len(images)} images but {len(labels)} requested labels")
-    contract = contract or PreprocessContract(image_size=images.shape[-1])
-    logits = _batched(classifier, classifier, images, contract, batch_size)
+    logits = _batched(classifier, classifier, images, _contract_of(classifier, contract), batch_size)
     n = num_classes or logits.shape[1]
     predicted = task_logits(logits, n).argmax(1).numpy()
     confusion = np.zeros((n, n), dtype=np.int64)

@@ -18,14 +18,16 @@ import numpy as np
 import torch
 
 from pneumo.data.dataset import build_split
-from pneumo.data.preprocess import PreprocessContract
 from pneumo.data.records import dataset_root
 from pneumo.data.splits import read_split_csv
 from pneumo.data.tasks import get_task
 from pneumo.gan.checkpoint import load_generator
+from pneumo.gan.classifier import MODEL_NAME
 from pneumo.gan.config import TASK, read_config
 from pneumo.gan.fid import class_agreement, extract_features, frechet_distance, kid
 from pneumo.gan.synth import generate, label_distribution, standing_statistics
+from pneumo.models.registry import preprocess_contract
+from pneumo.runs.checkpoint import load_run
 from pneumo.utils.atomic import write_json
 
 log = logging.getLogger(__name__)
@@ -51,15 +53,14 @@ def sample_quality(
 
     ``standing_batches``: score the EMA generator with its BatchNorm statistics recomputed from that many batches of
     its own outputs (:func:`~pneumo.gan.synth.standing_statistics`) instead of the exported ones."""
-    from pneumo.training import load_run
-
     if split not in ("train", "val"):
         raise ValueError(f"split must be train or val (the test split stays untouched), got {split!r}")
     gan_run_dir, classifier_run_dir = Path(gan_run_dir), Path(classifier_run_dir)
     config = read_config(gan_run_dir / "config.yaml")
     records = read_split_csv(gan_run_dir / "split.csv", dataset_root(config.data or ""))
     task = get_task(TASK)
-    real = build_split(split, records, task, PreprocessContract(image_size=config.image_size), progress=False)
+    contract = preprocess_contract(MODEL_NAME, image_size=config.image_size)  # the GAN trained on these pixels
+    real = build_split(split, records, task, contract, progress=False)
     if len(real) < 2:
         raise ValueError(f"the GAN run's {split} split has {len(real)} readable images; need at least 2")
     order = np.random.default_rng(seed).permutation(len(real))[: max_images or len(real)]

@@ -37,13 +37,22 @@ from pneumo.data.splits import check_disjoint, make_split, read_split_csv, write
 from pneumo.data.tasks import get_task
 from pneumo.gan.acgan import Discriminator, Generator
 from pneumo.gan.checkpoint import build_generator, export_networks, load_training_state, save_training_state
-from pneumo.gan.classifier import CLASSIFIER_DIR, class_logits, exported_epoch, set_last_epoch, write_classifier_run
+from pneumo.gan.classifier import (
+    CLASSIFIER_DIR,
+    MODEL_NAME,
+    class_logits,
+    exported_epoch,
+    set_last_epoch,
+    write_classifier_run,
+)
 from pneumo.gan.config import TASK, GanConfig, read_config, save_config
 from pneumo.gan.losses import discriminator_loss, generator_loss
 from pneumo.gan.synth import class_grid, label_distribution, save_png, standing_statistics, to_gan_range
-from pneumo.training.checkpoint import STATE_TENSORS, read_state_info
-from pneumo.training.predict import val_metrics
-from pneumo.training.runinfo import append_metrics, config_changes, environment, read_metrics
+from pneumo.models.predict import val_metrics
+from pneumo.models.registry import preprocess_contract
+from pneumo.runs.format import STATE_TENSORS
+from pneumo.runs.runinfo import append_metrics, config_changes, environment, read_metrics
+from pneumo.runs.state import read_state_info
 from pneumo.utils.atomic import write_json, write_text
 from pneumo.utils.device import resolve_device
 from pneumo.utils.progress import progress_bar
@@ -86,7 +95,7 @@ def load_data(config: GanConfig, *, progress: bool = True) -> GanData:
             exclude_test_patients=config.exclude_test_patients,
         )
     check_generated_images(records)  # images of another GAN in the dataset: did it train on our val patients?
-    task, contract = get_task(TASK), PreprocessContract(image_size=config.image_size)
+    task, contract = get_task(TASK), preprocess_contract(MODEL_NAME, image_size=config.image_size)
     cache_root = Path(config.cache_dir) if config.cache_dir else None
     splits = {
         name: build_split(

@@ -17,7 +17,7 @@ from pneumo.inference.meta import ModelLoadError, ModelMeta
 
 ONNX_INPUT = "input"
 ONNX_OUTPUTS = ("logits", "raw_logits", "features")  # task logits (dummy dropped), all outputs, pooled features
-# every stage's pooled mean and std (pneumo.trust.ood_features), for the multi-depth OOD check; absent in older exports
+# every stage's pooled mean and std (pneumo.models.depth_features), for the multi-depth OOD check; absent in old exports
 ONNX_DEPTH_OUTPUT = "depth_features"
 
 

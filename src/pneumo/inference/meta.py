@@ -1,8 +1,7 @@
 """What a trained model carries besides its weights, read from a run folder or from ONNX metadata.
 
 One :class:`ModelMeta` serves both sources, so a run and its ONNX export predict with the same contract, labels,
-operating point, temperature and OOD parameters. Run folder layout (written by ``pneumo.training``):
-``best.safetensors`` + ``checkpoint.json`` (format 1), evaluations in ``eval-*/metrics.json``.
+operating point, temperature and OOD parameters. The run folder's format is :mod:`pneumo.runs`.
 """
 
 from __future__ import annotations
@@ -14,19 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from pneumo.data.preprocess import PreprocessContract
+from pneumo.runs.evals import read_eval_metrics
+from pneumo.runs.format import FORMAT as CHECKPOINT_FORMAT
+from pneumo.runs.format import META_FILE, WEIGHT_FILES, ModelLoadError
 from pneumo.utils.digest import file_sha256
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
-WEIGHTS_FILE = "best.safetensors"
-META_FILE = "checkpoint.json"
+WEIGHTS_FILE = WEIGHT_FILES["best"]
 ONNX_PREFIX = "pneumo."  # ONNX metadata_props keys: "pneumo.<field>", values are JSON strings
 DISCLAIMER = "Research use only, not a medical device. Not for diagnosis or treatment."
-
-
-class ModelLoadError(ValueError):
-    """A run folder or ONNX file that cannot be used for prediction; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +72,15 @@ class ModelMeta:
 
     # --- run folders ------------------------------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, meta: dict[str, Any], run_dir: Path, weights_sha256: str | None = None) -> ModelMeta:
-        """``weights_sha256``: the digest of the weights actually loaded (default: hash the file now)."""
+    def from_checkpoint(
+        cls,
+        meta: dict[str, Any],
+        run_dir: Path,
+        weights_sha256: str | None = None,
+        contract: PreprocessContract | None = None,
+    ) -> ModelMeta:
+        """``weights_sha256``: the digest of the weights actually loaded (default: hash the file now); ``contract``:
+        the one :func:`pneumo.runs.checkpoint.load_run` parsed already (default: parse ``meta["preprocess"]``)."""
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise ModelLoadError(f"{run_dir / META_FILE}: unsupported format {meta.get('format')!r}")
         weights = run_dir / WEIGHTS_FILE
@@ -102,7 +105,7 @@ class ModelMeta:
             return cls(
                 task=str(meta["task"]),
                 class_names=tuple(meta["class_names"]),
-                contract=PreprocessContract.from_dict(meta["preprocess"]),
+                contract=contract or PreprocessContract.from_dict(meta["preprocess"]),
                 model=dict(meta["model"]),
                 dummy_class=bool(meta.get("dummy_class", False)),
                 operating_point=meta.get("operating_point"),
@@ -163,34 +166,3 @@ class ModelMeta:
             raise ModelLoadError(f"{path}: not a pneumo ONNX export (metadata {exc} missing)") from exc
         except (TypeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
             raise ModelLoadError(f"{path}: malformed pneumo metadata ({exc})") from exc
-
-
-# Evaluation fields a model shows to its users (HTTP /v1/model, ONNX metadata): no file system paths.
-_PRIVATE_EVAL_FIELDS = ("run_dir", "plots")
-
-
-def evaluation_is_current(result: dict[str, Any], meta: dict[str, Any]) -> bool:
-    """Whether an evaluation's numbers hold for the model as the run stores it now (``meta``: checkpoint.json): scored
-    with the same operating point (threshold, method, weights) and calibration temperature. A later ``pneumo evaluate``
-    with another method, or a resume that changed the weights, leaves older evaluations describing another model."""
-    temperature = (result.get("calibration") or {}).get("temperature")
-    return result.get("operating_point") == meta.get("operating_point") and temperature == meta.get("temperature")
-
-
-def read_eval_metrics(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """``{"eval-chest-xray-test": {...}, ...}`` from the run's ``eval-*/metrics.json`` files, without paths.
-
-    Only evaluations that hold for the stored model (:func:`evaluation_is_current`); unreadable files are left out."""
-    out: dict[str, Any] = {}
-    for path in sorted(run_dir.glob("eval-*/metrics.json")):
-        try:
-            result = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
-        if not isinstance(result, dict) or not evaluation_is_current(result, meta):
-            continue
-        public = {k: v for k, v in result.items() if k not in _PRIVATE_EVAL_FIELDS}
-        if isinstance(result.get("dataset"), dict):
-            public["dataset"] = {k: result["dataset"].get(k) for k in ("name", "own")}
-        out[path.parent.name] = public
-    return out

@@ -22,13 +22,14 @@ from pneumo.inference.backends import ONNX_DEPTH_OUTPUT, ONNX_INPUT, ONNX_OUTPUT
 from pneumo.inference.predictor import Predictor
 from pneumo.inference.torch_backend import FeatureHead, TorchBackend
 from pneumo.utils.atomic import atomic_path
+from pneumo.utils.errors import PneumoError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
 
 
-class ExportError(RuntimeError):
+class ExportError(PneumoError, RuntimeError):
     """The export failed or does not reproduce the PyTorch model."""
 
 

@@ -1,6 +1,6 @@
 """The one place where prediction asks the out-of-distribution detector for a verdict.
 
-Contract with ``pneumo.trust.ood`` (provided by the trust module)::
+The scorer is :mod:`pneumo.runs.ood` (NumPy only)::
 
     score(params: dict, *, logits: np.ndarray, features: np.ndarray, depth_features: np.ndarray | None)
         -> tuple[np.ndarray, np.ndarray]
@@ -8,29 +8,29 @@ Contract with ``pneumo.trust.ood`` (provided by the trust module)::
 ``params`` is the run's ``checkpoint.json["ood"]`` entry (JSON, self-contained: it also travels in ONNX metadata);
 ``logits`` are the raw model outputs ``(N, num_outputs)`` (dummy class included, no temperature);
 ``features`` the pooled penultimate features ``(N, num_features)`` (``forward_head(pre_logits=True)``);
-``depth_features`` every backbone stage's pooled mean and std (:mod:`pneumo.trust.ood_features`), None where the
+``depth_features`` every backbone stage's pooled mean and std (:mod:`pneumo.models.depth_features`), None where the
 backend has none (an export older than the multi-depth check).
 It returns ``(scores, in_distribution)``: float ``(N,)`` (higher = more unusual) and bool ``(N,)``.
 
-Optional: ``check(params)``, raising when this version cannot use the parameters (another method or version), and
-``needs_depth(params)``, whether scoring needs ``depth_features``.
+``check(params)`` raises when this version cannot use the parameters (another method or version);
+``needs_depth(params)`` says whether scoring needs ``depth_features``.
 
-A run without an ``ood`` entry gets ``None`` for both fields. A run with one, where ``pneumo.trust.ood`` cannot be
-imported or cannot use it, also gets ``None`` (with one warning when the model loads), never a made-up verdict.
+A run without an ``ood`` entry gets ``None`` for both fields. A run with one that this version cannot use (another
+method or version) also gets ``None`` (with one warning when the model loads), never a made-up verdict.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from pneumo.runs import ood
+
 log = logging.getLogger(__name__)
 
-OOD_MODULE = "pneumo.trust.ood"
 OodScoreFn = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
@@ -39,30 +39,16 @@ def resolve_scorer(params: dict[str, Any] | None) -> OodScoreFn | None:
     if not params:
         return None
     try:
-        module = importlib.import_module(OOD_MODULE)
-    except ImportError as exc:
-        log.warning("the model has OOD parameters but %s is unavailable (%s): OOD fields stay empty", OOD_MODULE, exc)
+        ood.check(params)
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("the model's OOD parameters cannot be used by this version (%s): OOD fields stay empty", exc)
         return None
-    check = getattr(module, "check", None)
-    if check is not None:
-        try:
-            check(params)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("the model's OOD parameters cannot be used by this version (%s): OOD fields stay empty", exc)
-            return None
-    return module.score
+    return ood.score
 
 
 def needs_depth(params: dict[str, Any] | None) -> bool:
     """Whether the detector scores multi-depth features (which an export older than that check does not output)."""
-    if not params:
-        return False
-    try:
-        module = importlib.import_module(OOD_MODULE)
-    except ImportError:
-        return False
-    check = getattr(module, "needs_depth", None)
-    return bool(check(params)) if check is not None else False
+    return bool(params) and ood.needs_depth(params)
 
 
 def ood_reason(params: dict[str, Any] | None, score: float | None, inside: bool | None) -> str | None:
@@ -92,5 +78,5 @@ def ood_verdicts(
     scores, inside = scorer(params, logits=logits, features=features, **extra)
     scores, inside = np.asarray(scores, dtype=np.float64).reshape(-1), np.asarray(inside, dtype=bool).reshape(-1)
     if len(scores) != n or len(inside) != n:
-        raise ValueError(f"{OOD_MODULE}.score returned {len(scores)}/{len(inside)} values for {n} images")
+        raise ValueError(f"the OOD scorer returned {len(scores)}/{len(inside)} values for {n} images")
     return [(float(s), bool(i)) for s, i in zip(scores, inside, strict=True)]

@@ -31,6 +31,7 @@ from pneumo.inference.backends import ONNX_DEPTH_OUTPUT, OnnxBackend, Outputs
 from pneumo.inference.meta import DISCLAIMER, META_FILE, ModelLoadError, ModelMeta
 from pneumo.inference.ood import needs_depth, ood_reason, ood_verdicts, resolve_scorer
 from pneumo.inference.result import Explanation, PredictionResult
+from pneumo.utils.errors import PneumoError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class ExplainUnavailable(RuntimeError):
+class ExplainUnavailable(PneumoError, RuntimeError):
     """Grad-CAM needs the PyTorch model: an ONNX-only predictor cannot explain."""
 
 
@@ -120,7 +121,9 @@ class Predictor:
         except ValueError as exc:
             raise ModelLoadError(f"{run_dir}: {exc}") from exc
         model, raw_meta = load_run(run_dir, device=device)
-        meta = ModelMeta.from_checkpoint(raw_meta, run_dir, getattr(model, "weights_sha256", None))
+        meta = ModelMeta.from_checkpoint(
+            raw_meta, run_dir, getattr(model, "weights_sha256", None), getattr(model, "preprocess_contract", None)
+        )
         return cls(TorchBackend(model, meta.n_task, device), meta, run_dir, **kwargs)
 
     @classmethod

@@ -7,27 +7,25 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from pneumo.inference.backends import Outputs
 from pneumo.inference.meta import ModelLoadError
-from pneumo.trust.ood_features import DepthFeatureHead
+from pneumo.models.depth_features import DepthFeatureHead
+from pneumo.runs.checkpoint import load_run as runs_load_run
 
 
 class FeatureHead(DepthFeatureHead):
     """``x -> (task logits, raw logits, pooled features, multi-depth features)``: the graph that ONNX export traces
-    (multi-depth features: :mod:`pneumo.trust.ood_features`, for the out-of-distribution check)."""
+    (multi-depth features: :mod:`pneumo.models.depth_features`, for the out-of-distribution check)."""
 
 
 def load_run(run_dir: Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The best model of a run folder and its ``checkpoint.json`` (via ``pneumo.training.checkpoint.load_run``,
-    which owns the format); any failure becomes a :class:`ModelLoadError` that names the folder."""
-    from safetensors import SafetensorError
-
-    from pneumo.training.checkpoint import load_run as training_load_run
-
+    """The best model of a run folder and its ``checkpoint.json`` (via :func:`pneumo.runs.checkpoint.load_run`);
+    any failure becomes a :class:`ModelLoadError` that names the folder."""
     try:
-        return training_load_run(run_dir, which="best", device=device)
+        return runs_load_run(run_dir, which="best", device=device)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
         reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
         raise ModelLoadError(f"{run_dir}: cannot load the run ({reason})") from exc

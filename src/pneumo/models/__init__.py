@@ -12,7 +12,7 @@ from .cnn import PneumoCNN
 from .efficientnet import EFFICIENTNET_LITE_SPECS, EfficientNetLite, build_efficientnet_lite, map_lite_keys
 from .freeze import add_unfrozen_params, apply_freeze, param_groups, stages_for_policy, unfreeze_stages
 from .heads import ClassifierHead, match_channels, task_logits, task_probs
-from .registry import check_input_size, get_model, input_normalisation, list_models, register_model
+from .registry import check_input_size, get_model, list_models, register_model
 from .torchvision_nets import TorchvisionDenseNet, TorchvisionResNet, build_torchvision
 from .weights import (
     LoadReport,
@@ -45,7 +45,6 @@ __all__ = [
     "check_input_size",
     "get_model",
     "imagenet_state_dict",
-    "input_normalisation",
     "list_models",
     "load_weights",
     "map_lite_keys",

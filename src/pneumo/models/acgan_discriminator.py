@@ -27,6 +27,7 @@ from pneumo.data.preprocess import GRAY_MEAN, GRAY_STD
 
 from .base import PneumoNet
 from .registry import register_model
+from .spec import ModelSpec
 
 LEAKY_SLOPE = 0.2
 
@@ -99,7 +100,7 @@ class ACGANDiscriminatorNet(PneumoNet):
         return self.trunk[-2]  # the last block with a spatial (4 x 4) map; ``final`` is 1 x 1
 
 
-@register_model("acgan_discriminator")
+@register_model("acgan_discriminator", ModelSpec(image_size=64, trainable=False))
 def _acgan_discriminator(
     *, num_classes: int, in_chans: int, drop_rate: float, pretrained: bool, **kwargs: Any
 ) -> PneumoNet:

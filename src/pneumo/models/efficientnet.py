@@ -146,9 +146,7 @@ def _timm() -> Any:
     try:
         import timm
     except ImportError as exc:
-        raise MissingExtraError(
-            "EfficientNet-Lite models need timm, which is not installed: pip install timm"
-        ) from exc
+        raise MissingExtraError("EfficientNet-Lite models need timm, which is not installed: pip install timm") from exc
     return timm
 
 

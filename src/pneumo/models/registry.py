@@ -6,31 +6,64 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pneumo.data.preprocess import PreprocessContract
+
 from .base import PneumoNet
 from .cnn import PneumoCNN
 from .efficientnet import EFFICIENTNET_LITE_SPECS, build_efficientnet_lite
+from .spec import ModelSpec, WeightsSpec
 from .torchvision_nets import build_torchvision
 from .weights import load_weights
 
 # A builder takes (num_classes, in_chans, drop_rate, pretrained, **kwargs) as keywords and returns a PneumoNet.
 Builder = Callable[..., PneumoNet]
 _REGISTRY: dict[str, Builder] = {}
+_SPECS: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str) -> Callable[[Builder], Builder]:
-    """Decorator registering a builder under ``name``."""
+def register_model(name: str, spec: ModelSpec | None = None) -> Callable[[Builder], Builder]:
+    """Decorator registering a builder under ``name``, with its :class:`ModelSpec` (default: the default spec)."""
 
     def decorate(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
         _REGISTRY[name] = builder
+        _SPECS[name] = spec or ModelSpec()
         return builder
 
     return decorate
 
 
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+def list_models(*, trainable: bool = False) -> list[str]:
+    """Registered model names; ``trainable``: only those ``pneumo train`` offers."""
+    return sorted(n for n in _REGISTRY if _SPECS[n].trainable or not trainable)
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    if name not in _SPECS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    return _SPECS[name]
+
+
+def preprocess_contract(
+    model: str,
+    *,
+    weights: str | Path | None = None,
+    image_size: int | None = None,
+    geometry: str = "squash",
+    interpolation: str = "bilinear",
+) -> PreprocessContract:
+    """The preprocessing contract of ``model`` with ``weights``, at ``image_size`` (default: the spec's): the one
+    place a contract is built. Normalisation comes from the model's spec, or its weights' when they carry their own
+    (a path or run folder keeps the model's)."""
+    spec = get_model_spec(model).with_weights(weights)
+    return PreprocessContract(
+        image_size=image_size or spec.image_size,
+        geometry=geometry,  # type: ignore[arg-type]
+        interpolation=interpolation,
+        mean=spec.mean,
+        std=spec.std,
+    )
 
 
 def _parse_weights(weights: str | Path | None) -> str | Path | None:
@@ -95,41 +128,49 @@ def check_input_size(model: PneumoNet, image_size: int) -> None:
         model.train(was_training)
 
 
-def input_normalisation(name: str) -> tuple[float, float]:
-    """The grey mean/std (0..1 scale) that model family ``name`` takes: its ImageNet weights' normalisation.
-
-    One per family, whatever the weights, so a run transferred from another run of the family normalises alike."""
-    from pneumo.data.preprocess import GRAY_MEAN, GRAY_STD
-
-    if name in EFFICIENTNET_LITE_SPECS:
-        return EFFICIENTNET_LITE_SPECS[name].mean, EFFICIENTNET_LITE_SPECS[name].std
-    return GRAY_MEAN, GRAY_STD  # ImageNet's channel averages: torchvision's ResNet/DenseNet weights
-
-
-@register_model("cnn")
+@register_model("cnn", ModelSpec(lr=2e-3, batch_size=32, epochs=20))
 def _cnn(*, num_classes: int, in_chans: int, drop_rate: float, pretrained: bool, **kwargs: Any) -> PneumoNet:
     if pretrained:
         raise ValueError("the from-scratch 'cnn' has no ImageNet weights; use weights=None or a path")
     return PneumoCNN(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, **kwargs)
 
 
-def _register_torchvision(arch: str) -> None:
+# torchvision's ImageNet weights: the gray image is normalised with the average of ImageNet's RGB statistics, consistent
+# with the first convolution's RGB kernel summed for 1-channel input (pneumo.models.weights.adapt_first_conv).
+IMAGENET_GRAY = WeightsSpec(mean=(0.485 + 0.456 + 0.406) / 3, std=(0.229 + 0.224 + 0.225) / 3)
+
+
+def _register_torchvision(arch: str, spec: ModelSpec) -> None:
     def build(**kw: Any) -> PneumoNet:
         return build_torchvision(arch, **kw)
 
-    register_model(arch)(build)
+    register_model(arch, spec)(build)
 
 
-for _arch in ("resnet18", "resnet50", "densenet121"):
-    _register_torchvision(_arch)
+_register_torchvision("resnet18", ModelSpec(lr=1e-3, batch_size=32, epochs=12, weights={"imagenet": IMAGENET_GRAY}))
+_register_torchvision("resnet50", ModelSpec(lr=5e-4, batch_size=16, epochs=10, weights={"imagenet": IMAGENET_GRAY}))
+_register_torchvision("densenet121", ModelSpec(lr=5e-4, batch_size=16, epochs=10, weights={"imagenet": IMAGENET_GRAY}))
 
 
-def _register_efficientnet(name: str) -> None:
+def _register_efficientnet(name: str, spec: ModelSpec) -> None:
     def build(**kw: Any) -> PneumoNet:
         return build_efficientnet_lite(name, **kw)
 
-    register_model(name)(build)
+    register_model(name, spec)(build)
 
 
-for _name in EFFICIENTNET_LITE_SPECS:
-    _register_efficientnet(_name)
+# TensorFlow's Lite normalisation for the family whatever the weights (its ImageNet weights change nothing), so a
+# run transferred from another run of the family normalises alike (pneumo.models.efficientnet).
+for _lite in EFFICIENTNET_LITE_SPECS.values():
+    _register_efficientnet(
+        _lite.name,
+        ModelSpec(
+            lr=3e-4,
+            batch_size=16 if _lite.name == "efficientnet_lite2" else 32,
+            epochs=10,
+            image_size=_lite.default_size,
+            mean=_lite.mean,
+            std=_lite.std,
+            weights={"imagenet": WeightsSpec()},
+        ),
+    )

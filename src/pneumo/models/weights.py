@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torchvision.models import WeightsEnum, get_model_weights
 
 from pneumo.utils.atomic import save_safetensors
+from pneumo.utils.errors import PneumoError
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def resolve_imagenet_weights(arch: str) -> WeightsEnum:
     return get_model_weights(arch).DEFAULT
 
 
-class WeightsUnavailableError(FileNotFoundError):
+class WeightsUnavailableError(PneumoError, FileNotFoundError):
     """Pretrained weights that are neither cached locally nor downloadable (an offline machine)."""
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumo.data.records import is_synthetic_dataset
+from pneumo.data.tasks import TASKS
 from pneumo.evaluation import format_ci
 from pneumo.evaluation.runs_table import compare_runs
 from pneumo.reproduce.anchors import ANCHORS
@@ -195,13 +196,13 @@ def render_markdown(result: dict[str, Any]) -> str:
         "(it trains what the row depends on too); each run's exact settings are in `runs/EXPERIMENT/config.yaml`.",
         "",
     ]
-    for task in ("normal-pneumonia", "bacteria-virus", "normal-bacteria-virus"):
-        rows = [r for r in result["rows"] if r["task"] == task]
-        anchors = [a for a in result["anchors"] if a["task"] == task]
+    for task in TASKS.values():
+        rows = [r for r in result["rows"] if r["task"] == task.name]
+        anchors = [a for a in result["anchors"] if a["task"] == task.name]
         if not rows:
             continue
-        metrics = BINARY if task != "normal-bacteria-virus" else MULTICLASS
-        lines += [f"## {task}", ""]
+        metrics = BINARY if task.is_binary else MULTICLASS
+        lines += [f"## {task.name}", ""]
         header = ["experiment", "model", "weights", "size", "epochs", "wall time", "device", *metrics]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in rows:
@@ -219,7 +220,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             cells = [f"*{a['source']}*", "", "", "", "", "", ""]
             lines.append("| " + " | ".join([*cells, *(_anchor(a.get(k)) for k in metrics)]) + " |")
         lines.append("")
-        spread = [e for e in result.get("seed_summary", []) if e["task"] == task]
+        spread = [e for e in result.get("seed_summary", []) if e["task"] == task.name]
         if spread:
             lines += ["Across seeds: mean ± sample standard deviation (n - 1) of the per-seed point estimates (the "
                       "spread between training runs, not a confidence interval):", ""]  # fmt: skip

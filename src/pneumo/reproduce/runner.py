@@ -223,7 +223,7 @@ def _resumable(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a checkpoint to resume from. A folder without one (interrupted while caching,
     generating images or before its first checkpoint) cannot be resumed, and a new run refuses a used folder: it is
     cleared, and the run starts again."""
-    from pneumo.training.checkpoint import STATE_TENSORS
+    from pneumo.runs.format import STATE_TENSORS
 
     if (run_dir / STATE_TENSORS).exists():
         return True
@@ -258,14 +258,17 @@ def _train_one(
 
     from pneumo.training import build_config, resume, train
     from pneumo.training.config import deep_merge
+    from pneumo.trust.ood import fit_after_training
 
     if resuming:
-        resume(run_dir, finished_ok=True)  # a run that finished training (not yet evaluated) returns at once
+        resume(
+            run_dir, finished_ok=True, after=fit_after_training
+        )  # a run that finished training (not yet evaluated) returns at once
         return run_dir
     overlay = resolve_refs(exp.train, run_dirs, seed)
     flags = {"data": str(data), "out": str(run_dir), "seed": seed, "device": device}
     cfg = build_config(flags=deep_merge(overlay, flags))
-    train(cfg, command=["pneumo", "reproduce", exp.name])
+    train(cfg, command=["pneumo", "reproduce", exp.name], after=fit_after_training)
     return run_dir
 
 
@@ -280,6 +283,7 @@ def _train_and_evaluate(
 ) -> str | None:
     """Train (or resume) and evaluate one row, then write its status; returns why it failed, None when it did not."""
     from pneumo.evaluation.run import evaluate_run
+    from pneumo.trust.ood import report_sections
 
     depends = dependency_runs(exp, seed, run_dirs)
     unfinished = [f"{ref} ({d.name})" for ref, d in depends.items() if _finished_stamp(d) is None]
@@ -290,7 +294,9 @@ def _train_and_evaluate(
     try:
         eval_dir = _train_one(exp, seed, data, run_dir, run_dirs, device)
         train_s = time.perf_counter() - start
-        result = evaluate_run(eval_dir, split="test", n_boot=n_boot, device=device, progress=False)
+        result = evaluate_run(
+            eval_dir, split="test", n_boot=n_boot, device=device, progress=False, report_hooks=(report_sections,)
+        )
     except Exception as exc:  # one broken row (e.g. weights offline) must not stop the others
         log.exception("experiment %s failed", run_dir.name)
         return f"{type(exc).__name__}: {exc}"

@@ -22,13 +22,14 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pneumo.data.decode import PIL_FORMATS, is_dicom, read_dicom
+from pneumo.utils.errors import PneumoError
 
 T = TypeVar("T")
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file, allowed on top of the upload limit
 FILE_FIELD = "file"
 
 
-class ApiError(Exception):
+class ApiError(PneumoError):
     def __init__(self, status: int, error: str, detail: str) -> None:
         super().__init__(detail)
         self.status, self.error, self.detail = status, error, detail

@@ -15,100 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from pneumo.data.augment import AcquisitionAugmentConfig, AugmentConfig, _Strict
+from pneumo.data.preprocess import DEFAULT_IMAGE_SIZE
 from pneumo.data.tasks import TASKS
+from pneumo.models.registry import get_model_spec, list_models
+from pneumo.models.spec import DEFAULT_MODEL
 from pneumo.utils.atomic import write_text
-
-MODELS = (
-    "cnn", "resnet18", "resnet50", "densenet121", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"
-)  # fmt: skip
-
-# Per-family defaults (tuned for CPU runs at 128 px; see the training README section). They sit between the
-# global defaults and the user's YAML/flags/--set, so anything the user states wins.
-FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cnn": {"lr": 2e-3, "batch_size": 32, "epochs": 20, "image_size": 128, "weight_decay": 1e-4},
-    "resnet18": {"lr": 1e-3, "batch_size": 32, "epochs": 12, "image_size": 128, "weight_decay": 1e-4},
-    "resnet50": {"lr": 5e-4, "batch_size": 16, "epochs": 10, "image_size": 128, "weight_decay": 1e-4},
-    "densenet121": {"lr": 5e-4, "batch_size": 16, "epochs": 10, "image_size": 128, "weight_decay": 1e-4},
-    "efficientnet_lite0": {"lr": 3e-4, "batch_size": 32, "epochs": 10, "image_size": 128, "weight_decay": 1e-4},
-    "efficientnet_lite1": {"lr": 3e-4, "batch_size": 32, "epochs": 10, "image_size": 128, "weight_decay": 1e-4},
-    "efficientnet_lite2": {"lr": 3e-4, "batch_size": 16, "epochs": 10, "image_size": 128, "weight_decay": 1e-4},
-}
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the offending key(s)."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class AugmentConfig(_Strict):
-    """Training-time augmentation, applied per sample on the training device. The heart is on the image's right
-    (patient's left), so horizontal flips are off by default: they would create anatomically impossible images."""
-
-    enabled: bool = True
-    rotation: float = Field(7.0, ge=0, le=180, description="max rotation in degrees")
-    translate: float = Field(0.05, ge=0, lt=0.5, description="max shift as a fraction of the image size")
-    scale: tuple[float, float] = (0.9, 1.1)
-    brightness: float = Field(0.2, ge=0, lt=1)
-    contrast: float = Field(0.2, ge=0, lt=1)
-    clahe: bool = False
-    clahe_p: float = Field(0.5, ge=0, le=1)
-    hflip: bool = False
-
-    @field_validator("scale")
-    @classmethod
-    def _scale_order(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < v[0] <= v[1]:
-            raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {v}")
-        return v
-
-
-class AcquisitionAugmentConfig(_Strict):
-    """Simulated acquisition differences (other scanners, exports, crops), for robustness. Off by default.
-
-    Each effect is applied to a sample with its probability ``p_*``; parameters are drawn uniformly from the ranges.
-    """
-
-    enabled: bool = False
-    p_resample: float = Field(0.3, ge=0, le=1)
-    resample_factor: tuple[float, float] = (0.35, 0.9)  # down to factor x size, then back up
-    p_blur: float = Field(0.2, ge=0, le=1)
-    blur_sigma: tuple[float, float] = (0.3, 1.5)  # in pixels at the model size
-    p_sharpen: float = Field(0.2, ge=0, le=1)
-    sharpen_amount: tuple[float, float] = (0.3, 1.5)
-    p_noise: float = Field(0.3, ge=0, le=1)
-    noise_std: tuple[float, float] = (0.005, 0.04)  # on the [0, 1] intensity scale
-    p_jpeg: float = Field(0.3, ge=0, le=1)
-    jpeg_quality: tuple[int, int] = (30, 95)
-    p_aspect: float = Field(0.3, ge=0, le=1)
-    aspect_jitter: float = Field(0.15, ge=0, lt=0.5)  # log-uniform width/height factor in [1/(1+a), 1+a]
-    p_border: float = Field(0.2, ge=0, le=1)
-    border_max: float = Field(0.08, ge=0, lt=0.5)  # max masked band per side, as a fraction of the size
-
-    @field_validator("resample_factor", "blur_sigma", "sharpen_amount", "noise_std", "jpeg_quality")
-    @classmethod
-    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not 0 <= v[0] <= v[1]:
-            raise ValueError(f"expected (low, high) with 0 <= low <= high, got {v}")
-        return v
-
-    @field_validator("resample_factor")
-    @classmethod
-    def _factor(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < v[0] <= v[1] <= 1:
-            raise ValueError(f"resample_factor must lie in (0, 1], got {v}")
-        return v
-
-    @field_validator("jpeg_quality")
-    @classmethod
-    def _quality(cls, v: tuple[int, int]) -> tuple[int, int]:
-        if not 1 <= v[0] <= v[1] <= 100:
-            raise ValueError(f"jpeg_quality must lie in [1, 100], got {v}")
-        return v
+from pneumo.utils.yamlfile import ConfigError, load_yaml
 
 
 class SyntheticConfig(_Strict):
@@ -135,10 +50,8 @@ class TrainConfig(_Strict):
     """Everything that defines a training run."""
 
     data: str
-    task: Literal["normal-pneumonia", "bacteria-virus", "normal-bacteria-virus"] = "normal-pneumonia"
-    model: Literal[
-        "cnn", "resnet18", "resnet50", "densenet121", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"
-    ] = "cnn"  # fmt: skip
+    task: str = "normal-pneumonia"
+    model: str = DEFAULT_MODEL
     model_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra get_model keywords")
     drop_rate: float = Field(0.2, ge=0, lt=1)
     weights: str = Field("none", description="none | imagenet | PATH (file or run folder)")
@@ -149,7 +62,7 @@ class TrainConfig(_Strict):
     balance: Literal["weights", "sampler", "none"] = "weights"
 
     epochs: int = Field(10, ge=1)
-    image_size: int = Field(224, ge=8)
+    image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=8)
     geometry: Literal["squash", "center-crop", "letterbox"] = "squash"
     batch_size: int = Field(32, ge=2)
     lr: float = Field(1e-3, gt=0)
@@ -231,6 +144,16 @@ class TrainConfig(_Strict):
             raise ValueError(f"model_kwargs cannot set {', '.join(reserved)}: pneumo sets them from its own settings")
         return v
 
+    @field_validator("task")
+    @classmethod
+    def _task(cls, v: str) -> str:
+        return _registered(v, "task", sorted(TASKS))
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        return _registered(v, "model", list_models(trainable=True))
+
     @field_validator("freeze")
     @classmethod
     def _freeze(cls, v: str) -> str:
@@ -247,8 +170,8 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        if self.weights == "imagenet" and self.model == "cnn":
-            raise ValueError("weights=imagenet: the from-scratch 'cnn' has no ImageNet weights")
+        if self.weights == "imagenet" and "imagenet" not in get_model_spec(self.model).weights:
+            raise ValueError(f"weights=imagenet: the {self.model!r} model has no ImageNet weights")
         if self.unfreeze_epochs and self.freeze == "none":
             raise ValueError("unfreeze_epochs needs a freeze policy (freeze=backbone or until:<stage>)")
         return self
@@ -273,19 +196,6 @@ class TrainConfig(_Strict):
 
 
 # --- building a config from its sources ------------------------------------------------------------------------
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    return data
 
 
 def parse_set(items: Iterable[str]) -> dict[str, Any]:
@@ -343,9 +253,24 @@ def build_config(
     user: dict[str, Any] = load_yaml(config_file) if config_file else {}
     user = deep_merge(user, {k: v for k, v in (flags or {}).items() if v is not None})
     user = deep_merge(user, parse_set(overrides))
-    model = user.get("model", TrainConfig.model_fields["model"].default)
-    merged = deep_merge(FAMILY_DEFAULTS.get(model, {}), user)
-    return validate_config(merged)
+    return validate_config(deep_merge(family_defaults(user.get("model", DEFAULT_MODEL)), user))
+
+
+def family_defaults(model: str) -> dict[str, Any]:
+    """The model family's training defaults (its :class:`~pneumo.models.spec.ModelSpec`); ``{}`` for an unknown name,
+    which validation then refuses with the registered names."""
+    try:
+        return get_model_spec(model).train_defaults()
+    except ValueError:
+        return {}
+
+
+def _registered(name: str, what: str, names: list[str]) -> str:
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown {what} {name!r}{hint} (registered: {', '.join(names)})")
+    return name
 
 
 def validate_config(data: Mapping[str, Any]) -> TrainConfig:

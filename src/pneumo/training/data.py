@@ -19,23 +19,23 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, DistributedSampler, WeightedRandomSampler
+from torch.utils.data import DistributedSampler, WeightedRandomSampler
 
-from pneumo.data.dataset import SplitData, build_split
+from pneumo.data.dataset import BatchedSplit, SplitData, build_split
 from pneumo.data.preprocess import PreprocessContract
 from pneumo.data.provenance import PROVENANCE_SUFFIX, check_generated_images, read_generator_digest
 from pneumo.data.records import DatasetError, Record, dataset_root, discover, parse_file_name
 from pneumo.data.splits import check_disjoint, make_split, patients_seen_but_held_out, read_split_csv, write_split_csv
 from pneumo.data.tasks import Task
-from pneumo.models.registry import input_normalisation
+from pneumo.gan.synth import generator_digest, run_id, synthetic_records
+from pneumo.models.registry import preprocess_contract
 from pneumo.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 
 def contract_for(cfg: TrainConfig) -> PreprocessContract:
-    mean, std = input_normalisation(cfg.model)
-    return PreprocessContract(image_size=cfg.image_size, geometry=cfg.geometry, mean=mean, std=std)
+    return preprocess_contract(cfg.model, weights=cfg.weights, image_size=cfg.image_size, geometry=cfg.geometry)
 
 
 def resolve_split(cfg: TrainConfig) -> list[Record]:
@@ -180,8 +180,6 @@ def with_synthetic(
     """
     if not cfg.synthetic.enabled:
         return records
-    from pneumo.gan.synth import run_id, synthetic_records  # the GAN package imports this one: import late
-
     folder = run_dir / SYNTHETIC_DIR
     if generate:
         counted = records
@@ -202,8 +200,6 @@ def with_synthetic(
 
 def _warn_if_generator_changed(folder: Path, gan_run: str | Path) -> None:
     """A resumed run keeps the images it generated; say so when its GAN has other weights now (retrained)."""
-    from pneumo.gan.synth import generator_digest, run_id
-
     made_by = read_generator_digest(folder / "train" / f"synthetic-{run_id(gan_run)}{PROVENANCE_SUFFIX}")
     now = generator_digest(gan_run)
     if made_by and now and made_by != now:
@@ -329,32 +325,6 @@ def shard(n: int, rank: int, world: int) -> list[int]:
     per_rank = -(-n // world)
     padded = list(range(n)) + list(range(per_rank * world - n))
     return padded[rank::world]
-
-
-class BatchedSplit(Dataset):
-    """Batched reads from the memory-mapped cache: one fancy-indexing copy per batch instead of one per image.
-
-    ``DataLoader`` calls ``__getitems__`` with a whole batch of indices; the result is already a batch, so pass
-    :func:`collate_batch` as ``collate_fn``.
-    """
-
-    def __init__(self, split: SplitData) -> None:
-        self.images = split.images
-        self.targets = torch.as_tensor(split.targets, dtype=torch.int64)
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.__getitems__([i])
-
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        idx = np.asarray(indices, dtype=np.int64)
-        rows = self.images.rows[idx]
-        order = np.argsort(rows, kind="stable")  # read the memmap in file order, then restore the batch order
-        pixels = np.empty((len(idx), *self.images.array.shape[1:]), dtype=np.uint8)
-        pixels[order] = self.images.array[rows[order]]
-        return torch.from_numpy(pixels).unsqueeze(1), self.targets[idx], torch.from_numpy(idx)
 
 
 class ResidentSplit(BatchedSplit):

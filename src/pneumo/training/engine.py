@@ -10,7 +10,7 @@ Dummy class (``dummy_class=true``): the model gets ``K + 1`` outputs and trainin
 
 * bacteria-virus: the out-of-task images of the train split (the NORMAL images);
 * normal-pneumonia (and any task whose train split has no out-of-task image): patch-shuffled copies of training
-  images made on the fly (:func:`pneumo.training.augment.shuffled_patches`), about ``1/(K+1)`` of each batch. They
+  images made on the fly (:func:`pneumo.data.augment.shuffled_patches`), about ``1/(K+1)`` of each batch. They
   keep an X-ray's grey levels and texture but no anatomy: "not a chest X-ray of either class", the closest sound
   stand-in for out-of-distribution inputs we can make without another dataset.
 
@@ -35,13 +35,25 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 import pneumo
+from pneumo.data.augment import BatchAugmenter, shuffled_patches
 from pneumo.data.dataset import image_digests
 from pneumo.data.preprocess import normalize
 from pneumo.data.tasks import get_task
 from pneumo.models import PneumoNet, apply_freeze, get_model, unfreeze_stages
-from pneumo.training import checkpoint as ckpt
+from pneumo.models.predict import autocast_for, predict_rows, val_metrics
+from pneumo.runs.checkpoint import model_state, save_weights, weights_meta
+from pneumo.runs.format import FORMAT, write_run_meta
+from pneumo.runs.runinfo import append_metrics
+from pneumo.runs.state import (
+    capture_rng,
+    optimizer_from_parts,
+    optimizer_to_parts,
+    rank_rng_tensors,
+    restore_rng,
+    save_state,
+    torch_rng_state,
+)
 from pneumo.training import distributed as ddp
-from pneumo.training.augment import BatchAugmenter, shuffled_patches
 from pneumo.training.config import TrainConfig
 from pneumo.training.data import (
     BatchedSplit,
@@ -55,9 +67,8 @@ from pneumo.training.data import (
     source_has_same_outputs,
 )
 from pneumo.training.optim import add_unfrozen_group, build_optimizer, lr_factor, set_lr
-from pneumo.training.predict import autocast_for, predict_rows, val_metrics
-from pneumo.training.runinfo import append_metrics
 from pneumo.utils.device import cpu_has_native_bf16
+from pneumo.utils.errors import PneumoError
 from pneumo.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -74,7 +85,7 @@ def _dropout_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, rank, 0x64726F70]).generate_state(1)[0])
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(PneumoError, RuntimeError):
     """The loss became NaN or infinite: the run stops with a message instead of training on garbage."""
 
 
@@ -291,8 +302,8 @@ class Trainer:
             self._unfreeze_one()
         model_state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(model_state, strict=True)
-        ckpt.optimizer_from_parts(self.optimizer, tensors, info["optimizer"])
-        if not ckpt.restore_rng(tensors, info["rng"], rank=self.dist.rank):
+        optimizer_from_parts(self.optimizer, tensors, info["optimizer"])
+        if not restore_rng(tensors, info["rng"], rank=self.dist.rank):
             # A state saved by fewer processes (or before per-rank states were saved): a fresh stream for this
             # rank, distinct per resume point; the run is not bit-identical to an uninterrupted one anyway.
             log.warning("no saved RNG state for rank %d: its dropout stream restarts", self.dist.rank)
@@ -314,16 +325,16 @@ class Trainer:
     def _save_last(self) -> None:
         """last.safetensors + resumable state + checkpoint.json (rank 0 only)."""
         self._flush_losses()
-        rank_states = ddp.all_gather_object(ckpt.torch_rng_state(), self.dist)  # every rank's dropout stream
+        rank_states = ddp.all_gather_object(torch_rng_state(), self.dist)  # every rank's dropout stream
         if not self.main:
             return
-        ckpt.save_weights(self.run_dir / "last.safetensors", self.model, {"epoch": self._last_epoch()})
-        opt_tensors, opt_info = ckpt.optimizer_to_parts(self.optimizer)
-        rng_tensors, rng_info = ckpt.capture_rng()
-        tensors = {f"model.{k}": v for k, v in ckpt.model_state(self.model).items()}
+        save_weights(self.run_dir / "last.safetensors", self.model, {"epoch": self._last_epoch()})
+        opt_tensors, opt_info = optimizer_to_parts(self.optimizer)
+        rng_tensors, rng_info = capture_rng()
+        tensors = {f"model.{k}": v for k, v in model_state(self.model).items()}
         tensors.update(opt_tensors)
         tensors.update(rng_tensors)
-        tensors.update(ckpt.rank_rng_tensors(rank_states))
+        tensors.update(rank_rng_tensors(rank_states))
         info = {
             "progress": self.progress.__dict__,
             "optimizer": opt_info,
@@ -336,7 +347,7 @@ class Trainer:
             # what `amp` resolved to; a run resumed where it resolves otherwise (another CPU, CPU <-> CUDA) used both
             "precisions": sorted(self.precisions),
         }
-        ckpt.save_state(self.run_dir, tensors, info)
+        save_state(self.run_dir, tensors, info)
         self._write_meta()
 
     def _last_epoch(self) -> int:
@@ -346,7 +357,7 @@ class Trainer:
 
     def _write_meta(self) -> None:
         p = self.progress
-        ckpt.write_run_meta(self.run_dir, run_meta(self.cfg, self.data, p.best_epoch, p.best_auc, self._last_epoch()))
+        write_run_meta(self.run_dir, run_meta(self.cfg, self.data, p.best_epoch, p.best_auc, self._last_epoch()))
 
     # --- loop -----------------------------------------------------------------------------------------------------
     def fit(self) -> Progress:
@@ -527,9 +538,7 @@ class Trainer:
     def _save_best(self) -> None:
         if self.main:
             p = self.progress
-            ckpt.save_weights(
-                self.run_dir / "best.safetensors", self.model, {"epoch": p.best_epoch, "val_auc": p.best_auc}
-            )
+            save_weights(self.run_dir / "best.safetensors", self.model, {"epoch": p.best_epoch, "val_auc": p.best_auc})
 
     def _repair_best(self) -> None:
         """After a restore at an epoch's end that was the best so far: write best.safetensors if the interruption
@@ -537,7 +546,7 @@ class Trainer:
         p = self.progress
         if not self.main or p.step_in_epoch != 0 or p.best_epoch is None or p.best_epoch != p.epoch - 1:
             return
-        if ckpt.weights_meta(self.run_dir / "best.safetensors").get("epoch") != p.best_epoch:
+        if weights_meta(self.run_dir / "best.safetensors").get("epoch") != p.best_epoch:
             log.warning(
                 "best.safetensors did not hold the best epoch %d (interrupted while saving it): rewritten", p.best_epoch
             )
@@ -557,7 +566,7 @@ def run_meta(
 ) -> dict[str, Any]:
     task = get_task(cfg.task)
     return {
-        "format": ckpt.FORMAT,
+        "format": FORMAT,
         "pneumo_version": pneumo.__version__,
         "task": cfg.task,
         "class_names": list(task.class_names),

@@ -1,8 +1,10 @@
 """Starting and resuming a run: the device, the run folder, the split, the config and environment, written once.
 
 :func:`train` (a new run) and :func:`resume` (continue one) return the run folder. They prepare the data and hand
-over to :class:`pneumo.training.engine.Trainer`, which owns the loop; every finished run then gets its
-out-of-distribution detector.
+over to :class:`pneumo.training.engine.Trainer`, which owns the loop. ``after`` is called with the run folder, the
+config and the device once training has finished (on the main process): the commands that train pass
+``pneumo.trust.ood.fit_after_training``, so that every finished run gets its out-of-distribution detector, without
+the engine knowing about it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +20,21 @@ import torch
 
 from pneumo.data.dataset import image_changes, image_digests
 from pneumo.data.tasks import get_task
-from pneumo.training import checkpoint as ckpt
+from pneumo.runs.format import META_FILE, METRICS_FILE, STATE_TENSORS
+from pneumo.runs.runinfo import config_changes, environment
+from pneumo.runs.state import load_state
 from pneumo.training import distributed as ddp
 from pneumo.training.config import ConfigError, TrainConfig, load_yaml, validate_config
 from pneumo.training.data import build_train_data, check_source_runs, resolve_split, save_split, with_synthetic
 from pneumo.training.engine import Trainer
-from pneumo.training.runinfo import config_changes, environment
 from pneumo.utils.atomic import write_json, write_text
-from pneumo.utils.device import resolve_device
+from pneumo.utils.device import pick_device
 
 log = logging.getLogger(__name__)
 
-RUN_MARKERS = ("checkpoint.json", "metrics.jsonl", ckpt.STATE_TENSORS)
+AfterTraining = Callable[[Path, TrainConfig, torch.device], None]
 
-
-def pick_device(name: str) -> torch.device:
-    """``resolve_device``, with a bare ``cuda`` meaning this distributed worker's own GPU."""
-    return resolve_device(name, cuda_index=ddp.env_info().local_rank)
+RUN_MARKERS = (META_FILE, METRICS_FILE, STATE_TENSORS)
 
 
 def _set_determinism(cfg: TrainConfig, device: torch.device) -> None:
@@ -55,7 +56,7 @@ def _prepare(cfg: TrainConfig) -> tuple[torch.device, ddp.DistInfo]:
     return device, info
 
 
-def train(cfg: TrainConfig, *, command: list[str] | None = None) -> Path:
+def train(cfg: TrainConfig, *, command: list[str] | None = None, after: AfterTraining | None = None) -> Path:
     """Start a new run from a resolved config; returns the run folder.
 
     Under ``torchrun`` every rank calls this; rank 0 creates the folder, writes the split and builds the cache.
@@ -73,7 +74,7 @@ def train(cfg: TrainConfig, *, command: list[str] | None = None) -> Path:
                 "out": str(run_dir),
                 "split_file": str(split_path),
                 "weights": cfg.weights if cfg.weights in ("none", "imagenet") else str(Path(cfg.weights).resolve()),
-                # saved absolute like the other paths: a relative GAN run broke a resume from another folder
+                # saved absolute like the other paths, so that a resume from another folder finds the GAN run
                 "synthetic": cfg.synthetic.model_copy(
                     update={"from_run": str(Path(cfg.synthetic.from_run).expanduser().resolve())}
                 )
@@ -104,23 +105,9 @@ def train(cfg: TrainConfig, *, command: list[str] | None = None) -> Path:
         trainer.fit()
     finally:
         ddp.shutdown()
-    if info.is_main:
-        _fit_ood(cfg, run_dir, device)
+    if info.is_main and after is not None:
+        after(run_dir, cfg, device)
     return run_dir
-
-
-def _fit_ood(cfg: TrainConfig, run_dir: Path, device: torch.device) -> None:
-    """Every finished run gets its out-of-distribution detector (fitted on train, thresholded on validation)."""
-    meta = ckpt.read_run_meta(run_dir)
-    fitted_on = (meta.get("ood") or {}).get("weights_sha256")
-    if not cfg.fit_ood or fitted_on == ckpt.weights_digest(run_dir):
-        return  # off, or already fitted on these best weights (a resumed run that improved is refitted)
-    from pneumo.trust.ood import fit_ood  # the trust package builds on training: import late
-
-    fit_ood(
-        run_dir, device=str(device), batch_size=max(cfg.batch_size, 64), negatives=cfg.ood_negatives,
-        progress=cfg.progress,
-    )  # fmt: skip
 
 
 def check_architecture(cfg: TrainConfig) -> None:
@@ -159,7 +146,13 @@ def _write_metrics(run_dir: Path, history: list[dict]) -> None:
         write_text(path, text)
 
 
-def resume(run_dir: str | Path, *, data: str | Path | None = None, finished_ok: bool = False) -> Path:
+def resume(
+    run_dir: str | Path,
+    *,
+    data: str | Path | None = None,
+    finished_ok: bool = False,
+    after: AfterTraining | None = None,
+) -> Path:
     """Continue a run from its last checkpoint (``last.state.safetensors``), with the config it was started with.
 
     ``data``: where the run's dataset is now, when it moved (the images must be the same: checked, then recorded in
@@ -179,7 +172,7 @@ def resume(run_dir: str | Path, *, data: str | Path | None = None, finished_ok: 
             f"the dataset of {run_dir} is not at {cfg.data} any more; if it moved, resume with "
             f"`pneumo train --resume {run_dir} --data NEW_PATH`"
         )
-    tensors, state = ckpt.load_state(run_dir)
+    tensors, state = load_state(run_dir)
     if changed := config_changes(state.get("config"), cfg.model_dump(mode="json"), RESUME_FREE):
         raise ConfigError(
             f"{run_dir / 'config.yaml'} differs from the config the run was trained with ({'; '.join(changed)}): "
@@ -199,7 +192,8 @@ def resume(run_dir: str | Path, *, data: str | Path | None = None, finished_ok: 
                 "run with more epochs: pneumo train --config %s --set epochs=N --out NEW_FOLDER",
                 run_dir, len(history), run_dir / "config.yaml",
             )  # fmt: skip
-        _fit_ood(cfg, run_dir, pick_device(cfg.device))  # stopped while fitting its detector: fitted now, else no-op
+        if after is not None:  # e.g. stopped while fitting its detector: fitted now
+            after(run_dir, cfg, pick_device(cfg.device))
         return run_dir
     device, info = _prepare(cfg)
     try:
@@ -219,8 +213,8 @@ def resume(run_dir: str | Path, *, data: str | Path | None = None, finished_ok: 
         Trainer(cfg, run_dir, data, info, device, resume_from=(tensors, state)).fit()
     finally:
         ddp.shutdown()
-    if info.is_main:
-        _fit_ood(cfg, run_dir, device)
+    if info.is_main and after is not None:
+        after(run_dir, cfg, device)
     return run_dir
 
 

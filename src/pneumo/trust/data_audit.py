@@ -27,10 +27,13 @@ from sklearn.preprocessing import StandardScaler
 
 import pneumo
 from pneumo.data.cache import CachedImages, ImageCache, default_cache_root
-from pneumo.data.preprocess import PreprocessContract
+from pneumo.data.preprocess import DEFAULT_IMAGE_SIZE
 from pneumo.data.records import Record, dataset_root, discover
 from pneumo.data.tasks import TASKS, Task, get_task
 from pneumo.evaluation.compare import compare_table
+from pneumo.evaluation.source import dataset_slug
+from pneumo.models.registry import preprocess_contract
+from pneumo.models.spec import DEFAULT_MODEL
 from pneumo.trust.metadata import (
     CUES,
     MANIFEST,
@@ -53,7 +56,7 @@ def collect_cues(
     *,
     manifest: Path | None,
     originals_manifest: Path | None,
-    image_size: int = 128,
+    image_size: int = DEFAULT_IMAGE_SIZE,
     pixels: bool = True,
     cache_root: Path | None = None,
     workers: int = 0,
@@ -63,7 +66,7 @@ def collect_cues(
     table = file_cues(records, manifest, originals_manifest)
     if not pixels:
         return table
-    contract = PreprocessContract(image_size=image_size)
+    contract = preprocess_contract(DEFAULT_MODEL, image_size=image_size)  # pixels only: no model normalises them
     images = ImageCache(contract, cache_root).build([r.path for r in records], workers=workers, progress=progress)
     ok = images.ok
     values = pixel_cues(CachedImages(images.file, images.image_size, images.rows[ok]))
@@ -280,8 +283,6 @@ def print_columns(result: dict[str, Any]) -> list[str]:
 def default_audit_dir(source: str | Path) -> Path:
     """Where ``pneumo audit data`` writes without ``--out``: beside the image cache (``$PNEUMO_CACHE_DIR``, else
     ``~/.cache/pneumo``), in ``audits/audit-data-<dataset>-<hash of its path>``, never the current folder."""
-    from pneumo.evaluation.source import dataset_slug
-
     env = os.environ.get("PNEUMO_CACHE_DIR")
     base = Path(env).expanduser() if env else default_cache_root().parent
     where = hashlib.sha1(str(Path(source).expanduser().resolve()).encode()).hexdigest()[:6]
@@ -293,7 +294,7 @@ def audit_data(
     *,
     tasks: Sequence[str] | None = None,
     originals: str | Path | None = AUTO,
-    image_size: int = 128,
+    image_size: int = DEFAULT_IMAGE_SIZE,
     pixels: bool = True,
     models: bool = True,
     n_boot: int = 1000,

@@ -29,13 +29,13 @@ from pneumo.data.preprocess import normalize
 from pneumo.data.records import discover
 from pneumo.evaluation import MetricSuite, bootstrap_ci
 from pneumo.evaluation.writers import relative_path
-from pneumo.training.checkpoint import weights_digest
+from pneumo.runs.context import RunContext, load_model, open_run, split_images
+from pneumo.runs.format import weights_digest
 from pneumo.trust import perturb
 from pneumo.trust.forward import forward_arrays, task_probabilities
 from pneumo.trust.matching import balance_tests, matched_subset
 from pneumo.trust.metadata import MANIFEST, file_cues, resolve_originals
 from pneumo.trust.regions import regions
-from pneumo.trust.runs import RunContext, load_model, open_run, split_images
 from pneumo.trust.scoring import ci_dict, paired_auc
 from pneumo.utils.atomic import atomic_open, write_json
 from pneumo.utils.device import resolve_device

@@ -1,8 +1,9 @@
 """Out-of-distribution check: how unlike the run's training images an input is, from the model's own features.
 
-Two methods, told apart by ``params["method"]``: ``multidepth-oe`` (:mod:`pneumo.trust.ood_depth`, what
-:func:`fit_ood` fits by default, chosen by measurement: docs/TRUST.md) and the earlier ``mahalanobis-pca-tied``
-below, which runs fitted with older versions keep using. Scoring, :func:`score` and :func:`check`, serves both.
+Two methods, told apart by ``params["method"]``: ``multidepth-oe`` (:mod:`pneumo.runs.ood_depth`, fitted by
+:mod:`pneumo.trust.ood_depth`; what :func:`fit_ood` fits by default, chosen by measurement: docs/TRUST.md) and the
+earlier ``mahalanobis-pca-tied`` below, which runs fitted with older versions keep using. Scoring
+(:func:`pneumo.runs.ood.score` and ``check``, NumPy only) serves both.
 
 Method ``mahalanobis-pca-tied``, chosen because it needs no extra training, no outlier examples and only a few
 plain numbers that travel with the model (checkpoint JSON, ONNX metadata), and because class-conditional Gaussians
@@ -31,107 +32,67 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+
+from pneumo.data.augment import AcquisitionAugmentConfig, AugmentConfig, BatchAugmenter
+from pneumo.data.decode import ImageDecodeError, decode_image
+from pneumo.data.preprocess import resize_gray
+from pneumo.data.records import DatasetError
+from pneumo.evaluation.ood import ood_text
+from pneumo.models.depth_features import depth_features, stage_outputs
+from pneumo.runs import ood_depth
+from pneumo.runs.context import load_model, open_run, score_images, split_images
+from pneumo.runs.format import read_run_meta, update_run_meta, weights_digest
+from pneumo.runs.ood import (
+    ARRAY_KEYS,
+    DERIVED_KEYS,
+    FEATURES,
+    METHOD,
+    METHODS,
+    VERSION,
+    OODScorer,
+    _round,
+    check,
+    needs_depth,
+    score,
+)
+from pneumo.trust.ood_audit import image_files
+from pneumo.trust.ood_depth import fit_depth_scorer
+from pneumo.trust.ood_negatives import corruptions, synthetic_images
+from pneumo.utils.device import resolve_device
 
 log = logging.getLogger(__name__)
 
-METHOD = "mahalanobis-pca-tied"
-VERSION = 1
+__all__ = [
+    "ARRAY_KEYS",
+    "DERIVED_KEYS",
+    "FEATURES",
+    "METHOD",
+    "METHODS",
+    "N_COMPONENTS",
+    "PASS_RATE",
+    "VERSION",
+    "OODScorer",
+    "augmented_copies",
+    "check",
+    "fit_after_training",
+    "fit_ood",
+    "fit_scorer",
+    "needs_depth",
+    "ood_rates",
+    "outlier_exposure_images",
+    "rates",
+    "report_sections",
+    "score",
+    "score_images",
+]
+
 N_COMPONENTS = 64
 PASS_RATE = 0.95
-FEATURES = "forward_head(forward_features(x), pre_logits=True)"
-_DIGITS = 7
-
-
-def _round(a: np.ndarray) -> list:
-    """Nested lists of Python floats with ``_DIGITS`` significant digits (short JSON, exact round trip)."""
-    return np.vectorize(lambda v: float(f"{v:.{_DIGITS}g}"), otypes=[float])(np.asarray(a, np.float64)).tolist()
-
-
-@dataclass(frozen=True)
-class OODScorer:
-    """Mahalanobis distance on ``[PCA coordinates, residual norm]`` of pooled features; see the module docstring."""
-
-    feature_mean: np.ndarray  # (d,)
-    components: np.ndarray  # (k, d), orthonormal rows
-    class_means: np.ndarray  # (C, k + 1)
-    precision: np.ndarray  # (k + 1, k + 1)
-    threshold: float
-    extra: Mapping[str, Any]  # provenance, copied into the parameters
-
-    @property
-    def n_features(self) -> int:
-        return int(self.feature_mean.shape[0])
-
-    def coordinates(self, features: np.ndarray) -> np.ndarray:
-        f = np.asarray(features, dtype=np.float64)
-        if f.ndim != 2 or f.shape[1] != self.n_features:
-            raise ValueError(f"expected features of shape (N, {self.n_features}), got {f.shape}")
-        centred = f - self.feature_mean
-        z = centred @ self.components.T
-        residual = np.linalg.norm(centred - z @ self.components, axis=1)
-        return np.column_stack([z, residual])
-
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """Distance to the nearest class, ``(N,)``; higher = less like the training images."""
-        u = self.coordinates(features)
-        diff = u[:, None, :] - self.class_means[None, :, :]  # (N, C, k+1)
-        squared = np.einsum("nci,ij,ncj->nc", diff, self.precision, diff)
-        return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
-
-    def in_distribution(self, features: np.ndarray) -> np.ndarray:
-        return self.score(features) <= self.threshold
-
-    def to_params(self) -> dict[str, Any]:
-        """Plain JSON numbers (and a few strings): what ``checkpoint.json["ood"]`` and ONNX metadata hold."""
-        return {
-            **self.extra,
-            "method": METHOD,
-            "version": VERSION,
-            "features": FEATURES,
-            "n_features": self.n_features,
-            "n_components": int(self.components.shape[0]),
-            "threshold": float(self.threshold),
-            "feature_mean": _round(self.feature_mean),
-            "components": _round(self.components),
-            "class_means": _round(self.class_means),
-            "precision": _round(self.precision),
-        }
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> OODScorer:
-        if params.get("method") != METHOD:
-            raise ValueError(f"unsupported OOD method {params.get('method')!r} (expected {METHOD!r})")
-        if int(params.get("version", 0)) != VERSION:
-            raise ValueError(f"unsupported OOD parameter version {params.get('version')!r} (expected {VERSION})")
-        arrays = {k: np.asarray(params[k], dtype=np.float64) for k in ARRAY_KEYS}
-        k = arrays["components"].shape[0]
-        if arrays["precision"].shape != (k + 1, k + 1) or arrays["class_means"].shape[1] != k + 1:
-            raise ValueError("inconsistent OOD parameters (components, class means and precision disagree)")
-        extra = {key: v for key, v in params.items() if key not in (*ARRAY_KEYS, *DERIVED_KEYS)}
-        return cls(
-            arrays["feature_mean"],
-            arrays["components"],
-            arrays["class_means"],
-            arrays["precision"],
-            float(params["threshold"]),
-            extra,
-        )
-
-    @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> OODScorer | None:
-        """The scorer of a run's ``checkpoint.json`` (or any dict with an ``"ood"`` entry); None when there is none."""
-        params = meta.get("ood")
-        return cls.from_params(params) if params else None
-
-
-ARRAY_KEYS = ("feature_mean", "components", "class_means", "precision")
-METHODS = ("multidepth-oe", METHOD)
-DERIVED_KEYS = ("method", "version", "features", "n_features", "n_components", "threshold")
 
 
 def fit_scorer(
@@ -203,13 +164,6 @@ def fit_ood(
     ``method``: ``multidepth-oe`` (default) or ``mahalanobis-pca-tied``; ``pass_rate``: the validation share that
     passes (default: the method's); ``negatives``: a folder or manifest of images that are not the training
     population (e.g. X-rays of adults), added to the generated outlier-exposure negatives (``multidepth-oe`` only)."""
-    from pneumo.training import update_run_meta
-    from pneumo.training.checkpoint import weights_digest
-    from pneumo.trust import ood_depth
-    from pneumo.trust.ood_features import depth_features
-    from pneumo.trust.runs import load_model, open_run, split_images
-    from pneumo.utils.device import resolve_device
-
     method = method or ood_depth.METHOD
     if method not in METHODS:
         raise ValueError(f"unknown OOD method {method!r}; choose one of {', '.join(METHODS)}")
@@ -241,11 +195,9 @@ def fit_ood(
         )
         params = scorer.to_params()
     else:
-        from pneumo.trust.ood_features import stage_outputs
-
         generated, real, described = outlier_exposure_images(train_images, ctx, negatives)
         _, dep_aug, _ = feats(augmented_copies(train_images, seed=0))
-        params = ood_depth.fit_depth_scorer(
+        params = fit_depth_scorer(
             np.concatenate([dep_train, dep_aug]),
             feats(generated)[1],
             dep_val,
@@ -259,17 +211,24 @@ def fit_ood(
     return params
 
 
+def fit_after_training(run_dir: Path, cfg: Any, device: Any) -> None:
+    """The post-training hook of ``pneumo.training.train``/``resume``: every finished run gets its detector, unless
+    ``cfg.fit_ood`` is off or it is already fitted on these best weights (a resumed run that improved is refitted)."""
+    fitted_on = (read_run_meta(run_dir).get("ood") or {}).get("weights_sha256")
+    if not cfg.fit_ood or fitted_on == weights_digest(run_dir):
+        return
+    fit_ood(
+        run_dir, device=str(device), batch_size=max(cfg.batch_size, 64), negatives=cfg.ood_negatives,
+        progress=cfg.progress,
+    )  # fmt: skip
+
+
 N_CORRUPTED = 1500
 N_AUGMENTED = 1000
 
 
 def augmented_copies(images: np.ndarray, seed: int, n: int = N_AUGMENTED) -> np.ndarray:
     """Train images under the training and acquisition augmentations: still this population, so positives."""
-    import torch
-
-    from pneumo.training.augment import BatchAugmenter
-    from pneumo.training.config import AcquisitionAugmentConfig, AugmentConfig
-
     pick = np.random.default_rng(seed).permutation(len(images))[:n]
     augment = BatchAugmenter(AugmentConfig(), AcquisitionAugmentConfig(enabled=True))
     batch = torch.from_numpy(np.ascontiguousarray(images[pick])).unsqueeze(1)
@@ -281,12 +240,6 @@ def outlier_exposure_images(
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """``(generated, real, description)``: generated negatives (corrupted train images, synthetic non-X-rays) and,
     with ``negatives``, every image of that folder or manifest (else None), all at the run's model size."""
-    from pneumo.data.decode import ImageDecodeError, decode_image
-    from pneumo.data.preprocess import resize_gray
-    from pneumo.data.records import DatasetError
-    from pneumo.trust.ood_audit import image_files
-    from pneumo.trust.ood_negatives import corruptions, synthetic_images
-
     rng = np.random.default_rng(1)
     pick = rng.permutation(len(train_images))[:N_CORRUPTED]
     synthetic = [resize_gray(img, ctx.contract) for seed in (11, 12, 13) for img in synthetic_images(seed).values()]
@@ -318,11 +271,6 @@ def ood_rates(
     """How many images of ``split`` (a split name of the run's own data, or a ``SplitData``) the detector flags.
 
     Returns ``{"available": False, ...}`` when the run has no fitted detector."""
-    from pneumo.training import read_run_meta
-    from pneumo.training.checkpoint import weights_digest
-    from pneumo.trust.runs import load_model, open_run, split_images
-    from pneumo.utils.device import resolve_device
-
     params = read_run_meta(run_dir).get("ood")
     if not params:
         return {"available": False, "reason": f"no OOD detector fitted: run `pneumo audit ood-fit {run_dir}`"}
@@ -342,22 +290,6 @@ def ood_rates(
     return rates(scores, threshold, name=getattr(data, "name", str(split)))
 
 
-def score_images(
-    params: Mapping[str, Any],
-    model: Any,
-    images: np.ndarray,
-    contract: Any,
-    *,
-    batch_size: int = 64,
-    device: Any = "cpu",
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(scores, in_distribution)`` of uint8 model-size images, with either method's features."""
-    from pneumo.trust.ood_features import depth_features
-
-    raw, pen, dep, _ = depth_features(model, images, contract, batch_size=batch_size, device=device)
-    return score(params, logits=raw, features=pen, depth_features=dep)
-
-
 def rates(scores: np.ndarray, threshold: float, name: str = "") -> dict[str, Any]:
     flagged = scores > threshold
     return {
@@ -372,62 +304,9 @@ def rates(scores: np.ndarray, threshold: float, name: str = "") -> dict[str, Any
     }
 
 
-# --- hooks for other packages ------------------------------------------------------------------------------------
-
-_CACHE: dict[int, tuple[Mapping[str, Any], Any]] = {}
-
-
-def _cached_scorer(params: Mapping[str, Any]) -> Any:
-    """Parsing 10^4-10^5 numbers per call would dominate small predictions; keep the scorer of a params object."""
-    from pneumo.trust.ood_depth import DepthScorer
-
-    hit = _CACHE.get(id(params))
-    if hit is not None and hit[0] is params:
-        return hit[1]
-    scorer = DepthScorer.from_params(params) if needs_depth(params) else OODScorer.from_params(params)
-    if len(_CACHE) > 8:
-        _CACHE.clear()
-    _CACHE[id(params)] = (params, scorer)
-    return scorer
-
-
-def check(params: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` (or ``KeyError``/``TypeError``) when this version cannot score with ``params``; called
-    once when a model loads, so that a bad entry is found then and not at every prediction."""
-    _cached_scorer(params)
-
-
-def needs_depth(params: Mapping[str, Any]) -> bool:
-    """Whether ``params`` score multi-depth features (``multidepth-oe``) rather than the penultimate ones."""
-    from pneumo.trust.ood_depth import METHOD as DEPTH_METHOD
-
-    return params.get("method") == DEPTH_METHOD
-
-
-def score(
-    params: Mapping[str, Any],
-    *,
-    logits: np.ndarray | None = None,
-    features: np.ndarray,
-    depth_features: np.ndarray | None = None,
-) -> tuple:
-    """``(scores, in_distribution)`` for ``pneumo.inference``: float ``(N,)`` and bool ``(N,)``; ``logits`` unused."""
-    scorer = _cached_scorer(params)
-    if needs_depth(params):
-        if depth_features is None:
-            raise ValueError(f"the {params['method']} check needs multi-depth features, which this model does not give")
-        s = scorer.score(depth_features)
-    else:
-        s = scorer.score(features)
-    return s, s <= scorer.threshold
-
-
 def report_sections(*, run_dir: Path, model: Any, split: Any, result: Mapping[str, Any]) -> dict[str, str]:
     """The evaluation report's OOD section (called by ``pneumo.evaluation.writers.extra_sections``)."""
     title = "Out-of-distribution check"
-    from pneumo.evaluation.ood import ood_text
-    from pneumo.training import read_run_meta
-
     if (result.get("ood") or {}).get("available"):  # scored by the evaluation itself: flag rate and passing metrics
         return {title: f"{ood_text(result)} {EXPECTED_NOTE}"}
 

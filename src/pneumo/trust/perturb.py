@@ -4,7 +4,7 @@ Every perturbation maps one uint8 ``S x S`` image (already through the model's p
 :func:`apply` runs it over a stack with one random generator per image, seeded by ``(seed, image index)``, so a
 result never depends on batch size or order. Strengths are fractions of the image size where geometry matters, so
 they mean the same at any model size. Training-time acquisition augmentation lives in
-:mod:`pneumo.training.augment`; these are fixed, single-strength probes for the audit, written with Pillow/SciPy on
+:mod:`pneumo.data.augment`; these are fixed, single-strength probes for the audit, written with Pillow/SciPy on
 the CPU because they run once over a test split.
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -43,3 +44,9 @@ def cpu_has_native_bf16() -> bool:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def pick_device(name: str | torch.device) -> torch.device:
+    """:func:`resolve_device`, with a bare ``cuda`` meaning this distributed worker's own GPU (torchrun's
+    ``LOCAL_RANK``)."""
+    return resolve_device(name, cuda_index=int(os.environ.get("LOCAL_RANK", "0")))

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pneumo.inference.meta import META_FILE, ModelLoadError
+from pneumo.runs.format import META_FILE, ModelLoadError
 from pneumo.utils.digest import file_sha256
 
 ZOO_DIR = Path(__file__).resolve().parent

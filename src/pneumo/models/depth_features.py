@@ -1,4 +1,5 @@
-"""Multi-depth features for the out-of-distribution check: every backbone stage's output, pooled per channel.
+"""Multi-depth features for the out-of-distribution check (:mod:`pneumo.runs.ood_depth`): every backbone stage's
+output, pooled per channel.
 
 A foreign image (an adult's X-ray, another modality, a photograph) often differs first in texture, contrast and
 scale, which the early stages see and the last stage, trained to separate the task's classes, has learnt to ignore.
@@ -22,8 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from pneumo.data.preprocess import PreprocessContract, normalize
-from pneumo.models import match_channels
-from pneumo.trust.ood_depth import POOLING as POOLING
+from pneumo.models.heads import match_channels
 
 
 def stage_outputs(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -35,7 +35,8 @@ def pool_mean_std(x: Tensor) -> Tensor:
     """``N x C x H x W`` -> ``N x 2C``: per-channel spatial mean, then per-channel spatial standard deviation."""
     flat = x.float().flatten(2)
     mean = flat.mean(dim=2)
-    std = (flat.square().mean(dim=2) - mean.square()).clamp_min(0).sqrt()  # plain ops: traceable to ONNX
+    # two passes, plain ops (traceable to ONNX): E[x^2] - E[x]^2 cancels where the spread is small beside the mean
+    std = (flat - mean.unsqueeze(2)).square().mean(dim=2).sqrt()
     return torch.cat([mean, std], dim=1)
 
 

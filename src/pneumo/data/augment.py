@@ -19,9 +19,78 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
-from pneumo.training.config import AcquisitionAugmentConfig, AugmentConfig
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(_Strict):
+    """Training-time augmentation, applied per sample on the training device. The heart is on the image's right
+    (patient's left), so horizontal flips are off by default: they would create anatomically impossible images."""
+
+    enabled: bool = True
+    rotation: float = Field(7.0, ge=0, le=180, description="max rotation in degrees")
+    translate: float = Field(0.05, ge=0, lt=0.5, description="max shift as a fraction of the image size")
+    scale: tuple[float, float] = (0.9, 1.1)
+    brightness: float = Field(0.2, ge=0, lt=1)
+    contrast: float = Field(0.2, ge=0, lt=1)
+    clahe: bool = False
+    clahe_p: float = Field(0.5, ge=0, le=1)
+    hflip: bool = False
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_order(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {v}")
+        return v
+
+
+class AcquisitionAugmentConfig(_Strict):
+    """Simulated acquisition differences (other scanners, exports, crops), for robustness. Off by default.
+
+    Each effect is applied to a sample with its probability ``p_*``; parameters are drawn uniformly from the ranges.
+    """
+
+    enabled: bool = False
+    p_resample: float = Field(0.3, ge=0, le=1)
+    resample_factor: tuple[float, float] = (0.35, 0.9)  # down to factor x size, then back up
+    p_blur: float = Field(0.2, ge=0, le=1)
+    blur_sigma: tuple[float, float] = (0.3, 1.5)  # in pixels at the model size
+    p_sharpen: float = Field(0.2, ge=0, le=1)
+    sharpen_amount: tuple[float, float] = (0.3, 1.5)
+    p_noise: float = Field(0.3, ge=0, le=1)
+    noise_std: tuple[float, float] = (0.005, 0.04)  # on the [0, 1] intensity scale
+    p_jpeg: float = Field(0.3, ge=0, le=1)
+    jpeg_quality: tuple[int, int] = (30, 95)
+    p_aspect: float = Field(0.3, ge=0, le=1)
+    aspect_jitter: float = Field(0.15, ge=0, lt=0.5)  # log-uniform width/height factor in [1/(1+a), 1+a]
+    p_border: float = Field(0.2, ge=0, le=1)
+    border_max: float = Field(0.08, ge=0, lt=0.5)  # max masked band per side, as a fraction of the size
+
+    @field_validator("resample_factor", "blur_sigma", "sharpen_amount", "noise_std", "jpeg_quality")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= v[0] <= v[1]:
+            raise ValueError(f"expected (low, high) with 0 <= low <= high, got {v}")
+        return v
+
+    @field_validator("resample_factor")
+    @classmethod
+    def _factor(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError(f"resample_factor must lie in (0, 1], got {v}")
+        return v
+
+    @field_validator("jpeg_quality")
+    @classmethod
+    def _quality(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= v[0] <= v[1] <= 100:
+            raise ValueError(f"jpeg_quality must lie in [1, 100], got {v}")
+        return v
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator, device: torch.device) -> Tensor:

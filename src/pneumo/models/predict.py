@@ -12,15 +12,14 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from pneumo.data.dataset import SplitData
+from pneumo.data.dataset import BatchedSplit, SplitData
 from pneumo.data.preprocess import PreprocessContract, normalize
-from pneumo.models import match_channels, task_logits
-from pneumo.training.data import BatchedSplit
+from pneumo.models.heads import match_channels, task_logits
 
 
 def autocast_for(device: torch.device, enabled: bool):
     """bf16 autocast when ``enabled``, on CUDA or on the CPU (callers enable it on a CPU only where it is native:
-    :func:`~pneumo.training.engine.uses_amp`)."""
+    ``pneumo.training.engine.uses_amp``)."""
     if enabled and device.type in ("cuda", "cpu"):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
@@ -31,9 +30,11 @@ def _uses_channels_last(model: nn.Module) -> bool:
     return weight is not None and weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def _contract_of(model: nn.Module, split: SplitData) -> PreprocessContract:
+def _contract_of(model: nn.Module) -> PreprocessContract:
     contract = getattr(model, "preprocess_contract", None)
-    return contract if contract is not None else PreprocessContract(image_size=split.images.image_size)
+    if contract is None:
+        raise ValueError("the model carries no preprocessing contract (load it from its run folder) and none was given")
+    return contract
 
 
 @torch.inference_mode()
@@ -82,8 +83,8 @@ def predict_logits(
     """Task logits (N x K float32) for every image of ``split``, in order, under ``torch.inference_mode()``.
 
     ``K`` is ``num_classes`` if given, else the model's ``num_task_classes`` attribute (set by
-    :func:`pneumo.training.load_run` and by training), else all outputs. ``contract`` defaults to the model's
-    ``preprocess_contract`` attribute (set likewise), else the default contract at the split's image size. The model
+    :func:`pneumo.runs.checkpoint.load_run` and by training), else all outputs. ``contract`` defaults to the model's
+    ``preprocess_contract`` attribute (set likewise); a model without one needs it given. The model
     is moved to ``device``; ``amp=True`` runs bf16 autocast on CUDA (faster, about 3 significant digits of logits;
     off by default so that calibration and thresholds see float32 logits).
     """
@@ -94,7 +95,7 @@ def predict_logits(
         model,
         BatchedSplit(split),
         range(len(split)),
-        contract=contract or _contract_of(model, split),
+        contract=contract or _contract_of(model),
         n_task=n_task,
         batch_size=batch_size,
         device=device,

@@ -1,8 +1,8 @@
-"""What the audits need from a run folder: model, metadata, config, task, contract and its split's images."""
+"""A run folder opened for use: model, metadata, config, task, contract and its split's images (audits, OOD)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,11 @@ from pneumo.data.preprocess import PreprocessContract
 from pneumo.data.records import DatasetError, Record, dataset_root
 from pneumo.data.splits import read_split_csv
 from pneumo.data.tasks import Task, get_task
+from pneumo.models.depth_features import depth_features
+from pneumo.runs.checkpoint import load_run
+from pneumo.runs.format import CONFIG_FILE, SPLIT_FILE, read_run_meta
+from pneumo.runs.ood import score
+from pneumo.utils.yamlfile import load_yaml
 
 
 @dataclass
@@ -45,12 +50,10 @@ class RunContext:
 
 
 def open_run(run_dir: str | Path) -> RunContext:
-    from pneumo.training import load_yaml, read_run_meta
-
     run_dir = Path(run_dir).expanduser().resolve()
     meta = read_run_meta(run_dir)
-    config = load_yaml(run_dir / "config.yaml")
-    records = read_split_csv(run_dir / "split.csv", dataset_root(config["data"]))
+    config = load_yaml(run_dir / CONFIG_FILE)
+    records = read_split_csv(run_dir / SPLIT_FILE, dataset_root(config["data"]))
     cache_root = Path(config["cache_dir"]) if config.get("cache_dir") else None
     return RunContext(
         run_dir,
@@ -64,8 +67,6 @@ def open_run(run_dir: str | Path) -> RunContext:
 
 
 def load_model(ctx: RunContext, device: str | torch.device = "cpu", which: str = "best") -> torch.nn.Module:
-    from pneumo.training import load_run
-
     model, _ = load_run(ctx.run_dir, which, device=device)
     return model
 
@@ -73,3 +74,18 @@ def load_model(ctx: RunContext, device: str | torch.device = "cpu", which: str =
 def split_images(split: SplitData) -> np.ndarray:
     """All images of a split as one uint8 ``N x S x S`` array (read from the cache)."""
     return np.ascontiguousarray(split.images.array[split.images.rows])
+
+
+def score_images(
+    params: Mapping[str, Any],
+    model: torch.nn.Module,
+    images: np.ndarray,
+    contract: PreprocessContract,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, in_distribution)`` of uint8 model-size images under the stored OOD check ``params``, with either
+    method's features."""
+    raw, pen, dep, _ = depth_features(model, images, contract, batch_size=batch_size, device=device)
+    return score(params, logits=raw, features=pen, depth_features=dep)
