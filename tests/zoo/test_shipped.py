@@ -128,3 +128,26 @@ def test_evaluate_takes_a_shipped_name_and_writes_into_a_copy(
         model.test_metrics()["roc_auc"]["point"], abs=1e-9
     )
     verify_checksums(model.path)  # the package folder is as shipped
+
+
+def test_compare_and_audit_model_take_a_shipped_name(monkeypatch, tmp_path: Path) -> None:
+    compared = CliRunner().invoke(app, ["compare", "pneumo/normal-pneumonia", "normal-bacteria-virus", "--json"])
+    assert compared.exit_code == 0, compared.output
+    rows = json.loads(compared.stdout)
+    assert {row["task"] for row in rows} == {"normal-pneumonia", "normal-bacteria-virus"}
+    assert all(row["eval"] is not None for row in rows)  # the shipped test evaluations are read
+
+    import pneumo.trust.model_audit as model_audit
+
+    seen = {}
+
+    def fake_audit(run_dir, **kwargs):
+        seen["run_dir"] = Path(run_dir)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(model_audit, "audit_model", fake_audit)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    audited = CliRunner().invoke(app, ["audit", "model", "pneumo/normal-pneumonia"])
+    assert audited.exit_code != 0 and "stop here" in audited.output
+    copy = seen["run_dir"]
+    assert (copy / "best.safetensors").is_file() and shipped_model("normal-pneumonia").path not in (copy, *copy.parents)

@@ -76,7 +76,7 @@ def data(
 
 @app.command()
 def model(
-    run_dir: Path = typer.Argument(..., help="Run folder written by `pneumo train`."),
+    run_dir: Path = typer.Argument(..., help="Run folder written by `pneumo train`, or a shipped model's name."),
     originals: str | None = typer.Option(None, "--originals", help=_ORIGINALS_HELP),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default: RUN_DIR/audit)."),
     perturbation: list[str] | None = typer.Option(None, "--perturbation", help="Only these perturbations."),
@@ -93,11 +93,12 @@ def model(
     perturbations; Grad-CAM energy in the centre vs the border. Writes RUN_DIR/audit/audit-model.{json,html}."""
     from pneumo.data.records import DatasetError
     from pneumo.trust.model_audit import audit_model, residual_summary
+    from pneumo.zoo import writable_copy
 
     check_device(device)
     try:
         result = audit_model(
-            run_dir,
+            writable_copy(run_dir),  # a shipped model is audited in a copy under ~/.cache/pneumo/models
             originals=_originals(originals),
             out=out,
             device=device,

@@ -102,7 +102,7 @@ def evaluate(
 
 
 def compare(
-    run_dirs: list[Path] = typer.Argument(..., help="Run folders to put side by side."),
+    run_dirs: list[Path] = typer.Argument(..., help="Run folders (or shipped model names) to put side by side."),
     markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table."),
     split: str = typer.Option("test", "--split", help="Which evaluation to read: eval-<dataset>-<split>."),
     metrics: list[str] | None = typer.Option(
@@ -130,10 +130,16 @@ def compare(
     from pneumo.evaluation.run import SPLITS
     from pneumo.evaluation.runs_table import comparable_runs, compare_runs, default_metrics, runs_table
     from pneumo.evaluation.writers import json_safe
+    from pneumo.zoo import resolve_model
 
     if split not in SPLITS:  # an evaluation of another split cannot exist: pneumo evaluate refuses it
         fail(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     names = [m.strip() for item in metrics or [] for m in item.split(",") if m.strip()] or None
+    try:  # a shipped model's name reads its folder in the package (compare writes nothing)
+        run_dirs = [resolve_model(r) for r in run_dirs]
+        paired_with = resolve_model(paired_with) if paired_with is not None else None
+    except ValueError as exc:
+        fail(str(exc))
     runs, skipped = comparable_runs(run_dirs)
     for reason in skipped:  # `pneumo compare runs/*` meets a failed run's empty folder or a GAN run
         typer.echo(f"skipped {reason}", err=True)
