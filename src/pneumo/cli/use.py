@@ -156,8 +156,8 @@ def predict(
     if unlike := [r.source for r in results if r.warning]:
         more = f" and {len(unlike) - 5} more" if len(unlike) > 5 else ""
         typer.echo(
-            f"warning: {len(unlike)} image(s) do not look like the chest X-rays the model was trained on "
-            f"(in_distribution false), their predictions are unreliable: {', '.join(unlike[:5])}{more}",
+            f"warning: {len(unlike)} of {len(results)} image(s) are unlike the chest X-rays the model was trained on "
+            f"(in_distribution false), their labels are unreliable: {', '.join(unlike[:5])}{more}",
             err=True,
         )
     if n_failed:
@@ -195,12 +195,6 @@ def _print_results(results: list, fmt: str, class_names: tuple[str, ...], cam_pa
         for row in rows:
             del row["in_distribution"], row["ood_score"]
     print_table(rows)
-    if flagged := sum(r.in_distribution is False for r in results):
-        typer.echo(
-            f"warning: {flagged} of {len(results)} image(s) are unlike the chest X-rays the model was trained on "
-            "(in_distribution False): their labels are unreliable",
-            err=True,
-        )
 
 
 def export(
