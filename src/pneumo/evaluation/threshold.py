@@ -12,6 +12,8 @@ from typing import Any, Literal
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from pneumo.evaluation.metrics import binary_metrics
+
 ThresholdMethod = Literal["youden", "gap_midpoint", "prior_balanced", "target_sensitivity", "target_specificity"]
 TARGETS = ("target_sensitivity", "target_specificity")  # the keys of an operating point that hold a target
 METHODS: tuple[str, ...] = ("youden", "gap_midpoint", "prior_balanced", *TARGETS)
@@ -105,11 +107,8 @@ RULES: tuple[tuple[str, dict[str, float]], ...] = (
 
 
 def _rates(y: np.ndarray, p: np.ndarray, t: float) -> dict[str, float]:
-    pred = p >= t
-    pos, neg = y == 1, y == 0
-    sens = float(pred[pos].mean()) if pos.any() else float("nan")
-    spec = float((~pred[neg]).mean()) if neg.any() else float("nan")
-    return {"sensitivity": sens, "specificity": spec, "accuracy": float((pred == pos).mean())}
+    scored = binary_metrics(y, p, t)
+    return {k: scored[k] for k in ("sensitivity", "specificity", "accuracy")}
 
 
 def compare_rules(y_val: Any, p_val: Any, y_eval: Any, p_eval: Any) -> list[dict[str, Any]]:
